@@ -1,0 +1,49 @@
+# modelfleet — `make demo` serves the example fleet, `make test` runs the tests.
+# Both do all set-up first; set-up is idempotent and quick when nothing changed.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+AZURITE  := .tools/azurite/node_modules/.bin/azurite-blob
+DIGITS   := examples/digits/artifacts/digits/1/model.safetensors
+MINILM   := examples/embeddings/artifacts/all-MiniLM-L6-v2/config.json
+HOST     ?= 127.0.0.1
+PORT     ?= 8000
+
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup artifacts demo test clean
+
+setup: $(INSTALLED) $(AZURITE)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned: its CPU build lies on this disk; an unpinned torch pulls a multi-GB CUDA build.
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,examples]'
+	touch $@
+
+# Azurite (the Azure Blob emulator) from npm, project-local.
+$(AZURITE):
+	npm install --silent --no-audit --no-fund --prefix .tools/azurite azurite@3
+
+$(DIGITS): | $(INSTALLED)
+	$(BIN)/python -m examples.digits.train
+
+$(MINILM): | $(INSTALLED)
+	$(BIN)/python -m examples.embeddings.prepare
+
+artifacts: $(DIGITS) $(MINILM)
+
+demo: setup artifacts
+	$(BIN)/modelfleet run examples/fleet.yaml --host $(HOST) --port $(PORT)
+
+test: setup artifacts
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .tools examples/*/artifacts .pytest_cache

@@ -1,0 +1,174 @@
+"""The `modelfleet` command: the one place that ties the rooms together.
+
+Exit codes: 0 success, 2 bad input (one line: file, field, fix), 1 a real
+component failed (with its cause). No tracebacks for either.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from providers.storage import StorageError
+from serve_apps.spec import AppSpec, SpecError, check_artifacts_exist, load_app_spec
+
+app = typer.Typer(
+    name="modelfleet",
+    help="Serve ML models as autoscaling endpoints on Ray Serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+AppPath = Annotated[Path, typer.Argument(help="The app spec (YAML).", show_default=False)]
+
+
+def _bad_input(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _failed(message: str) -> NoReturn:
+    err.print(f"[red]failed:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _load(path: Path, *, artifacts: bool = True) -> AppSpec:
+    try:
+        spec = load_app_spec(path)
+        if artifacts:
+            check_artifacts_exist(spec, path)
+        return spec
+    except SpecError as exc:
+        _bad_input(str(exc))
+
+
+@app.command()
+def validate(spec_path: AppPath) -> None:
+    """Check an app spec (schema and semantics) without starting anything."""
+    spec = _load(spec_path)
+    out.print(f"{spec_path}: ok — app {spec.name!r}, models: {', '.join(m.name for m in spec.models)}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the app spec (for editors and CI)."""
+    out.print_json(json.dumps(AppSpec.model_json_schema()))
+
+
+@app.command()
+def build(
+    spec_path: AppPath,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    host: Annotated[str, typer.Option(help="HTTP host for the Serve proxies.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="HTTP port for the Serve proxies.")] = 8000,
+) -> None:
+    """Write a Ray Serve config that `serve deploy` accepts."""
+    from serve_apps.build import serve_config
+
+    text = yaml.safe_dump(serve_config(_load(spec_path), host=host, port=port), sort_keys=False)
+    if output is None:
+        out.print(text, end="", markup=False)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}")
+
+
+def _print_endpoints(spec: AppSpec, base: str) -> None:
+    from serve_apps.samples import sample_v1, sample_v2
+
+    out.print(f"\n[bold green]serving[/bold green] app {spec.name!r} at {base}   (docs: {base}/docs)")
+    for model in spec.models:
+        out.print(f"  {model.name:<16} V1 {base}/v1/models/{model.name}:predict   V2 {base}/v2/models/{model.name}/infer")
+    first = spec.models[0]
+    for label, url, body in (
+        ("V2", f"{base}/v2/models/{first.name}/infer", sample_v2(first)),
+        ("V1", f"{base}/v1/models/{first.name}:predict", sample_v1(first)),
+    ):
+        curl = f"curl -s {url} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
+        out.print(f"\n# try it ({label}):\n{curl}", markup=False, soft_wrap=True)
+    out.print("\nCtrl-C stops the server.")
+
+
+def _prefetch(spec: AppSpec) -> None:
+    from serve_apps.runner import prefetch_artifacts
+
+    with Progress(
+        TextColumn("fetching [bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=err, transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        prefetch_artifacts(spec, progress)
+
+
+def _interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def run(
+    spec_path: AppPath,
+    host: Annotated[str, typer.Option(help="Interface for HTTP; non-loopback exposes the models.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+) -> None:
+    """Serve an app on an embedded local Ray until Ctrl-C."""
+    from serve_apps.runner import DeployFailed, LocalServer
+
+    spec = _load(spec_path)
+    try:
+        _prefetch(spec)
+    except StorageError as exc:
+        _failed(f"fetching artifacts: {exc}")
+
+    # SIGTERM (e.g. from a supervisor or a test) stops as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    server = LocalServer(host=host, port=port)
+    try:
+        with err.status("starting Ray (loopback only)…"):
+            server.start()
+        with err.status("deploying…") as status:
+
+            def show(app_state: str, states: dict[str, str]) -> None:
+                status.update(f"deploying {spec.name}: {app_state} — " + ", ".join(f"{n} {s}" for n, s in sorted(states.items())))
+
+            server.deploy(spec, on_status=show)
+        display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        _print_endpoints(spec, f"http://{display_host}:{port}")
+        sys.stdout.flush()
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        err.print("\nstopping…")
+    except DeployFailed as exc:
+        _failed(f"deploying {spec.name!r}: {exc}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
+        server.stop()
+    err.print("stopped.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""Everything cloud- or site-specific, behind small interfaces.
+
+`providers` imports neither `serve_apps` nor `cluster`: they import it.
+"""

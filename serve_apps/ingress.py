@@ -1,0 +1,238 @@
+"""The HTTP front door: KServe V1 and Open Inference Protocol V2 over FastAPI.
+
+The ingress owns everything a client can get wrong: body size, content type,
+JSON syntax, and the tensors themselves (checked against the spec in
+`tensors.py`). Models only ever see valid inputs, so an exception inside a
+model is the server's fault: a 500 that carries a request id to find the
+traceback in the logs. Every other error is a 4xx with `{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .spec import AppSpec, ModelSpec
+from .tensors import RequestError, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
+
+__all__ = ["Ingress", "api"]
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="modelfleet",
+    summary="KServe V1 and Open Inference Protocol V2 endpoints for the models of one modelfleet app.",
+    version="0.1.0",
+)
+
+
+class _Metrics:
+    """Per-ingress-replica Prometheus metrics (each replica exposes its own /metrics)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelfleet_requests", "Inference requests by model, protocol and HTTP status.",
+            ["model", "protocol", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelfleet_request_latency_seconds", "Inference latency seen by the ingress.",
+            ["model", "protocol"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.rows = Counter("modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry)
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    return _error(exc.status, str(exc))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = {404: "no such route; see /docs", 405: "method not allowed for this route; see /docs"}
+    return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+
+_JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")  # the latter: curl -d's default
+
+
+@serve.ingress(api)
+class Ingress:
+    """Routes requests to model deployments through Ray Serve handles."""
+
+    def __init__(self, app_spec: dict, models: dict[str, DeploymentHandle]):
+        self.app = AppSpec.model_validate(app_spec)
+        self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app.models}
+        self.handles = models
+        self.max_body_bytes = int(self.app.ingress.max_body_mb * 1024 * 1024)
+        self.metrics = _Metrics()
+
+    # ---- request plumbing -------------------------------------------------
+
+    def _model(self, name: str, version: str | None = None) -> ModelSpec:
+        spec = self.specs.get(name)
+        if spec is None:
+            raise RequestError(404, f"model {name!r} not found; this server has {sorted(self.specs)}")
+        if version is not None and version != spec.version:
+            raise RequestError(404, f"model {name!r} has no version {version!r}; it serves version {spec.version!r}")
+        return spec
+
+    async def _json_body(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise RequestError(413, f"body of {declared} bytes exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)")
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+            raise RequestError(415, f"content type {ctype!r} is not supported; send application/json")
+        body = bytearray()
+        async for chunk in request.stream():  # enforce the limit when Content-Length lies or is absent
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise RequestError(413, f"body exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(400, f"body is not valid JSON: {exc}") from None
+
+    async def _infer(self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str) -> dict:
+        started = time.perf_counter()
+        status = 200
+        try:
+            return await self.handles[spec.name].infer.remote(inputs)
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            status = 503
+            raise RequestError(503, f"model {spec.name!r} is overloaded or unavailable ({exc.__class__.__name__}); retry later") from None
+        except Exception:
+            status = 500
+            logger.exception("model %s failed on request %s", spec.name, request_id)
+            raise _ModelFailed(spec.name, request_id) from None
+        finally:
+            self.metrics.requests.labels(spec.name, protocol, str(status)).inc()
+            self.metrics.latency.labels(spec.name, protocol).observe(time.perf_counter() - started)
+            if status == 200:
+                self.metrics.rows.labels(spec.name).inc(rows_of(inputs))
+
+    # ---- inference --------------------------------------------------------
+
+    @api.post("/v1/models/{name}:predict", summary="KServe V1 predict")
+    async def predict_v1(self, name: str, request: Request) -> Response:
+        spec = self._model(name)
+        inputs = decode_v1(await self._json_body(request), spec)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        outputs = await self._infer(spec, inputs, "v1", request_id)
+        return _json(encode_v1(outputs, spec), request_id)
+
+    @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer")
+    async def infer_v2(self, name: str, request: Request) -> Response:
+        return await self._infer_v2(self._model(name), request)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol V2 infer (versioned)")
+    async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
+        return await self._infer_v2(self._model(name, version), request)
+
+    async def _infer_v2(self, spec: ModelSpec, request: Request) -> Response:
+        inputs, request_id, only = decode_v2(await self._json_body(request), spec)
+        outputs = await self._infer(spec, inputs, "v2", request_id)
+        return _json(encode_v2(outputs, spec, request_id, only), request_id)
+
+    # ---- metadata and health ----------------------------------------------
+
+    @api.get("/v2", summary="Server metadata")
+    async def server_metadata(self) -> dict:
+        return {"name": "modelfleet", "version": api.version, "extensions": [], "models": sorted(self.specs)}
+
+    @api.get("/v2/health/live", summary="Server liveness")
+    async def live(self) -> dict:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", summary="Server readiness: every model has a running replica")
+    async def ready(self) -> Response:
+        states = await self._model_states()
+        ready = all(s == "HEALTHY" for s in states.values())
+        return JSONResponse({"ready": ready, "models": states}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{name}", summary="Model metadata")
+    @api.get("/v2/models/{name}/versions/{version}", summary="Model metadata (versioned)")
+    async def model_metadata(self, name: str, version: str | None = None) -> dict:
+        spec = self._model(name, version)
+        return {
+            "name": spec.name,
+            "versions": [spec.version],
+            "platform": f"modelfleet/{spec.format.value}",
+            "inputs": tensor_metadata(spec.inputs),
+            "outputs": tensor_metadata(spec.outputs),
+        }
+
+    @api.get("/v2/models/{name}/ready", summary="Model readiness")
+    @api.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness (versioned)")
+    async def model_ready(self, name: str, version: str | None = None) -> Response:
+        spec = self._model(name, version)
+        state = (await self._model_states()).get(spec.name, "UNKNOWN")
+        ready = state == "HEALTHY"
+        return JSONResponse({"name": spec.name, "ready": ready, "state": state}, status_code=200 if ready else 503)
+
+    @api.get("/v1/models/{name}", summary="KServe V1 model status")
+    async def model_status_v1(self, name: str) -> dict:
+        spec = self._model(name)
+        state = (await self._model_states()).get(spec.name, "UNKNOWN")
+        return {"name": spec.name, "ready": state == "HEALTHY"}
+
+    @api.get("/metrics", summary="Prometheus metrics of this ingress replica")
+    async def metrics(self) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _model_states(self) -> dict[str, str]:
+        app_name = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)
+        deployments = status.applications[app_name].deployments if app_name in status.applications else {}
+        return {name: deployments[name].status.value if name in deployments else "UNKNOWN" for name in self.specs}
+
+
+class _ModelFailed(Exception):
+    def __init__(self, model: str, request_id: str):
+        self.model, self.request_id = model, request_id
+
+
+@api.exception_handler(_ModelFailed)
+async def _model_failed(_: Request, exc: _ModelFailed) -> JSONResponse:
+    return _error(
+        500,
+        f"model {exc.model!r} failed on this request; the server logs hold the traceback under request id {exc.request_id}",
+        request_id=exc.request_id,
+    )
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    logger.error("ingress error on request %s", request_id, exc_info=exc)
+    return _error(500, f"internal error; the server logs hold the traceback under request id {request_id}", request_id=request_id)
+
+
+def _json(payload: dict, request_id: str) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json", headers={"x-request-id": request_id})

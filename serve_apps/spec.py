@@ -1,0 +1,353 @@
+"""The app spec: one YAML file describing an application's models.
+
+These pydantic models *are* the YAML schema (`modelfleet schema` exports it for
+editors). User input is strict: unknown keys are errors, units live in field
+names, and cross-field checks quote the offending value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from providers.storage import UnsupportedScheme, resolve_uri, scheme_of
+
+__all__ = [
+    "AppSpec",
+    "ArtifactSpec",
+    "AutoscalingSpec",
+    "BatchingSpec",
+    "Datatype",
+    "IngressSpec",
+    "ModelFormat",
+    "ModelSpec",
+    "ResourcesSpec",
+    "SpecError",
+    "TensorSpec",
+    "check_artifacts_exist",
+    "load_app_spec",
+]
+
+_NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+
+
+class Datatype(str, Enum):
+    """Open Inference Protocol V2 tensor datatypes that modelfleet accepts over JSON."""
+
+    BOOL = "BOOL"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+
+class ModelFormat(str, Enum):
+    """How an artifact becomes a model. Each value has a loader in `serve_apps.loaders`."""
+
+    safetensors = "safetensors"
+    torchscript = "torchscript"
+    torch_export = "torch_export"
+    sentence_transformers = "sentence_transformers"
+    builtin = "builtin"
+
+
+# Formats people try first and that we refuse on purpose: unpickling runs code.
+_REFUSED_FORMATS = {
+    "pickle": "pickle runs arbitrary code when loaded",
+    "pkl": "pickle runs arbitrary code when loaded",
+    "joblib": "joblib files are pickles and run arbitrary code when loaded",
+    "torch": "a torch.save() pickle runs arbitrary code when loaded",
+    "pt": "a torch.save() pickle runs arbitrary code when loaded",
+}
+_CONVERSION_HINT = (
+    "convert it once, where you trust it: "
+    "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') and use format: safetensors "
+    "with module: pkg.mod:Class, or torch.jit.save(torch.jit.script(model), 'model.pt') and use format: torchscript"
+)
+
+
+class TensorSpec(_Strict):
+    """One named input or output tensor, as in the Open Inference Protocol."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Tensor name, as sent in V2 `inputs[].name`.")
+    datatype: Datatype = Field(description="OIP V2 datatype: BOOL, INT32, INT64, FP32, FP64 or BYTES (strings).")
+    shape: list[int] = Field(
+        min_length=1,
+        description="Shape; -1 marks a free dimension. The first dimension is the batch dimension.",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        bad = [d for d in shape if d == 0 or d < -1]
+        if bad:
+            raise ValueError(f"dimensions must be positive or -1 (free), got {shape}")
+        return shape
+
+
+class ArtifactSpec(_Strict):
+    """Where a model's weights come from."""
+
+    uri: str = Field(
+        description=(
+            "file://, s3://, gs://, az://, https:// or a plain path relative to the spec's folder. "
+            "A trailing '/' (or a local folder) means a directory artifact."
+        )
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 (hex). Verified before the artifact enters the cache.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        try:
+            scheme_of(uri)
+        except UnsupportedScheme as exc:
+            raise ValueError(str(exc)) from None
+        return uri
+
+
+class ResourcesSpec(_Strict):
+    """What one replica needs, and which node pool it runs on."""
+
+    pool: str | None = Field(default=None, description="Node pool name (from the cluster spec) to place replicas on.")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs per replica (fractional allowed). Without a GPU, the model runs on CPU with a warning.",
+    )
+    memory_mb: int | None = Field(default=None, gt=0, description="Memory reserved per replica, in MiB.")
+
+
+class AutoscalingSpec(_Strict):
+    """Ray Serve's autoscaling config, field for field (see ray.serve.config.AutoscalingConfig)."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Lower bound; 0 allows scale to zero.")
+    max_replicas: int = Field(default=1, ge=1, description="Upper bound on replicas.")
+    initial_replicas: int | None = Field(default=None, ge=0, description="Replicas at deploy time.")
+    target_ongoing_requests: float = Field(default=2.0, gt=0, description="Per-replica load the autoscaler aims for.")
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="How long load must stay high before scaling up.")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="How long load must stay low before scaling down.")
+    metrics_interval_s: float | None = Field(default=None, gt=0, description="How often replicas report load.")
+    look_back_period_s: float | None = Field(default=None, gt=0, description="Window the load is averaged over.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas}); "
+                "raise max_replicas or lower min_replicas"
+            )
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie between min_replicas ({self.min_replicas}) "
+                f"and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class BatchingSpec(_Strict):
+    """Dynamic batching with Ray Serve's @serve.batch."""
+
+    max_batch_size: int = Field(default=16, ge=1, description="Largest batch (in rows) handed to the model.")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="How long to wait for a batch to fill.")
+
+
+class ModelSpec(_Strict):
+    """One model: an autoscaling Ray Serve deployment."""
+
+    name: str = Field(pattern=_NAME, description="Model name in URLs (/v2/models/{name}); lowercase, digits, - and _.")
+    version: str = Field(default="1", pattern=r"^[A-Za-z0-9._-]+$", description="Model version, reported in V2.")
+    artifact: ArtifactSpec | None = Field(default=None, description="Weights. Required except for format: builtin.")
+    format: ModelFormat = Field(description="How the artifact is loaded; one loader per format.")
+    module: str | None = Field(
+        default=None,
+        description=(
+            "For safetensors: 'package.module:Class' built with no arguments, then given the state dict. "
+            "For builtin: the builtin's name (e.g. echo)."
+        ),
+    )
+    inputs: list[TensorSpec] = Field(min_length=1, description="Input tensors; requests are checked against them.")
+    outputs: list[TensorSpec] = Field(min_length=1, description="Output tensors, in the order the model returns them.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-replica resources and node pool.")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Replica bounds and targets.")
+    max_ongoing_requests: int = Field(default=16, ge=1, description="Concurrent requests one replica accepts.")
+    batching: BatchingSpec | None = Field(default=None, description="Enable dynamic batching across requests.")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _refuse_pickle(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in _REFUSED_FORMATS:
+            raise ValueError(f"format {value!r} is refused: {_REFUSED_FORMATS[value.lower()]}; {_CONVERSION_HINT}")
+        return value
+
+    @model_validator(mode="after")
+    def _format_needs(self) -> ModelSpec:
+        if self.format is not ModelFormat.builtin and self.artifact is None:
+            raise ValueError(f"format {self.format.value!r} needs an artifact: add artifact: {{uri: ...}}")
+        if self.format in (ModelFormat.safetensors, ModelFormat.builtin) and not self.module:
+            hint = "'package.module:Class'" if self.format is ModelFormat.safetensors else "a builtin name, e.g. echo"
+            raise ValueError(f"format {self.format.value!r} needs module: {hint}")
+        if self.format is ModelFormat.safetensors and not re.fullmatch(r"[\w.]+:[\w.]+", self.module or ""):
+            raise ValueError(f"module {self.module!r} must look like 'package.module:Class'")
+        for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [t.name for t in tensors]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} names must be unique, {dupes} repeat")
+        return self
+
+
+class IngressSpec(_Strict):
+    """The HTTP front door shared by all models of the app."""
+
+    max_body_mb: float = Field(default=16.0, gt=0, description="Larger request bodies get 413.")
+    num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved for each ingress replica.")
+    num_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+
+
+class AppSpec(_Strict):
+    """An application: models served together behind one HTTP ingress."""
+
+    name: str = Field(pattern=_NAME, description="Application name (the Ray Serve application).")
+    route_prefix: str = Field(default="/", pattern=r"^/", description="HTTP route prefix of the application.")
+    models: list[ModelSpec] = Field(min_length=1, description="The models this application serves.")
+    ingress: IngressSpec = Field(default_factory=IngressSpec, description="HTTP ingress settings.")
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> AppSpec:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, {dupes} repeat")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder plain artifact paths are relative to (the spec file's own folder)."""
+        return self._base_dir
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+    def resolved(self) -> AppSpec:
+        """A copy whose artifact URIs are absolute, so it means the same from any working directory."""
+        copy = self.model_copy(deep=True)
+        for model in copy.models:
+            if model.artifact is not None:
+                model.artifact.uri = resolve_uri(model.artifact.uri, self._base_dir)
+        copy._base_dir = self._base_dir
+        return copy
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; the message is one line naming file, field and fix."""
+
+    def __init__(self, path: Path | str, field: str, problem: str):
+        self.path, self.field, self.problem = str(path), field, problem
+        where = f"{self.path}: {field}" if field else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+def _field_path(loc: tuple[Any, ...], data: Any) -> str:
+    """'models[0].autoscaling' from pydantic's loc, using model names where we can."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict) and "name" in node[item]:
+                label = f"[{item}:{node[item]['name']}]"
+            parts.append(label)
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            if item in ("function-after", "function-before") or str(item).startswith(("function-", "union")):
+                continue
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def _all_field_names() -> list[str]:
+    models = (AppSpec, ModelSpec, IngressSpec, ArtifactSpec, TensorSpec, ResourcesSpec, AutoscalingSpec, BatchingSpec)
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(err["loc"][-1]), _all_field_names(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key; {hint}remove or rename it (`modelfleet schema` lists the keys)"
+    if kind == "missing":
+        return "required field is missing; add it"
+    if kind == "string_pattern_mismatch" and err["loc"][-1] == "name" and "tensor" not in msg:
+        return (
+            f"got {err.get('input')!r}; names use lowercase letters, digits, '-' and '_', "
+            "start and end with a letter or digit, at most 63 characters"
+        )
+    msg = msg.removeprefix("Value error, ")
+    if kind == "enum" and "expected" in err.get("ctx", {}):
+        return f"got {err.get('input')!r}; expected one of {err['ctx']['expected']}"
+    if "input" in err and kind not in ("value_error", "assertion_error") and not isinstance(err["input"], (dict, list)):
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def load_app_spec(path: str | Path) -> AppSpec:
+    """Read and validate an app spec; raise SpecError with one clear line on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(path, "", "file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(path, "", f"cannot read it ({exc.__class__.__name__}: {exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(path, where, f"not valid YAML ({problem}); fix the syntax there") from None
+    if not isinstance(data, dict):
+        raise SpecError(path, "", f"expected a mapping with name: and models:, got {type(data).__name__}")
+    try:
+        spec = AppSpec.model_validate(data)
+    except ValidationError as exc:
+        # An unknown key is usually a typo that also explains any "missing" error: report it first.
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        field = _field_path(tuple(err["loc"]), data)
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise SpecError(path, field, _explain(err) + more) from None
+    spec._base_dir = path.resolve().parent
+    return spec
+
+
+def check_artifacts_exist(spec: AppSpec, path: Path | str) -> None:
+    """Local artifacts must exist at validate time; remote ones are checked when fetched."""
+    for i, model in enumerate(spec.models):
+        if model.artifact is None or scheme_of(model.artifact.uri) != "file":
+            continue
+        local = Path(resolve_uri(model.artifact.uri, spec.base_dir).removeprefix("file://"))
+        if not local.exists():
+            hint = "run the example's train.py first, or fix the path (plain paths are relative to the spec's folder)"
+            raise SpecError(path, f"models[{i}:{model.name}].artifact.uri", f"{local} does not exist; {hint}")
+

@@ -1,0 +1,223 @@
+"""JSON tensors <-> numpy, for KServe V1 and the Open Inference Protocol V2.
+
+Every request is checked against the model's declared inputs *here*, before
+it reaches a replica: names, datatypes, shapes, element counts, value ranges
+and finiteness. A client mistake becomes a `RequestError` (a 4xx), never an
+exception inside a model.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import numpy as np
+
+from .spec import Datatype, ModelSpec, TensorSpec
+
+__all__ = [
+    "NUMPY_DTYPES",
+    "RequestError",
+    "decode_v1",
+    "decode_v2",
+    "encode_v1",
+    "encode_v2",
+    "rows_of",
+    "tensor_metadata",
+]
+
+NUMPY_DTYPES: dict[Datatype, Any] = {
+    Datatype.BOOL: np.bool_,
+    Datatype.INT32: np.int32,
+    Datatype.INT64: np.int64,
+    Datatype.FP32: np.float32,
+    Datatype.FP64: np.float64,
+    Datatype.BYTES: object,
+}
+
+# numpy's inferred kind of a JSON array -> datatypes it may become without losing meaning.
+_ACCEPTED_KINDS: dict[Datatype, set[str]] = {
+    Datatype.BOOL: {"b"},
+    Datatype.INT32: {"i", "u"},
+    Datatype.INT64: {"i", "u"},
+    Datatype.FP32: {"i", "u", "f"},
+    Datatype.FP64: {"i", "u", "f"},
+    Datatype.BYTES: {"U"},
+}
+_INT_RANGE = {Datatype.INT32: np.iinfo(np.int32), Datatype.INT64: np.iinfo(np.int64)}
+
+
+class RequestError(Exception):
+    """A client mistake: `status` is the HTTP status, the message goes into {"error": ...}."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+def _shape_matches(declared: list[int], actual: tuple[int, ...]) -> bool:
+    return len(declared) == len(actual) and all(d == -1 or d == a for d, a in zip(declared, actual))
+
+
+def _to_array(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
+    """Nested or flat JSON data -> an array of the spec's dtype, refusing lossy conversions."""
+    try:
+        raw = np.asarray(data)
+    except (ValueError, OverflowError) as exc:  # ragged nesting, or ints beyond int64/uint64
+        raise RequestError(422, f"{where}: data is not a rectangular array of numbers ({exc})") from None
+    kind = raw.dtype.kind
+    if raw.size and kind not in _ACCEPTED_KINDS[spec.datatype]:
+        got = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings"}.get(kind, "mixed values")
+        raise RequestError(422, f"{where}: datatype {spec.datatype.value} cannot hold {got}")
+    if spec.datatype is Datatype.BYTES:
+        return raw.astype(object)
+    if spec.datatype in _INT_RANGE and raw.size:
+        info = _INT_RANGE[spec.datatype]
+        low, high = raw.min(), raw.max()
+        if low < info.min or high > info.max:
+            raise RequestError(422, f"{where}: values must lie in [{info.min}, {info.max}] for {spec.datatype.value}")
+    with np.errstate(over="ignore"):
+        array = raw.astype(NUMPY_DTYPES[spec.datatype])
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise RequestError(422, f"{where}: numbers must be finite and fit {spec.datatype.value}")
+    return array
+
+
+def _check_shape(array: np.ndarray, spec: TensorSpec, where: str) -> None:
+    if not _shape_matches(spec.shape, array.shape):
+        raise RequestError(422, f"{where}: shape {list(array.shape)} does not match the model's {spec.shape} (-1 = any)")
+    if array.shape[0] == 0:
+        raise RequestError(422, f"{where}: the batch is empty; send at least one row")
+
+
+def _check_same_rows(arrays: dict[str, np.ndarray]) -> None:
+    rows = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(rows.values())) > 1:
+        raise RequestError(422, f"inputs disagree on the batch size (first dimension): {rows}")
+
+
+def decode_v2(body: Any, model: ModelSpec) -> tuple[dict[str, np.ndarray], str, list[str] | None]:
+    """An OIP V2 infer request -> (inputs, request id, requested output names or None)."""
+    if not isinstance(body, dict):
+        raise RequestError(422, 'the body must be a JSON object with an "inputs" list')
+    tensors = body.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise RequestError(422, '"inputs" must be a non-empty list of {name, shape, datatype, data}')
+    declared = {t.name: t for t in model.inputs}
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(tensors):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            raise RequestError(422, f"{where}: must be an object with name, shape, datatype and data")
+        missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+        if missing:
+            raise RequestError(422, f"{where}: missing {', '.join(missing)}")
+        name = tensor["name"]
+        if not isinstance(name, str) or name not in declared:
+            raise RequestError(422, f"{where}: unknown input {name!r}; model {model.name!r} takes {sorted(declared)}")
+        if name in arrays:
+            raise RequestError(422, f"{where}: input {name!r} is given twice")
+        spec, where = declared[name], f"input {name!r}"
+        if tensor["datatype"] != spec.datatype.value:
+            raise RequestError(422, f"{where}: datatype {tensor['datatype']!r} given, the model takes {spec.datatype.value}")
+        shape = tensor["shape"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise RequestError(422, f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        data = tensor["data"]
+        if not isinstance(data, list):
+            raise RequestError(422, f"{where}: data must be a list")
+        array = _to_array(data, spec, where)
+        if array.size != math.prod(shape):
+            raise RequestError(422, f"{where}: shape {shape} needs {math.prod(shape)} values, data has {array.size}")
+        array = array.reshape(shape)
+        _check_shape(array, spec, where)
+        arrays[name] = array
+    absent = sorted(set(declared) - set(arrays))
+    if absent:
+        raise RequestError(422, f"missing input(s) {absent} for model {model.name!r}")
+    _check_same_rows(arrays)
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(422, '"id" must be a string')
+    return arrays, request_id or uuid.uuid4().hex, _requested_outputs(body, model)
+
+
+def _requested_outputs(body: dict, model: ModelSpec) -> list[str] | None:
+    wanted = body.get("outputs")
+    if wanted is None:
+        return None
+    declared = [t.name for t in model.outputs]
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+        raise RequestError(422, '"outputs" must be a list of {"name": ...}')
+    names = [o["name"] for o in wanted]
+    unknown = sorted(set(names) - set(declared))
+    if unknown:
+        raise RequestError(422, f"unknown output(s) {unknown}; model {model.name!r} returns {declared}")
+    return names
+
+
+def decode_v1(body: Any, model: ModelSpec) -> dict[str, np.ndarray]:
+    """A KServe V1 `{"instances": [...]}` request -> inputs.
+
+    One input: each instance is one row. Several inputs: each instance is an
+    object keyed by input name.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("instances"), list) or not body["instances"]:
+        raise RequestError(422, 'the body must be {"instances": [...]} with at least one instance')
+    instances = body["instances"]
+    if len(model.inputs) == 1:
+        spec = model.inputs[0]
+        columns = {spec.name: instances}
+    else:
+        names = [t.name for t in model.inputs]
+        if not all(isinstance(inst, dict) and sorted(inst) == sorted(names) for inst in instances):
+            raise RequestError(422, f"model {model.name!r} has several inputs: each instance must be an object with keys {names}")
+        columns = {n: [inst[n] for inst in instances] for n in names}
+    arrays = {}
+    for spec in model.inputs:
+        where = f"instances (input {spec.name!r})"
+        array = _to_array(columns[spec.name], spec, where)
+        _check_shape(array, spec, where)
+        arrays[spec.name] = array
+    _check_same_rows(arrays)
+    return arrays
+
+
+def _as_list(array: np.ndarray) -> list:
+    return array.tolist()
+
+
+def encode_v2(outputs: dict[str, np.ndarray], model: ModelSpec, request_id: str, only: list[str] | None) -> dict:
+    declared = {t.name: t for t in model.outputs}
+    names = only or [t.name for t in model.outputs]
+    return {
+        "model_name": model.name,
+        "model_version": model.version,
+        "id": request_id,
+        "outputs": [
+            {
+                "name": name,
+                "datatype": declared[name].datatype.value,
+                "shape": list(outputs[name].shape),
+                "data": _as_list(outputs[name].reshape(-1)),
+            }
+            for name in names
+        ],
+    }
+
+
+def encode_v1(outputs: dict[str, np.ndarray], model: ModelSpec) -> dict:
+    if len(model.outputs) == 1:
+        return {"predictions": _as_list(outputs[model.outputs[0].name])}
+    columns = {t.name: _as_list(outputs[t.name]) for t in model.outputs}
+    rows = len(next(iter(columns.values())))
+    return {"predictions": [{name: column[i] for name, column in columns.items()} for i in range(rows)]}
+
+
+def rows_of(inputs: dict[str, np.ndarray]) -> int:
+    return next(iter(inputs.values())).shape[0]
+
+
+def tensor_metadata(tensors: list[TensorSpec]) -> list[dict]:
+    return [{"name": t.name, "datatype": t.datatype.value, "shape": t.shape} for t in tensors]

@@ -1,0 +1,143 @@
+"""Shared fixtures: one real `modelfleet run` (one Ray) per test session.
+
+The server under test is the real command line, started as a user would
+start it, serving the example fleet plus two test-only models: `types` (a
+builtin echo over every datatype) and `faulty` (a real TorchScript model that
+raises on negative input, to prove a model error is a 500 and not an outage).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FLEET_SPEC = ROOT / "examples" / "fleet.yaml"
+MAX_BODY_MB = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_faulty_model(path: Path) -> None:
+    import torch
+
+    class Faulty(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x < 0).any()):
+                raise RuntimeError("faulty model: negative input")
+            return x * 2
+
+    torch.jit.save(torch.jit.script(Faulty()), str(path))
+
+
+_TYPES = ["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES"]
+
+
+def _test_fleet(tmp: Path) -> Path:
+    """The example fleet with absolute artifact paths, plus the test-only models."""
+    spec = yaml.safe_load(FLEET_SPEC.read_text())
+    for model in spec["models"]:
+        if "artifact" in model and "://" not in model["artifact"]["uri"]:
+            uri = model["artifact"]["uri"]
+            model["artifact"]["uri"] = str((FLEET_SPEC.parent / uri).resolve()) + ("/" if uri.endswith("/") else "")
+    _write_faulty_model(tmp / "faulty.pt")
+    tiny = {"num_cpus": 0.1}
+    spec["models"] += [
+        {
+            "name": "types",
+            "format": "builtin",
+            "module": "echo",
+            "inputs": [{"name": f"in_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in _TYPES],
+            "outputs": [{"name": f"out_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in _TYPES],
+            "resources": tiny,
+        },
+        {
+            "name": "faulty",
+            "format": "torchscript",
+            "artifact": {"uri": str(tmp / "faulty.pt")},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+            "resources": tiny,
+        },
+    ]
+    spec["ingress"] = {**spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB}
+    path = tmp / "fleet.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@dataclass
+class Fleet:
+    url: str
+    spec_path: Path
+    log_path: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+def _wait_ready(fleet: Fleet, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if fleet.process.poll() is not None:
+            pytest.fail(f"modelfleet run exited with {fleet.process.returncode}:\n{fleet.log()[-4000:]}")
+        try:
+            if httpx.get(f"{fleet.url}/v2/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"fleet not ready after {timeout_s}s:\n{fleet.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    tmp = tmp_path_factory.mktemp("fleet")
+    spec_path = _test_fleet(tmp)
+    port = free_port()
+    log_path = tmp / "modelfleet-run.log"
+    env = {**os.environ, "MODELFLEET_CACHE_DIR": str(tmp / "cache"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet", "run", str(spec_path), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True,
+        )
+    fleet = Fleet(f"http://127.0.0.1:{port}", spec_path, log_path, process)
+    try:
+        _wait_ready(fleet, timeout_s=300)
+        yield fleet
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    # Ctrl-C must stop Serve and Ray cleanly: a failure here errors the session.
+    assert process.returncode == 0, f"modelfleet run exited {process.returncode} on Ctrl-C:\n{fleet.log()[-4000:]}"
+    assert "stopped." in fleet.log()
+
+
+@pytest.fixture()
+def client(fleet: Fleet):
+    with fleet.client() as c:
+        yield c

@@ -1,0 +1,123 @@
+"""A corpus of bad requests: each gets a 4xx with {"error": ...}; none a 500, a hang or an outage."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import MAX_BODY_MB, Fleet
+
+PIX = [0.0] * 64
+TYPES_OK = [
+    {"name": "in_fp32", "datatype": "FP32", "shape": [1, 1], "data": [1.0]},
+    {"name": "in_fp64", "datatype": "FP64", "shape": [1, 1], "data": [1.0]},
+    {"name": "in_int32", "datatype": "INT32", "shape": [1, 1], "data": [1]},
+    {"name": "in_int64", "datatype": "INT64", "shape": [1, 1], "data": [1]},
+    {"name": "in_bool", "datatype": "BOOL", "shape": [1, 1], "data": [True]},
+    {"name": "in_bytes", "datatype": "BYTES", "shape": [1, 1], "data": ["x"]},
+]
+
+
+def _types_with(name: str, **change) -> dict:
+    return {"inputs": [{**t, **change} if t["name"] == name else t for t in TYPES_OK]}
+
+
+def _pixels(**change) -> dict:
+    return {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": PIX, **change}]}
+
+
+V2_DIGITS = "/v2/models/digits/infer"
+V2_TYPES = "/v2/models/types/infer"
+
+# (id, method, path, json body or raw bytes, expected status)
+CORPUS = [
+    ("unknown-model-v2", "POST", "/v2/models/nope/infer", _pixels(), 404),
+    ("unknown-model-v1", "POST", "/v1/models/nope:predict", {"instances": [PIX]}, 404),
+    ("unknown-model-meta", "GET", "/v2/models/nope", None, 404),
+    ("unknown-version", "POST", "/v2/models/digits/versions/9/infer", _pixels(), 404),
+    ("unknown-route", "GET", "/nowhere", None, 404),
+    ("wrong-method", "GET", V2_DIGITS, None, 405),
+    ("not-json", "POST", V2_DIGITS, b"this is not json", 400),
+    ("empty-body", "POST", V2_DIGITS, b"", 400),
+    ("nan-literal", "POST", V2_DIGITS, b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,1],"data":[NaN]}]}', 400),
+    ("deep-nesting", "POST", V2_DIGITS, b"[" * 100_000 + b"]" * 100_000, 400),
+    ("json-array", "POST", V2_DIGITS, [], 422),
+    ("no-inputs", "POST", V2_DIGITS, {}, 422),
+    ("inputs-not-list", "POST", V2_DIGITS, {"inputs": {"pixels": PIX}}, 422),
+    ("inputs-empty", "POST", V2_DIGITS, {"inputs": []}, 422),
+    ("input-not-object", "POST", V2_DIGITS, {"inputs": [1]}, 422),
+    ("input-missing-data", "POST", V2_DIGITS, {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64]}]}, 422),
+    ("unknown-input", "POST", V2_DIGITS, _pixels(name="pixel"), 422),
+    ("wrong-datatype", "POST", V2_DIGITS, _pixels(datatype="FP64"), 422),
+    ("shape-mismatch", "POST", V2_DIGITS, _pixels(shape=[1, 63], data=PIX[:63]), 422),
+    ("rank-mismatch", "POST", V2_DIGITS, _pixels(shape=[64]), 422),
+    ("count-mismatch", "POST", V2_DIGITS, _pixels(data=PIX[:10]), 422),
+    ("negative-dim", "POST", V2_DIGITS, _pixels(shape=[-1, 64]), 422),
+    ("shape-not-ints", "POST", V2_DIGITS, _pixels(shape=["1", 64]), 422),
+    ("data-not-list", "POST", V2_DIGITS, _pixels(data="0" * 64), 422),
+    ("strings-as-floats", "POST", V2_DIGITS, _pixels(data=["a"] * 64), 422),
+    ("ragged-data", "POST", V2_DIGITS, _pixels(data=[[0.0] * 63, [0.0] * 64]), 422),
+    ("fp32-overflow", "POST", V2_DIGITS, _pixels(data=[1e39] * 64), 422),
+    ("empty-batch", "POST", V2_DIGITS, _pixels(shape=[0, 64], data=[]), 422),
+    ("duplicate-input", "POST", V2_DIGITS, {"inputs": _pixels()["inputs"] * 2}, 422),
+    ("id-not-string", "POST", V2_DIGITS, {**_pixels(), "id": 7}, 422),
+    ("unknown-output", "POST", V2_DIGITS, {**_pixels(), "outputs": [{"name": "logits"}]}, 422),
+    ("missing-inputs", "POST", V2_TYPES, {"inputs": TYPES_OK[:1]}, 422),
+    ("batch-disagree", "POST", V2_TYPES, _types_with("in_fp64", shape=[2, 1], data=[1.0, 2.0]), 422),
+    ("float-into-int", "POST", V2_TYPES, _types_with("in_int32", data=[1.5]), 422),
+    ("bool-into-int", "POST", V2_TYPES, _types_with("in_int64", data=[True]), 422),
+    ("int32-overflow", "POST", V2_TYPES, _types_with("in_int32", data=[2**31]), 422),
+    ("int64-overflow", "POST", V2_TYPES, _types_with("in_int64", data=[2**64]), 422),
+    ("number-into-bool", "POST", V2_TYPES, _types_with("in_bool", data=[1]), 422),
+    ("number-into-bytes", "POST", V2_TYPES, _types_with("in_bytes", data=[1]), 422),
+    ("v1-no-instances", "POST", "/v1/models/digits:predict", {"inputs": [PIX]}, 422),
+    ("v1-empty", "POST", "/v1/models/digits:predict", {"instances": []}, 422),
+    ("v1-wrong-width", "POST", "/v1/models/digits:predict", {"instances": [[0.0] * 3]}, 422),
+    ("v1-multi-input-rows", "POST", "/v1/models/types:predict", {"instances": [[1.0]]}, 422),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status", [pytest.param(*c[1:], id=c[0]) for c in CORPUS])
+def test_bad_request_is_a_clear_4xx(client, method: str, path: str, body, status: int) -> None:
+    if isinstance(body, bytes):
+        response = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert isinstance(error, str) and error
+
+
+def test_unsupported_content_type_is_415(client) -> None:
+    response = client.post(V2_DIGITS, content=b"pixels=1", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+
+
+def test_oversized_body_is_413_with_or_without_content_length(client) -> None:
+    big = b'{"inputs": [' + b" " * int(MAX_BODY_MB * 1024 * 1024 + 10) + b"]}"
+    declared = client.post(V2_DIGITS, content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "max_body_mb" in declared.json()["error"]
+    streamed = client.post(V2_DIGITS, content=iter([big[:1000], big[1000:]]), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+
+
+def test_model_exception_is_a_500_with_request_id_and_the_server_keeps_serving(client, fleet: Fleet) -> None:
+    bad = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [-1.0, 0.0, 0.0, 0.0]}]}
+    response = client.post("/v2/models/faulty/infer", json=bad)
+    assert response.status_code == 500
+    request_id = response.json()["request_id"]
+    assert request_id in response.json()["error"]
+    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
+    again = client.post("/v2/models/faulty/infer", json=good)
+    assert again.status_code == 200 and again.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+    deadline = time.monotonic() + 30  # replica logs reach the driver's output asynchronously
+    while request_id not in fleet.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = fleet.log()
+    assert request_id in log and "Traceback" in log and "faulty model: negative input" in log
+
+
+def test_server_still_healthy_after_the_corpus(client) -> None:
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.post("/v1/models/echo:predict", json={"instances": [[1.0]]}).json() == {"predictions": [[1.0]]}

@@ -1,0 +1,163 @@
+"""The example fleet served by a real `modelfleet run`: correct answers on both protocols."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import Fleet
+
+
+def _v2(client, model: str, inputs: list[dict], **extra) -> dict:
+    response = client.post(f"/v2/models/{model}/infer", json={"inputs": inputs, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_digits_held_out_accuracy_over_v2(client) -> None:
+    from examples.digits.model import load_split
+
+    _, x_test, _, y_test = load_split()
+    predicted = []
+    for start in range(0, len(x_test), 50):  # several requests, several rows each
+        rows = x_test[start : start + 50].astype(np.float32)
+        body = _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}])
+        (out,) = body["outputs"]
+        assert out["name"] == "probabilities" and out["datatype"] == "FP32" and out["shape"] == [len(rows), 10]
+        probs = np.asarray(out["data"]).reshape(out["shape"])
+        assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+        predicted.extend(probs.argmax(axis=1))
+    accuracy = float(np.mean(np.asarray(predicted) == y_test))
+    assert accuracy >= 0.95, accuracy
+
+
+def test_digits_v1_agrees_with_v2(client) -> None:
+    from examples.digits.model import load_split
+
+    _, x_test, _, _ = load_split()
+    rows = x_test[:8].astype(np.float32)
+    v1 = client.post("/v1/models/digits:predict", json={"instances": rows.tolist()})
+    assert v1.status_code == 200, v1.text
+    v2 = _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": [8, 64], "data": rows.ravel().tolist()}])
+    assert np.allclose(np.asarray(v1.json()["predictions"]), np.asarray(v2["outputs"][0]["data"]).reshape(8, 10), atol=1e-6)
+
+
+def test_embeddings_equal_in_process_encode(client, fleet: Fleet) -> None:
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    from examples.embeddings.prepare import MODEL_DIR
+
+    texts = ["A cat sits on the mat.", "Ray Serve scales models.", "ünïcödé and emoji 🚀", ""]
+    expected = SentenceTransformer(str(MODEL_DIR), device="cpu").encode(texts, normalize_embeddings=True)
+    body = _v2(client, "embeddings", [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}])
+    got = np.asarray(body["outputs"][0]["data"], dtype=np.float32).reshape(body["outputs"][0]["shape"])
+    assert got.shape == (len(texts), 384)
+    assert np.abs(got - expected).max() <= 1e-5
+    v1 = client.post("/v1/models/embeddings:predict", json={"instances": texts})
+    assert v1.status_code == 200, v1.text
+    assert np.abs(np.asarray(v1.json()["predictions"]) - expected).max() <= 1e-5
+
+
+def test_every_datatype_round_trips(client) -> None:
+    data = {
+        "FP32": [0.5, -1.25, 3.0, 1e30],
+        "FP64": [0.1, -2.5, 1e300, 7.0],
+        "INT32": [1, -2, 2**31 - 1, -(2**31)],
+        "INT64": [1, -2, 2**63 - 1, -(2**63)],
+        "BOOL": [True, False, True, True],
+        "BYTES": ["a", "", "ünï", "🚀"],
+    }
+    inputs = [{"name": f"in_{t.lower()}", "datatype": t, "shape": [2, 2], "data": d} for t, d in data.items()]
+    body = _v2(client, "types", inputs, id="round-trip-1")
+    assert body["id"] == "round-trip-1" and body["model_name"] == "types"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    for t, d in data.items():
+        out = outputs[f"out_{t.lower()}"]
+        assert out["datatype"] == t and out["shape"] == [2, 2]
+        if t == "FP32":
+            assert np.allclose(out["data"], np.float32(d))
+        else:
+            assert out["data"] == d
+
+
+def test_requested_outputs_subset(client) -> None:
+    inputs = [{"name": f"in_{t.lower()}", "datatype": t, "shape": [1, 1], "data": [v]}
+              for t, v in (("FP32", 1.0), ("FP64", 1.0), ("INT32", 1), ("INT64", 1), ("BOOL", True), ("BYTES", "x"))]
+    body = _v2(client, "types", inputs, outputs=[{"name": "out_bytes"}])
+    assert [o["name"] for o in body["outputs"]] == ["out_bytes"]
+
+
+def test_versioned_route_and_metadata(client) -> None:
+    response = client.post(
+        "/v2/models/echo/versions/1/infer", json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    )
+    assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0]
+    meta = client.get("/v2/models/digits").json()
+    assert meta["name"] == "digits" and meta["versions"] == ["1"] and meta["platform"] == "modelfleet/safetensors"
+    assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+
+
+def test_health_and_server_metadata(client) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    ready = client.get("/v2/health/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert client.get("/v2/models/embeddings/ready").json()["ready"] is True
+    assert client.get("/v1/models/echo").json() == {"name": "echo", "ready": True}
+    server = client.get("/v2").json()
+    assert server["name"] == "modelfleet" and {"digits", "embeddings", "echo"} <= set(server["models"])
+
+
+def test_docs_and_openapi(client) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v2/models/{name}/infer" in paths and "/v1/models/{name}:predict" in paths
+
+
+def test_metrics_count_requests(client) -> None:
+    def served() -> float:
+        text = client.get("/metrics").text
+        line = [l for l in text.splitlines() if l.startswith('modelfleet_requests_total{model="echo",protocol="v1",status="200"}')]
+        return float(line[0].split()[-1]) if line else 0.0
+
+    before = served()
+    for _ in range(3):
+        assert client.post("/v1/models/echo:predict", json={"instances": [[1.0, 2.0]]}).status_code == 200
+    assert served() == before + 3  # one ingress replica in the test fleet
+
+
+def _digits_in_process(rows: np.ndarray) -> np.ndarray:
+    import torch
+    from safetensors.torch import load_file
+
+    from examples.digits.model import DigitsNet
+    from tests.conftest import FLEET_SPEC
+
+    net = DigitsNet()
+    net.load_state_dict(load_file(FLEET_SPEC.parent / "digits/artifacts/digits/1/model.safetensors"))
+    with torch.inference_mode():
+        return net.eval()(torch.from_numpy(rows)).numpy()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 100])
+def test_batched_model_answers_each_caller_its_own_rows(client, rows: int) -> None:
+    """Rows of concurrent callers share batches (max_batch_size 64) and are split back to the right caller."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from examples.digits.model import load_split
+
+    _, x_test, _, _ = load_split()
+    x_test = x_test.astype(np.float32)
+    expected = _digits_in_process(x_test[: 8 * rows])
+
+    def call(offset: int) -> tuple[int, np.ndarray]:
+        chunk = x_test[offset : offset + rows]
+        body = _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": list(chunk.shape), "data": chunk.ravel().tolist()}])
+        return offset, np.asarray(body["outputs"][0]["data"]).reshape(rows, 10)
+
+    with ThreadPoolExecutor(8) as pool:
+        for offset, probs in pool.map(call, range(0, 8 * rows, rows)):
+            assert np.allclose(probs, expected[offset : offset + rows], atol=1e-5)

@@ -1,0 +1,116 @@
+"""Bad specs exit 2 with one line naming the file, the field and the fix; good ones validate and build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from modelfleet.cli import app
+from serve_apps.spec import AppSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD_MODEL = {
+    "name": "echo",
+    "format": "builtin",
+    "module": "echo",
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+}
+
+
+def _spec(**model_changes) -> str:
+    model = {**GOOD_MODEL, **model_changes}
+    return yaml.safe_dump({"name": "app", "models": [model]})
+
+
+# (case id, file text, text the one-line error must contain)
+BAD_SPECS = [
+    ("not-yaml", "name: app\nmodels: [\n", "not valid YAML"),
+    ("tabs-yaml", "name: app\n\tmodels: []\n", "line 2"),
+    ("empty-file", "", "expected a mapping"),
+    ("top-level-list", "- a\n- b\n", "expected a mapping"),
+    ("unknown-top-key", yaml.safe_dump({"name": "app", "modles": [GOOD_MODEL]}), "modles: unknown key"),
+    ("unknown-model-key", _spec(replicas=3), "models[0:echo].replicas: unknown key"),
+    ("missing-models", yaml.safe_dump({"name": "app"}), "models: required field is missing"),
+    ("wrong-type", _spec(max_ongoing_requests="many"), "models[0:echo].max_ongoing_requests"),
+    ("min-gt-max", _spec(autoscaling={"min_replicas": 3, "max_replicas": 1}), "min_replicas (3) is greater than max_replicas (1)"),
+    ("unknown-format", _spec(format="onnx"), "models[0:echo].format: got 'onnx'; expected one of"),
+    ("pickle-refused", _spec(format="pickle", artifact={"uri": "m.pkl"}), "safetensors.torch.save_file"),
+    ("unknown-scheme", _spec(format="torchscript", artifact={"uri": "ftp://host/m.pt"}), "unknown scheme 'ftp'"),
+    ("artifact-required", _spec(format="torchscript"), "needs an artifact"),
+    ("artifact-missing", _spec(format="torchscript", artifact={"uri": "nowhere/model.pt"}), "does not exist"),
+    ("bad-sha", _spec(format="torchscript", artifact={"uri": "m.pt", "sha256": "abc"}), "models[0:echo].artifact.sha256"),
+    ("bad-shape", _spec(inputs=[{"name": "x", "datatype": "FP32", "shape": [0, 3]}]), "models[0:echo].inputs[0:x].shape: dimensions must be positive"),
+    ("bad-datatype", _spec(inputs=[{"name": "x", "datatype": "FLOAT", "shape": [-1]}]), "inputs[0:x].datatype: got 'FLOAT'"),
+    ("bad-name", _spec(name="Digits!"), "models[0:Digits!].name: got 'Digits!'; names use lowercase"),
+    ("module-malformed", _spec(format="safetensors", module="not a module", artifact={"uri": "m.safetensors"}), "package.module:Class"),
+    ("dup-models", yaml.safe_dump({"name": "app", "models": [GOOD_MODEL, GOOD_MODEL]}), "model names must be unique"),
+    ("negative-cpus", _spec(resources={"num_cpus": -1}), "models[0:echo].resources.num_cpus"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [pytest.param(t, e, id=i) for i, t, e in BAD_SPECS])
+def test_bad_spec_exits_2_with_one_clear_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0] and expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_non_utf8_and_missing_files(tmp_path: Path) -> None:
+    binary = tmp_path / "app.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    for path, expected in ((binary, "cannot read it"), (tmp_path / "absent.yaml", "file not found")):
+        result = CliRunner().invoke(app, ["validate", str(path)])
+        assert result.exit_code == 2 and expected in result.stderr, result.stderr
+
+
+def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
+    """Same contract through a real interpreter, as a script would see it."""
+    path = tmp_path / "app.yaml"
+    path.write_text(_spec(autoscaling={"min_replicas": 2, "max_replicas": 1}))
+    proc = subprocess.run([sys.executable, "-m", "modelfleet", "validate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "models[0:echo].autoscaling" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", ["examples/fleet.yaml", "examples/digits/app.yaml", "examples/embeddings/app.yaml", "examples/echo/app.yaml"])
+def test_examples_validate(spec: str) -> None:
+    result = CliRunner().invoke(app, ["validate", str(ROOT / spec)])
+    assert result.exit_code == 0, result.output
+
+
+def test_schema_is_the_app_spec_schema() -> None:
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema == AppSpec.model_json_schema()
+    model = schema["$defs"]["ModelSpec"]
+    assert model["additionalProperties"] is False
+    assert all("description" in field for field in model["properties"].values())
+
+
+def test_build_writes_a_config_ray_accepts(tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve_config.yaml"
+    result = CliRunner().invoke(app, ["build", str(ROOT / "examples/fleet.yaml"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    config = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    (application,) = config.applications
+    assert application.import_path == "serve_apps.build:app_builder"
+    embedded = AppSpec.model_validate(application.args["spec"])
+    assert {m.name for m in embedded.models} == {"digits", "embeddings", "echo"}
+    assert all(m.artifact is None or m.artifact.uri.startswith("file:///") for m in embedded.models)
