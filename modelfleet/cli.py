@@ -31,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # URLs and curl lines must stay pasteable
 
 AppPath = Annotated[Path, typer.Argument(help="The app spec (YAML).", show_default=False)]
 
@@ -93,7 +93,8 @@ def _print_endpoints(spec: AppSpec, base: str) -> None:
     out.print(f"\n[bold green]serving[/bold green] app {spec.name!r} at {base}   (docs: {base}/docs)")
     for model in spec.models:
         out.print(f"  {model.name:<16} V1 {base}/v1/models/{model.name}:predict   V2 {base}/v2/models/{model.name}/infer")
-    first = spec.models[0]
+    # The smallest sample makes the most readable curl line.
+    first = min(spec.models, key=lambda m: len(json.dumps(sample_v2(m))))
     for label, url, body in (
         ("V2", f"{base}/v2/models/{first.name}/infer", sample_v2(first)),
         ("V1", f"{base}/v1/models/{first.name}:predict", sample_v1(first)),
@@ -139,12 +140,13 @@ def run(
     except StorageError as exc:
         _failed(f"fetching artifacts: {exc}")
 
-    # SIGTERM (e.g. from a supervisor or a test) stops as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
     server = LocalServer(host=host, port=port)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignored SIGINT
     try:
         with err.status("starting Ray (loopback only)…"):
             server.start()
+        # After ray.init, which installs its own SIGTERM handler: SIGTERM stops as cleanly as Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
         with err.status("deploying…") as status:
 
             def show(app_state: str, states: dict[str, str]) -> None:

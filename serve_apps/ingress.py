@@ -7,7 +7,6 @@ model is the server's fault: a 500 that carries a request id to find the
 traceback in the logs. Every other error is a 4xx with `{"error": ...}`.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -78,18 +77,45 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
 
+class _ModelFailed(Exception):
+    def __init__(self, model: str, request_id: str):
+        self.model, self.request_id = model, request_id
+
+
+@api.exception_handler(_ModelFailed)
+async def _model_failed(_: Request, exc: _ModelFailed) -> JSONResponse:
+    return _error(
+        500,
+        f"model {exc.model!r} failed on this request; the server logs hold the traceback under request id {exc.request_id}",
+        request_id=exc.request_id,
+    )
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    logger.error("ingress error on request %s", request_id, exc_info=exc)
+    return _error(500, f"internal error; the server logs hold the traceback under request id {request_id}", request_id=request_id)
+
+
+def _json(payload: dict, request_id: str) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json", headers={"x-request-id": request_id})
+
+
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")  # the latter: curl -d's default
 
 
+# serve.ingress() freezes `api` and this class when it decorates: every handler
+# and helper they use must be defined above this line.
 @serve.ingress(api)
 class Ingress:
     """Routes requests to model deployments through Ray Serve handles."""
 
     def __init__(self, app_spec: dict, models: dict[str, DeploymentHandle]):
-        self.app = AppSpec.model_validate(app_spec)
-        self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app.models}
+        self.app_spec = AppSpec.model_validate(app_spec)
+        self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app_spec.models}
         self.handles = models
-        self.max_body_bytes = int(self.app.ingress.max_body_mb * 1024 * 1024)
+        self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
         self.metrics = _Metrics()
 
     # ---- request plumbing -------------------------------------------------
@@ -211,28 +237,3 @@ class Ingress:
         status = await asyncio.to_thread(serve.status)
         deployments = status.applications[app_name].deployments if app_name in status.applications else {}
         return {name: deployments[name].status.value if name in deployments else "UNKNOWN" for name in self.specs}
-
-
-class _ModelFailed(Exception):
-    def __init__(self, model: str, request_id: str):
-        self.model, self.request_id = model, request_id
-
-
-@api.exception_handler(_ModelFailed)
-async def _model_failed(_: Request, exc: _ModelFailed) -> JSONResponse:
-    return _error(
-        500,
-        f"model {exc.model!r} failed on this request; the server logs hold the traceback under request id {exc.request_id}",
-        request_id=exc.request_id,
-    )
-
-
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    logger.error("ingress error on request %s", request_id, exc_info=exc)
-    return _error(500, f"internal error; the server logs hold the traceback under request id {request_id}", request_id=request_id)
-
-
-def _json(payload: dict, request_id: str) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json", headers={"x-request-id": request_id})

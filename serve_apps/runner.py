@@ -19,6 +19,8 @@ from .spec import AppSpec
 __all__ = ["DeployFailed", "LocalServer", "prefetch_artifacts"]
 
 StatusCallback = Callable[[str, dict[str, str]], None]
+# Replicas log model loads and errors (with request ids); per-request access logs would drown them.
+APP_LOGGING = {"enable_access_log": False, "log_level": "INFO"}
 
 
 class DeployFailed(Exception):
@@ -38,6 +40,14 @@ def prefetch_artifacts(spec: AppSpec, progress: Callable[[str, int, int | None],
         callback = (lambda done, total, name=model.name: progress(name, done, total)) if progress else None
         paths[model.name] = fetch(model.artifact.uri, sha256=model.artifact.sha256, progress=callback)
     return paths
+
+
+def _last_error_line(message: str) -> str:
+    """Serve's messages end with the replica's whole traceback; the cause is its last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return f"{lines[-1]} (full traceback above)"
+    return " ".join(lines)
 
 
 @dataclass
@@ -62,7 +72,7 @@ class LocalServer:
         serve.start(
             proxy_location="HeadOnly",
             http_options={"host": self.host, "port": self.port},
-            logging_config={"enable_access_log": False},
+            logging_config={"enable_access_log": False, "log_level": "WARNING"},  # controller and proxy chatter
         )
 
     @property
@@ -80,7 +90,7 @@ class LocalServer:
 
         app = build_app(spec, gpus_in_cluster=self.gpus)
         serve.run_many(
-            [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix)],
+            [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
             wait_for_applications_running=False,
         )
         deadline = time.monotonic() + timeout_s
@@ -93,7 +103,7 @@ class LocalServer:
                 if status.status.value == "RUNNING":
                     return
                 if status.status.value in ("DEPLOY_FAILED", "UNHEALTHY"):
-                    reasons = [f"{n}: {d.message}" for n, d in status.deployments.items() if d.message]
+                    reasons = [f"{n}: {_last_error_line(d.message)}" for n, d in status.deployments.items() if d.message]
                     raise DeployFailed("; ".join(reasons) or status.message or status.status.value)
             if time.monotonic() > deadline:
                 raise DeployFailed(f"application {spec.name!r} not running after {timeout_s:.0f}s")

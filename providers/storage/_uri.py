@@ -1,4 +1,4 @@
-"""The one URI parser: scheme, bucket/container, key, and plain local paths."""
+"""The one URI parser: scheme, bucket/container/host, key, and plain local paths."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ from ._registry import PROVIDERS
 @dataclass(frozen=True)
 class ParsedURI:
     scheme: str
-    bucket: str  # bucket, container or host; empty for file
-    key: str  # object key or path inside the bucket; absolute path for file
+    bucket: str  # bucket, container or host:port; empty for file
+    key: str  # object key (no leading '/'), URL path for http, absolute path for file
 
     @property
     def is_dir(self) -> bool:
         return self.key.endswith("/")
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.key}"
+        if self.scheme in ("http", "https"):
+            return f"{self.scheme}://{self.bucket}{self.key}"
+        return f"{self.scheme}://{self.bucket}/{self.key}"
 
 
 def scheme_of(uri: str) -> str:
@@ -48,7 +55,11 @@ def resolve_uri(uri: str, base_dir: Path | str | None = None) -> str:
 def parse_uri(uri: str) -> ParsedURI:
     scheme = scheme_of(uri)
     if scheme == "file":
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        return ParsedURI("file", "", path)
+        return ParsedURI("file", "", uri.removeprefix("file://"))
     parts = urlsplit(uri)
+    if not parts.netloc:
+        raise UnsupportedScheme(uri, f"{scheme}:// URIs need a {'host' if scheme.startswith('http') else 'bucket'}")
+    if scheme in ("http", "https"):
+        key = parts.path + (f"?{parts.query}" if parts.query else "")
+        return ParsedURI(scheme, parts.netloc, key or "/")
     return ParsedURI(scheme, parts.netloc, parts.path.lstrip("/"))

@@ -1,0 +1,34 @@
+"""Model formats -> models with one `predict(inputs) -> outputs` method.
+
+One module per format, found through `_FORMATS` and imported only when used
+(so sentence-transformers loads only for the models that need it). A new
+format is one module plus one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..spec import ModelSpec
+from ._base import LoadError, Model, pick_device
+
+__all__ = ["LoadError", "Model", "known_formats", "load_model", "pick_device"]
+
+_FORMATS: dict[str, str] = {
+    "safetensors": "serve_apps.loaders.safetensors",
+    "torchscript": "serve_apps.loaders.torchscript",
+    "torch_export": "serve_apps.loaders.torch_export",
+    "sentence_transformers": "serve_apps.loaders.sentence_transformers",
+    "builtin": "serve_apps.loaders.builtin",
+}
+
+
+def known_formats() -> list[str]:
+    return sorted(_FORMATS)
+
+
+def load_model(spec: ModelSpec, artifact_path: Path | None, device: str) -> Model:
+    """Load `spec`'s model from its fetched artifact onto `device` ("cpu" or "cuda")."""
+    module = importlib.import_module(_FORMATS[spec.format.value])
+    return module.load(spec, artifact_path, device)

@@ -1,0 +1,44 @@
+"""What every loader returns, and the errors they raise."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["LoadError", "Model", "pick_device", "refuse_pickle"]
+
+PICKLE_HINT = (
+    "unpickling runs arbitrary code, so modelfleet never loads pickles; convert the model once where you trust it: "
+    "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') (format: safetensors, module: pkg.mod:Class) "
+    "or torch.jit.save(torch.jit.script(model), 'model.pt') (format: torchscript)"
+)
+
+
+class Model(Protocol):
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One array per declared input (batch first) -> one array per declared output."""
+
+
+class LoadError(Exception):
+    """A model that cannot be loaded; the message says what and how to fix it."""
+
+
+def pick_device(num_gpus: float) -> str:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def refuse_pickle(path, expected: str) -> None:
+    """Raise LoadError if `path` holds a pickle (or a torch.save zip) instead of `expected`."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80":
+        raise LoadError(f"{path} is a pickle, not {expected}: {PICKLE_HINT}")
+    if head == b"PK" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith("data.pkl") for n in z.namelist()) and expected != "a TorchScript archive":
+                raise LoadError(f"{path} is a torch.save() pickle archive, not {expected}: {PICKLE_HINT}")

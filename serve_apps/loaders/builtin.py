@@ -1,0 +1,33 @@
+"""format: builtin — models that need no artifact (e.g. `echo`, to measure serving overhead)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..spec import ModelSpec
+from ..tensors import NUMPY_DTYPES
+from ._base import LoadError
+
+
+class Echo:
+    """Returns input i as output i: the cheapest possible model."""
+
+    def __init__(self, spec: ModelSpec):
+        self.pairs = [(i.name, o.name, NUMPY_DTYPES[o.datatype]) for i, o in zip(spec.inputs, spec.outputs)]
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {out: inputs[inp].astype(dtype, copy=False) for inp, out, dtype in self.pairs}
+
+
+BUILTINS = {"echo": Echo}
+
+
+def load(spec: ModelSpec, path: Path | None, device: str):
+    factory = BUILTINS.get(spec.module or "")
+    if factory is None:
+        raise LoadError(f"model {spec.name!r}: unknown builtin {spec.module!r}; known: {sorted(BUILTINS)}")
+    if spec.module == "echo" and len(spec.inputs) != len(spec.outputs):
+        raise LoadError(f"model {spec.name!r}: echo needs as many outputs as inputs")
+    return factory(spec)
