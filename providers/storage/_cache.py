@@ -2,8 +2,10 @@
 
 Cache layout under the root (`MODELFLEET_CACHE_DIR`, default ~/.cache/modelfleet):
 
-    sha256/<hex>/<name>    artifacts fetched with a declared sha256 (shared by any URI with that content)
+    sha256/<hex>/<name>    artifacts with a declared sha256: a hit needs no network at all
     uri/<hex>/<name>       artifacts without one, keyed by (URI, the object's version token)
+
+(<name> is the artifact's own file or folder name.)
     tmp/                   downloads in progress; renamed into place only once complete and verified
     locks/<hex>.lock       one file lock per entry, so concurrent fetches download once
 
@@ -135,33 +137,38 @@ def fetch(
     """A local, verified copy of the artifact at `uri` (a file, or a folder for directory artifacts)."""
     uri = resolve_uri(uri, base_dir)
     parsed = parse_uri(uri)
+    root = cache_root(cache_dir)
+    if sha256:  # content-addressed: a hit needs no network at all
+        entry = root / "sha256" / sha256
+        if entry.exists():
+            return _only_child(entry)
     provider = get_provider(parsed.scheme)
+    name = PurePosixPath(parsed.key.split("?", 1)[0].rstrip("/")).name or "artifact"
     is_dir = parsed.is_dir or provider.is_dir(parsed)
     if is_dir:
-        files = [(rel, child(parsed, rel), info) for rel, info in provider.list(parsed)]
+        files = [(f"{name}/{rel}", child(parsed, rel), info) for rel, info in provider.list(parsed)]
         version = _manifest_digest({rel: info.version for rel, _, info in files})
-        name = PurePosixPath(parsed.key.rstrip("/")).name or "artifact"
     else:
         info = provider.stat(parsed)
-        name = PurePosixPath(parsed.key.split("?", 1)[0]).name or "artifact"
         files = [(name, parsed, info)]
         version = info.version
     key = sha256 or hashlib.sha256(f"{uri}\0{version}".encode()).hexdigest()
-    root = cache_root(cache_dir)
     entry = root / ("sha256" if sha256 else "uri") / key
-    result = entry if is_dir else entry / name
     if entry.exists():
-        return result
+        return _only_child(entry)
     for sub in ("tmp", "locks", entry.parent.name):
         (root / sub).mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / "locks" / f"{key}.lock")):
         if entry.exists():  # another process finished it while we waited
-            return result
+            return _only_child(entry)
         staging = Path(tempfile.mkdtemp(dir=root / "tmp", prefix=f"{key[:12]}-"))
         try:
             folder = staging / "entry"
             hashes = _download_into(folder, parsed, files, progress)
-            actual = _manifest_digest(hashes) if is_dir else hashes[name]
+            if is_dir:
+                actual = _manifest_digest({rel.split("/", 1)[1]: digest for rel, digest in hashes.items()})
+            else:
+                actual = hashes[name]
             if sha256 and actual != sha256:
                 raise ChecksumMismatch(
                     uri, f"expected sha256 {sha256} but the downloaded bytes hash to {actual}; "
@@ -170,7 +177,12 @@ def fetch(
             os.rename(folder, entry)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return result
+    return _only_child(entry)
+
+
+def _only_child(entry: Path) -> Path:
+    """An entry holds exactly one thing: the artifact file or folder, under its own name."""
+    return next(entry.iterdir())
 
 
 def upload(local_path: Path | str, uri: str, *, base_dir: Path | str | None = None) -> None:
