@@ -7,6 +7,7 @@ component failed (with its cause). No tracebacks for either.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import signal
 import sys
@@ -32,6 +33,18 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)  # URLs and curl lines must stay pasteable
+
+class _ConsoleHandler(logging.Handler):
+    """modelfleet's own warnings, one readable line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]{record.levelname.lower()}:[/yellow] {escape(record.getMessage())}", soft_wrap=True)
+
+
+_log = logging.getLogger("modelfleet")
+_log.addHandler(_ConsoleHandler())
+_log.setLevel(logging.INFO)
+_log.propagate = False
 
 AppPath = Annotated[Path, typer.Argument(help="The app spec (YAML).", show_default=False)]
 

@@ -35,9 +35,7 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
     actor: dict[str, Any] = {"num_cpus": model.resources.num_cpus}
     num_gpus = model.resources.num_gpus
     if num_gpus and gpus_in_cluster is not None and gpus_in_cluster < num_gpus:
-        logger.warning(
-            "model %s asks for %s GPU(s) but this cluster has %s: it runs on CPU", model.name, num_gpus, gpus_in_cluster
-        )
+        logger.warning("model %s asks for %s GPU(s) but this cluster has %s: it runs on CPU", model.name, num_gpus, gpus_in_cluster)
         num_gpus = 0
     if num_gpus:
         actor["num_gpus"] = num_gpus

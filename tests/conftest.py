@@ -71,7 +71,7 @@ def _test_fleet(tmp: Path) -> Path:
             "artifact": {"uri": str(tmp / "faulty.pt")},
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
-            "resources": tiny,
+            "resources": {**tiny, "num_gpus": 1},  # no GPU here: must run on CPU, with a warning
         },
     ]
     spec["ingress"] = {**spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB}

@@ -162,3 +162,13 @@ def test_batched_model_answers_each_caller_its_own_rows(client, rows: int) -> No
     with ThreadPoolExecutor(callers) as pool:
         for offset, probs in pool.map(call, range(0, callers * rows, rows)):
             assert np.allclose(probs, expected[offset : offset + rows], atol=1e-5)
+
+
+def test_gpu_model_without_a_gpu_runs_on_cpu_with_a_warning(client, fleet: Fleet) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the CPU fallback does not apply")
+    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
+    assert client.post("/v2/models/faulty/infer", json=good).status_code == 200
+    assert "model faulty asks for 1.0 GPU(s) but this cluster has 0.0: it runs on CPU" in fleet.log()
