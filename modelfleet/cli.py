@@ -134,6 +134,17 @@ def _prefetch(spec: AppSpec) -> None:
         prefetch_artifacts(spec, progress)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in a second, not after Ray's proxy gives up on a busy port."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            _bad_input(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pick another --port or stop what uses it")
+
+
 def _interrupt(*_: object) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -148,6 +159,7 @@ def run(
     from serve_apps.runner import DeployFailed, LocalServer
 
     spec = _load(spec_path)
+    _check_port_free(host, port)
     try:
         _prefetch(spec)
     except StorageError as exc:

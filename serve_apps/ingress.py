@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -150,7 +151,7 @@ class Ingress:
         status = 200
         try:
             return await self.handles[spec.name].infer.remote(inputs)
-        except (BackPressureError, DeploymentUnavailableError) as exc:
+        except (BackPressureError, DeploymentUnavailableError, ActorDiedError, ActorUnavailableError) as exc:
             status = 503
             raise RequestError(503, f"model {spec.name!r} is overloaded or unavailable ({exc.__class__.__name__}); retry later") from None
         except Exception:

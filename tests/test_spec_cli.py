@@ -114,3 +114,15 @@ def test_build_writes_a_config_ray_accepts(tmp_path: Path) -> None:
     embedded = AppSpec.model_validate(application.args["spec"])
     assert {m.name for m in embedded.models} == {"digits", "embeddings", "echo"}
     assert all(m.artifact is None or m.artifact.uri.startswith("file:///") for m in embedded.models)
+
+
+def test_run_refuses_a_busy_port_before_starting_anything() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["run", str(ROOT / "examples/echo/app.yaml"), "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"--port {port}: cannot listen there" in result.stderr and "pick another --port" in result.stderr
