@@ -186,7 +186,11 @@ class ModelSpec(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1, description="Output tensors, in the order the model returns them.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-replica resources and node pool.")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Replica bounds and targets.")
-    max_ongoing_requests: int = Field(default=16, ge=1, description="Concurrent requests one replica accepts.")
+    max_ongoing_requests: int = Field(
+        default=16,
+        ge=1,
+        description="Concurrent requests one replica accepts (default 16, or max_batch_size when batching needs more).",
+    )
     batching: BatchingSpec | None = Field(default=None, description="Enable dynamic batching across requests.")
 
     @field_validator("format", mode="before")
@@ -195,6 +199,13 @@ class ModelSpec(_Strict):
         if isinstance(value, str) and value.lower() in _REFUSED_FORMATS:
             raise ValueError(f"format {value!r} is refused: {_REFUSED_FORMATS[value.lower()]}; {_CONVERSION_HINT}")
         return value
+
+    @model_validator(mode="after")
+    def _room_for_a_full_batch(self) -> ModelSpec:
+        # A replica holding fewer requests than max_batch_size could never fill a batch of one-row requests.
+        if self.batching and "max_ongoing_requests" not in self.model_fields_set:
+            self.max_ongoing_requests = max(self.max_ongoing_requests, self.batching.max_batch_size)
+        return self
 
     @model_validator(mode="after")
     def _format_needs(self) -> ModelSpec:

@@ -126,3 +126,11 @@ def test_run_refuses_a_busy_port_before_starting_anything() -> None:
         result = CliRunner().invoke(app, ["run", str(ROOT / "examples/echo/app.yaml"), "--port", str(port)])
     assert result.exit_code == 2
     assert f"--port {port}: cannot listen there" in result.stderr and "pick another --port" in result.stderr
+
+
+def test_batching_leaves_room_for_a_full_batch_unless_told_otherwise() -> None:
+    batched = yaml.safe_load(_spec(batching={"max_batch_size": 64}))
+    assert AppSpec.model_validate(batched).models[0].max_ongoing_requests == 64
+    batched["models"][0]["max_ongoing_requests"] = 8  # the user's explicit choice stands
+    assert AppSpec.model_validate(batched).models[0].max_ongoing_requests == 8
+    assert AppSpec.model_validate(yaml.safe_load(_spec())).models[0].max_ongoing_requests == 16
