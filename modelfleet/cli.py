@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from providers.storage import StorageError
+from serve_apps.auth import KeyRing, KeysConfigError, append_key
 from serve_apps.spec import AppSpec, SpecError, check_artifacts_exist, load_app_spec
 
 app = typer.Typer(
@@ -69,10 +70,29 @@ def _load(path: Path, *, artifacts: bool = True) -> AppSpec:
         _bad_input(str(exc))
 
 
+def _keys(spec: AppSpec) -> KeyRing:
+    try:
+        return KeyRing.load(spec.keys_path())
+    except KeysConfigError as exc:
+        _bad_input(str(exc))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command()
 def validate(spec_path: AppPath) -> None:
     """Check an app spec (schema and semantics) without starting anything."""
     spec = _load(spec_path)
+    _keys(spec)
     out.print(f"{spec_path}: ok — app {spec.name!r}, models: {', '.join(m.name for m in spec.models)}")
 
 
@@ -92,7 +112,8 @@ def build(
     """Write a Ray Serve config that `serve deploy` accepts."""
     from serve_apps.build import serve_config
 
-    text = yaml.safe_dump(serve_config(_load(spec_path), host=host, port=port), sort_keys=False)
+    spec = _load(spec_path)
+    text = yaml.safe_dump(serve_config(spec, host=host, port=port, keys=_keys(spec)), sort_keys=False)
     if output is None:
         out.print(text, end="", markup=False)
     else:
@@ -159,6 +180,12 @@ def run(
     from serve_apps.runner import DeployFailed, LocalServer
 
     spec = _load(spec_path)
+    keys = _keys(spec)
+    if not keys.enabled and not _is_loopback(host):
+        _bad_input(
+            f"--host {host}: refusing to expose models beyond this machine without API keys; "
+            f"set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or MODELFLEET_API_KEYS"
+        )
     _check_port_free(host, port)
     try:
         _prefetch(spec)
@@ -177,7 +204,7 @@ def run(
             def show(app_state: str, states: dict[str, str]) -> None:
                 status.update(f"deploying {spec.name}: {app_state} — " + ", ".join(f"{n} {s}" for n, s in sorted(states.items())))
 
-            server.deploy(spec, on_status=show)
+            server.deploy(spec, keys=keys, on_status=show)
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         _print_endpoints(spec, f"http://{display_host}:{port}")
         sys.stdout.flush()
@@ -191,6 +218,25 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
         server.stop()
     err.print("stopped.")
+
+
+keys_app = typer.Typer(help="API keys: create them; only their hashes are stored.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    file: Annotated[Path, typer.Option("--file", help="Keys file to append to (created if absent).")],
+    name: Annotated[str, typer.Option("--name", help="Who holds the key (for audit; not secret).")],
+    scope: Annotated[list[str], typer.Option("--scope", help="admin, invoke:* or invoke:<model>; repeatable.")],
+) -> None:
+    """Create an API key, store its hash and scopes in FILE, print the key once."""
+    try:
+        key = append_key(file, name, scope)
+    except (KeysConfigError, ValueError) as exc:
+        _bad_input(str(exc).splitlines()[0])
+    err.print(f"stored the hash of key {name!r} ({', '.join(scope)}) in {file}; this is the only time the key is shown:")
+    out.print(key, markup=False)
 
 
 def main() -> None:

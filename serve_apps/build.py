@@ -12,6 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
 from .ingress import Ingress
 from .spec import AppSpec, ModelSpec
@@ -49,8 +50,13 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
     }
 
 
-def build_app(spec: AppSpec, gpus_in_cluster: float | None = None) -> Application:
-    """The Serve application: one deployment per model behind one ingress."""
+def build_app(spec: AppSpec, gpus_in_cluster: float | None = None, keys: KeyRing | None = None) -> Application:
+    """The Serve application: one deployment per model behind one ingress.
+
+    `keys`: defaults to the spec's keys file plus MODELFLEET_API_KEYS, read
+    here; only their hashes travel to the ingress.
+    """
+    keys = keys or KeyRing.load(spec.keys_path())
     spec = spec.resolved()
     models = {
         m.name: serve.deployment(ModelDeployment)
@@ -64,16 +70,21 @@ def build_app(spec: AppSpec, gpus_in_cluster: float | None = None) -> Applicatio
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
     )
-    return ingress.bind(spec.model_dump(mode="json"), models)
+    return ingress.bind(spec.model_dump(mode="json"), models, [k.model_dump(mode="json") for k in keys.keys])
 
 
 def app_builder(args: dict[str, Any]) -> Application:
     """Entry point for `serve deploy` configs: `import_path: serve_apps.build:app_builder`."""
-    return build_app(AppSpec.model_validate(args["spec"]))
+    keys = KeyRing([ApiKey.model_validate(k) for k in args.get("keys", [])])
+    return build_app(AppSpec.model_validate(args["spec"]), keys=keys)
 
 
-def serve_config(spec: AppSpec, host: str = "0.0.0.0", port: int = 8000) -> dict[str, Any]:
-    """A ServeDeploySchema-compatible config that rebuilds this app from its (resolved) spec."""
+def serve_config(spec: AppSpec, host: str = "0.0.0.0", port: int = 8000, keys: KeyRing | None = None) -> dict[str, Any]:
+    """A ServeDeploySchema-compatible config that rebuilds this app from its (resolved) spec.
+
+    API keys are embedded as hashes, so the config is safe to store and ship.
+    """
+    keys = keys or KeyRing.load(spec.keys_path())
     resolved = spec.resolved()
     return {
         "proxy_location": "EveryNode",
@@ -83,7 +94,7 @@ def serve_config(spec: AppSpec, host: str = "0.0.0.0", port: int = 8000) -> dict
                 "name": resolved.name,
                 "route_prefix": resolved.route_prefix,
                 "import_path": "serve_apps.build:app_builder",
-                "args": {"spec": resolved.model_dump(mode="json")},
+                "args": {"spec": resolved.model_dump(mode="json"), "keys": [k.model_dump(mode="json") for k in keys.keys]},
             }
         ],
     }

@@ -25,6 +25,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import ApiKey, KeyRing
 from .spec import AppSpec, ModelSpec
 from .tensors import RequestError, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
 
@@ -62,7 +63,9 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    return _error(exc.status, str(exc))
+    response = _error(exc.status, str(exc))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -112,14 +115,29 @@ _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")  # the l
 class Ingress:
     """Routes requests to model deployments through Ray Serve handles."""
 
-    def __init__(self, app_spec: dict, models: dict[str, DeploymentHandle]):
+    def __init__(self, app_spec: dict, models: dict[str, DeploymentHandle], keys: list[dict] | None = None):
         self.app_spec = AppSpec.model_validate(app_spec)
+        self.keys = KeyRing([ApiKey.model_validate(k) for k in keys or []])
         self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app_spec.models}
         self.handles = models
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
         self.metrics = _Metrics()
 
     # ---- request plumbing -------------------------------------------------
+
+    def _authorize(self, request: Request, model: str | None, any_key: bool = False) -> None:
+        """401 without a valid key; 403 when the key lacks the scope. No-op when no keys are configured."""
+        if not self.keys.enabled:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise RequestError(401, "missing API key: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"})
+        key = self.keys.find(token.strip())
+        if key is None:
+            raise RequestError(401, "invalid API key", {"WWW-Authenticate": "Bearer"})
+        if not (any_key or key.allows(model)):
+            need = f"invoke:{model}" if model else "admin"
+            raise RequestError(403, f"key {key.name!r} lacks the scope this needs ({need})")
 
     def _model(self, name: str, version: str | None = None) -> ModelSpec:
         spec = self.specs.get(name)
@@ -168,6 +186,7 @@ class Ingress:
 
     @api.post("/v1/models/{name}:predict", summary="KServe V1 predict")
     async def predict_v1(self, name: str, request: Request) -> Response:
+        self._authorize(request, name)
         spec = self._model(name)
         inputs = decode_v1(await self._json_body(request), spec)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -176,10 +195,12 @@ class Ingress:
 
     @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer")
     async def infer_v2(self, name: str, request: Request) -> Response:
+        self._authorize(request, name)
         return await self._infer_v2(self._model(name), request)
 
     @api.post("/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol V2 infer (versioned)")
     async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
+        self._authorize(request, name)
         return await self._infer_v2(self._model(name, version), request)
 
     async def _infer_v2(self, spec: ModelSpec, request: Request) -> Response:
@@ -190,9 +211,11 @@ class Ingress:
     # ---- metadata and health ----------------------------------------------
 
     @api.get("/v2", summary="Server metadata")
-    async def server_metadata(self) -> dict:
+    async def server_metadata(self, request: Request) -> dict:
+        self._authorize(request, None, any_key=True)
         return {"name": "modelfleet", "version": api.version, "extensions": [], "models": sorted(self.specs)}
 
+    # Liveness and readiness stay open: orchestrators' probes carry no keys.
     @api.get("/v2/health/live", summary="Server liveness")
     async def live(self) -> dict:
         return {"live": True}
@@ -205,7 +228,8 @@ class Ingress:
 
     @api.get("/v2/models/{name}", summary="Model metadata")
     @api.get("/v2/models/{name}/versions/{version}", summary="Model metadata (versioned)")
-    async def model_metadata(self, name: str, version: str | None = None) -> dict:
+    async def model_metadata(self, name: str, request: Request, version: str | None = None) -> dict:
+        self._authorize(request, name)
         spec = self._model(name, version)
         return {
             "name": spec.name,
@@ -217,20 +241,23 @@ class Ingress:
 
     @api.get("/v2/models/{name}/ready", summary="Model readiness")
     @api.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness (versioned)")
-    async def model_ready(self, name: str, version: str | None = None) -> Response:
+    async def model_ready(self, name: str, request: Request, version: str | None = None) -> Response:
+        self._authorize(request, name)
         spec = self._model(name, version)
         state = (await self._model_states()).get(spec.name, "UNKNOWN")
         ready = state == "HEALTHY"
         return JSONResponse({"name": spec.name, "ready": ready, "state": state}, status_code=200 if ready else 503)
 
     @api.get("/v1/models/{name}", summary="KServe V1 model status")
-    async def model_status_v1(self, name: str) -> dict:
+    async def model_status_v1(self, name: str, request: Request) -> dict:
+        self._authorize(request, name)
         spec = self._model(name)
         state = (await self._model_states()).get(spec.name, "UNKNOWN")
         return {"name": spec.name, "ready": state == "HEALTHY"}
 
     @api.get("/metrics", summary="Prometheus metrics of this ingress replica")
-    async def metrics(self) -> Response:
+    async def metrics(self, request: Request) -> Response:
+        self._authorize(request, None)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _model_states(self) -> dict[str, str]:

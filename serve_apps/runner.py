@@ -81,14 +81,14 @@ class LocalServer:
 
         return float(ray.cluster_resources().get("GPU", 0))
 
-    def deploy(self, spec: AppSpec, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
+    def deploy(self, spec: AppSpec, keys=None, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
         """Deploy and wait until every model is RUNNING; raise DeployFailed with Serve's message otherwise."""
         from ray import serve
         from ray.serve.api import RunTarget
 
         from .build import build_app
 
-        app = build_app(spec, gpus_in_cluster=self.gpus)
+        app = build_app(spec, gpus_in_cluster=self.gpus, keys=keys)
         serve.run_many(
             [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
             wait_for_applications_running=False,

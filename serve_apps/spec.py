@@ -230,6 +230,13 @@ class IngressSpec(_Strict):
     max_body_mb: float = Field(default=16.0, gt=0, description="Larger request bodies get 413.")
     num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved for each ingress replica.")
     num_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    keys_file: str | None = Field(
+        default=None,
+        description=(
+            "API keys file (hashes and scopes; relative to the spec), merged with MODELFLEET_API_KEYS. "
+            "With any key configured, every model route needs `Authorization: Bearer <key>`."
+        ),
+    )
 
 
 class AppSpec(_Strict):
@@ -258,9 +265,14 @@ class AppSpec(_Strict):
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 
+    def keys_path(self) -> Path | None:
+        return (self._base_dir / self.ingress.keys_file).resolve() if self.ingress.keys_file else None
+
     def resolved(self) -> AppSpec:
-        """A copy whose artifact URIs are absolute, so it means the same from any working directory."""
+        """A copy whose paths are absolute, so it means the same from any working directory."""
         copy = self.model_copy(deep=True)
+        if copy.ingress.keys_file:
+            copy.ingress.keys_file = str(self.keys_path())
         for model in copy.models:
             if model.artifact is not None:
                 model.artifact.uri = resolve_uri(model.artifact.uri, self._base_dir)

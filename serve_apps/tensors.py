@@ -51,8 +51,8 @@ _INT_RANGE = {Datatype.INT32: np.iinfo(np.int32), Datatype.INT64: np.iinfo(np.in
 class RequestError(Exception):
     """A client mistake: `status` is the HTTP status, the message goes into {"error": ...}."""
 
-    def __init__(self, status: int, message: str):
-        self.status = status
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        self.status, self.headers = status, headers
         super().__init__(message)
 
 

@@ -24,6 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FLEET_SPEC = ROOT / "examples" / "fleet.yaml"
 MAX_BODY_MB = 1.0
+# The fleet runs with API keys on, as production would: tests call it with the admin key.
+ADMIN_KEY = "mf_test_admin_key_0123456789"
+DIGITS_KEY = "mf_test_digits_only_key_9876543210"
 
 
 def free_port() -> int:
@@ -90,8 +93,9 @@ class Fleet:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+    def client(self, key: str | None = ADMIN_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
 
 def _wait_ready(fleet: Fleet, timeout_s: float) -> None:
@@ -114,7 +118,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     spec_path = _test_fleet(tmp)
     port = free_port()
     log_path = tmp / "modelfleet-run.log"
-    env = {**os.environ, "MODELFLEET_CACHE_DIR": str(tmp / "cache"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "MODELFLEET_CACHE_DIR": str(tmp / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "MODELFLEET_API_KEYS": f"{ADMIN_KEY}=admin;{DIGITS_KEY}=invoke:digits",
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "modelfleet", "run", str(spec_path), "--host", "127.0.0.1", "--port", str(port)],

@@ -1,0 +1,103 @@
+"""API keys: 401 without a valid key, 403 without the scope, probes open, keys never logged or stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from modelfleet.cli import app
+from serve_apps.auth import KeyRing, KeysConfigError, hash_key
+from tests.conftest import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port
+
+ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
+DIGITS = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {ADMIN_KEY}"},
+                                     {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Bearer {ADMIN_KEY}x"}])
+def test_no_valid_key_is_401(fleet: Fleet, headers: dict) -> None:
+    with fleet.client(key=None) as client:
+        for method, path, body in (("POST", "/v2/models/echo/infer", ECHO), ("POST", "/v1/models/echo:predict", {"instances": [[1.0]]}),
+                                   ("GET", "/v2/models/echo", None), ("GET", "/v2", None), ("GET", "/metrics", None)):
+            response = client.request(method, path, json=body, headers=headers)
+            assert response.status_code == 401, (path, response.text)
+            assert response.headers["www-authenticate"] == "Bearer" and "API key" in response.json()["error"]
+
+
+def test_scoped_key_reaches_its_model_only(fleet: Fleet) -> None:
+    with fleet.client(key=DIGITS_KEY) as client:
+        assert client.post("/v2/models/digits/infer", json=DIGITS).status_code == 200
+        assert client.get("/v2/models/digits").status_code == 200
+        for path, body in (("/v2/models/echo/infer", ECHO), ("/v2/models/nope/infer", ECHO)):
+            denied = client.post(path, json=body)  # no scope: 403, whether or not the model exists
+            assert denied.status_code == 403 and "invoke:" in denied.json()["error"]
+        assert client.get("/metrics").status_code == 403  # admin only
+        assert client.get("/v2").status_code == 200  # any valid key may list the server
+
+
+def test_admin_reaches_everything(fleet: Fleet) -> None:
+    with fleet.client(key=ADMIN_KEY) as client:
+        assert client.post("/v2/models/echo/infer", json=ECHO).status_code == 200
+        assert client.get("/metrics").status_code == 200
+
+
+def test_probes_and_docs_stay_open(fleet: Fleet) -> None:
+    with fleet.client(key=None) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/openapi.json").status_code == 200
+
+
+def test_keys_never_reach_the_logs(fleet: Fleet) -> None:
+    with fleet.client(key=DIGITS_KEY) as client:
+        client.post("/v2/models/echo/infer", json=ECHO)  # a denied call, the likeliest to be logged
+    log = fleet.log()
+    assert log and ADMIN_KEY not in log and DIGITS_KEY not in log
+
+
+def test_keys_file_and_environment_merge(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump({"keys": [{"name": "bot", "sha256": hash_key("k1"), "scopes": ["invoke:digits"]}]}))
+    ring = KeyRing.load(path, env={"MODELFLEET_API_KEYS": "k2=admin; k3=invoke:echo,invoke:digits"})
+    assert ring.find("k1").allows("digits") and not ring.find("k1").allows("echo")
+    assert ring.find("k2").allows(None) and ring.find("k3").allows("echo")
+    assert ring.find("k4") is None and ring.find("") is None
+    assert all(k.sha256 != "k2" for k in ring.keys)  # only hashes are held
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("secret-one", "must look like"), ("secret-two=", "must look like"), ("secret-three=root", "unknown scope"),
+])
+def test_bad_environment_keys_are_explained_without_echoing_the_key(raw: str, message: str) -> None:
+    with pytest.raises(KeysConfigError, match=message) as info:
+        KeyRing.load(None, env={"MODELFLEET_API_KEYS": raw})
+    assert "secret" not in str(info.value)
+
+
+def test_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    result = CliRunner().invoke(app, ["keys", "create", "--file", str(path), "--name", "ci", "--scope", "invoke:digits"])
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip()
+    assert key.startswith("mf_") and key not in path.read_text()
+    assert KeyRing.load(path, env={}).find(key).scopes == ("invoke:digits",)
+    again = CliRunner().invoke(app, ["keys", "create", "--file", str(path), "--name", "ci", "--scope", "admin"])
+    assert again.exit_code == 2 and "exists" in again.stderr
+
+
+def test_a_spec_with_a_broken_keys_file_exits_2(tmp_path: Path) -> None:
+    spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
+    spec["ingress"] = {"keys_file": "keys.yaml"}
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "keys.yaml").write_text(yaml.safe_dump({"keys": [{"name": "x", "sha256": "nothex", "scopes": ["admin"]}]}))
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "app.yaml")])
+    assert result.exit_code == 2 and "keys[0].sha256" in result.stderr
+
+
+def test_run_refuses_to_expose_models_without_keys(monkeypatch) -> None:
+    monkeypatch.delenv("MODELFLEET_API_KEYS", raising=False)
+    result = CliRunner().invoke(app, ["run", str(ROOT / "examples/echo/app.yaml"), "--host", "0.0.0.0", "--port", str(free_port())])
+    assert result.exit_code == 2 and "without API keys" in result.stderr
