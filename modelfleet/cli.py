@@ -196,7 +196,7 @@ def run(
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignored SIGINT
     try:
         with err.status("starting Ray (loopback only)…"):
-            server.start()
+            server.start(pools={m.resources.pool for m in spec.models if m.resources.pool})
         # After ray.init, which installs its own SIGTERM handler: SIGTERM stops as cleanly as Ctrl-C.
         signal.signal(signal.SIGTERM, _interrupt)
         with err.status("deploying…") as status:

@@ -17,11 +17,19 @@ from .deployment import ModelDeployment
 from .ingress import Ingress
 from .spec import AppSpec, ModelSpec
 
-__all__ = ["app_builder", "build_app", "deployment_options", "serve_config"]
+__all__ = ["app_builder", "build_app", "deployment_options", "pool_resource", "serve_config"]
 
 logger = logging.getLogger("modelfleet")
 
 INGRESS_NAME = "ingress"
+# A replica's claim on its pool: tiny, so a pool node's capacity never limits replica count (CPU/GPU do).
+POOL_DEMAND = 0.001
+
+
+def pool_resource(pool: str) -> str:
+    """The Ray custom resource a pool's nodes advertise (cf. Ray's own `accelerator_type:<T>`)."""
+    return f"pool:{pool}"
+
 # The ingress only routes (async, no model code): it can hold many requests at once.
 INGRESS_MAX_ONGOING_REQUESTS = 512
 
@@ -40,12 +48,17 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
         num_gpus = 0
     if num_gpus:
         actor["num_gpus"] = num_gpus
+        if model.resources.accelerator_type:
+            actor["accelerator_type"] = model.resources.accelerator_type
+    if model.resources.pool:
+        actor["resources"] = {pool_resource(model.resources.pool): POOL_DEMAND}
     if model.resources.memory_mb:
         actor["memory"] = model.resources.memory_mb * 1024 * 1024
     return {
         "name": model.name,
         "autoscaling_config": auto,
         "max_ongoing_requests": model.max_ongoing_requests,
+        "max_queued_requests": model.max_queued_requests,
         "ray_actor_options": actor,
     }
 

@@ -169,9 +169,16 @@ class Ingress:
         status = 200
         try:
             return await self.handles[spec.name].infer.remote(inputs)
-        except (BackPressureError, DeploymentUnavailableError, ActorDiedError, ActorUnavailableError) as exc:
+        except BackPressureError:
             status = 503
-            raise RequestError(503, f"model {spec.name!r} is overloaded or unavailable ({exc.__class__.__name__}); retry later") from None
+            raise RequestError(
+                503, f"model {spec.name!r} is at capacity (max_queued_requests); retry shortly", {"Retry-After": "1"}
+            ) from None
+        except (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError) as exc:
+            status = 503
+            raise RequestError(
+                503, f"model {spec.name!r} is unavailable ({exc.__class__.__name__}); retry shortly", {"Retry-After": "5"}
+            ) from None
         except Exception:
             status = 500
             logger.exception("model %s failed on request %s", spec.name, request_id)

@@ -57,15 +57,19 @@ class LocalServer:
     host: str = "127.0.0.1"
     port: int = 8000
 
-    def start(self) -> None:
+    def start(self, pools: set[str] = frozenset()) -> None:
+        """Start Ray; this one node advertises every pool in `pools`, so placement holds locally too."""
         import ray
         from ray import serve
+
+        from .build import pool_resource
 
         # Workers default to niceness 15; on a small box a co-located client starves them.
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
+            resources={pool_resource(p): 1000 for p in pools},
             logging_level="WARNING",
             configure_logging=True,
         )

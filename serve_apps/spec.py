@@ -124,14 +124,28 @@ class ArtifactSpec(_Strict):
 class ResourcesSpec(_Strict):
     """What one replica needs, and which node pool it runs on."""
 
-    pool: str | None = Field(default=None, description="Node pool name (from the cluster spec) to place replicas on.")
+    pool: str | None = Field(
+        default=None,
+        pattern=_NAME,
+        description="Node pool (from the cluster spec) to place replicas on: the Ray custom resource `pool:<name>`.",
+    )
     num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(
         default=0.0,
         ge=0,
         description="GPUs per replica (fractional allowed). Without a GPU, the model runs on CPU with a warning.",
     )
+    accelerator_type: str | None = Field(
+        default=None,
+        description="Ray accelerator type the replica needs, e.g. T4, A10G, L4, A100, H100 (with num_gpus > 0).",
+    )
     memory_mb: int | None = Field(default=None, gt=0, description="Memory reserved per replica, in MiB.")
+
+    @model_validator(mode="after")
+    def _accelerator_needs_a_gpu(self) -> ResourcesSpec:
+        if self.accelerator_type and not self.num_gpus:
+            raise ValueError(f"accelerator_type {self.accelerator_type!r} needs num_gpus > 0")
+        return self
 
 
 class AutoscalingSpec(_Strict):
@@ -186,6 +200,11 @@ class ModelSpec(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1, description="Output tensors, in the order the model returns them.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-replica resources and node pool.")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Replica bounds and targets.")
+    max_queued_requests: int = Field(
+        default=-1,
+        ge=-1,
+        description="Requests that may wait for a replica; beyond it callers get 503 with Retry-After. -1: no limit.",
+    )
     max_ongoing_requests: int = Field(
         default=16,
         ge=1,

@@ -58,6 +58,9 @@ def _test_fleet(tmp: Path) -> Path:
             uri = model["artifact"]["uri"]
             model["artifact"]["uri"] = str((FLEET_SPEC.parent / uri).resolve()) + ("/" if uri.endswith("/") else "")
     _write_faulty_model(tmp / "faulty.pt")
+    from safetensors.torch import save_file
+
+    save_file({}, str(tmp / "slow.safetensors"))  # SlowNet has no weights
     tiny = {"num_cpus": 0.1}
     spec["models"] += [
         {
@@ -75,6 +78,18 @@ def _test_fleet(tmp: Path) -> Path:
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
             "resources": {**tiny, "num_gpus": 1},  # no GPU here: must run on CPU, with a warning
+        },
+        {
+            "name": "slow",
+            "format": "safetensors",
+            "module": "tests.fixtures.tiny:SlowNet",
+            "artifact": {"uri": str(tmp / "slow.safetensors")},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+            "resources": {**tiny, "pool": "cpu"},  # the deploy only succeeds if the pool resource exists
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "max_ongoing_requests": 1,
+            "max_queued_requests": 1,
         },
     ]
     spec["ingress"] = {**spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB}
@@ -124,6 +139,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         "MODELFLEET_API_KEYS": f"{ADMIN_KEY}=admin;{DIGITS_KEY}=invoke:digits",
+        "PYTHONPATH": str(ROOT),  # replicas import tests.fixtures
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(

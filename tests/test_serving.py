@@ -172,3 +172,41 @@ def test_gpu_model_without_a_gpu_runs_on_cpu_with_a_warning(client, fleet: Fleet
     good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
     assert client.post("/v2/models/faulty/infer", json=good).status_code == 200
     assert "model faulty asks for 1.0 GPU(s) but this cluster has 0.0: it runs on CPU" in fleet.log()
+
+
+def test_a_full_queue_is_a_503_with_retry_after_never_a_hang(fleet: Fleet) -> None:
+    """`slow` holds 1 request and queues 1 more (0.3 s each): of 8 at once, the rest are turned away."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [2.0]}]}
+
+    def call(_: int):
+        with fleet.client() as c:
+            return c.post("/v2/models/slow/infer", json=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(call, range(8)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1" and "max_queued_requests" in r.json()["error"]
+        else:
+            assert r.json()["outputs"][0]["data"] == [4.0]
+
+
+def test_pool_and_accelerator_become_ray_resources() -> None:
+    from serve_apps.build import deployment_options
+    from serve_apps.spec import ModelSpec
+
+    spec = ModelSpec.model_validate({
+        "name": "m", "format": "builtin", "module": "echo",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+        "resources": {"pool": "gpu", "num_gpus": 0.5, "accelerator_type": "L4", "memory_mb": 512},
+        "max_queued_requests": 10,
+    })
+    actor = deployment_options(spec)["ray_actor_options"]
+    assert actor == {"num_cpus": 1.0, "num_gpus": 0.5, "accelerator_type": "L4", "resources": {"pool:gpu": 0.001}, "memory": 512 * 2**20}
+    assert deployment_options(spec)["max_queued_requests"] == 10
+    on_cpu = deployment_options(spec, gpus_in_cluster=0)["ray_actor_options"]
+    assert "num_gpus" not in on_cpu and "accelerator_type" not in on_cpu and on_cpu["resources"] == {"pool:gpu": 0.001}

@@ -53,6 +53,9 @@ BAD_SPECS = [
     ("module-malformed", _spec(format="safetensors", module="not a module", artifact={"uri": "m.safetensors"}), "package.module:Class"),
     ("dup-models", yaml.safe_dump({"name": "app", "models": [GOOD_MODEL, GOOD_MODEL]}), "model names must be unique"),
     ("negative-cpus", _spec(resources={"num_cpus": -1}), "models[0:echo].resources.num_cpus"),
+    ("accelerator-without-gpu", _spec(resources={"accelerator_type": "T4"}), "accelerator_type 'T4' needs num_gpus > 0"),
+    ("bad-pool-name", _spec(resources={"pool": "GPU pool"}), "models[0:echo].resources.pool"),
+    ("bad-queue", _spec(max_queued_requests=-5), "models[0:echo].max_queued_requests"),
 ]
 
 
