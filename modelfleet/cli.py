@@ -77,6 +77,16 @@ def _keys(spec: AppSpec) -> KeyRing:
         _bad_input(str(exc))
 
 
+def _keys_for_host(spec: AppSpec, spec_path: Path, host: str) -> KeyRing:
+    keys = _keys(spec)
+    if not keys.enabled and not _is_loopback(host):
+        _bad_input(
+            f"--host {host}: refusing to expose models beyond this machine without API keys; "
+            f"set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or MODELFLEET_API_KEYS"
+        )
+    return keys
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -180,12 +190,7 @@ def run(
     from serve_apps.runner import DeployFailed, LocalServer
 
     spec = _load(spec_path)
-    keys = _keys(spec)
-    if not keys.enabled and not _is_loopback(host):
-        _bad_input(
-            f"--host {host}: refusing to expose models beyond this machine without API keys; "
-            f"set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or MODELFLEET_API_KEYS"
-        )
+    keys = _keys_for_host(spec, spec_path, host)
     _check_port_free(host, port)
     try:
         _prefetch(spec)
@@ -207,6 +212,7 @@ def run(
             server.deploy(spec, keys=keys, on_status=show)
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         _print_endpoints(spec, f"http://{display_host}:{port}")
+        out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
         sys.stdout.flush()
         threading.Event().wait()
     except KeyboardInterrupt:
@@ -218,6 +224,67 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
         server.stop()
     err.print("stopped.")
+
+
+@app.command()
+def deploy(
+    spec_path: AppPath,
+    address: Annotated[str, typer.Option(help="Ray cluster address (host:port of the GCS), as `cluster up` prints it.")],
+    host: Annotated[str, typer.Option(help="HTTP host for Serve's proxies, if Serve is not running there yet.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port for Serve's proxies, if Serve is not running there yet.")] = 8000,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="How long to wait for the app to run.")] = 600,
+) -> None:
+    """Deploy (or update) an app on a running Ray cluster. A failed update leaves the previous version serving."""
+    from serve_apps.runner import DeployFailed, RayTarget
+
+    spec = _load(spec_path)
+    keys = _keys_for_host(spec, spec_path, host)
+    try:
+        target = RayTarget.connect(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        _failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
+    try:
+        from ray import serve
+
+        serve.start(http_options={"host": host, "port": port})  # no-op when Serve already runs there
+        with err.status(f"deploying {spec.name} to {address}…") as status:
+            target.deploy(spec, keys=keys, timeout_s=timeout_s, on_status=lambda app_state, states: status.update(
+                f"deploying {spec.name}: {app_state} — " + ", ".join(f"{n} {s}" for n, s in sorted(states.items()))))
+        out.print(f"deployed {spec.name!r} to {address} (route prefix {spec.route_prefix})")
+    except DeployFailed as exc:
+        _failed(f"deploying {spec.name!r}: {exc}")
+    finally:
+        target.disconnect()
+
+
+@app.command()
+def status(
+    address: Annotated[str, typer.Option(help="Ray cluster address; default: RAY_ADDRESS or the local cluster.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Applications, deployments, replica counts and states on a Ray cluster."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from serve_apps.runner import RayTarget
+
+    try:
+        target = RayTarget.connect(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        _failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
+    try:
+        rows = target.status()
+    finally:
+        target.disconnect()
+    if as_json:
+        out.print_json(json.dumps([asdict(r) for r in rows]))
+        return
+    table = Table("app", "app status", "deployment", "status", "replicas", "message")
+    for r in rows:
+        replicas = ", ".join(f"{n} {state.lower()}" for state, n in sorted(r.replicas.items())) or "0"
+        table.add_row(r.app, r.app_status, r.deployment, r.status, replicas, escape(r.message))
+    out.print(table if rows else "no Serve applications on this cluster")
 
 
 keys_app = typer.Typer(help="API keys: create them; only their hashes are stored.", no_args_is_help=True)

@@ -121,6 +121,7 @@ class Ingress:
         self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app_spec.models}
         self.handles = models
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
+        self.request_timeout_s = self.app_spec.ingress.request_timeout_s
         self.metrics = _Metrics()
 
     # ---- request plumbing -------------------------------------------------
@@ -168,7 +169,13 @@ class Ingress:
         started = time.perf_counter()
         status = 200
         try:
-            return await self.handles[spec.name].infer.remote(inputs)
+            return await asyncio.wait_for(self.handles[spec.name].infer.remote(inputs), self.request_timeout_s)
+        except asyncio.TimeoutError:
+            status = 503
+            raise RequestError(
+                503, f"model {spec.name!r} did not answer within {self.request_timeout_s:g}s (ingress.request_timeout_s); "
+                "it may be starting or failing", {"Retry-After": "5"},
+            ) from None
         except BackPressureError:
             status = 503
             raise RequestError(

@@ -1,4 +1,4 @@
-"""Serve an app on an embedded, loopback-only Ray: the engine of `modelfleet run`.
+"""Deploy apps onto Ray: an embedded loopback-only Ray (`modelfleet run`) or a running cluster (`deploy`).
 
 The CLI owns the display; this module reports progress through callbacks so
 that it stays testable and free of terminal concerns.
@@ -14,9 +14,11 @@ from pathlib import Path
 
 from providers.storage import fetch
 
+from .auth import KeyRing
+from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
 
-__all__ = ["DeployFailed", "LocalServer", "prefetch_artifacts"]
+__all__ = ["DeployFailed", "DeploymentRow", "LocalServer", "RayTarget", "prefetch_artifacts"]
 
 StatusCallback = Callable[[str, dict[str, str]], None]
 # Replicas log model loads and errors (with request ids); per-request access logs would drown them.
@@ -46,16 +48,136 @@ def _last_error_line(message: str) -> str:
     """Serve's messages end with the replica's whole traceback; the cause is its last line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if any(line.startswith("Traceback") for line in lines):
-        return f"{lines[-1]} (full traceback above)"
+        return f"{lines[-1]} (full traceback in the replica's log)"
     return " ".join(lines)
 
 
+def _probe(address: str) -> None:
+    """Ray retries an unreachable GCS for minutes; a TCP probe says so in seconds."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local", ray:// ...: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc}); is the cluster up?") from None
+
+
+def _text(value: object) -> str:
+    """Serve's status fields are enums or plain strings depending on the path; show either."""
+    return str(getattr(value, "value", value))
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    app: str
+    app_status: str
+    deployment: str
+    status: str
+    replicas: dict[str, int]
+    message: str
+
+
+class RayTarget:
+    """A Ray cluster that this process is connected to, and what it can do with Serve there."""
+
+    def __init__(self, gpus_known: bool):
+        # On an autoscaling cluster, GPUs may appear on demand: only a local run may downgrade to CPU.
+        self.gpus_known = gpus_known
+
+    @classmethod
+    def connect(cls, address: str) -> RayTarget:
+        _probe(address)
+        # Ray 2.60 heads enable token auth by default; a client must opt in to send the token,
+        # and before `import ray`, which reads the mode once.
+        token_available = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()
+        if token_available and "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
+        import ray
+
+        ray.init(address=address, logging_level="WARNING")
+        return cls(gpus_known=False)
+
+    @property
+    def address(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().gcs_address
+
+    def deploy(self, spec: AppSpec, keys: KeyRing | None = None, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
+        """Deploy (or update) and wait until RUNNING; raise DeployFailed with Serve's reason otherwise.
+
+        Serve updates replicas in a rolling fashion: if the new version cannot
+        start, the previous version's replicas keep serving.
+        """
+        import ray
+        from ray import serve
+        from ray.serve.api import RunTarget
+
+        from .build import build_app
+
+        if spec.name in serve.status().applications:  # an update: prove the new version before Serve swaps it in
+            try:
+                preflight(spec, timeout_s=timeout_s)
+            except PreflightFailed as exc:
+                raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
+        gpus = float(ray.cluster_resources().get("GPU", 0)) if self.gpus_known else None
+        app = build_app(spec, gpus_in_cluster=gpus, keys=keys)
+        serve.run_many(
+            [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
+            wait_for_applications_running=False,
+        )
+        self._wait_running(spec.name, on_status, timeout_s)
+
+    @staticmethod
+    def _wait_running(name: str, on_status: StatusCallback | None, timeout_s: float) -> None:
+        from ray import serve
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = serve.status().applications.get(name)
+            if status is not None:
+                states = {n: d.status.value for n, d in status.deployments.items()}
+                if on_status:
+                    on_status(status.status.value, states)
+                if status.status.value == "RUNNING":
+                    return
+                if status.status.value in ("DEPLOY_FAILED", "UNHEALTHY"):
+                    reasons = [f"{n}: {_last_error_line(d.message)}" for n, d in status.deployments.items() if d.message]
+                    raise DeployFailed("; ".join(reasons) or status.message or status.status.value)
+            if time.monotonic() > deadline:
+                waiting = [f"{n}: {_last_error_line(d.message)}" for n, d in status.deployments.items() if d.message] if status else []
+                why = f" ({'; '.join(waiting)})" if waiting else ""
+                raise DeployFailed(f"application {name!r} not running after {timeout_s:.0f}s{why}")
+            time.sleep(0.5)
+
+    def status(self) -> list[DeploymentRow]:
+        from ray import serve
+
+        rows = []
+        for app_name, app in sorted(serve.status().applications.items()):
+            for name, dep in sorted(app.deployments.items()):
+                replicas = {_text(state): count for state, count in dep.replica_states.items() if count}
+                rows.append(DeploymentRow(app_name, _text(app.status), name, _text(dep.status), replicas, _last_error_line(dep.message)))
+        return rows
+
+    def disconnect(self) -> None:
+        import ray
+
+        ray.shutdown()
+
+
 @dataclass
-class LocalServer:
-    """One embedded Ray with Serve's HTTP proxy on host:port."""
+class LocalServer(RayTarget):
+    """One embedded Ray on this machine with Serve's HTTP proxy on host:port."""
 
     host: str = "127.0.0.1"
     port: int = 8000
+
+    def __post_init__(self) -> None:
+        super().__init__(gpus_known=True)
 
     def start(self, pools: set[str] = frozenset()) -> None:
         """Start Ray; this one node advertises every pool in `pools`, so placement holds locally too."""
@@ -78,40 +200,6 @@ class LocalServer:
             http_options={"host": self.host, "port": self.port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},  # controller and proxy chatter
         )
-
-    @property
-    def gpus(self) -> float:
-        import ray
-
-        return float(ray.cluster_resources().get("GPU", 0))
-
-    def deploy(self, spec: AppSpec, keys=None, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
-        """Deploy and wait until every model is RUNNING; raise DeployFailed with Serve's message otherwise."""
-        from ray import serve
-        from ray.serve.api import RunTarget
-
-        from .build import build_app
-
-        app = build_app(spec, gpus_in_cluster=self.gpus, keys=keys)
-        serve.run_many(
-            [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
-            wait_for_applications_running=False,
-        )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            status = serve.status().applications.get(spec.name)
-            if status is not None:
-                states = {name: d.status.value for name, d in status.deployments.items()}
-                if on_status:
-                    on_status(status.status.value, states)
-                if status.status.value == "RUNNING":
-                    return
-                if status.status.value in ("DEPLOY_FAILED", "UNHEALTHY"):
-                    reasons = [f"{n}: {_last_error_line(d.message)}" for n, d in status.deployments.items() if d.message]
-                    raise DeployFailed("; ".join(reasons) or status.message or status.status.value)
-            if time.monotonic() > deadline:
-                raise DeployFailed(f"application {spec.name!r} not running after {timeout_s:.0f}s")
-            time.sleep(0.5)
 
     def stop(self) -> None:
         import ray

@@ -249,6 +249,9 @@ class IngressSpec(_Strict):
     max_body_mb: float = Field(default=16.0, gt=0, description="Larger request bodies get 413.")
     num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved for each ingress replica.")
     num_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    request_timeout_s: float = Field(
+        default=60.0, gt=0, description="A model that has not answered by then gets the caller a 503 (never a hang)."
+    )
     keys_file: str | None = Field(
         default=None,
         description=(

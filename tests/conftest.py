@@ -24,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FLEET_SPEC = ROOT / "examples" / "fleet.yaml"
 MAX_BODY_MB = 1.0
+REQUEST_TIMEOUT_S = 5.0
 # The fleet runs with API keys on, as production would: tests call it with the admin key.
 ADMIN_KEY = "mf_test_admin_key_0123456789"
 DIGITS_KEY = "mf_test_digits_only_key_9876543210"
@@ -92,7 +93,7 @@ def _test_fleet(tmp: Path) -> Path:
             "max_queued_requests": 1,
         },
     ]
-    spec["ingress"] = {**spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB}
+    spec["ingress"] = {**spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB, "request_timeout_s": REQUEST_TIMEOUT_S}
     path = tmp / "fleet.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -195,6 +195,15 @@ def test_a_full_queue_is_a_503_with_retry_after_never_a_hang(fleet: Fleet) -> No
             assert r.json()["outputs"][0]["data"] == [4.0]
 
 
+def test_a_model_past_the_deadline_is_a_503_not_a_hang(client) -> None:
+    from tests.conftest import REQUEST_TIMEOUT_S
+
+    heavy = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [100.0]}]}  # SlowNet: 8 s
+    response = client.post("/v2/models/slow/infer", json=heavy)
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert f"did not answer within {REQUEST_TIMEOUT_S:g}s" in response.json()["error"]
+
+
 def test_pool_and_accelerator_become_ray_resources() -> None:
     from serve_apps.build import deployment_options
     from serve_apps.spec import ModelSpec

@@ -1,0 +1,90 @@
+"""`modelfleet deploy` and `status` against a running Ray head: the one `modelfleet run` started for this session."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ROOT, Fleet
+
+EXTRA = "extra"  # an app deployed next to the fleet, on its own route prefix
+ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
+
+
+def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}  # a keyless app, on loopback
+    return subprocess.run([sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def _write_extra(tmp: Path, model_changes: dict | None = None) -> Path:
+    spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
+    spec.update(name=EXTRA, route_prefix=f"/{EXTRA}", ingress={"num_cpus": 0.05})  # the fleet leaves little CPU
+    spec["models"][0]["resources"] = {"num_cpus": 0.05}
+    spec["models"][0].update(model_changes or {})
+    path = tmp / f"{EXTRA}-{len(list(tmp.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_address(fleet: Fleet) -> str:
+    match = re.search(r"^ray: (\S+)", fleet.log(), flags=re.M)
+    assert match, "modelfleet run prints its Ray address"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def extra_app(fleet: Fleet, ray_address: str, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("deploy")
+    result = _cli("deploy", str(_write_extra(tmp)), "--address", ray_address, "--timeout-s", "180")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"deployed '{EXTRA}'" in result.stdout
+    yield tmp
+    _cli("status", "--address", ray_address)  # keeps the connection path warm for the teardown below
+    subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.environ.setdefault('RAY_AUTH_MODE', 'token'); import ray; from ray import serve; "
+         "ray.init(address=sys.argv[1], logging_level='ERROR'); serve.delete(sys.argv[2])", ray_address, EXTRA],
+        capture_output=True, timeout=120,
+    )
+
+
+def test_deployed_app_answers_next_to_the_fleet(fleet: Fleet, extra_app: Path) -> None:
+    response = httpx.post(f"{fleet.url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
+    assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [1.0, 2.0]
+
+
+def test_status_lists_apps_deployments_and_replicas(ray_address: str, extra_app: Path) -> None:
+    result = _cli("status", "--address", ray_address, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {(r["app"], r["deployment"]): r for r in json.loads(result.stdout)}
+    assert rows[(EXTRA, "echo")]["status"] == "HEALTHY" and rows[(EXTRA, "echo")]["replicas"] == {"RUNNING": 1}
+    assert rows[("fleet", "digits")]["app_status"] == "RUNNING"
+    table = _cli("status", "--address", ray_address)
+    assert table.returncode == 0 and "digits" in table.stdout and EXTRA in table.stdout
+
+
+def test_a_failed_update_leaves_the_previous_version_serving(fleet: Fleet, ray_address: str, extra_app: Path) -> None:
+    broken = extra_app / "not-a-model.pt"
+    broken.write_bytes(b"these bytes are not a TorchScript archive")
+    spec = _write_extra(extra_app, {"format": "torchscript", "module": None, "artifact": {"uri": str(broken)}})
+    result = _cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "180")
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    assert "not a TorchScript archive" in result.stderr and "failed its preflight, so it was not deployed" in result.stderr
+    still = httpx.post(f"{fleet.url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
+    assert still.status_code == 200 and still.json()["outputs"][0]["data"] == [1.0, 2.0]
+
+
+def test_unreachable_cluster_is_a_clear_failure() -> None:
+    from tests.conftest import free_port
+
+    result = _cli("status", "--address", f"127.0.0.1:{free_port()}", timeout=120)
+    assert result.returncode == 1 and "cannot connect to Ray" in result.stderr
+    assert "Traceback" not in result.stderr
