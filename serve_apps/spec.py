@@ -7,14 +7,12 @@ names, and cross-field checks quote the offending value.
 
 from __future__ import annotations
 
-import difflib
 import re
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from providers.storage import UnsupportedScheme, resolve_uri, scheme_of
 
@@ -302,97 +300,5 @@ class AppSpec(_Strict):
         return copy
 
 
-class SpecError(Exception):
-    """A spec that cannot be used; the message is one line naming file, field and fix."""
-
-    def __init__(self, path: Path | str, field: str, problem: str):
-        self.path, self.field, self.problem = str(path), field, problem
-        where = f"{self.path}: {field}" if field else self.path
-        super().__init__(f"{where}: {problem}")
-
-
-def _field_path(loc: tuple[Any, ...], data: Any) -> str:
-    """'models[0].autoscaling' from pydantic's loc, using model names where we can."""
-    parts: list[str] = []
-    node = data
-    for item in loc:
-        if isinstance(item, int):
-            label = f"[{item}]"
-            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict) and "name" in node[item]:
-                label = f"[{item}:{node[item]['name']}]"
-            parts.append(label)
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-        else:
-            if item in ("function-after", "function-before") or str(item).startswith(("function-", "union")):
-                continue
-            parts.append(("." if parts else "") + str(item))
-            node = node.get(item) if isinstance(node, dict) else None
-    return "".join(parts)
-
-
-def _all_field_names() -> list[str]:
-    models = (AppSpec, ModelSpec, IngressSpec, ArtifactSpec, TensorSpec, ResourcesSpec, AutoscalingSpec, BatchingSpec)
-    return sorted({name for model in models for name in model.model_fields})
-
-
-def _explain(err: dict[str, Any]) -> str:
-    kind, msg = err["type"], err["msg"]
-    if kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(err["loc"][-1]), _all_field_names(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"unknown key; {hint}remove or rename it (`modelfleet schema` lists the keys)"
-    if kind == "missing":
-        return "required field is missing; add it"
-    if kind == "string_pattern_mismatch" and err["loc"][-1] == "name" and "tensor" not in msg:
-        return (
-            f"got {err.get('input')!r}; names use lowercase letters, digits, '-' and '_', "
-            "start and end with a letter or digit, at most 63 characters"
-        )
-    msg = msg.removeprefix("Value error, ")
-    if kind == "enum" and "expected" in err.get("ctx", {}):
-        return f"got {err.get('input')!r}; expected one of {err['ctx']['expected']}"
-    if "input" in err and kind not in ("value_error", "assertion_error") and not isinstance(err["input"], (dict, list)):
-        return f"{msg} (got {err['input']!r})"
-    return msg
-
-
-def load_app_spec(path: str | Path) -> AppSpec:
-    """Read and validate an app spec; raise SpecError with one clear line on any problem."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(path, "", "file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(path, "", f"cannot read it ({exc.__class__.__name__}: {exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(path, where, f"not valid YAML ({problem}); fix the syntax there") from None
-    if not isinstance(data, dict):
-        raise SpecError(path, "", f"expected a mapping with name: and models:, got {type(data).__name__}")
-    try:
-        spec = AppSpec.model_validate(data)
-    except ValidationError as exc:
-        # An unknown key is usually a typo that also explains any "missing" error: report it first.
-        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-        field = _field_path(tuple(err["loc"]), data)
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise SpecError(path, field, _explain(err) + more) from None
-    spec._base_dir = path.resolve().parent
-    return spec
-
-
-def check_artifacts_exist(spec: AppSpec, path: Path | str) -> None:
-    """Local artifacts must exist at validate time; remote ones are checked when fetched."""
-    for i, model in enumerate(spec.models):
-        if model.artifact is None or scheme_of(model.artifact.uri) != "file":
-            continue
-        local = Path(resolve_uri(model.artifact.uri, spec.base_dir).removeprefix("file://"))
-        if not local.exists():
-            hint = "run the example's train.py first, or fix the path (plain paths are relative to the spec's folder)"
-            raise SpecError(path, f"models[{i}:{model.name}].artifact.uri", f"{local} does not exist; {hint}")
-
+# Reading files lives in its own module; these names stay importable from here.
+from ._spec_file import SpecError, check_artifacts_exist, load_app_spec  # noqa: E402

@@ -22,7 +22,6 @@ from providers.storage import (
     StorageError,
     directory_sha256,
     fetch,
-    get_provider,
     upload,
 )
 from tests.storage.conftest import cache_files
