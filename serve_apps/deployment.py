@@ -59,18 +59,19 @@ class ModelDeployment:
             "model %s v%s loaded on %s in %.2fs", self.spec.name, self.spec.version, device, time.perf_counter() - started
         )
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """(outputs, rows in the batch that served them): the second makes batching observable."""
         batching = self.spec.batching
         if batching is None or rows_of(inputs) > batching.max_batch_size:
-            # Too big to share a batch: it is a batch on its own.
-            return await asyncio.to_thread(self.model.predict, inputs)
+            # Unbatched, or too big to share a batch: it is a batch on its own.
+            return await asyncio.to_thread(self.model.predict, inputs), rows_of(inputs)
         return await self._batched(inputs)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
-    async def _batched(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    async def _batched(self, items: list[dict[str, np.ndarray]]) -> list[tuple[dict[str, np.ndarray], int]]:
         sizes = [rows_of(item) for item in items]
         outputs = await asyncio.to_thread(self.model.predict, _concat(items))
-        return _split(outputs, sizes)
+        return [(part, sum(sizes)) for part in _split(outputs, sizes)]
 
     def ready(self) -> dict:
         return {"name": self.spec.name, "version": self.spec.version}

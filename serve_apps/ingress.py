@@ -55,6 +55,10 @@ class _Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.rows = Counter("modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry)
+        self.batch_rows = Histogram(
+            "modelfleet_batch_rows", "Rows in the model batch that served each request (dynamic batching at work).",
+            ["model"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -169,7 +173,9 @@ class Ingress:
         started = time.perf_counter()
         status = 200
         try:
-            return await asyncio.wait_for(self.handles[spec.name].infer.remote(inputs), self.request_timeout_s)
+            outputs, batch_rows = await asyncio.wait_for(self.handles[spec.name].infer.remote(inputs), self.request_timeout_s)
+            self.metrics.batch_rows.labels(spec.name).observe(batch_rows)
+            return outputs
         except asyncio.TimeoutError:
             status = 503
             raise RequestError(

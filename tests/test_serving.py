@@ -219,3 +219,45 @@ def test_pool_and_accelerator_become_ray_resources() -> None:
     assert deployment_options(spec)["max_queued_requests"] == 10
     on_cpu = deployment_options(spec, gpus_in_cluster=0)["ray_actor_options"]
     assert "num_gpus" not in on_cpu and "accelerator_type" not in on_cpu and on_cpu["resources"] == {"pool:gpu": 0.001}
+
+
+def _batch_rows(client, model: str) -> tuple[float, float]:
+    """(requests observed, sum of their batch sizes) from the ingress's modelfleet_batch_rows histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    count = total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.name == "modelfleet_batch_rows_count":
+                count = sample.value
+            if sample.labels.get("model") == model and sample.name == "modelfleet_batch_rows_sum":
+                total = sample.value
+    return count, total
+
+
+def test_batch_sizes_are_observable_and_show_callers_sharing_batches(client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from examples.digits.model import load_split
+
+    _, x_test, _, _ = load_split()
+
+    def call(rows: int) -> None:
+        chunk = x_test[:rows].astype(np.float32)
+        _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": list(chunk.shape), "data": chunk.ravel().tolist()}])
+
+    count0, sum0 = _batch_rows(client, "digits")
+    call(7)
+    count1, sum1 = _batch_rows(client, "digits")
+    assert count1 == count0 + 1 and sum1 - sum0 >= 7  # a 7-row request is served in a batch of at least 7 rows
+    shared = False
+    for _ in range(5):  # batches form by timing: give concurrent callers a few chances to meet
+        before_count, before_sum = _batch_rows(client, "digits")
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(call, [3] * 8))
+        after_count, after_sum = _batch_rows(client, "digits")
+        assert after_count == before_count + 8
+        if after_sum - before_sum > 8 * 3:  # some request's batch held rows of another caller
+            shared = True
+            break
+    assert shared, "8 concurrent callers never shared a batch"
