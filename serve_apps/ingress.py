@@ -128,6 +128,10 @@ class Ingress:
         self.request_timeout_s = self.app_spec.ingress.request_timeout_s
         self.metrics = _Metrics()
 
+    def describe(self) -> dict:
+        """This app's own spec and key hashes (a handle method, not a route): what a rollback redeploys."""
+        return {"spec": self.app_spec.model_dump(mode="json"), "keys": [k.model_dump(mode="json") for k in self.keys.keys]}
+
     # ---- request plumbing -------------------------------------------------
 
     def _authorize(self, request: Request, model: str | None, any_key: bool = False) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from providers.storage import fetch
 
-from .auth import KeyRing
+from .auth import ApiKey, KeyRing
 from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
 
@@ -63,6 +63,16 @@ def _probe(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as exc:
         raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc}); is the cluster up?") from None
+
+
+def _describe(app_name: str) -> dict | None:
+    """The running app's own spec and key hashes, if modelfleet deployed it (else None: no rollback)."""
+    from ray import serve
+
+    try:
+        return serve.get_app_handle(app_name).describe.remote().result(timeout_s=30)
+    except Exception:  # not a modelfleet app, or its ingress is down: nothing to roll back to
+        return None
 
 
 def _text(value: object) -> str:
@@ -114,22 +124,42 @@ class RayTarget:
         """
         import ray
         from ray import serve
-        from ray.serve.api import RunTarget
 
         from .build import build_app
 
+        previous = None
         if spec.name in serve.status().applications:  # an update: prove the new version before Serve swaps it in
             try:
                 preflight(spec, timeout_s=timeout_s)
             except PreflightFailed as exc:
                 raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
+            previous = _describe(spec.name)
         gpus = float(ray.cluster_resources().get("GPU", 0)) if self.gpus_known else None
-        app = build_app(spec, gpus_in_cluster=gpus, keys=keys)
+        self._run(build_app(spec, gpus_in_cluster=gpus, keys=keys), spec)
+        try:
+            self._wait_running(spec.name, on_status, timeout_s)
+        except DeployFailed as exc:
+            if previous is None:
+                raise
+            # Put the last version that ran back, rather than leave the app dark.
+            old_spec = AppSpec.model_validate(previous["spec"])
+            old_keys = KeyRing([ApiKey.model_validate(k) for k in previous["keys"]])
+            self._run(build_app(old_spec, gpus_in_cluster=gpus, keys=old_keys), old_spec)
+            try:
+                self._wait_running(spec.name, None, timeout_s)
+            except DeployFailed as again:
+                raise DeployFailed(f"{exc}; the rollback to the previous version failed too: {again}") from None
+            raise DeployFailed(f"{exc}; rolled back to the previous version, which is serving") from None
+
+    @staticmethod
+    def _run(app, spec: AppSpec) -> None:
+        from ray import serve
+        from ray.serve.api import RunTarget
+
         serve.run_many(
             [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
             wait_for_applications_running=False,
         )
-        self._wait_running(spec.name, on_status, timeout_s)
 
     @staticmethod
     def _wait_running(name: str, on_status: StatusCallback | None, timeout_s: float) -> None:

@@ -88,3 +88,15 @@ def test_unreachable_cluster_is_a_clear_failure() -> None:
     result = _cli("status", "--address", f"127.0.0.1:{free_port()}", timeout=120)
     assert result.returncode == 1 and "cannot connect to Ray" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_update_that_cannot_start_is_rolled_back(fleet: Fleet, ray_address: str, extra_app: Path) -> None:
+    """It passes preflight (it loads fine) but can never be scheduled: deploy puts the old version back."""
+    spec = _write_extra(extra_app, {"resources": {"num_cpus": 64}})
+    result = _cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "20")
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    assert "not running after 20s" in result.stderr and "rolled back to the previous version, which is serving" in result.stderr
+    after = httpx.post(f"{fleet.url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
+    assert after.status_code == 200 and after.json()["outputs"][0]["data"] == [1.0, 2.0]
+    rows = {(r["app"], r["deployment"]): r for r in json.loads(_cli("status", "--address", ray_address, "--json").stdout)}
+    assert rows[(EXTRA, "echo")]["status"] == "HEALTHY"
