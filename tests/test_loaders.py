@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import re
+import ast
+import io
+import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from serve_apps.loaders import LoadError, known_formats, load_model, pick_device
-from serve_apps.spec import ModelSpec
+from serve_apps.spec import ModelSpec, TensorSpec
 from tests.conftest import ROOT
 from tests.fixtures.tiny import OtherNet, TinyNet
 
@@ -24,7 +28,10 @@ def _spec(fmt: str, **extra) -> ModelSpec:
         "format": fmt,
         "artifact": {"uri": "unused"} if fmt != "builtin" else None,
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}, {"name": "label", "datatype": "INT32", "shape": [-1]}],
+        "outputs": [
+            {"name": "scores", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "label", "datatype": "INT32", "shape": [-1]},  # argmax is INT64: the loader casts
+        ],
         **extra,
     })
 
@@ -82,6 +89,21 @@ def test_builtin_echo_returns_its_inputs() -> None:
     assert out["c"].tolist() == [1.5, 2.5] and out["d"].tolist() == ["x", "y"]
 
 
+@pytest.mark.parametrize("fmt,artifact,message", [
+    ("torchscript", None, "needs an artifact file, got none"),
+    ("torchscript", "absent.pt", "absent.pt does not exist"),
+    ("safetensors", ".", "takes a single file, but .* is a folder"),
+    ("sentence_transformers", "file.txt", "takes a folder, but .*file.txt is a file; end artifact.uri with '/'"),
+])
+def test_artifacts_of_the_wrong_kind(tmp_path: Path, fmt: str, artifact: str | None, message: str) -> None:
+    (tmp_path / "file.txt").write_text("not a model")
+    spec = _spec(fmt, module="tests.fixtures.tiny:TinyNet")
+    if fmt == "sentence_transformers":
+        spec = spec.model_copy(update={"inputs": [TensorSpec(name="text", datatype="BYTES", shape=[-1])]})
+    with pytest.raises(LoadError, match=message):
+        load_model(spec, None if artifact is None else tmp_path / artifact, "cpu")
+
+
 def test_unknown_builtin_lists_the_known_ones() -> None:
     with pytest.raises(LoadError, match=r"unknown builtin 'nope'; known: \['echo'\]"):
         load_model(_spec("builtin", module="nope"), None, "cpu")
@@ -90,8 +112,10 @@ def test_unknown_builtin_lists_the_known_ones() -> None:
 @pytest.mark.parametrize("module,message", [
     ("tests.fixtures.absent:TinyNet", "cannot import 'tests.fixtures.absent'"),
     ("tests.fixtures.tiny:Absent", "has no 'Absent'"),
+    ("datetime:date", r"datetime:date\(\) failed \(TypeError.*must build with no arguments"),
+    ("collections:OrderedDict", "collections:OrderedDict is not a torch.nn.Module"),
 ])
-def test_bad_module_is_a_clear_load_error(net, tmp_path: Path, module: str, message: str) -> None:
+def test_bad_module_or_class_is_a_clear_load_error(net, tmp_path: Path, module: str, message: str) -> None:
     path = tmp_path / "tiny.safetensors"
     save_file(net.state_dict(), str(path))
     with pytest.raises(LoadError, match=message):
@@ -105,21 +129,68 @@ def test_weights_that_do_not_fit_the_class(tmp_path: Path) -> None:
         load_model(_spec("safetensors", module="tests.fixtures.tiny:TinyNet"), path, "cpu")
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
-def test_pickles_are_refused_with_a_conversion_hint(net, tmp_path: Path, fmt: str) -> None:
-    import pickle
 
+
+def test_torch_formats_refuse_string_tensors(net, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    spec = _spec("torchscript").model_copy(update={"inputs": [TensorSpec(name="x", datatype="BYTES", shape=[-1])]})
+    with pytest.raises(LoadError, match=r"\['x'\] are BYTES"):
+        load_model(spec, path, "cpu")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "torch_export"])
+def test_pickles_are_refused_with_a_conversion_hint(net, tmp_path: Path, fmt: str) -> None:
     path = tmp_path / "model.bin"
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     with pytest.raises(LoadError, match=r"is a pickle.*safetensors.torch.save_file"):
         load_model(_spec(fmt, module="tests.fixtures.tiny:TinyNet"), path, "cpu")
 
 
-def test_torch_save_archives_are_refused_as_safetensors(net, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "torch_export"])
+def test_torch_save_archives_are_refused(net, tmp_path: Path, fmt: str) -> None:
     path = tmp_path / "model.pt"
     torch.save(net.state_dict(), path)
-    with pytest.raises(LoadError, match="torch.save\\(\\) pickle archive"):
-        load_model(_spec("safetensors", module="tests.fixtures.tiny:TinyNet"), path, "cpu")
+    with pytest.raises(LoadError, match=r"torch.save\(\) pickle archive.*safetensors.torch.save_file"):
+        load_model(_spec(fmt, module="tests.fixtures.tiny:TinyNet"), path, "cpu")
+
+
+class _RunsCode:
+    """Unpickling this creates a file: the harmless stand-in for an attacker's payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _rewrite_pt2(good: Path, bad: Path, replace: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, next((v for k, v in replace.items() if info.filename.endswith(k)), None) or src.read(info))
+        for name, data in replace.items():
+            if not any(i.filename.endswith(name) for i in src.infolist()):
+                dst.writestr(f"{src.namelist()[0].split('/')[0]}/{name}", data)
+
+
+def test_pt2_archives_cannot_smuggle_pickles(net, tmp_path: Path) -> None:
+    # torch.export.load retries sample inputs with weights_only=False: a crafted .pt2 would run code.
+    good, bad, marker = tmp_path / "good.pt2", tmp_path / "bad.pt2", tmp_path / "code-ran"
+    torch.export.save(torch.export.export(net, (torch.from_numpy(X),)), str(good))
+    payload = io.BytesIO()
+    torch.save(((_RunsCode(marker),), {}), payload)
+    _rewrite_pt2(good, bad, {"data/sample_inputs/model.pt": payload.getvalue()})
+    with pytest.raises(LoadError, match=r"holds pickled objects beyond tensors.*safetensors.torch.save_file"):
+        load_model(_spec("torch_export"), bad, "cpu")
+    assert not marker.exists(), "loading the crafted .pt2 ran its payload"
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None  # the guard is scoped to the load
+
+    opaque = tmp_path / "opaque.pt2"
+    _rewrite_pt2(good, opaque, {"data/constants/opaque_obj_0": pickle.dumps(_RunsCode(marker))})
+    with pytest.raises(LoadError, match="holds pickled opaque objects"):
+        load_model(_spec("torch_export"), opaque, "cpu")
+    assert not marker.exists()
 
 
 def test_sentence_transformers_matches_in_process_encode() -> None:
@@ -146,12 +217,14 @@ def test_sentence_transformers_matches_in_process_encode() -> None:
 
 def test_digits_example_reaches_its_accuracy() -> None:
     from examples.digits.model import load_split
-    from examples.digits.train import DEFAULT_OUT
+    from examples.digits.train import ensure_trained
     from serve_apps.spec import load_app_spec
 
-    spec = load_app_spec(ROOT / "examples/digits/app.yaml").models[0]
+    app = load_app_spec(ROOT / "examples/digits/app.yaml")
+    artifact = ensure_trained(app.base_dir / app.models[0].artifact.uri)  # reuses `make artifacts`' weights
     _, x_test, _, y_test = load_split()
-    probs = load_model(spec, DEFAULT_OUT, "cpu").predict({"pixels": x_test})["probabilities"]
+    probs = load_model(app.models[0], artifact, "cpu").predict({"pixels": x_test})["probabilities"]
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert (probs.argmax(1) == y_test).mean() >= 0.95
 
 
@@ -160,11 +233,31 @@ def test_cpu_unless_a_gpu_is_asked_for_and_present() -> None:
     assert pick_device(1) == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _unsafe_torch_loads(source: str) -> list[str]:
+    """torch.load / torch.serialization.load calls without a literal weights_only=True."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "torch.serialization.load"):
+            safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                       for k in node.keywords)
+            if not safe:
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_torch_load_check_can_fail() -> None:
+    assert _unsafe_torch_loads("import torch\ntorch.load(f)\ntorch.load(f, weights_only=False)\n"
+                               "torch.serialization.load(f, map_location=torch.device('cpu'))") == [
+        "line 2: torch.load(f)", "line 3: torch.load(f, weights_only=False)",
+        "line 4: torch.serialization.load(f, map_location=torch.device('cpu'))"]
+    assert _unsafe_torch_loads("torch.load(f, map_location=torch.device('cpu'), weights_only=True)") == []
+
+
 def test_torch_load_is_only_ever_called_with_weights_only() -> None:
-    sources = [p for d in ("modelfleet", "serve_apps", "providers", "cluster", "loadtests", "examples") for p in (ROOT / d).rglob("*.py")]
-    offenders = []
-    for path in sources:
-        for call in re.findall(r"torch\.load\((.*?)\)", path.read_text(), flags=re.S):
-            if "weights_only=True" not in call:
-                offenders.append(f"{path.relative_to(ROOT)}: torch.load({call})")
-    assert sources and not offenders, offenders
+    skip = {".venv", ".tools", ".git", "node_modules", "__pycache__", ".pytest_cache"}
+    sources = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+        sources += [Path(folder) / f for f in files if f.endswith(".py")]
+    offenders = [f"{p.relative_to(ROOT)} {hit}" for p in sources for hit in _unsafe_torch_loads(p.read_text())]
+    assert ROOT / "serve_apps/loaders/torch_export.py" in sources and not offenders, offenders

@@ -55,20 +55,26 @@ def save_atomically(net: DigitsNet, out: Path) -> str:
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+def ensure_trained(out: Path = DEFAULT_OUT, force: bool = False) -> Path:
+    """Train and save the weights unless `out` already holds them; refuse to save a model below MIN_ACCURACY."""
+    if out.exists() and not force:
+        print(f"{out} exists (use --force to retrain)")
+        return out
+    net, accuracy = train()
+    print(f"held-out accuracy: {accuracy:.4f}")
+    if accuracy < MIN_ACCURACY:
+        raise SystemExit(f"accuracy {accuracy:.4f} is below {MIN_ACCURACY}; not saving")
+    print(f"wrote {out}\nsha256: {save_atomically(net, out)}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--force", action="store_true", help="retrain even if the weights exist")
     args = parser.parse_args()
-    if args.out.exists() and not args.force:
-        print(f"{args.out} exists (use --force to retrain)")
-        return
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    net, accuracy = train()
-    print(f"held-out accuracy: {accuracy:.4f}")
-    if accuracy < MIN_ACCURACY:
-        raise SystemExit(f"accuracy {accuracy:.4f} is below {MIN_ACCURACY}; not saving")
-    print(f"wrote {args.out}\nsha256: {save_atomically(net, args.out)}")
+    ensure_trained(args.out, args.force)
 
 
 if __name__ == "__main__":

@@ -40,5 +40,9 @@ def refuse_pickle(path, expected: str) -> None:
         raise LoadError(f"{path} is a pickle, not {expected}: {PICKLE_HINT}")
     if head == b"PK" and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
-            if any(n.endswith("data.pkl") for n in z.namelist()) and expected != "a TorchScript archive":
-                raise LoadError(f"{path} is a torch.save() pickle archive, not {expected}: {PICKLE_HINT}")
+            names = z.namelist()
+        # TorchScript archives hold data.pkl too, read by TorchScript's own restricted unpickler;
+        # what marks them is their compiled code and constants.pkl.
+        torchscript = any(n.endswith("constants.pkl") for n in names) and any("code/" in n for n in names)
+        if any(n.endswith("data.pkl") for n in names) and not torchscript:
+            raise LoadError(f"{path} is a torch.save() pickle archive, not {expected}: {PICKLE_HINT}")

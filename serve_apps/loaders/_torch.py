@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..spec import ModelSpec
+from ..spec import Datatype, ModelSpec
 from ..tensors import NUMPY_DTYPES
+from ._base import LoadError
 
 __all__ = ["TorchModel"]
 
@@ -22,6 +23,12 @@ class TorchModel:
     def __init__(self, spec: ModelSpec, fn: Callable, device: str):
         import torch
 
+        strings = [t.name for t in (*spec.inputs, *spec.outputs) if t.datatype is Datatype.BYTES]
+        if strings:
+            raise LoadError(
+                f"model {spec.name!r}: torch models take and return numbers, but {strings} are BYTES; "
+                "declare them as FP32/FP64/INT32/INT64/BOOL, or use format: sentence_transformers for text"
+            )
         self._torch = torch
         self.spec, self.fn, self.device = spec, fn, torch.device(device)
 
@@ -31,13 +38,17 @@ class TorchModel:
             args = [torch.from_numpy(np.ascontiguousarray(inputs[t.name])).to(self.device) for t in self.spec.inputs]
             result = self.fn(*args)
         if isinstance(result, dict):
+            missing = [t.name for t in self.spec.outputs if t.name not in result]
+            if missing:
+                raise ValueError(f"model {self.spec.name!r} returned keys {sorted(result)}, the spec also declares {missing}")
             values = [result[t.name] for t in self.spec.outputs]
         elif isinstance(result, (tuple, list)):
             values = list(result)
         else:
             values = [result]
         if len(values) != len(self.spec.outputs):
-            raise ValueError(f"model {self.spec.name!r} returned {len(values)} tensor(s), the spec declares {len(self.spec.outputs)}")
+            declared = len(self.spec.outputs)
+            raise ValueError(f"model {self.spec.name!r} returned {len(values)} tensor(s), the spec declares {declared}")
         return {
             t.name: v.detach().cpu().numpy().astype(NUMPY_DTYPES[t.datatype], copy=False)
             for t, v in zip(self.spec.outputs, values)

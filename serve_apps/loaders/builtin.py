@@ -10,6 +10,8 @@ from ..spec import ModelSpec
 from ..tensors import NUMPY_DTYPES
 from ._base import LoadError
 
+ARTIFACT = None  # what load() is given: a file, a folder, or nothing
+
 
 class Echo:
     """Returns input i as output i: the cheapest possible model."""

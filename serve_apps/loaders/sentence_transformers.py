@@ -8,20 +8,27 @@ from pathlib import Path
 import numpy as np
 
 from ..spec import Datatype, ModelSpec
+from ..tensors import NUMPY_DTYPES
 from ._base import LoadError
+
+ARTIFACT = "folder"  # what load() is given: a file, a folder, or nothing
 
 
 class SentenceEncoder:
     def __init__(self, spec: ModelSpec, model):
         self.spec, self.model = spec, model
         self.text_input, self.vector_output = spec.inputs[0].name, spec.outputs[0].name
+        self.dtype = NUMPY_DTYPES[spec.outputs[0].datatype]
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in inputs[self.text_input].reshape(-1)]
-        vectors = self.model.encode(
-            texts, batch_size=max(len(texts), 1), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
-        return {self.vector_output: vectors.astype(np.float32, copy=False)}
+        import torch
+
+        texts = [t.decode() if isinstance(t, bytes) else str(t) for t in inputs[self.text_input].reshape(-1)]
+        with torch.inference_mode():
+            vectors = self.model.encode(
+                texts, batch_size=max(len(texts), 1), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        return {self.vector_output: vectors.astype(self.dtype, copy=False)}
 
 
 def load(spec: ModelSpec, path: Path, device: str) -> SentenceEncoder:
@@ -29,7 +36,14 @@ def load(spec: ModelSpec, path: Path, device: str) -> SentenceEncoder:
         raise LoadError(f"model {spec.name!r}: a sentence_transformers model takes BYTES (strings) as its first input")
     if not (Path(path) / "config.json").exists() and not (Path(path) / "modules.json").exists():
         raise LoadError(f"model {spec.name!r}: {path} is not a SentenceTransformer folder (no modules.json or config.json)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from a replica
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a replica never reaches for a hub, whatever the caller's environment says
     from sentence_transformers import SentenceTransformer
 
-    return SentenceEncoder(spec, SentenceTransformer(str(path), device=device, local_files_only=True))
+    try:
+        model = SentenceTransformer(str(path), device=device, local_files_only=True)
+    except Exception as exc:  # transformers/tokenizers raise many types for a broken folder
+        raise LoadError(
+            f"model {spec.name!r}: {path} did not load as a SentenceTransformer ({exc.__class__.__name__}: {exc}); "
+            "the folder must hold a complete saved model (SentenceTransformer.save(folder))"
+        ) from None
+    return SentenceEncoder(spec, model)

@@ -8,6 +8,8 @@ from ..spec import ModelSpec
 from ._base import LoadError, refuse_pickle
 from ._torch import TorchModel
 
+ARTIFACT = "file"  # what load() is given: a file, a folder, or nothing
+
 
 def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
     import torch
