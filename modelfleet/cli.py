@@ -176,6 +176,25 @@ def _check_port_free(host: str, port: int) -> None:
             _bad_input(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pick another --port or stop what uses it")
 
 
+def _connect(address: str):
+    from serve_apps.runner import RayTarget
+
+    try:
+        return RayTarget.connect(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        _failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
+
+
+def _deploy_with_progress(target, spec: AppSpec, keys: KeyRing, label: str, timeout_s: float = 600) -> None:
+    """Deploy, showing each model's state on one live status line until the app runs."""
+    with err.status(label) as line:
+
+        def show(app_state: str, states: dict[str, str]) -> None:
+            line.update(f"deploying {spec.name}: {app_state} — " + ", ".join(f"{n} {s}" for n, s in sorted(states.items())))
+
+        target.deploy(spec, keys=keys, on_status=show, timeout_s=timeout_s)
+
+
 def _interrupt(*_: object) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -204,12 +223,7 @@ def run(
             server.start(pools={m.resources.pool for m in spec.models if m.resources.pool})
         # After ray.init, which installs its own SIGTERM handler: SIGTERM stops as cleanly as Ctrl-C.
         signal.signal(signal.SIGTERM, _interrupt)
-        with err.status("deploying…") as status:
-
-            def show(app_state: str, states: dict[str, str]) -> None:
-                status.update(f"deploying {spec.name}: {app_state} — " + ", ".join(f"{n} {s}" for n, s in sorted(states.items())))
-
-            server.deploy(spec, keys=keys, on_status=show)
+        _deploy_with_progress(server, spec, keys, f"deploying {spec.name}…")
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         _print_endpoints(spec, f"http://{display_host}:{port}")
         out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
@@ -235,21 +249,16 @@ def deploy(
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="How long to wait for the app to run.")] = 600,
 ) -> None:
     """Deploy (or update) an app on a running Ray cluster. A failed update leaves the previous version serving."""
-    from serve_apps.runner import DeployFailed, RayTarget
+    from serve_apps.runner import DeployFailed
 
     spec = _load(spec_path)
     keys = _keys_for_host(spec, spec_path, host)
-    try:
-        target = RayTarget.connect(address)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        _failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
+    target = _connect(address)
     try:
         from ray import serve
 
         serve.start(http_options={"host": host, "port": port})  # no-op when Serve already runs there
-        with err.status(f"deploying {spec.name} to {address}…") as status:
-            target.deploy(spec, keys=keys, timeout_s=timeout_s, on_status=lambda app_state, states: status.update(
-                f"deploying {spec.name}: {app_state} — " + ", ".join(f"{n} {s}" for n, s in sorted(states.items()))))
+        _deploy_with_progress(target, spec, keys, f"deploying {spec.name} to {address}…", timeout_s)
         out.print(f"deployed {spec.name!r} to {address} (route prefix {spec.route_prefix})")
     except DeployFailed as exc:
         _failed(f"deploying {spec.name!r}: {exc}")
@@ -267,12 +276,7 @@ def status(
 
     from rich.table import Table
 
-    from serve_apps.runner import RayTarget
-
-    try:
-        target = RayTarget.connect(address)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        _failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
+    target = _connect(address)
     try:
         rows = target.status()
     finally:

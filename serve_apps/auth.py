@@ -75,6 +75,15 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self.keys)
 
+    @classmethod
+    def from_hashes(cls, entries: list[dict] | None) -> KeyRing:
+        """Rebuild from `hashes()`: how keys cross processes (to replicas, into Serve configs)."""
+        return cls([ApiKey.model_validate(entry) for entry in entries or []])
+
+    def hashes(self) -> list[dict]:
+        """Names, hashes and scopes as plain data; never a key."""
+        return [key.model_dump(mode="json") for key in self.keys]
+
     def find(self, presented: str) -> ApiKey | None:
         """The key whose hash matches, comparing against every key so timing reveals nothing."""
         digest = hash_key(presented)

@@ -12,7 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from .auth import ApiKey, KeyRing
+from .auth import KeyRing
 from .deployment import ModelDeployment
 from .ingress import Ingress
 from .spec import AppSpec, ModelSpec
@@ -83,13 +83,12 @@ def build_app(spec: AppSpec, gpus_in_cluster: float | None = None, keys: KeyRing
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
     )
-    return ingress.bind(spec.model_dump(mode="json"), models, [k.model_dump(mode="json") for k in keys.keys])
+    return ingress.bind(spec.model_dump(mode="json"), models, keys.hashes())
 
 
 def app_builder(args: dict[str, Any]) -> Application:
     """Entry point for `serve deploy` configs: `import_path: serve_apps.build:app_builder`."""
-    keys = KeyRing([ApiKey.model_validate(k) for k in args.get("keys", [])])
-    return build_app(AppSpec.model_validate(args["spec"]), keys=keys)
+    return build_app(AppSpec.model_validate(args["spec"]), keys=KeyRing.from_hashes(args.get("keys")))
 
 
 def serve_config(spec: AppSpec, host: str = "0.0.0.0", port: int = 8000, keys: KeyRing | None = None) -> dict[str, Any]:
@@ -107,7 +106,7 @@ def serve_config(spec: AppSpec, host: str = "0.0.0.0", port: int = 8000, keys: K
                 "name": resolved.name,
                 "route_prefix": resolved.route_prefix,
                 "import_path": "serve_apps.build:app_builder",
-                "args": {"spec": resolved.model_dump(mode="json"), "keys": [k.model_dump(mode="json") for k in keys.keys]},
+                "args": {"spec": resolved.model_dump(mode="json"), "keys": keys.hashes()},
             }
         ],
     }

@@ -25,7 +25,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .auth import ApiKey, KeyRing
+from .auth import KeyRing
 from .spec import AppSpec, ModelSpec
 from .tensors import RequestError, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
 
@@ -121,7 +121,7 @@ class Ingress:
 
     def __init__(self, app_spec: dict, models: dict[str, DeploymentHandle], keys: list[dict] | None = None):
         self.app_spec = AppSpec.model_validate(app_spec)
-        self.keys = KeyRing([ApiKey.model_validate(k) for k in keys or []])
+        self.keys = KeyRing.from_hashes(keys)
         self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app_spec.models}
         self.handles = models
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
@@ -130,7 +130,7 @@ class Ingress:
 
     def describe(self) -> dict:
         """This app's own spec and key hashes (a handle method, not a route): what a rollback redeploys."""
-        return {"spec": self.app_spec.model_dump(mode="json"), "keys": [k.model_dump(mode="json") for k in self.keys.keys]}
+        return {"spec": self.app_spec.model_dump(mode="json"), "keys": self.keys.hashes()}
 
     # ---- request plumbing -------------------------------------------------
 
@@ -148,7 +148,9 @@ class Ingress:
             need = f"invoke:{model}" if model else "admin"
             raise RequestError(403, f"key {key.name!r} lacks the scope this needs ({need})")
 
-    def _model(self, name: str, version: str | None = None) -> ModelSpec:
+    def _authorized_model(self, request: Request, name: str, version: str | None = None) -> ModelSpec:
+        """The model a request names, once its key may use it (authorizing first hides what exists)."""
+        self._authorize(request, name)
         spec = self.specs.get(name)
         if spec is None:
             raise RequestError(404, f"model {name!r} not found; this server has {sorted(self.specs)}")
@@ -210,8 +212,7 @@ class Ingress:
 
     @api.post("/v1/models/{name}:predict", summary="KServe V1 predict")
     async def predict_v1(self, name: str, request: Request) -> Response:
-        self._authorize(request, name)
-        spec = self._model(name)
+        spec = self._authorized_model(request, name)
         inputs = decode_v1(await self._json_body(request), spec)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         outputs = await self._infer(spec, inputs, "v1", request_id)
@@ -219,13 +220,11 @@ class Ingress:
 
     @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer")
     async def infer_v2(self, name: str, request: Request) -> Response:
-        self._authorize(request, name)
-        return await self._infer_v2(self._model(name), request)
+        return await self._infer_v2(self._authorized_model(request, name), request)
 
     @api.post("/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol V2 infer (versioned)")
     async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
-        self._authorize(request, name)
-        return await self._infer_v2(self._model(name, version), request)
+        return await self._infer_v2(self._authorized_model(request, name, version), request)
 
     async def _infer_v2(self, spec: ModelSpec, request: Request) -> Response:
         inputs, request_id, only = decode_v2(await self._json_body(request), spec)
@@ -253,8 +252,7 @@ class Ingress:
     @api.get("/v2/models/{name}", summary="Model metadata")
     @api.get("/v2/models/{name}/versions/{version}", summary="Model metadata (versioned)")
     async def model_metadata(self, name: str, request: Request, version: str | None = None) -> dict:
-        self._authorize(request, name)
-        spec = self._model(name, version)
+        spec = self._authorized_model(request, name, version)
         return {
             "name": spec.name,
             "versions": [spec.version],
@@ -266,16 +264,14 @@ class Ingress:
     @api.get("/v2/models/{name}/ready", summary="Model readiness")
     @api.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness (versioned)")
     async def model_ready(self, name: str, request: Request, version: str | None = None) -> Response:
-        self._authorize(request, name)
-        spec = self._model(name, version)
+        spec = self._authorized_model(request, name, version)
         state = (await self._model_states()).get(spec.name, "UNKNOWN")
         ready = state == "HEALTHY"
         return JSONResponse({"name": spec.name, "ready": ready, "state": state}, status_code=200 if ready else 503)
 
     @api.get("/v1/models/{name}", summary="KServe V1 model status")
     async def model_status_v1(self, name: str, request: Request) -> dict:
-        self._authorize(request, name)
-        spec = self._model(name)
+        spec = self._authorized_model(request, name)
         state = (await self._model_states()).get(spec.name, "UNKNOWN")
         return {"name": spec.name, "ready": state == "HEALTHY"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from providers.storage import fetch
 
-from .auth import ApiKey, KeyRing
+from .auth import KeyRing
 from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
 
@@ -63,6 +63,25 @@ def _probe(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as exc:
         raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc}); is the cluster up?") from None
+
+
+def _reasons(app_status) -> str:
+    """What Serve says about each deployment of an application, one clause each."""
+    return "; ".join(f"{n}: {_last_error_line(d.message)}" for n, d in app_status.deployments.items() if d.message)
+
+
+def _apply(spec: AppSpec, keys: KeyRing | None, gpus_in_cluster: float | None) -> None:
+    """Hand the app to Serve without waiting: callers watch it come up (or not)."""
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    from .build import build_app
+
+    app = build_app(spec, gpus_in_cluster=gpus_in_cluster, keys=keys)
+    serve.run_many(
+        [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
+        wait_for_applications_running=False,
+    )
 
 
 def _describe(app_name: str) -> dict | None:
@@ -119,13 +138,12 @@ class RayTarget:
     def deploy(self, spec: AppSpec, keys: KeyRing | None = None, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
         """Deploy (or update) and wait until RUNNING; raise DeployFailed with Serve's reason otherwise.
 
-        Serve updates replicas in a rolling fashion: if the new version cannot
-        start, the previous version's replicas keep serving.
+        Serve alone would replace a live app's replicas even with ones that
+        cannot start, leaving the app dark. So an update is preflighted first,
+        and if it passes but still does not run, the previous version is redeployed.
         """
         import ray
         from ray import serve
-
-        from .build import build_app
 
         previous = None
         if spec.name in serve.status().applications:  # an update: prove the new version before Serve swaps it in
@@ -135,31 +153,19 @@ class RayTarget:
                 raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
             previous = _describe(spec.name)
         gpus = float(ray.cluster_resources().get("GPU", 0)) if self.gpus_known else None
-        self._run(build_app(spec, gpus_in_cluster=gpus, keys=keys), spec)
+        _apply(spec, keys, gpus)
         try:
             self._wait_running(spec.name, on_status, timeout_s)
         except DeployFailed as exc:
             if previous is None:
                 raise
             # Put the last version that ran back, rather than leave the app dark.
-            old_spec = AppSpec.model_validate(previous["spec"])
-            old_keys = KeyRing([ApiKey.model_validate(k) for k in previous["keys"]])
-            self._run(build_app(old_spec, gpus_in_cluster=gpus, keys=old_keys), old_spec)
+            _apply(AppSpec.model_validate(previous["spec"]), KeyRing.from_hashes(previous["keys"]), gpus)
             try:
                 self._wait_running(spec.name, None, timeout_s)
             except DeployFailed as again:
                 raise DeployFailed(f"{exc}; the rollback to the previous version failed too: {again}") from None
             raise DeployFailed(f"{exc}; rolled back to the previous version, which is serving") from None
-
-    @staticmethod
-    def _run(app, spec: AppSpec) -> None:
-        from ray import serve
-        from ray.serve.api import RunTarget
-
-        serve.run_many(
-            [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
-            wait_for_applications_running=False,
-        )
 
     @staticmethod
     def _wait_running(name: str, on_status: StatusCallback | None, timeout_s: float) -> None:
@@ -175,12 +181,10 @@ class RayTarget:
                 if status.status.value == "RUNNING":
                     return
                 if status.status.value in ("DEPLOY_FAILED", "UNHEALTHY"):
-                    reasons = [f"{n}: {_last_error_line(d.message)}" for n, d in status.deployments.items() if d.message]
-                    raise DeployFailed("; ".join(reasons) or status.message or status.status.value)
+                    raise DeployFailed(_reasons(status) or status.message or status.status.value)
             if time.monotonic() > deadline:
-                waiting = [f"{n}: {_last_error_line(d.message)}" for n, d in status.deployments.items() if d.message] if status else []
-                why = f" ({'; '.join(waiting)})" if waiting else ""
-                raise DeployFailed(f"application {name!r} not running after {timeout_s:.0f}s{why}")
+                why = _reasons(status) if status else ""
+                raise DeployFailed(f"application {name!r} not running after {timeout_s:.0f}s" + (f" ({why})" if why else ""))
             time.sleep(0.5)
 
     def status(self) -> list[DeploymentRow]:

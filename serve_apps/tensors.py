@@ -184,10 +184,6 @@ def decode_v1(body: Any, model: ModelSpec) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _as_list(array: np.ndarray) -> list:
-    return array.tolist()
-
-
 def encode_v2(outputs: dict[str, np.ndarray], model: ModelSpec, request_id: str, only: list[str] | None) -> dict:
     declared = {t.name: t for t in model.outputs}
     names = only or [t.name for t in model.outputs]
@@ -200,7 +196,7 @@ def encode_v2(outputs: dict[str, np.ndarray], model: ModelSpec, request_id: str,
                 "name": name,
                 "datatype": declared[name].datatype.value,
                 "shape": list(outputs[name].shape),
-                "data": _as_list(outputs[name].reshape(-1)),
+                "data": outputs[name].reshape(-1).tolist(),
             }
             for name in names
         ],
@@ -209,8 +205,8 @@ def encode_v2(outputs: dict[str, np.ndarray], model: ModelSpec, request_id: str,
 
 def encode_v1(outputs: dict[str, np.ndarray], model: ModelSpec) -> dict:
     if len(model.outputs) == 1:
-        return {"predictions": _as_list(outputs[model.outputs[0].name])}
-    columns = {t.name: _as_list(outputs[t.name]) for t in model.outputs}
+        return {"predictions": outputs[model.outputs[0].name].tolist()}
+    columns = {t.name: outputs[t.name].tolist() for t in model.outputs}
     rows = len(next(iter(columns.values())))
     return {"predictions": [{name: column[i] for name, column in columns.items()} for i in range(rows)]}
 
