@@ -8,6 +8,7 @@ INSTALLED := $(VENV)/.installed
 AZURITE  := .tools/azurite/node_modules/.bin/azurite-blob
 DIGITS   := examples/digits/artifacts/digits/1/model.safetensors
 MINILM   := examples/embeddings/artifacts/all-MiniLM-L6-v2/config.json
+FRAUD    := examples/fraud/artifacts/metrics.json
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 
@@ -37,7 +38,10 @@ $(DIGITS): | $(INSTALLED)
 $(MINILM): | $(INSTALLED)
 	$(BIN)/python -m examples.embeddings.prepare
 
-artifacts: $(DIGITS) $(MINILM)
+$(FRAUD): | $(INSTALLED)
+	$(BIN)/python -m examples.fraud.train
+
+artifacts: $(DIGITS) $(MINILM) $(FRAUD)
 
 demo: setup artifacts
 	$(BIN)/modelfleet run examples/fleet.yaml --host $(HOST) --port $(PORT)

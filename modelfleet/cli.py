@@ -23,7 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from providers.storage import StorageError
 from serve_apps.auth import KeyRing, KeysConfigError, append_key
-from serve_apps.spec import AppSpec, SpecError, check_artifacts_exist, load_app_spec
+from serve_apps.spec import AppSpec, ModelSpec, SpecError, check_artifacts_exist, load_app_spec
 
 app = typer.Typer(
     name="modelfleet",
@@ -134,14 +134,20 @@ def build(
 def _print_endpoints(spec: AppSpec, base: str) -> None:
     from serve_apps.samples import sample_v1, sample_v2
 
+    def route(model: ModelSpec) -> str:  # a multiplexed family is addressed as family:model_id
+        return f"{model.name}:{model.multiplex.example_id or '<model_id>'}" if model.multiplex else model.name
+
     out.print(f"\n[bold green]serving[/bold green] app {spec.name!r} at {base}   (docs: {base}/docs)")
     for model in spec.models:
-        out.print(f"  {model.name:<16} V1 {base}/v1/models/{model.name}:predict   V2 {base}/v2/models/{model.name}/infer")
-    # The smallest sample makes the most readable curl line.
-    first = min(spec.models, key=lambda m: len(json.dumps(sample_v2(m))))
+        name = route(model)
+        out.print(f"  {name:<16} V1 {base}/v1/models/{name}:predict   V2 {base}/v2/models/{name}/infer")
+    # The app's first model, unless its sample is too long to read (then the shortest).
+    runnable = [m for m in spec.models if not m.multiplex or m.multiplex.example_id] or spec.models
+    first = next((m for m in runnable if len(json.dumps(sample_v2(m))) <= 600), None)
+    first = first or min(runnable, key=lambda m: len(json.dumps(sample_v2(m))))
     for label, url, body in (
-        ("V2", f"{base}/v2/models/{first.name}/infer", sample_v2(first)),
-        ("V1", f"{base}/v1/models/{first.name}:predict", sample_v1(first)),
+        ("V2", f"{base}/v2/models/{route(first)}/infer", sample_v2(first)),
+        ("V1", f"{base}/v1/models/{route(first)}:predict", sample_v1(first)),
     ):
         curl = f"curl -s {url} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
         out.print(f"\n# try it ({label}):\n{curl}", markup=False, soft_wrap=True)

@@ -22,6 +22,9 @@ from .spec import (
     BatchingSpec,
     IngressSpec,
     ModelSpec,
+    MultiplexSpec,
+    PipelineSpec,
+    PipelineStep,
     ResourcesSpec,
     TensorSpec,
 )
@@ -58,7 +61,10 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
 
 
 def _all_field_names() -> list[str]:
-    models = (AppSpec, ModelSpec, IngressSpec, ArtifactSpec, TensorSpec, ResourcesSpec, AutoscalingSpec, BatchingSpec)
+    models = (
+        AppSpec, ModelSpec, IngressSpec, ArtifactSpec, TensorSpec, ResourcesSpec, AutoscalingSpec, BatchingSpec,
+        MultiplexSpec, PipelineSpec, PipelineStep,
+    )
     return sorted({name for model in models for name in model.model_fields})
 
 
@@ -118,7 +124,10 @@ def check_artifacts_exist(spec: AppSpec, path: Path | str) -> None:
     for i, model in enumerate(spec.models):
         if model.artifact is None or scheme_of(model.artifact.uri) != "file":
             continue
-        local = Path(resolve_uri(model.artifact.uri, spec.base_dir).removeprefix("file://"))
+        if model.multiplex is not None and model.multiplex.example_id is None:
+            continue  # a family's ids are only known at request time
+        uri = model.artifact_uri(model.multiplex.example_id if model.multiplex else None)
+        local = Path(resolve_uri(uri, spec.base_dir).removeprefix("file://"))
         if not local.exists():
             hint = "run the example's train.py first, or fix the path (plain paths are relative to the spec's folder)"
             raise SpecError(path, f"models[{i}:{model.name}].artifact.uri", f"{local} does not exist; {hint}")

@@ -15,6 +15,7 @@ from ray.serve import Application
 from .auth import KeyRing
 from .deployment import ModelDeployment
 from .ingress import Ingress
+from .pipeline import PipelineDeployment
 from .spec import AppSpec, ModelSpec
 
 __all__ = ["app_builder", "build_app", "deployment_options", "pool_resource", "serve_config"]
@@ -71,12 +72,25 @@ def build_app(spec: AppSpec, gpus_in_cluster: float | None = None, keys: KeyRing
     """
     keys = keys or KeyRing.load(spec.keys_path())
     spec = spec.resolved()
-    models = {
-        m.name: serve.deployment(ModelDeployment)
-        .options(**deployment_options(m, gpus_in_cluster))
-        .bind(m.model_dump(mode="json"))
-        for m in spec.models
-    }
+    models: dict[str, Application] = {}
+
+    def bind(model: ModelSpec) -> Application:
+        """A model's deployment; a pipeline's gets handles to its steps (bound first: the spec has no cycles)."""
+        if model.name not in models:
+            options = deployment_options(model, gpus_in_cluster)
+            if model.pipeline is None:
+                models[model.name] = serve.deployment(ModelDeployment).options(**options).bind(model.model_dump(mode="json"))
+            else:
+                steps = [spec.model(s.model) for s in model.pipeline.steps]
+                models[model.name] = serve.deployment(PipelineDeployment).options(**options).bind(
+                    model.model_dump(mode="json"),
+                    {step.name: bind(step) for step in steps},
+                    {step.name: step.model_dump(mode="json") for step in steps},
+                )
+        return models[model.name]
+
+    for model in spec.models:
+        bind(model)
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_NAME,
         num_replicas=spec.ingress.num_replicas,

@@ -4,6 +4,11 @@ One class serves every model; the spec decides what it loads and how Ray
 Serve scales and batches it. Batching is Ray's own `@serve.batch`, sized in
 *rows* (not requests) so that one HTTP call carrying 20 rows and 20 calls
 carrying one row each fill a batch alike.
+
+A multiplexed family (`multiplex:`) is Ray's own `@serve.multiplexed`: each
+request carries a model id, a replica loads that id's artifact on first use
+and evicts the least recently used beyond `max_models_per_replica`; Serve
+routes an id to a replica that already has it. Ray splits batches by id.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import time
 import numpy as np
 from ray import serve
 
-from providers.storage import fetch
+from providers.storage import ArtifactNotFound, fetch
 
-from .loaders import load_model, pick_device
+from .loaders import Model, load_model, pick_device
 from .spec import ModelSpec
-from .tensors import rows_of
+from .tensors import RequestError, rows_of
 
 __all__ = ["ModelDeployment"]
 
@@ -40,38 +45,81 @@ def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, n
     return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(sizes))]
 
 
+class _Loaded:
+    """A multiplexed model, which says when Serve evicts it (Serve calls `__del__` on eviction)."""
+
+    def __init__(self, model: Model, model_id: str, loaded: set[str]):
+        self.model, self.model_id, self._loaded = model, model_id, loaded
+        loaded.add(model_id)
+
+    def __del__(self) -> None:
+        self._loaded.discard(self.model_id)
+
+
 class ModelDeployment:
-    """A replica of one model. Built from the model's spec as a plain dict (it crosses processes)."""
+    """A replica of one model (or one multiplexed family). Built from the model's spec as a plain dict."""
 
     def __init__(self, model_spec: dict):
         self.spec = ModelSpec.model_validate(model_spec)
-        started = time.perf_counter()
-        path = None
-        if self.spec.artifact is not None:
-            path = fetch(self.spec.artifact.uri, sha256=self.spec.artifact.sha256)
-        device = pick_device(self.spec.resources.num_gpus)
-        self.model = load_model(self.spec, path, device)
+        self.device = pick_device(self.spec.resources.num_gpus)
         batching = self.spec.batching
         if batching is not None:
             self._batched.set_max_batch_size(batching.max_batch_size)
             self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        logger.info(
-            "model %s v%s loaded on %s in %.2fs", self.spec.name, self.spec.version, device, time.perf_counter() - started
-        )
+        self.model: Model | None = None
+        if self.spec.multiplex is None:
+            self.model = self._load(None)
+            return
+        self._paths: dict[str, object] = {}  # model id -> fetched artifact (ids are few: the family's size)
+        self._loaded: set[str] = set()
+
+        async def load_variant(model_id: str) -> _Loaded:
+            return _Loaded(await asyncio.to_thread(self._load, model_id), model_id, self._loaded)
+
+        self._variant = serve.multiplexed(max_num_models_per_replica=self.spec.multiplex.max_models_per_replica)(load_variant)
+
+    def _load(self, model_id: str | None) -> Model:
+        started = time.perf_counter()
+        path = self._paths.get(model_id) if model_id else None
+        if path is None and self.spec.artifact is not None:
+            path = fetch(self.spec.artifact_uri(model_id), sha256=self.spec.artifact.sha256)
+        model = load_model(self.spec, path, self.device)
+        label = f"{self.spec.name}:{model_id}" if model_id else self.spec.name
+        logger.info("model %s v%s loaded on %s in %.2fs", label, self.spec.version, self.device, time.perf_counter() - started)
+        return model
+
+    async def _model(self) -> Model:
+        if self.spec.multiplex is None:
+            return self.model
+        model_id = serve.get_multiplexed_model_id()
+        if model_id not in self._paths:
+            # Fetch before asking Serve to load: at capacity Serve evicts first, and an unknown id must cost nothing.
+            try:
+                self._paths[model_id] = await asyncio.to_thread(fetch, self.spec.artifact_uri(model_id))
+            except ArtifactNotFound:
+                logger.info("model %s has no id %r (%s)", self.spec.name, model_id, self.spec.artifact_uri(model_id))
+                raise RequestError(404, f"model {self.spec.name!r} has no model id {model_id!r}") from None
+        return (await self._variant(model_id)).model
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """(outputs, rows in the batch that served them): the second makes batching observable."""
         batching = self.spec.batching
         if batching is None or rows_of(inputs) > batching.max_batch_size:
             # Unbatched, or too big to share a batch: it is a batch on its own.
-            return await asyncio.to_thread(self.model.predict, inputs), rows_of(inputs)
+            model = await self._model()
+            return await asyncio.to_thread(model.predict, inputs), rows_of(inputs)
         return await self._batched(inputs)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
     async def _batched(self, items: list[dict[str, np.ndarray]]) -> list[tuple[dict[str, np.ndarray], int]]:
         sizes = [rows_of(item) for item in items]
-        outputs = await asyncio.to_thread(self.model.predict, _concat(items))
+        model = await self._model()  # one multiplexed id per batch: Serve splits batches by id
+        outputs = await asyncio.to_thread(model.predict, _concat(items))
         return [(part, sum(sizes)) for part in _split(outputs, sizes)]
+
+    def loaded_models(self) -> list[str]:
+        """Ids of a multiplexed family loaded in this replica right now (a handle method, for operators and tests)."""
+        return sorted(self._loaded) if self.spec.multiplex is not None else []
 
     def ready(self) -> dict:
         return {"name": self.spec.name, "version": self.spec.version}

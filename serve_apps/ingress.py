@@ -20,14 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import KeyRing
-from .spec import AppSpec, ModelSpec
-from .tensors import RequestError, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
+from .spec import AppSpec, ModelSpec, valid_model_id
+from .tensors import RequestError, check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
 
 __all__ = ["Ingress", "api"]
 
@@ -111,6 +111,33 @@ def _json(payload: dict, request_id: str) -> Response:
 
 
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")  # the latter: curl -d's default
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # Ray Serve's own header name for model multiplexing
+
+
+def _family_and_id(name: str) -> tuple[str, str | None]:
+    """'merchant:m007' -> ('merchant', 'm007'); 'digits' -> ('digits', None)."""
+    family, colon, model_id = name.partition(":")
+    return family, (model_id if colon else None)
+
+
+def _model_id(spec: ModelSpec, in_path: str | None, request: Request | None) -> str | None:
+    """The multiplexed model id a request names (URL `family:id` or Ray's header), checked; None for other models."""
+    header = request.headers.get(MULTIPLEX_HEADER) if request is not None else None
+    if spec.multiplex is None:
+        if in_path is not None:
+            raise RequestError(404, f"model {spec.name!r} is not a multiplexed family, so it has no model {in_path!r}")
+        return None  # a client may send the header to every model; only families use it
+    if in_path is not None and header is not None and in_path != header:
+        raise RequestError(400, f"the URL names model id {in_path!r} but the {MULTIPLEX_HEADER} header says {header!r}")
+    model_id = in_path if in_path is not None else header
+    if not model_id:
+        raise RequestError(
+            400, f"model {spec.name!r} is a family of models: name one, as /v2/models/{spec.name}:<model_id>/infer "
+            f"or with the {MULTIPLEX_HEADER} header",
+        )
+    if not valid_model_id(model_id):
+        raise RequestError(400, f"model id {model_id!r} is not valid: letters, digits, '_', '-' and '.', no '..', at most 128")
+    return model_id
 
 
 # serve.ingress() freezes `api` and this class when it decorates: every handler
@@ -149,7 +176,11 @@ class Ingress:
             raise RequestError(403, f"key {key.name!r} lacks the scope this needs ({need})")
 
     def _authorized_model(self, request: Request, name: str, version: str | None = None) -> ModelSpec:
-        """The model a request names, once its key may use it (authorizing first hides what exists)."""
+        """The model (or family, for 'family:id') a request names, once its key may use it.
+
+        Authorizing first hides from a key what exists beyond its scopes.
+        """
+        name, _ = _family_and_id(name)
         self._authorize(request, name)
         spec = self.specs.get(name)
         if spec is None:
@@ -175,13 +206,26 @@ class Ingress:
         except orjson.JSONDecodeError as exc:
             raise RequestError(400, f"body is not valid JSON: {exc}") from None
 
-    async def _infer(self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str) -> dict:
+    async def _infer(self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str, model_id: str | None = None) -> dict:
         started = time.perf_counter()
         status = 200
+        handle = self.handles[spec.name]
+        if model_id is not None:
+            handle = handle.options(multiplexed_model_id=model_id)
         try:
-            outputs, batch_rows = await asyncio.wait_for(self.handles[spec.name].infer.remote(inputs), self.request_timeout_s)
+            outputs, batch_rows = await asyncio.wait_for(handle.infer.remote(inputs), self.request_timeout_s)
             self.metrics.batch_rows.labels(spec.name).observe(batch_rows)
             return outputs
+        except (RequestError, RayTaskError) as exc:
+            # A replica refusing the request (e.g. an unknown model id) raises a RequestError; Ray
+            # delivers it wrapped, and the wrapper's message is a traceback: answer with the cause.
+            cause = exc.cause if isinstance(exc, RayTaskError) else exc
+            if not isinstance(cause, RequestError):
+                status = 500
+                logger.error("model %s failed on request %s: %s", spec.name, request_id, exc)
+                raise _ModelFailed(spec.name, request_id) from None
+            status = cause.status
+            raise cause from None
         except asyncio.TimeoutError:
             status = 503
             raise RequestError(
@@ -213,23 +257,43 @@ class Ingress:
     @api.post("/v1/models/{name}:predict", summary="KServe V1 predict")
     async def predict_v1(self, name: str, request: Request) -> Response:
         spec = self._authorized_model(request, name)
+        model_id = _model_id(spec, _family_and_id(name)[1], request)
         inputs = decode_v1(await self._json_body(request), spec)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        outputs = await self._infer(spec, inputs, "v1", request_id)
+        outputs = await self._infer(spec, inputs, "v1", request_id, model_id)
         return _json(encode_v1(outputs, spec), request_id)
 
-    @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer")
+    @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer ({name} may be family:model_id)")
     async def infer_v2(self, name: str, request: Request) -> Response:
-        return await self._infer_v2(self._authorized_model(request, name), request)
+        return await self._infer_v2(name, self._authorized_model(request, name), request)
 
     @api.post("/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol V2 infer (versioned)")
     async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
-        return await self._infer_v2(self._authorized_model(request, name, version), request)
+        return await self._infer_v2(name, self._authorized_model(request, name, version), request)
 
-    async def _infer_v2(self, spec: ModelSpec, request: Request) -> Response:
+    async def _infer_v2(self, name: str, spec: ModelSpec, request: Request) -> Response:
+        model_id = _model_id(spec, _family_and_id(name)[1], request)
         inputs, request_id, only = decode_v2(await self._json_body(request), spec)
-        outputs = await self._infer(spec, inputs, "v2", request_id)
-        return _json(encode_v2(outputs, spec, request_id, only), request_id)
+        outputs = await self._infer(spec, inputs, "v2", request_id, model_id)
+        payload = encode_v2(outputs, spec, request_id, only)
+        if model_id is not None:
+            payload["model_name"] = f"{spec.name}:{model_id}"
+        return _json(payload, request_id)
+
+    # ---- Python callers ---------------------------------------------------
+
+    async def infer(self, model: str, inputs: dict, model_id: str | None = None) -> dict:
+        """For drivers holding `serve.get_app_handle(app)`: numpy arrays in, numpy arrays out.
+
+        The same checks as HTTP (a RequestError names what is wrong), no API
+        key: a caller that reaches the cluster's handles is already trusted.
+        """
+        name, in_name = _family_and_id(model)
+        spec = self.specs.get(name)
+        if spec is None:
+            raise RequestError(404, f"model {name!r} not found; this server has {sorted(self.specs)}")
+        model_id = _model_id(spec, model_id or in_name, None)
+        return await self._infer(spec, check_inputs(inputs, spec), "handle", uuid.uuid4().hex, model_id)
 
     # ---- metadata and health ----------------------------------------------
 

@@ -29,8 +29,13 @@ def _check_model(model_spec: dict) -> str | None:
     from .tensors import decode_v2, rows_of
 
     spec = ModelSpec.model_validate(model_spec)
+    if spec.pipeline is not None:
+        return None  # its wiring was checked with the spec; its steps are checked as models of their own
+    if spec.multiplex is not None and spec.multiplex.example_id is None:
+        return None  # no id known to exist; each id is checked when first requested (unknown ids are a 404)
+    model_id = spec.multiplex.example_id if spec.multiplex else None
     try:
-        path = fetch(spec.artifact.uri, sha256=spec.artifact.sha256) if spec.artifact else None
+        path = fetch(spec.artifact_uri(model_id), sha256=spec.artifact.sha256) if spec.artifact else None
         model = load_model(spec, path, "cpu")
         inputs, _, _ = decode_v2(sample_v2(spec, rows=2), spec)
         outputs = model.predict(inputs)

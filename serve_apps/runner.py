@@ -37,8 +37,8 @@ def prefetch_artifacts(spec: AppSpec, progress: Callable[[str, int, int | None],
     """
     paths: dict[str, Path] = {}
     for model in spec.resolved().models:
-        if model.artifact is None:
-            continue
+        if model.artifact is None or model.multiplex is not None:
+            continue  # a multiplexed family's models are fetched by the replica that first needs each
         callback = (lambda done, total, name=model.name: progress(name, done, total)) if progress else None
         paths[model.name] = fetch(model.artifact.uri, sha256=model.artifact.sha256, progress=callback)
     return paths
@@ -223,6 +223,7 @@ class LocalServer(RayTarget):
         # Workers default to niceness 15; on a small box a co-located client starves them.
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
+            address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             resources={pool_resource(p): 1000 for p in pools},

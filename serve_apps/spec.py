@@ -23,16 +23,27 @@ __all__ = [
     "BatchingSpec",
     "Datatype",
     "IngressSpec",
+    "MODEL_ID_PLACEHOLDER",
     "ModelFormat",
     "ModelSpec",
+    "MultiplexSpec",
+    "PipelineSpec",
+    "PipelineStep",
     "ResourcesSpec",
     "SpecError",
     "TensorSpec",
     "check_artifacts_exist",
     "load_app_spec",
+    "valid_model_id",
 ]
 
 _NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+MODEL_ID_PLACEHOLDER = "{model_id}"
+
+
+def valid_model_id(model_id: str) -> bool:
+    """A multiplexed model id goes into a URL and into an artifact URI: no '/', no '..', no braces."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", model_id)) and ".." not in model_id
 
 
 class _Strict(BaseModel):
@@ -58,6 +69,8 @@ class ModelFormat(str, Enum):
     torch_export = "torch_export"
     sentence_transformers = "sentence_transformers"
     builtin = "builtin"
+    python = "python"
+    pipeline = "pipeline"
 
 
 # Formats people try first and that we refuse on purpose: unpickling runs code.
@@ -180,6 +193,53 @@ class BatchingSpec(_Strict):
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="How long to wait for a batch to fill.")
 
 
+class MultiplexSpec(_Strict):
+    """A family of same-architecture models in one deployment (Ray Serve model multiplexing).
+
+    Each request names a model id; a replica loads that id's artifact (the
+    artifact URI with `{model_id}` filled in) on first use and keeps the most
+    recently used ones, evicting the least recently used beyond the limit.
+    """
+
+    max_models_per_replica: int = Field(
+        default=3, ge=1, description="Models one replica keeps loaded; beyond it the least recently used is evicted."
+    )
+    example_id: str | None = Field(
+        default=None,
+        description="An id whose artifact exists: used for the deploy preflight check and the printed example requests.",
+    )
+
+    @field_validator("example_id")
+    @classmethod
+    def _valid_id(cls, model_id: str | None) -> str | None:
+        if model_id is not None and not valid_model_id(model_id):
+            raise ValueError(f"{model_id!r} is not a model id: letters, digits, '_', '-' and '.', no '..', at most 128")
+        return model_id
+
+
+class PipelineStep(_Strict):
+    """One call of a pipeline: a model of the same app, and where each of its inputs comes from."""
+
+    model: str = Field(pattern=_NAME, description="The model (of this app) to call.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Step input -> source: a request input's name, or '<step>.<output>' of an earlier step. "
+            "An input left out takes the request input of its name, else the one earlier step output of its name."
+        ),
+    )
+
+
+class PipelineSpec(_Strict):
+    """A model that calls other models over Ray Serve handles; steps that do not depend on each other run concurrently."""
+
+    steps: list[PipelineStep] = Field(min_length=1, description="Calls, each after the steps it takes inputs from.")
+    outputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Pipeline output -> source ('<step>.<output>' or a request input); left out: found by name as for inputs.",
+    )
+
+
 class ModelSpec(_Strict):
     """One model: an autoscaling Ray Serve deployment."""
 
@@ -191,7 +251,8 @@ class ModelSpec(_Strict):
         default=None,
         description=(
             "For safetensors: 'package.module:Class' built with no arguments, then given the state dict. "
-            "For builtin: the builtin's name (e.g. echo)."
+            "For builtin: the builtin's name (e.g. echo). "
+            "For python: 'package.module:Class', called as Class(artifact_path or None, device), with predict(inputs)."
         ),
     )
     inputs: list[TensorSpec] = Field(min_length=1, description="Input tensors; requests are checked against them.")
@@ -209,6 +270,10 @@ class ModelSpec(_Strict):
         description="Concurrent requests one replica accepts (default 16, or max_batch_size when batching needs more).",
     )
     batching: BatchingSpec | None = Field(default=None, description="Enable dynamic batching across requests.")
+    multiplex: MultiplexSpec | None = Field(
+        default=None, description="Serve a family of models from one deployment; the artifact URI holds {model_id}."
+    )
+    pipeline: PipelineSpec | None = Field(default=None, description="For format: pipeline, the models it calls.")
 
     @field_validator("format", mode="before")
     @classmethod
@@ -226,12 +291,13 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _format_needs(self) -> ModelSpec:
-        if self.format is not ModelFormat.builtin and self.artifact is None:
-            raise ValueError(f"format {self.format.value!r} needs an artifact: add artifact: {{uri: ...}}")
-        if self.format in (ModelFormat.safetensors, ModelFormat.builtin) and not self.module:
-            hint = "'package.module:Class'" if self.format is ModelFormat.safetensors else "a builtin name, e.g. echo"
-            raise ValueError(f"format {self.format.value!r} needs module: {hint}")
-        if self.format is ModelFormat.safetensors and not re.fullmatch(r"[\w.]+:[\w.]+", self.module or ""):
+        fmt = self.format
+        if fmt not in (ModelFormat.builtin, ModelFormat.python, ModelFormat.pipeline) and self.artifact is None:
+            raise ValueError(f"format {fmt.value!r} needs an artifact: add artifact: {{uri: ...}}")
+        if fmt in (ModelFormat.safetensors, ModelFormat.builtin, ModelFormat.python) and not self.module:
+            hint = "a builtin name, e.g. echo" if fmt is ModelFormat.builtin else "'package.module:Class'"
+            raise ValueError(f"format {fmt.value!r} needs module: {hint}")
+        if fmt in (ModelFormat.safetensors, ModelFormat.python) and not re.fullmatch(r"[\w.]+:[\w.]+", self.module or ""):
             raise ValueError(f"module {self.module!r} must look like 'package.module:Class'")
         for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
             names = [t.name for t in tensors]
@@ -239,6 +305,40 @@ class ModelSpec(_Strict):
             if dupes:
                 raise ValueError(f"{kind} names must be unique, {dupes} repeat")
         return self
+
+    @model_validator(mode="after")
+    def _pipeline_fields(self) -> ModelSpec:
+        if (self.format is ModelFormat.pipeline) != (self.pipeline is not None):
+            raise ValueError("format: pipeline and a pipeline: section go together; set both or neither")
+        if self.pipeline is not None:
+            extra = [f for f in ("artifact", "module", "batching", "multiplex") if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"a pipeline runs other models, so {extra} do not apply to it; set them on its steps")
+        return self
+
+    @model_validator(mode="after")
+    def _multiplex_fields(self) -> ModelSpec:
+        templated = self.artifact is not None and MODEL_ID_PLACEHOLDER in self.artifact.uri
+        if self.multiplex is not None and not templated:
+            raise ValueError(
+                f"multiplex needs artifact.uri to contain {MODEL_ID_PLACEHOLDER}, "
+                "e.g. s3://bucket/merchants/{model_id}/model.safetensors"
+            )
+        if templated and self.multiplex is None:
+            raise ValueError(f"artifact.uri contains {MODEL_ID_PLACEHOLDER}: add multiplex: {{max_models_per_replica: N}}")
+        if templated and self.artifact.sha256:
+            raise ValueError("one sha256 cannot match every model of a multiplexed family; remove artifact.sha256")
+        return self
+
+    def artifact_uri(self, model_id: str | None = None) -> str | None:
+        """The artifact URI, with a multiplexed family's `{model_id}` filled in."""
+        if self.artifact is None:
+            return None
+        if self.multiplex is None:
+            return self.artifact.uri
+        if model_id is None or not valid_model_id(model_id):
+            raise ValueError(f"model {self.name!r} needs a valid model id, got {model_id!r}")
+        return self.artifact.uri.replace(MODEL_ID_PLACEHOLDER, model_id)
 
 
 class IngressSpec(_Strict):
@@ -275,6 +375,13 @@ class AppSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, {dupes} repeat")
+        return self
+
+    @model_validator(mode="after")
+    def _pipelines_wire_up(self) -> AppSpec:
+        from .graph import check_pipelines  # the wiring rules live with the code that runs them
+
+        check_pipelines(self.models)
         return self
 
     @property

@@ -19,6 +19,7 @@ from .spec import Datatype, ModelSpec, TensorSpec
 __all__ = [
     "NUMPY_DTYPES",
     "RequestError",
+    "check_inputs",
     "decode_v1",
     "decode_v2",
     "encode_v1",
@@ -54,6 +55,9 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         self.status, self.headers = status, headers
         super().__init__(message)
+
+    def __reduce__(self):  # raised in a replica, it crosses to the ingress by pickle
+        return (RequestError, (self.status, str(self), self.headers))
 
 
 def _shape_matches(declared: list[int], actual: tuple[int, ...]) -> bool:
@@ -180,6 +184,26 @@ def decode_v1(body: Any, model: ModelSpec) -> dict[str, np.ndarray]:
         array = _to_array(columns[spec.name], spec, where)
         _check_shape(array, spec, where)
         arrays[spec.name] = array
+    _check_same_rows(arrays)
+    return arrays
+
+
+def check_inputs(inputs: Any, model: ModelSpec) -> dict[str, np.ndarray]:
+    """Python callers' `{name: array or nested list}` -> checked inputs, as strict as over HTTP."""
+    if not isinstance(inputs, dict):
+        raise RequestError(422, f"inputs must be a dict of input name -> array; model {model.name!r} takes {[t.name for t in model.inputs]}")
+    declared = {t.name: t for t in model.inputs}
+    unknown, absent = sorted(set(inputs) - set(declared)), sorted(set(declared) - set(inputs))
+    if unknown or absent:
+        raise RequestError(422, f"model {model.name!r} takes inputs {sorted(declared)}; unknown {unknown}, missing {absent}")
+    arrays = {}
+    for name, spec in declared.items():
+        value = inputs[name]
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            value = value.tolist()  # strings in an object array: let numpy infer their kind
+        array = _to_array(value, spec, f"input {name!r}")
+        _check_shape(array, spec, f"input {name!r}")
+        arrays[name] = array
     _check_same_rows(arrays)
     return arrays
 

@@ -9,6 +9,7 @@ raises on negative input, to prove a model error is a 500 and not an outage).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -114,18 +115,19 @@ class Fleet:
         return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
 
-def _wait_ready(fleet: Fleet, timeout_s: float) -> None:
+def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen, log: Path) -> None:
+    """Poll `ready()` (HTTP errors count as not yet) until true; fail with the log's tail if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if fleet.process.poll() is not None:
-            pytest.fail(f"modelfleet run exited with {fleet.process.returncode}:\n{fleet.log()[-4000:]}")
+        if process.poll() is not None:
+            pytest.fail(f"{what}: process exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
         try:
-            if httpx.get(f"{fleet.url}/v2/health/ready", timeout=5).status_code == 200:
+            if ready():
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    pytest.fail(f"fleet not ready after {timeout_s}s:\n{fleet.log()[-4000:]}")
+    pytest.fail(f"{what}: not ready after {timeout_s}s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +151,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         )
     fleet = Fleet(f"http://127.0.0.1:{port}", spec_path, log_path, process)
     try:
-        _wait_ready(fleet, timeout_s=300)
+        wait_until(
+            lambda: httpx.get(f"{fleet.url}/v2/health/ready", timeout=5).status_code == 200, 300, "modelfleet run", process, log_path
+        )
         yield fleet
     finally:
         if process.poll() is None:
@@ -168,3 +172,31 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 def client(fleet: Fleet):
     with fleet.client() as c:
         yield c
+
+
+def run_cli(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m modelfleet ARGS` as a user runs it; keyless (apps it deploys serve on loopback)."""
+    env = env or {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
+    return subprocess.run([sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python connected to the Ray cluster at `address` (as `ray`, with `serve` imported)."""
+    prelude = (
+        "import os, sys; os.environ.setdefault('RAY_AUTH_MODE', 'token'); import ray; from ray import serve; "
+        "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", prelude + code, address, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def delete_app(address: str, app_name: str) -> None:
+    ray_driver(address, "serve.delete(sys.argv[2])", app_name, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def ray_address(fleet: Fleet) -> str:
+    """The Ray head `modelfleet run` started for this session (it prints `ray: ADDRESS`)."""
+    match = re.search(r"^ray: (\S+)", fleet.log(), flags=re.M)
+    assert match, "modelfleet run prints its Ray address"
+    return match.group(1)

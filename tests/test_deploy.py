@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Fleet
+from tests.conftest import ROOT, Fleet, delete_app, run_cli as _cli
 
 EXTRA = "extra"  # an app deployed next to the fleet, on its own route prefix
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
-
-
-def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}  # a keyless app, on loopback
-    return subprocess.run([sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
 def _write_extra(tmp: Path, model_changes: dict | None = None) -> Path:
@@ -35,25 +26,13 @@ def _write_extra(tmp: Path, model_changes: dict | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_address(fleet: Fleet) -> str:
-    match = re.search(r"^ray: (\S+)", fleet.log(), flags=re.M)
-    assert match, "modelfleet run prints its Ray address"
-    return match.group(1)
-
-
-@pytest.fixture(scope="module")
 def extra_app(fleet: Fleet, ray_address: str, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("deploy")
     result = _cli("deploy", str(_write_extra(tmp)), "--address", ray_address, "--timeout-s", "180")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"deployed '{EXTRA}'" in result.stdout
     yield tmp
-    _cli("status", "--address", ray_address)  # keeps the connection path warm for the teardown below
-    subprocess.run(
-        [sys.executable, "-c", "import os, sys; os.environ.setdefault('RAY_AUTH_MODE', 'token'); import ray; from ray import serve; "
-         "ray.init(address=sys.argv[1], logging_level='ERROR'); serve.delete(sys.argv[2])", ray_address, EXTRA],
-        capture_output=True, timeout=120,
-    )
+    delete_app(ray_address, EXTRA)
 
 
 def test_deployed_app_answers_next_to_the_fleet(fleet: Fleet, extra_app: Path) -> None:

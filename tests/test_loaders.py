@@ -56,7 +56,43 @@ def _check(model, net: TinyNet) -> None:
 
 
 def test_every_format_has_a_loader() -> None:
-    assert known_formats() == sorted(["builtin", "safetensors", "sentence_transformers", "torch_export", "torchscript"])
+    """A pipeline is the one format without a loader: it calls other models instead (serve_apps/pipeline.py)."""
+    from serve_apps.spec import ModelFormat
+
+    assert known_formats() == sorted(f.value for f in ModelFormat if f is not ModelFormat.pipeline)
+
+
+def test_python_format_builds_the_class_with_artifact_and_device(tmp_path: Path) -> None:
+    import json
+
+    from tests.fixtures.tiny import Rendezvous
+
+    config = tmp_path / "me.json"
+    config.write_text(json.dumps({"dir": str(tmp_path), "me": "a", "peer": "a"}))  # its own peer: answers at once
+    spec = ModelSpec.model_validate({
+        "name": "meet", "format": "python", "module": "tests.fixtures.tiny:Rendezvous", "artifact": {"uri": str(config)},
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}], "outputs": [{"name": "a", "datatype": "FP32", "shape": [-1]}],
+    })
+    model = load_model(spec, config, "cpu")
+    assert isinstance(model, Rendezvous) and model.predict({"x": np.array([1.0])})["a"].tolist() == [2.0]
+
+
+@pytest.mark.parametrize(
+    "module,message",
+    [
+        ("tests.fixtures.tiny:TinyNet", "TinyNet(artifact_path, device) failed"),  # takes no arguments
+        ("tests.fixtures.tiny:Nowhere", "has no 'Nowhere'"),
+        ("tests.fixtures.absent:Thing", "cannot import 'tests.fixtures.absent'"),
+    ],
+)
+def test_python_format_errors_name_the_class(module: str, message: str) -> None:
+    spec = ModelSpec.model_validate({
+        "name": "custom", "format": "python", "module": module,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+    })
+    with pytest.raises(LoadError, match="custom") as caught:
+        load_model(spec, None, "cpu")
+    assert message in str(caught.value)
 
 
 def test_safetensors(net, tmp_path: Path) -> None:

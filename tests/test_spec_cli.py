@@ -89,7 +89,10 @@ def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
     assert "models[0:echo].autoscaling" in proc.stderr
 
 
-@pytest.mark.parametrize("spec", ["examples/fleet.yaml", "examples/digits/app.yaml", "examples/embeddings/app.yaml", "examples/echo/app.yaml"])
+@pytest.mark.parametrize(
+    "spec",
+    ["examples/fleet.yaml", "examples/digits/app.yaml", "examples/embeddings/app.yaml", "examples/echo/app.yaml", "examples/fraud/app.yaml"],
+)
 def test_examples_validate(spec: str) -> None:
     result = CliRunner().invoke(app, ["validate", str(ROOT / spec)])
     assert result.exit_code == 0, result.output

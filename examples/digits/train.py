@@ -5,16 +5,12 @@
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from examples._artifacts import save_weights, training_cli
 from examples.digits.model import DigitsNet, load_split
 
 DEFAULT_OUT = Path(__file__).parent / "artifacts" / "digits" / "1" / "model.safetensors"
@@ -42,19 +38,6 @@ def train(seed: int = 0, epochs: int = 30) -> tuple[DigitsNet, float]:
     return net, float(accuracy)
 
 
-def save_atomically(net: DigitsNet, out: Path) -> str:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return hashlib.sha256(out.read_bytes()).hexdigest()
-
-
 def ensure_trained(out: Path = DEFAULT_OUT, force: bool = False) -> Path:
     """Train and save the weights unless `out` already holds them; refuse to save a model below MIN_ACCURACY."""
     if out.exists() and not force:
@@ -64,17 +47,12 @@ def ensure_trained(out: Path = DEFAULT_OUT, force: bool = False) -> Path:
     print(f"held-out accuracy: {accuracy:.4f}")
     if accuracy < MIN_ACCURACY:
         raise SystemExit(f"accuracy {accuracy:.4f} is below {MIN_ACCURACY}; not saving")
-    print(f"wrote {out}\nsha256: {save_atomically(net, out)}")
+    print(f"wrote {out}\nsha256: {save_weights(net, out)}")
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--force", action="store_true", help="retrain even if the weights exist")
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    ensure_trained(args.out, args.force)
+    training_cli(__doc__, DEFAULT_OUT, ensure_trained)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ _FORMATS: dict[str, str] = {
     "torch_export": "serve_apps.loaders.torch_export",
     "sentence_transformers": "serve_apps.loaders.sentence_transformers",
     "builtin": "serve_apps.loaders.builtin",
+    "python": "serve_apps.loaders.python",
 }
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import importlib
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-__all__ = ["LoadError", "Model", "pick_device", "refuse_pickle"]
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+__all__ = ["LoadError", "Model", "import_class", "pick_device", "refuse_pickle"]
 
 PICKLE_HINT = (
     "unpickling runs arbitrary code, so modelfleet never loads pickles; convert the model once where you trust it: "
@@ -28,6 +32,26 @@ def pick_device(num_gpus: float) -> str:
     import torch
 
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def import_class(spec: ModelSpec, what: str):
+    """`spec.module` ('package.module:Class') imported; LoadError saying what is wrong otherwise."""
+    module_name, _, class_name = (spec.module or "").partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the module's own top level raises
+        raise LoadError(
+            f"model {spec.name!r}: cannot import {module_name!r}, {what} ({exc.__class__.__name__}: {exc}); "
+            "is it installed on every node?"
+        ) from None
+    cls = module
+    for part in class_name.split("."):
+        cls = getattr(cls, part, None)
+        if cls is None:
+            raise LoadError(
+                f"model {spec.name!r}: {module_name!r} has no {class_name!r}, {what}; check module: in the spec"
+            )
+    return cls
 
 
 def refuse_pickle(path, expected: str) -> None:

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from ..spec import ModelSpec
-from ._base import LoadError, refuse_pickle
+from ._base import LoadError, import_class, refuse_pickle
 from ._torch import TorchModel
 
 ARTIFACT = "file"  # what load() is given: a file, a folder, or nothing
 
 
-def _model_class(spec: ModelSpec, path: Path):
-    module_name, _, class_name = (spec.module or "").partition(":")
-    for_weights = f"the class for the weights in {path}"
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or whatever the module's own top level raises
-        raise LoadError(
-            f"model {spec.name!r}: cannot import {module_name!r}, {for_weights} ({exc.__class__.__name__}: {exc}); "
-            "is it installed on every node?"
-        ) from None
-    cls = module
-    for part in class_name.split("."):
-        cls = getattr(cls, part, None)
-        if cls is None:
-            raise LoadError(
-                f"model {spec.name!r}: {module_name!r} has no {class_name!r}, {for_weights}; check module: in the spec"
-            )
-    return cls
-
-
 def _build(spec: ModelSpec, path: Path):
     import torch
 
-    cls = _model_class(spec, path)
+    cls = import_class(spec, f"the class for the weights in {path}")
     try:
         net = cls()
     except Exception as exc:  # whatever the user's constructor raises
