@@ -14,7 +14,7 @@ PORT     ?= 8000
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup artifacts demo test clean
+.PHONY: setup artifacts demo test bench clean
 
 setup: $(INSTALLED) $(AZURITE)
 
@@ -48,6 +48,12 @@ demo: setup artifacts
 
 test: setup artifacts
 	$(BIN)/pytest
+
+# Benchmarks with their baselines run side by side (minutes; not part of `make test`): see BENCHMARKS.md.
+bench: setup artifacts
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.ingress
+	$(BIN)/python -m bench.embeddings
 
 clean:
 	rm -rf $(VENV) .tools examples/*/artifacts .pytest_cache

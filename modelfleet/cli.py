@@ -171,15 +171,16 @@ def _prefetch(spec: AppSpec) -> None:
         prefetch_artifacts(spec, progress)
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Fail in a second, not after Ray's proxy gives up on a busy port."""
+def _check_port_free(host: str, port: int, option: str) -> int:
+    """Fail in a second, not after a replica gives up on a busy port; port 0 becomes a free one."""
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            _bad_input(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pick another --port or stop what uses it")
+            _bad_input(f"--host {host} {option} {port}: cannot listen there ({exc.strerror}); pick another {option} or stop what uses it")
+        return probe.getsockname()[1]
 
 
 def _connect(address: str):
@@ -209,20 +210,26 @@ def _interrupt(*_: object) -> NoReturn:
 def run(
     spec_path: AppPath,
     host: Annotated[str, typer.Option(help="Interface for HTTP; non-loopback exposes the models.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="HTTP port of the app (its ingress replicas listen on it themselves).")] = 8000,
+    proxy_port: Annotated[
+        int, typer.Option(help="HTTP port of Ray Serve's proxy, for apps later deployed onto this Ray; 0 picks a free one.")
+    ] = 0,
 ) -> None:
     """Serve an app on an embedded local Ray until Ctrl-C."""
     from serve_apps.runner import DeployFailed, LocalServer
 
     spec = _load(spec_path)
     keys = _keys_for_host(spec, spec_path, host)
-    _check_port_free(host, port)
+    _check_port_free(host, port, "--port")
+    if proxy_port == port:
+        _bad_input(f"--proxy-port {proxy_port}: the app listens on --port {port}; pick another, or 0 for a free one")
+    proxy_port = _check_port_free(host, proxy_port, "--proxy-port")
     try:
         _prefetch(spec)
     except StorageError as exc:
         _failed(f"fetching artifacts: {exc}")
 
-    server = LocalServer(host=host, port=port)
+    server = LocalServer(host=host, port=port, proxy_port=proxy_port)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignored SIGINT
     try:
         with err.status("starting Ray (loopback only)…"):
@@ -231,8 +238,9 @@ def run(
         signal.signal(signal.SIGTERM, _interrupt)
         _deploy_with_progress(server, spec, keys, f"deploying {spec.name}…")
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        _print_endpoints(spec, f"http://{display_host}:{port}")
+        _print_endpoints(spec, f"http://{display_host}:{port}{spec.route_prefix.rstrip('/')}")
         out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
+        out.print(f"proxy: http://{display_host}:{proxy_port}   (Ray Serve's proxy: every app on this Ray, by route prefix)")
         sys.stdout.flush()
         threading.Event().wait()
     except KeyboardInterrupt:

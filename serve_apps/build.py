@@ -64,11 +64,15 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
     }
 
 
-def build_app(spec: AppSpec, gpus_in_cluster: float | None = None, keys: KeyRing | None = None) -> Application:
-    """The Serve application: one deployment per model behind one ingress.
+def build_app(
+    spec: AppSpec, gpus_in_cluster: float | None = None, keys: KeyRing | None = None, listen: tuple[str, int] | None = None,
+) -> Application:
+    """The Serve application: one deployment per model (embedded ones aside) behind one ingress.
 
     `keys`: defaults to the spec's keys file plus MODELFLEET_API_KEYS, read
     here; only their hashes travel to the ingress.
+    `listen`: (host, port) the ingress replicas serve HTTP on themselves
+    (see listener.py); None leaves HTTP to Ray's proxy alone.
     """
     keys = keys or KeyRing.load(spec.keys_path())
     spec = spec.resolved()
@@ -90,14 +94,16 @@ def build_app(spec: AppSpec, gpus_in_cluster: float | None = None, keys: KeyRing
         return models[model.name]
 
     for model in spec.models:
-        bind(model)
+        if not model.embedded:
+            bind(model)
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_NAME,
         num_replicas=spec.ingress.num_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": spec.ingress.num_cpus},
+        ray_actor_options={"num_cpus": spec.ingress.num_cpus + sum(m.resources.num_cpus for m in spec.models if m.embedded)},
     )
-    return ingress.bind(spec.model_dump(mode="json"), models, keys.hashes())
+    address = {"host": listen[0], "port": listen[1]} if listen else None
+    return ingress.bind(spec.model_dump(mode="json"), models, keys.hashes(), address)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -22,7 +22,7 @@ from ray import serve
 
 from providers.storage import ArtifactNotFound, fetch
 
-from .loaders import Model, load_model, pick_device
+from .loaders import Model, load_model, pick_device, runs_inline
 from .spec import ModelSpec
 from .tensors import RequestError, rows_of
 
@@ -43,6 +43,13 @@ def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, n
     bounds = np.cumsum(sizes)[:-1]
     pieces = {name: np.split(array, bounds) for name, array in outputs.items()}
     return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(sizes))]
+
+
+async def _predict(model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """In a worker thread, so a slow model never blocks the replica's event loop; inline when cheaper than the hop."""
+    if runs_inline(model):
+        return model.predict(inputs)
+    return await asyncio.to_thread(model.predict, inputs)
 
 
 class _Loaded:
@@ -107,14 +114,14 @@ class ModelDeployment:
         if batching is None or rows_of(inputs) > batching.max_batch_size:
             # Unbatched, or too big to share a batch: it is a batch on its own.
             model = await self._model()
-            return await asyncio.to_thread(model.predict, inputs), rows_of(inputs)
+            return await _predict(model, inputs), rows_of(inputs)
         return await self._batched(inputs)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
     async def _batched(self, items: list[dict[str, np.ndarray]]) -> list[tuple[dict[str, np.ndarray], int]]:
         sizes = [rows_of(item) for item in items]
         model = await self._model()  # one multiplexed id per batch: Serve splits batches by id
-        outputs = await asyncio.to_thread(model.predict, _concat(items))
+        outputs = await _predict(model, _concat(items))
         return [(part, sum(sizes)) for part in _split(outputs, sizes)]
 
     def loaded_models(self) -> list[str]:

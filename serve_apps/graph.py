@@ -109,6 +109,8 @@ def plan_pipeline(pipeline: ModelSpec, models: dict[str, ModelSpec]) -> Plan:
             raise ValueError(f"{field}.model: {model.name!r} is already a step; call each model once")
         if model.multiplex is not None:
             raise ValueError(f"{field}.model: {model.name!r} is a multiplexed family, which cannot be a pipeline step yet")
+        if model.embedded:
+            raise ValueError(f"{field}.model: {model.name!r} is embedded in the ingress, so no handle reaches it; remove its embedded: true")
         declared = {t.name for t in model.inputs}
         unknown = sorted(set(step.inputs) - declared)
         if unknown:

@@ -18,6 +18,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
@@ -26,6 +28,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import KeyRing
+from .deployment import ModelDeployment
+from .listener import Listener
 from .spec import AppSpec, ModelSpec, valid_model_id
 from .tensors import RequestError, check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
 
@@ -140,24 +144,51 @@ def _model_id(spec: ModelSpec, in_path: str | None, request: Request | None) -> 
     return model_id
 
 
+def _mounted(prefix: str) -> Any:
+    """`api` at the app's route prefix, as Ray's proxy mounts it; anything else is a JSON 404."""
+    if prefix == "/":
+        return api
+
+    async def not_found(request: Request, _: Exception) -> JSONResponse:
+        return _error(404, f"no route {request.url.path}; this app is under {prefix}")
+
+    return Starlette(routes=[Mount(prefix, app=api)], exception_handlers={404: not_found})
+
+
 # serve.ingress() freezes `api` and this class when it decorates: every handler
 # and helper they use must be defined above this line.
 @serve.ingress(api)
 class Ingress:
     """Routes requests to model deployments through Ray Serve handles."""
 
-    def __init__(self, app_spec: dict, models: dict[str, DeploymentHandle], keys: list[dict] | None = None):
+    def __init__(
+        self, app_spec: dict, models: dict[str, DeploymentHandle], keys: list[dict] | None = None, listen: dict | None = None,
+    ):
         self.app_spec = AppSpec.model_validate(app_spec)
         self.keys = KeyRing.from_hashes(keys)
         self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app_spec.models}
         self.handles = models
+        # Embedded models answer in this process: no handle hop (see ModelSpec.embedded).
+        self.embedded = {m.name: ModelDeployment(m.model_dump(mode="json")) for m in self.app_spec.models if m.embedded}
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
         self.request_timeout_s = self.app_spec.ingress.request_timeout_s
         self.metrics = _Metrics()
+        self.listen = listen
+        self.listener: Listener | None = None
+        if listen:
+            # Routes resolve `self` through Serve's replica context, so accept only once Serve has set it.
+            self.listener = Listener(_mounted(self.app_spec.route_prefix), listen["host"], listen["port"])
+            self.listener.start(ready=lambda: serve.get_replica_context().servable_object is self)
+
+    async def __del__(self) -> None:
+        """Serve calls this when the replica stops: let the listener's in-flight requests finish."""
+        listener = getattr(self, "listener", None)  # absent when the constructor failed early
+        if listener is not None:
+            await listener.stop()
 
     def describe(self) -> dict:
-        """This app's own spec and key hashes (a handle method, not a route): what a rollback redeploys."""
-        return {"spec": self.app_spec.model_dump(mode="json"), "keys": self.keys.hashes()}
+        """This app's own spec, key hashes and listen address (a handle method): what a rollback redeploys."""
+        return {"spec": self.app_spec.model_dump(mode="json"), "keys": self.keys.hashes(), "listen": self.listen}
 
     # ---- request plumbing -------------------------------------------------
 
@@ -209,11 +240,9 @@ class Ingress:
     async def _infer(self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str, model_id: str | None = None) -> dict:
         started = time.perf_counter()
         status = 200
-        handle = self.handles[spec.name]
-        if model_id is not None:
-            handle = handle.options(multiplexed_model_id=model_id)
         try:
-            outputs, batch_rows = await asyncio.wait_for(handle.infer.remote(inputs), self.request_timeout_s)
+            async with asyncio.timeout(self.request_timeout_s):  # no extra task per request, unlike wait_for
+                outputs, batch_rows = await self._call(spec, inputs, model_id)
             self.metrics.batch_rows.labels(spec.name).observe(batch_rows)
             return outputs
         except (RequestError, RayTaskError) as exc:
@@ -251,6 +280,15 @@ class Ingress:
             self.metrics.latency.labels(spec.name, protocol).observe(time.perf_counter() - started)
             if status == 200:
                 self.metrics.rows.labels(spec.name).inc(rows_of(inputs))
+
+    async def _call(self, spec: ModelSpec, inputs: dict, model_id: str | None) -> tuple[dict, int]:
+        local = self.embedded.get(spec.name)
+        if local is not None:
+            return await local.infer(inputs)
+        handle = self.handles[spec.name]
+        if model_id is not None:
+            handle = handle.options(multiplexed_model_id=model_id)
+        return await handle.infer.remote(inputs)
 
     # ---- inference --------------------------------------------------------
 
@@ -348,4 +386,8 @@ class Ingress:
         app_name = serve.get_replica_context().app_name
         status = await asyncio.to_thread(serve.status)
         deployments = status.applications[app_name].deployments if app_name in status.applications else {}
-        return {name: deployments[name].status.value if name in deployments else "UNKNOWN" for name in self.specs}
+        own = "HEALTHY"  # embedded models loaded with this replica, which is answering
+        return {
+            name: own if name in self.embedded else deployments[name].status.value if name in deployments else "UNKNOWN"
+            for name in self.specs
+        }

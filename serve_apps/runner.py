@@ -70,14 +70,17 @@ def _reasons(app_status) -> str:
     return "; ".join(f"{n}: {_last_error_line(d.message)}" for n, d in app_status.deployments.items() if d.message)
 
 
-def _apply(spec: AppSpec, keys: KeyRing | None, gpus_in_cluster: float | None) -> None:
+Listen = tuple[str, int]
+
+
+def _apply(spec: AppSpec, keys: KeyRing | None, gpus_in_cluster: float | None, listen: Listen | None) -> None:
     """Hand the app to Serve without waiting: callers watch it come up (or not)."""
     from ray import serve
     from ray.serve.api import RunTarget
 
     from .build import build_app
 
-    app = build_app(spec, gpus_in_cluster=gpus_in_cluster, keys=keys)
+    app = build_app(spec, gpus_in_cluster=gpus_in_cluster, keys=keys, listen=listen)
     serve.run_many(
         [RunTarget(target=app, name=spec.name, route_prefix=spec.route_prefix, logging_config=APP_LOGGING)],
         wait_for_applications_running=False,
@@ -85,7 +88,7 @@ def _apply(spec: AppSpec, keys: KeyRing | None, gpus_in_cluster: float | None) -
 
 
 def _describe(app_name: str) -> dict | None:
-    """The running app's own spec and key hashes, if modelfleet deployed it (else None: no rollback)."""
+    """The running app's spec, key hashes and listen address, if modelfleet deployed it (else None: no rollback)."""
     from ray import serve
 
     try:
@@ -135,12 +138,17 @@ class RayTarget:
 
         return ray.get_runtime_context().gcs_address
 
-    def deploy(self, spec: AppSpec, keys: KeyRing | None = None, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
+    def deploy(
+        self, spec: AppSpec, keys: KeyRing | None = None, on_status: StatusCallback | None = None, timeout_s: float = 600,
+        listen: Listen | None = None,
+    ) -> None:
         """Deploy (or update) and wait until RUNNING; raise DeployFailed with Serve's reason otherwise.
 
         Serve alone would replace a live app's replicas even with ones that
         cannot start, leaving the app dark. So an update is preflighted first,
         and if it passes but still does not run, the previous version is redeployed.
+        `listen`: the ingress serves HTTP on (host, port) itself; an update
+        without one keeps the address the running version listens on.
         """
         import ray
         from ray import serve
@@ -152,15 +160,16 @@ class RayTarget:
             except PreflightFailed as exc:
                 raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
             previous = _describe(spec.name)
+        previous_listen = tuple(previous["listen"]) if previous and previous.get("listen") else None
         gpus = float(ray.cluster_resources().get("GPU", 0)) if self.gpus_known else None
-        _apply(spec, keys, gpus)
+        _apply(spec, keys, gpus, listen or previous_listen)
         try:
             self._wait_running(spec.name, on_status, timeout_s)
         except DeployFailed as exc:
             if previous is None:
                 raise
             # Put the last version that ran back, rather than leave the app dark.
-            _apply(AppSpec.model_validate(previous["spec"]), KeyRing.from_hashes(previous["keys"]), gpus)
+            _apply(AppSpec.model_validate(previous["spec"]), KeyRing.from_hashes(previous["keys"]), gpus, previous_listen)
             try:
                 self._wait_running(spec.name, None, timeout_s)
             except DeployFailed as again:
@@ -203,12 +212,32 @@ class RayTarget:
         ray.shutdown()
 
 
+# Ray Serve's own throughput options (what RAY_SERVE_THROUGHPUT_OPTIMIZED turns on, minus its direct
+# ingress: the ingress has its own listener): gRPC between replicas, user code and router on the
+# replica's event loop rather than extra threads, garbage collector frozen after start-up.
+# Environment variables, so they reach Ray's workers; a value already set wins.
+RAY_SERVE_SPEED_ENV = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+    # Workers default to niceness 15; on a small box a co-located client starves them.
+    "RAY_worker_niceness": "0",
+}
+
+
 @dataclass
 class LocalServer(RayTarget):
-    """One embedded Ray on this machine with Serve's HTTP proxy on host:port."""
+    """One embedded Ray on this machine.
+
+    The app `run` serves listens on host:port from its ingress replicas
+    (listener.py); Serve's HTTP proxy, for apps deployed onto this Ray
+    later, listens on host:proxy_port.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
+    proxy_port: int = 8001
 
     def __post_init__(self) -> None:
         super().__init__(gpus_known=True)
@@ -220,8 +249,8 @@ class LocalServer(RayTarget):
 
         from .build import pool_resource
 
-        # Workers default to niceness 15; on a small box a co-located client starves them.
-        os.environ.setdefault("RAY_worker_niceness", "0")
+        for name, value in RAY_SERVE_SPEED_ENV.items():
+            os.environ.setdefault(name, value)
         ray.init(
             address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine
             _node_ip_address="127.0.0.1",
@@ -232,9 +261,13 @@ class LocalServer(RayTarget):
         )
         serve.start(
             proxy_location="HeadOnly",
-            http_options={"host": self.host, "port": self.port},
+            http_options={"host": self.host, "port": self.proxy_port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},  # controller and proxy chatter
         )
+
+    def deploy(self, spec: AppSpec, keys: KeyRing | None = None, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
+        """The app `run` serves: its ingress listens on host:port itself."""
+        super().deploy(spec, keys, on_status, timeout_s, listen=(self.host, self.port))
 
     def stop(self) -> None:
         import ray

@@ -274,6 +274,14 @@ class ModelSpec(_Strict):
         default=None, description="Serve a family of models from one deployment; the artifact URI holds {model_id}."
     )
     pipeline: PipelineSpec | None = Field(default=None, description="For format: pipeline, the models it calls.")
+    embedded: bool = Field(
+        default=False,
+        description=(
+            "Run the model inside the ingress replicas instead of a deployment of its own: no handle hop per request "
+            "(for models that cost less than the hop, e.g. echo, small MLPs). It scales with ingress.num_replicas, "
+            "batching still applies, and its num_cpus are added to the ingress's."
+        ),
+    )
 
     @field_validator("format", mode="before")
     @classmethod
@@ -328,6 +336,24 @@ class ModelSpec(_Strict):
             raise ValueError(f"artifact.uri contains {MODEL_ID_PLACEHOLDER}: add multiplex: {{max_models_per_replica: N}}")
         if templated and self.artifact.sha256:
             raise ValueError("one sha256 cannot match every model of a multiplexed family; remove artifact.sha256")
+        return self
+
+    @model_validator(mode="after")
+    def _embedded_fields(self) -> ModelSpec:
+        if not self.embedded:
+            return self
+        if self.pipeline is not None or self.multiplex is not None:
+            kind = "a pipeline" if self.pipeline is not None else "a multiplexed family"
+            raise ValueError(f"embedded: {kind} needs a deployment of its own; remove embedded: true")
+        placed = [f"resources.{f}" for f in ("pool", "num_gpus", "accelerator_type", "memory_mb") if getattr(self.resources, f)]
+        # Compared with the defaults, not model_fields_set: a spec must survive a model_dump/validate round trip.
+        defaults = {"autoscaling": AutoscalingSpec(), "max_queued_requests": -1}
+        scaled = [f for f, default in defaults.items() if getattr(self, f) != default]
+        if placed or scaled:
+            raise ValueError(
+                f"embedded: the model runs inside the ingress, which sets where it runs and how it scales; "
+                f"remove {placed + scaled} or embedded: true"
+            )
         return self
 
     def artifact_uri(self, model_id: str | None = None) -> str | None:

@@ -72,6 +72,7 @@ def _test_fleet(tmp: Path) -> Path:
             "inputs": [{"name": f"in_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in _TYPES],
             "outputs": [{"name": f"out_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in _TYPES],
             "resources": tiny,
+            "embedded": True,  # answered inside the ingress: every datatype through the in-process path too
         },
         {
             "name": "faulty",
@@ -109,6 +110,13 @@ class Fleet:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def proxy_url(self) -> str:
+        """Ray Serve's proxy on the run's Ray, where apps deployed onto it answer (`run` prints `proxy: URL`)."""
+        match = re.search(r"^proxy: (\S+)", self.log(), flags=re.M)
+        assert match, "modelfleet run prints its proxy URL"
+        return match.group(1)
 
     def client(self, key: str | None = ADMIN_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

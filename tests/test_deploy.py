@@ -36,7 +36,7 @@ def extra_app(fleet: Fleet, ray_address: str, tmp_path_factory) -> Path:
 
 
 def test_deployed_app_answers_next_to_the_fleet(fleet: Fleet, extra_app: Path) -> None:
-    response = httpx.post(f"{fleet.url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
+    response = httpx.post(f"{fleet.proxy_url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
     assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [1.0, 2.0]
 
 
@@ -57,7 +57,7 @@ def test_a_failed_update_leaves_the_previous_version_serving(fleet: Fleet, ray_a
     result = _cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "180")
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     assert "not a TorchScript archive" in result.stderr and "failed its preflight, so it was not deployed" in result.stderr
-    still = httpx.post(f"{fleet.url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
+    still = httpx.post(f"{fleet.proxy_url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
     assert still.status_code == 200 and still.json()["outputs"][0]["data"] == [1.0, 2.0]
 
 
@@ -75,7 +75,7 @@ def test_an_update_that_cannot_start_is_rolled_back(fleet: Fleet, ray_address: s
     result = _cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "20")
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     assert "not running after 20s" in result.stderr and "rolled back to the previous version, which is serving" in result.stderr
-    after = httpx.post(f"{fleet.url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
+    after = httpx.post(f"{fleet.proxy_url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
     assert after.status_code == 200 and after.json()["outputs"][0]["data"] == [1.0, 2.0]
     rows = {(r["app"], r["deployment"]): r for r in json.loads(_cli("status", "--address", ray_address, "--json").stdout)}
     assert rows[(EXTRA, "echo")]["status"] == "HEALTHY"

@@ -81,7 +81,7 @@ def fraud(fleet: Fleet, ray_address: str, tmp_path_factory) -> str:
     spec = _test_spec(tmp_path_factory.mktemp("fraud"))
     result = run_cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "240", timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    yield f"{fleet.url}{PREFIX}"
+    yield f"{fleet.proxy_url}{PREFIX}"
     delete_app(ray_address, APP)
 
 

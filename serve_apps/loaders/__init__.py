@@ -11,9 +11,9 @@ import importlib
 from pathlib import Path
 
 from ..spec import ModelSpec
-from ._base import LoadError, Model, pick_device
+from ._base import LoadError, Model, pick_device, runs_inline
 
-__all__ = ["LoadError", "Model", "known_formats", "load_model", "pick_device"]
+__all__ = ["LoadError", "Model", "known_formats", "load_model", "pick_device", "runs_inline"]
 
 _FORMATS: dict[str, str] = {
     "safetensors": "serve_apps.loaders.safetensors",

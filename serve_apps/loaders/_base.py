@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
-__all__ = ["LoadError", "Model", "import_class", "pick_device", "refuse_pickle"]
+__all__ = ["LoadError", "Model", "import_class", "pick_device", "refuse_pickle", "runs_inline"]
 
 PICKLE_HINT = (
     "unpickling runs arbitrary code, so modelfleet never loads pickles; convert the model once where you trust it: "
@@ -22,6 +22,15 @@ PICKLE_HINT = (
 class Model(Protocol):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One array per declared input (batch first) -> one array per declared output."""
+
+
+def runs_inline(model: Model) -> bool:
+    """Whether `predict` is cheaper than the thread hop that keeps a slow one off the event loop.
+
+    A model class says so with `inline = True` (the builtins do); every other
+    model's predict runs in a worker thread.
+    """
+    return bool(getattr(model, "inline", False))
 
 
 class LoadError(Exception):

@@ -1,0 +1,56 @@
+"""Target (b) of bench.ingress: the echo route as a Ray Serve user writes it, every Ray/Serve default kept.
+
+Run as a script (`python -m bench._default_serve PORT`); serves until SIGTERM or
+SIGINT. Self-contained on purpose: the deployment class is pickled by value, so
+the replica needs nothing from `bench` on its path. The echo is the same
+code as _bare_echo.py.
+"""
+
+import signal
+import sys
+import threading
+
+import orjson
+import ray
+from fastapi import FastAPI, Request, Response
+from ray import serve
+
+api = FastAPI()
+
+
+@serve.deployment
+@serve.ingress(api)
+class Echo:
+    @api.post("/v2/models/echo/infer")
+    async def infer(self, request: Request) -> Response:
+        tensor = orjson.loads(await request.body())["inputs"][0]
+        output = {"name": "y", "datatype": tensor["datatype"], "shape": tensor["shape"], "data": tensor["data"]}
+        return Response(orjson.dumps({"model_name": "echo", "outputs": [output]}), media_type="application/json")
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> dict:
+        return {"ready": True}
+
+
+def main(port: int) -> None:
+    stop = threading.Event()
+    # address="local": a fresh Ray of our own, never a `ray start` cluster that happens to run on this box.
+    ray.init(address="local")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(Echo.bind())
+        # After ray.init, which installs its own SIGTERM handler.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        print(f"serving on 127.0.0.1:{port}", flush=True)
+        while not stop.wait(1):
+            pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        serve.shutdown()
+        ray.shutdown()
+    print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

@@ -1,0 +1,378 @@
+"""What both benchmarks share: targets as subprocesses, CPU and niceness, Locust runs, records, tables.
+
+Measurement is kept apart from reporting: runs return dataclass records;
+`print_table` and `write_results` only render them. Every target runs in a
+session of its own, so its whole process tree (Ray's workers included) can be
+found, measured and stopped by pid, whatever happens to the benchmark.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from ._payloads import READY_PATH
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+LOGS = RESULTS / "logs"
+LOCUSTFILE = "bench/_locustfile.py"
+# A load generator busier than this (in cores) measures itself more than the target.
+SATURATED_CORES = 0.9
+# Piped output (make, tee) would otherwise wrap the tables at 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+class TargetFailed(RuntimeError):
+    """A target did not start or answered wrongly; the message names it and its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM unwind like Ctrl-C, so every `finally` stops its subprocesses.
+
+    SIGINT too because a shell starting us in the background (`&`) leaves it ignored.
+    """
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@dataclass
+class Target:
+    name: str
+    argv: list[str]
+    port: int
+    ready_path: str = READY_PATH
+    startup_timeout_s: float = 120
+    env: dict[str, str | None] = field(default_factory=dict)  # None removes the variable
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _role(proc: psutil.Process, leader: int) -> str:
+    """Ray names its workers `ray::<Class>...`; other processes go by name."""
+    if proc.pid == leader:
+        return "main"
+    cmdline = proc.cmdline()
+    return cmdline[0] if cmdline and cmdline[0].startswith("ray::") else proc.name()
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return _role(proc, -1)
+    except psutil.Error:
+        return str(proc.pid)
+
+
+class Server:
+    """A target as a subprocess: started, probed until ready, and always stopped (use it as a context manager)."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.proc: subprocess.Popen | None = None
+        self.exit_code: int | None = None
+        self.log_path = LOGS / f"{target.name}.log"
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+    def __enter__(self) -> Server:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        env = os.environ.copy()
+        for key, value in self.target.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.target.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.target.startup_timeout_s
+        with httpx.Client(timeout=5) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise TargetFailed(f"{self.target.name} exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
+                try:
+                    if client.get(self.url + self.target.ready_path).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TargetFailed(f"{self.target.name} not ready after {self.target.startup_timeout_s:.0f}s:\n{self.log_tail()}")
+                time.sleep(0.5)
+
+    def log_tail(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:]) + f"\n(full log: {self.log_path.relative_to(REPO)})"
+
+    def processes(self) -> list[psutil.Process]:
+        """The target's processes: its session (Ray's workers stay in it), plus descendants that left it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        found: dict[int, psutil.Process] = {}
+        try:
+            leader = psutil.Process(self.proc.pid)
+            found[leader.pid] = leader
+            found.update((p.pid, p) for p in leader.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == self.proc.pid:
+                    found.setdefault(proc.pid, proc)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return list(found.values())
+
+    def roles(self) -> dict[int, str]:
+        roles = {}
+        for proc in self.processes():
+            try:
+                roles[proc.pid] = _role(proc, self.proc.pid)
+            except psutil.Error:
+                continue
+        return roles
+
+    def niceness(self) -> dict[str, int]:
+        """Niceness per role; where one role spans processes with different values, the highest."""
+        nice: dict[str, int] = {}
+        for pid, role in self.roles().items():
+            try:
+                nice[role] = max(nice.get(role, -20), psutil.Process(pid).nice())
+            except psutil.Error:
+                continue
+        return nice
+
+    def stop(self, grace_s: float = 60) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL, each after a wait; then whatever of its tree outlived it."""
+        if self.proc is None:
+            return
+        # Bounded in time, so Ctrl-C (or SIGTERM) waits for it rather than leave Ray running.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            tree = [p for p in self.processes() if p.pid != self.proc.pid]
+            for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+                if self.proc.poll() is not None:
+                    break
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(wait_s)
+                except subprocess.TimeoutExpired:
+                    console.print(f"[yellow]{self.target.name} still running {wait_s:.0f}s after {sig.name}[/yellow]")
+            _, leftovers = psutil.wait_procs(tree, timeout=10)  # Ray's processes exit a moment after its driver
+            names = ", ".join(sorted({_name(p) for p in leftovers}))
+            for proc in leftovers:
+                proc.terminate()
+            _, alive = psutil.wait_procs(leftovers, timeout=5)
+            for proc in alive:
+                proc.kill()
+            if leftovers:
+                console.print(f"[yellow]{self.target.name}: ended {len(leftovers)} process(es) that outlived it: {names}[/yellow]")
+            self.exit_code = self.proc.returncode
+            if self.exit_code != 0:
+                console.print(f"[yellow]{self.target.name} exited with {self.exit_code}; see {self.log_path.relative_to(REPO)}[/yellow]")
+        finally:
+            self.proc = None
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class CpuSampler:
+    """CPU use (in cores) of some processes, read once a second by a thread while a run is in flight."""
+
+    def __init__(self, roles: dict[int, str], interval_s: float = 1.0):
+        self.roles = roles
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, dict[int, float]]] = []
+        self._procs = {}
+        for pid in roles:
+            try:
+                self._procs[pid] = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                continue
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        row = {}
+        for pid, proc in self._procs.items():
+            try:
+                times = proc.cpu_times()
+                row[pid] = times.user + times.system
+            except psutil.Error:
+                continue
+        self.samples.append((time.monotonic(), row))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def cores(self, skip_s: float = 0.0, until_s: float | None = None) -> dict[str, float]:
+        """Mean cores per role over [skip_s, until_s] after the start: leaves start-up and wind-down out."""
+        t0 = self.samples[0][0]
+        window = [s for s in self.samples if s[0] >= t0 + skip_s and (until_s is None or s[0] <= t0 + until_s)]
+        use: dict[str, float] = {}
+        for pid, role in self.roles.items():
+            rows = [(t, row[pid]) for t, row in window if pid in row]
+            if len(rows) >= 2:
+                use[role] = use.get(role, 0.0) + (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])
+        return dict(sorted(use.items(), key=lambda kv: -kv[1]))
+
+
+@dataclass
+class LoadResult:
+    """One Locust run against one target (latencies as Locust reports them: whole milliseconds)."""
+
+    target: str
+    users: int
+    duration_s: float
+    requests: int = 0
+    failures: int = 0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    generator_cpu_cores: float = 0.0
+    server_cpu_cores: dict[str, float] = field(default_factory=dict)
+    niceness: dict[str, int] = field(default_factory=dict)
+    load_avg_1m_before: float = 0.0
+    error: str | None = None
+
+
+def _aggregated_row(prefix: Path) -> dict[str, str]:
+    with open(f"{prefix}_stats.csv", newline="") as stats:
+        for row in csv.DictReader(stats):
+            if row["Name"] == "Aggregated":
+                return row
+    raise TargetFailed(f"no Aggregated row in {prefix}_stats.csv")
+
+
+def run_locust(server: Server, users: int, duration_s: float) -> LoadResult:
+    """Headless Locust in a process of its own (gevent must never share one with Ray), with CPU sampled."""
+    name = server.target.name
+    prefix = RESULTS / "locust" / name
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless", "--only-summary",
+        "-u", str(users), "-r", str(users), "-t", f"{duration_s:.0f}s", "--stop-timeout", "5",
+        "--host", server.url, "--csv", str(prefix), "--exit-code-on-error", "0",
+    ]
+    result = LoadResult(target=name, users=users, duration_s=duration_s, load_avg_1m_before=os.getloadavg()[0])
+    roles = server.roles()
+    with open(LOGS / f"locust-{name}.log", "wb") as log:
+        locust = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with CpuSampler({**roles, locust.pid: "locust"}) as sampler:
+            code = locust.wait(timeout=duration_s + 120)
+    finally:
+        if locust.poll() is None:
+            locust.terminate()
+            try:
+                locust.wait(10)
+            except subprocess.TimeoutExpired:
+                locust.kill()
+                locust.wait()
+    if code != 0:
+        raise TargetFailed(f"locust exited with {code}; see {LOGS / f'locust-{name}.log'}")
+    row = _aggregated_row(prefix)
+    use = sampler.cores(skip_s=4, until_s=duration_s)  # Locust's imports and spawn take the first seconds
+    result.requests, result.failures = int(row["Request Count"]), int(row["Failure Count"])
+    result.rps = float(row["Requests/s"])
+    result.p50_ms, result.p95_ms, result.p99_ms = (float(row[p]) for p in ("50%", "95%", "99%"))
+    result.generator_cpu_cores = use.pop("locust", 0.0)
+    result.server_cpu_cores = {role: round(cores, 2) for role, cores in use.items() if cores >= 0.01}
+    return result
+
+
+def machine() -> dict:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        "unknown",
+    )
+    versions = {}
+    for package in ("ray", "fastapi", "uvicorn", "locust", "torch", "sentence-transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "gpu": "yes" if Path("/dev/nvidia0").exists() else "none",
+        "versions": versions,
+    }
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """bench/results/<name>.json: the records plus when and where they were measured."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    record = {"benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **payload}
+    path.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value: object) -> object:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else str(value)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

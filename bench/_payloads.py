@@ -1,0 +1,20 @@
+"""The requests the benchmarks send, in one place.
+
+Imported by the Locust process too, so it imports nothing heavy (and never Ray:
+gevent's monkey-patching must not share a process with it).
+"""
+
+import json
+
+ECHO_PATH = "/v2/models/echo/infer"
+ECHO_BODY = json.dumps(
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+).encode()
+READY_PATH = "/v2/health/ready"
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def embeddings_body(sentences: list[str]) -> bytes:
+    """A V2 BYTES request carrying `sentences` as one tensor of shape [n]."""
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(sentences)], "data": sentences}
+    return json.dumps({"inputs": [tensor]}).encode()

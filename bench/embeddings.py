@@ -1,0 +1,236 @@
+"""MiniLM throughput: modelfleet over HTTP against SentenceTransformer.encode in this process, same sentences.
+
+The in-process figure is the ceiling for this box; the ratio says what HTTP,
+JSON, batching across requests and Ray cost on top. Every vector the server
+returns is checked against the in-process one: a fast wrong answer does not count.
+
+    python -m bench.embeddings [--sentences 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import psutil
+import yaml
+
+from ._harness import CpuSampler, Server, Target, TargetFailed, console, free_port, interrupt_on_signals, print_table, write_results
+from ._payloads import JSON_HEADERS, embeddings_body
+
+APP = Path("bench/embeddings_app.yaml")
+MODEL_DIR = Path("examples/embeddings/artifacts/all-MiniLM-L6-v2")
+INFER_PATH = "/v2/models/embeddings/infer"
+BATCH_SIZES = (8, 16, 32, 64, 128)
+REQUEST_SIZES = (16, 64)
+CONCURRENCIES = (2, 4, 8)
+TARGET_RATIO = 0.85  # over HTTP, at least 85% of in-process sentences/s
+TOLERANCE = 1e-4  # largest |served - in-process| accepted in any vector component
+
+WORDS = (
+    "the a model server request batch token vector sentence cluster replica latency throughput cold warm "
+    "quick brown fox jumps over lazy dog river mountain city market coffee morning evening rain sun wind "
+    "engineer deploys reads writes measures compares returns answers slowly quickly never always often "
+    "blue green small large old new early late careful simple busy quiet open closed north south"
+).split()
+
+
+def make_sentences(count: int, seed: int = 0) -> list[str]:
+    """Synthetic sentences of 10 to 14 words, the same for a given seed."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 14))).capitalize() + "." for _ in range(count)]
+
+
+@dataclass
+class RawRun:
+    batch_size: int
+    seconds: float
+    sentences_per_s: float
+    cpu_cores: float
+    torch_threads: int
+
+
+@dataclass
+class HttpRun:
+    request_size: int
+    concurrency: int
+    seconds: float
+    sentences_per_s: float
+    max_abs_error: float
+    server_cpu_cores: dict[str, float] = field(default_factory=dict)
+    client_cpu_cores: float = 0.0
+
+
+def raw_runs(sentences: list[str]) -> tuple[list[RawRun], np.ndarray]:
+    """encode() batch by batch, as a replica does, at each batch size; returns the runs and the vectors."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(MODEL_DIR), device="cpu", local_files_only=True)
+
+    def encode(batch: list[str]) -> np.ndarray:
+        # The same call the sentence_transformers loader makes per batch.
+        return model.encode(batch, batch_size=len(batch), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+
+    me = psutil.Process()
+    runs, vectors = [], {}
+    with torch.inference_mode():
+        encode(sentences[:64])  # first call pays for lazy initialisation
+        for size in BATCH_SIZES:
+            cpu, started = sum(me.cpu_times()[:2]), time.perf_counter()
+            vectors[size] = np.concatenate([encode(sentences[i : i + size]) for i in range(0, len(sentences), size)])
+            seconds = time.perf_counter() - started
+            cores = (sum(me.cpu_times()[:2]) - cpu) / seconds
+            runs.append(RawRun(size, seconds, len(sentences) / seconds, cores, torch.get_num_threads()))
+            console.print(f"  raw batch {size:>3}: {runs[-1].sentences_per_s:7.1f} sentences/s")
+    best = max(runs, key=lambda r: r.sentences_per_s)
+    return runs, vectors[best.batch_size]
+
+
+def sweep(sizes=REQUEST_SIZES, concurrencies=CONCURRENCIES, min_gain: float = 1.03) -> Generator[tuple[int, int], float, None]:
+    """(request size, concurrency) to try next, sent each result; more concurrency stops once it stops paying."""
+    for size in sizes:
+        best = 0.0
+        for concurrency in concurrencies:
+            rate = yield size, concurrency
+            if rate < best * min_gain:
+                break
+            best = max(best, rate)
+
+
+async def post_all(url: str, bodies: list[tuple[int, bytes]], concurrency: int) -> tuple[float, list[tuple[int, int, bytes]]]:
+    """Every body, `concurrency` in flight at a time; (seconds, [(first sentence, status, response)])."""
+    pending = iter(bodies)  # shared: each worker takes the next body when its last one is answered
+    answers: list[tuple[int, int, bytes]] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            for start, body in pending:
+                resp = await client.post(INFER_PATH, content=body, headers=JSON_HEADERS)
+                answers.append((start, resp.status_code, resp.content))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, answers
+
+
+def max_error(answers: list[tuple[int, int, bytes]], reference: np.ndarray) -> float:
+    """Largest |served - in-process| over every vector; raises on a wrong status, shape or count."""
+    worst, rows = 0.0, 0
+    for start, status, content in answers:
+        if status != 200:
+            raise TargetFailed(f"{INFER_PATH} answered {status}: {content[:200]!r}")
+        output = orjson.loads(content)["outputs"][0]
+        served = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+        expected = reference[start : start + len(served)]
+        if served.shape != expected.shape:
+            raise TargetFailed(f"answer for sentences {start}.. has shape {served.shape}, expected {expected.shape}")
+        worst, rows = max(worst, float(np.abs(served - expected).max())), rows + len(served)
+    if rows != len(reference):
+        raise TargetFailed(f"{rows} vectors came back for {len(reference)} sentences")
+    return worst
+
+
+def http_runs(server: Server, sentences: list[str], reference: np.ndarray) -> list[HttpRun]:
+    bodies = {size: [(i, embeddings_body(sentences[i : i + size])) for i in range(0, len(sentences), size)] for size in REQUEST_SIZES}
+    asyncio.run(post_all(server.url, bodies[max(REQUEST_SIZES)][:4], 1))  # warm-up: first batches are slow
+    runs, roles = [], {**server.roles(), os.getpid(): "client"}
+    points = sweep()
+    size, concurrency = next(points)
+    while True:
+        with CpuSampler(roles, interval_s=0.5) as sampler:
+            seconds, answers = asyncio.run(post_all(server.url, bodies[size], concurrency))
+        cpu = sampler.cores()
+        run = HttpRun(size, concurrency, seconds, len(sentences) / seconds, max_error(answers, reference))
+        run.client_cpu_cores = round(cpu.pop("client", 0.0), 2)
+        run.server_cpu_cores = {role: round(cores, 2) for role, cores in cpu.items() if cores >= 0.01}
+        runs.append(run)
+        console.print(f"  http {size:>2} sentences x {concurrency} concurrent: {run.sentences_per_s:7.1f} sentences/s (max |error| {run.max_abs_error:.1e})")
+        try:
+            size, concurrency = points.send(run.sentences_per_s)
+        except StopIteration:
+            return runs
+
+
+def server_torch_threads() -> tuple[int, str]:
+    """What the replica's torch uses: Ray sets OMP_NUM_THREADS to floor(num_cpus) unless the environment has it."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS in the environment"
+    num_cpus = yaml.safe_load(APP.read_text())["models"][0]["resources"]["num_cpus"]
+    return max(math.floor(num_cpus), 1), f"Ray's rule: floor(num_cpus={num_cpus})"
+
+
+def report(raw: list[RawRun], http: list[HttpRun]) -> dict:
+    best_raw = max(raw, key=lambda r: r.sentences_per_s)
+    valid = [r for r in http if r.max_abs_error <= TOLERANCE]
+    best_http = max(valid, key=lambda r: r.sentences_per_s, default=None)
+    rows = [
+        ["raw in-process", f"batch {r.batch_size}", f"{r.sentences_per_s:.1f}", f"{r.sentences_per_s / best_raw.sentences_per_s:.2f}x", "", f"{r.cpu_cores:.2f}"]
+        for r in raw
+    ]
+    for r in http:
+        replica = sum(c for role, c in r.server_cpu_cores.items() if "ServeReplica" in role)
+        rows.append([
+            "modelfleet HTTP", f"{r.request_size}/request x {r.concurrency}", f"{r.sentences_per_s:.1f}",
+            f"{r.sentences_per_s / best_raw.sentences_per_s:.2f}x", f"{r.max_abs_error:.1e}", f"{replica:.2f} (+client {r.client_cpu_cores:.2f})",
+        ])
+    print_table("all-MiniLM-L6-v2 sentences/s", ["run", "setting", "sentences/s", "vs best raw", "max |error|", "CPU (cores)"], rows)
+    threads, why = server_torch_threads()
+    console.print(f"raw: best at batch {best_raw.batch_size}, torch threads {best_raw.torch_threads}; server replica torch threads: {threads} ({why})")
+    summary = {"best_raw": best_raw, "best_http": best_http, "server_torch_threads": threads, "server_torch_threads_source": why}
+    if best_http is None:
+        console.print(f"[red]no HTTP run returned vectors within {TOLERANCE:g} of in-process ones[/red]")
+        return summary
+    ratio = best_http.sentences_per_s / best_raw.sentences_per_s
+    summary["http_vs_raw"] = ratio
+    console.print(
+        f"HTTP best: {best_http.sentences_per_s:.1f} sentences/s ({best_http.request_size}/request x {best_http.concurrency}) = "
+        f"{ratio:.2f}x raw; target ≥{TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'missed'}"
+    )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sentences", type=int, default=2048, help="How many synthetic sentences each run encodes.")
+    args = parser.parse_args()
+    interrupt_on_signals()
+    sentences = make_sentences(args.sentences)
+    console.print(f"[bold]raw in-process[/bold]: {len(sentences)} sentences, batch sizes {list(BATCH_SIZES)}")
+    raw, reference = raw_runs(sentences)
+    port = free_port()
+    target = Target("modelfleet-embeddings", [sys.executable, "-m", "modelfleet", "run", str(APP), "--host", "127.0.0.1", "--port", str(port)], port)
+    console.print(f"[bold]modelfleet[/bold]: starting {APP} …")
+    try:
+        with Server(target) as server:
+            http = http_runs(server, sentences, reference)
+    except TargetFailed as exc:
+        console.print(f"[red]modelfleet failed:[/red] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted; the server was stopped")
+        sys.exit(130)
+    summary = report(raw, http)
+    path = write_results(
+        "embeddings",
+        {"command": f"python -m bench.embeddings --sentences {args.sentences}", "raw": raw, "http": http, **summary},
+    )
+    console.print(f"wrote {path.relative_to(path.parents[2])}")
+    sys.exit(0 if summary.get("best_http") else 1)
+
+
+if __name__ == "__main__":
+    main()

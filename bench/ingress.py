@@ -1,0 +1,151 @@
+"""Echo throughput: modelfleet against bare uvicorn and default Ray Serve, one after another in one run.
+
+The echo model does no work, so what is left is serving overhead. Absolute
+numbers on a shared 2-core box drift from run to run; the ratio to bare
+uvicorn, measured minutes apart, is what to compare across runs.
+
+    python -m bench.ingress [--duration 20] [--users 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import orjson
+
+from ._harness import (
+    SATURATED_CORES, LoadResult, Server, Target, TargetFailed, console, free_port, interrupt_on_signals, print_table,
+    run_locust, write_results,
+)
+from ._payloads import ECHO_BODY, ECHO_PATH, JSON_HEADERS
+
+TARGET_RATIO = 0.5  # modelfleet's echo should reach half of bare uvicorn's requests/s, with no failures
+FLEET = "modelfleet-embedded"
+FLEET_HANDLE = "modelfleet-handle-hop"
+WARM_UP_REQUESTS = 300
+
+
+def _modelfleet(name: str, spec: str) -> Target:
+    port = free_port()
+    argv = [sys.executable, "-m", "modelfleet", "run", spec, "--host", "127.0.0.1", "--port", str(port)]
+    return Target(name, argv, port)
+
+
+def targets() -> list[Target]:
+    python = sys.executable
+    bare = free_port()
+    serve_port = free_port()
+    return [
+        Target(
+            "bare-uvicorn",
+            [python, "-m", "uvicorn", "bench._bare_echo:app", "--host", "127.0.0.1", "--port", str(bare),
+             "--workers", "1", "--no-access-log", "--log-level", "warning"],
+            bare, startup_timeout_s=30,
+        ),
+        # Ray's own default niceness (15) for its workers, whatever this shell says: it is "default Ray Serve".
+        Target("default-ray-serve", [python, "-m", "bench._default_serve", str(serve_port)], serve_port, env={"RAY_worker_niceness": None}),
+        # The echo costs less than a hop between processes: embedded in the ingress, as such a model should be.
+        _modelfleet(FLEET, "bench/echo_embedded.yaml"),
+        # The same echo as a deployment of its own, one handle call away (what every non-embedded model pays).
+        _modelfleet(FLEET_HANDLE, "examples/echo/app.yaml"),
+    ]
+
+
+def warm_up(url: str, requests: int = WARM_UP_REQUESTS, threads: int = 8) -> None:
+    """A few hundred requests, a few at a time; each answer is checked, so a broken target stops here."""
+
+    def one(client: httpx.Client) -> None:
+        resp = client.post(url + ECHO_PATH, content=ECHO_BODY, headers=JSON_HEADERS)
+        if resp.status_code != 200 or orjson.loads(resp.content)["outputs"][0]["data"] != [1, 2, 3, 4]:
+            raise TargetFailed(f"{url}{ECHO_PATH} answered {resp.status_code}: {resp.text[:200]}")
+
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=threads)) as client, ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(one, client) for _ in range(requests)]:
+            future.result()
+
+
+def measure(target: Target, users: int, duration_s: float) -> LoadResult:
+    console.print(f"[bold]{target.name}[/bold]: starting ({' '.join(target.argv[1:4])} …)")
+    try:
+        with Server(target) as server:
+            warm_up(server.url)
+            niceness = server.niceness()
+            console.print(f"  warmed up ({WARM_UP_REQUESTS} requests); measuring {duration_s:.0f}s with {users} users")
+            result = run_locust(server, users, duration_s)
+            result.niceness = niceness
+        return result
+    except TargetFailed as exc:
+        console.print(f"[red]{target.name} failed:[/red] {exc}")
+        return LoadResult(target=target.name, users=users, duration_s=duration_s, error=str(exc))
+
+
+def _niceness_text(niceness: dict[str, int]) -> str:
+    """The processes that serve requests, and whether anything runs at another niceness."""
+    serving = {r: n for r, n in niceness.items() if r == "main" or "Proxy" in r or "ServeReplica" in r}
+    others = sorted(set(niceness.values()) - set(serving.values()))
+    text = ", ".join(f"{role} {nice}" for role, nice in sorted(serving.items()))
+    return text + (f" (other processes: {others})" if others else "")
+
+
+def report(results: list[LoadResult]) -> dict[str, float | None]:
+    base = next((r.rps for r in results if r.target == "bare-uvicorn" and not r.error and r.rps), None)
+    ratios = {r.target: (r.rps / base if base and not r.error else None) for r in results}
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.target, "failed", "", "", "", "", "", ""])
+            continue
+        rows.append([
+            r.target, f"{r.rps:,.0f}", f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.failures}",
+            f"{ratios[r.target]:.2f}x" if ratios[r.target] is not None else "n/a", f"{r.generator_cpu_cores:.2f}",
+        ])
+    print_table(
+        f"Echo, POST {ECHO_PATH}",
+        ["target", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures", "req/s vs bare", "Locust CPU (cores)"],
+        rows,
+    )
+    for r in results:
+        if r.error:
+            continue
+        cpu = ", ".join(f"{role.removeprefix('ray::')} {cores:.2f}" for role, cores in list(r.server_cpu_cores.items())[:4])
+        console.print(f"{r.target}: niceness {_niceness_text(r.niceness)}; server CPU (cores) {cpu}")
+        if r.generator_cpu_cores >= SATURATED_CORES:
+            console.print(
+                f"[yellow]warning:[/yellow] Locust used {r.generator_cpu_cores:.2f} cores against {r.target}: "
+                "the generator saturates a core, so this figure is partly the generator's own limit"
+            )
+    for r in results:
+        if r.target.startswith("modelfleet") and ratios.get(r.target) is not None:
+            met = ratios[r.target] >= TARGET_RATIO and r.failures == 0
+            console.print(
+                f"{r.target}: target ≥{TARGET_RATIO}x bare uvicorn req/s with 0 failures "
+                f"{'met' if met else 'missed'} ({ratios[r.target]:.2f}x, {r.failures} failures)"
+            )
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=20, help="Seconds of measured load per target.")
+    parser.add_argument("--users", type=int, default=32, help="Concurrent Locust users (no wait time).")
+    args = parser.parse_args()
+    interrupt_on_signals()
+    try:
+        results = [measure(target, args.users, args.duration) for target in targets()]
+    except KeyboardInterrupt:
+        console.print("interrupted; every target was stopped")
+        sys.exit(130)
+    ratios = report(results)
+    path = write_results(
+        "ingress",
+        {"command": f"python -m bench.ingress --duration {args.duration:g} --users {args.users}", "results": results, "rps_vs_bare": ratios},
+    )
+    console.print(f"wrote {path.relative_to(path.parents[2])}")
+    sys.exit(1 if any(r.error for r in results) else 0)
+
+
+if __name__ == "__main__":
+    main()
