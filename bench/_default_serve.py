@@ -1,9 +1,12 @@
 """Target (b) of bench.ingress: the echo route as a Ray Serve user writes it, every Ray/Serve default kept.
 
-Run as a script (`python -m bench._default_serve PORT`); serves until SIGTERM or
+Run as a script (`python -m bench._default_serve PORT [MAX_ONGOING_REQUESTS]`); serves until SIGTERM or
 SIGINT. Self-contained on purpose: the deployment class is pickled by value, so
 the replica needs nothing from `bench` on its path. The echo is the same
 code as _bare_echo.py.
+
+No `from __future__ import annotations` here: FastAPI must see the real `Request`
+class in the pickled-by-value handlers' annotations.
 """
 
 import signal
@@ -32,13 +35,14 @@ class Echo:
         return {"ready": True}
 
 
-def main(port: int) -> None:
+def main(port: int, max_ongoing_requests: int | None = None) -> None:
     stop = threading.Event()
     # address="local": a fresh Ray of our own, never a `ray start` cluster that happens to run on this box.
     ray.init(address="local")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(Echo.bind())
+        echo = Echo if max_ongoing_requests is None else Echo.options(max_ongoing_requests=max_ongoing_requests)
+        serve.run(echo.bind())
         # After ray.init, which installs its own SIGTERM handler.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -53,4 +57,4 @@ def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

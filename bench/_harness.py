@@ -145,6 +145,20 @@ class Server:
                     raise TargetFailed(f"{self.target.name} not ready after {self.target.startup_timeout_s:.0f}s:\n{self.log_tail()}")
                 time.sleep(0.5)
 
+    def settle(self, idle_cores: float = 0.15, timeout_s: float = 60) -> float:
+        """Wait until the target's processes are nearly idle (Ray's agents keep busy for a while after start-up).
+
+        A run that starts while they still are measures them too. Returns the cores in use when it stopped waiting.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with CpuSampler(self.roles(), interval_s=1.0) as sampler:
+                time.sleep(2.0)
+            busy = sum(sampler.cores().values())
+            if busy <= idle_cores or time.monotonic() > deadline:
+                return busy
+            time.sleep(1.0)
+
     def log_tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:]) + f"\n(full log: {self.log_path.relative_to(REPO)})"

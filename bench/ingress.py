@@ -37,7 +37,7 @@ def _modelfleet(name: str, spec: str) -> Target:
 def targets() -> list[Target]:
     python = sys.executable
     bare = free_port()
-    serve_port = free_port()
+    serve_port, tuned_port = free_port(), free_port()
     return [
         Target(
             "bare-uvicorn",
@@ -47,6 +47,11 @@ def targets() -> list[Target]:
         ),
         # Ray's own default niceness (15) for its workers, whatever this shell says: it is "default Ray Serve".
         Target("default-ray-serve", [python, "-m", "bench._default_serve", str(serve_port)], serve_port, env={"RAY_worker_niceness": None}),
+        # Ray Serve with the two knobs a user reaches for first: room for every user's request, workers not niced.
+        Target(
+            "ray-serve-tuned", [python, "-m", "bench._default_serve", str(tuned_port), "64"], tuned_port,
+            env={"RAY_worker_niceness": "0"},
+        ),
         # The echo costs less than a hop between processes: embedded in the ingress, as such a model should be.
         _modelfleet(FLEET, "bench/echo_embedded.yaml"),
         # The same echo as a deployment of its own, one handle call away (what every non-embedded model pays).
@@ -72,8 +77,11 @@ def measure(target: Target, users: int, duration_s: float) -> LoadResult:
     try:
         with Server(target) as server:
             warm_up(server.url)
+            idle = server.settle()
             niceness = server.niceness()
-            console.print(f"  warmed up ({WARM_UP_REQUESTS} requests); measuring {duration_s:.0f}s with {users} users")
+            console.print(
+                f"  warmed up ({WARM_UP_REQUESTS} requests), idle at {idle:.2f} cores; measuring {duration_s:.0f}s with {users} users"
+            )
             result = run_locust(server, users, duration_s)
             result.niceness = niceness
         return result

@@ -10,6 +10,7 @@ traceback in the logs. Every other error is a 4xx with `{"error": ...}`.
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -144,15 +145,51 @@ def _model_id(spec: ModelSpec, in_path: str | None, request: Request | None) -> 
     return model_id
 
 
-def _mounted(prefix: str) -> Any:
-    """`api` at the app's route prefix, as Ray's proxy mounts it; anything else is a JSON 404."""
-    if prefix == "/":
-        return api
+_INFER_ROUTES = (  # the two hot routes, as FastAPI matches them (uvicorn has already percent-decoded the path)
+    (re.compile(r"/v2/models/([^/]+)/infer"), "infer_v2"),
+    (re.compile(r"/v1/models/([^/]+):predict"), "predict_v1"),
+)
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    """What `api`'s exception handlers answer, for requests that bypass its router."""
+    if isinstance(exc, RequestError):
+        return await _request_error(request, exc)
+    if isinstance(exc, _ModelFailed):
+        return await _model_failed(request, exc)
+    return await _unexpected(request, exc)
+
+
+def _front_door(ingress: Any, prefix: str) -> Any:
+    """The ASGI app the ingress's own listener serves: `api` at the app's route prefix, as Ray's proxy mounts it.
+
+    POSTs to the two inference routes go straight to their handlers: FastAPI's
+    router, dependency solving and middleware cost more than the echo itself
+    (bench.ingress). Every other route, and anything unusual, takes FastAPI's path.
+    """
+    base = prefix.rstrip("/")
 
     async def not_found(request: Request, _: Exception) -> JSONResponse:
         return _error(404, f"no route {request.url.path}; this app is under {prefix}")
 
-    return Starlette(routes=[Mount(prefix, app=api)], exception_handlers={404: not_found})
+    mounted = api if not base else Starlette(routes=[Mount(base, app=api)], exception_handlers={404: not_found})
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(base + "/"):
+            for pattern, handler in _INFER_ROUTES:
+                match = pattern.fullmatch(path, len(base))
+                if match:
+                    request = Request(scope, receive)
+                    try:
+                        response = await getattr(ingress, handler)(match.group(1), request)
+                    except Exception as exc:
+                        response = await _error_response(request, exc)
+                    await response(scope, receive, send)
+                    return
+        await mounted(scope, receive, send)
+
+    return app
 
 
 # serve.ingress() freezes `api` and this class when it decorates: every handler
@@ -177,7 +214,7 @@ class Ingress:
         self.listener: Listener | None = None
         if listen:
             # Routes resolve `self` through Serve's replica context, so accept only once Serve has set it.
-            self.listener = Listener(_mounted(self.app_spec.route_prefix), listen["host"], listen["port"])
+            self.listener = Listener(_front_door(self, self.app_spec.route_prefix), listen["host"], listen["port"])
             self.listener.start(ready=lambda: serve.get_replica_context().servable_object is self)
 
     async def __del__(self) -> None:

@@ -6,7 +6,9 @@ that it stays testable and free of terminal concerns.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,13 +246,16 @@ class LocalServer(RayTarget):
 
     def start(self, pools: set[str] = frozenset()) -> None:
         """Start Ray; this one node advertises every pool in `pools`, so placement holds locally too."""
+        # Before Serve is imported: it reads these once, and this process builds the handles the ingress uses.
+        if "ray.serve" in sys.modules:
+            logging.getLogger("modelfleet").warning("Ray Serve was imported before LocalServer.start: handles keep its defaults")
+        for name, value in RAY_SERVE_SPEED_ENV.items():
+            os.environ.setdefault(name, value)
         import ray
         from ray import serve
 
         from .build import pool_resource
 
-        for name, value in RAY_SERVE_SPEED_ENV.items():
-            os.environ.setdefault(name, value)
         ray.init(
             address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine
             _node_ip_address="127.0.0.1",

@@ -160,7 +160,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     fleet = Fleet(f"http://127.0.0.1:{port}", spec_path, log_path, process)
     try:
         wait_until(
-            lambda: httpx.get(f"{fleet.url}/v2/health/ready", timeout=5).status_code == 200, 300, "modelfleet run", process, log_path
+            # Ready, and done printing (the ingress can answer before `run` prints its last line).
+            lambda: httpx.get(f"{fleet.url}/v2/health/ready", timeout=5).status_code == 200 and "\nproxy: " in fleet.log(),
+            300, "modelfleet run", process, log_path,
         )
         yield fleet
     finally:

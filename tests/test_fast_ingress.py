@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelfleet.cli import app
 from serve_apps.listener import Listener
-from tests.conftest import ADMIN_KEY, ROOT, Fleet, free_port, run_cli
+from tests.conftest import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, run_cli
 
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 
@@ -174,3 +174,34 @@ def test_run_refuses_a_proxy_port_equal_to_the_app_port() -> None:
     port = free_port()
     result = CliRunner().invoke(app, ["run", str(ROOT / "examples/echo/app.yaml"), "--port", str(port), "--proxy-port", str(port)])
     assert result.exit_code == 2 and "--proxy-port" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "path, body, headers, status",
+    [
+        ("/v2/models/echo/infer", ECHO, {}, 200),
+        ("/v1/models/echo:predict", {"instances": [[1.0, 2.0]]}, {}, 200),
+        ("/v2/models/nope/infer", ECHO, {}, 404),
+        ("/v2/models/echo/infer", b"{not json", {}, 400),
+        ("/v2/models/echo/infer", b"x=1", {"Content-Type": "text/plain"}, 415),
+        ("/v2/models/echo/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1]}]}, {}, 422),
+        ("/v2/models/echo/infer", ECHO, {"Authorization": "Bearer wrong"}, 401),
+        ("/v2/models/echo/infer", ECHO, {"Authorization": f"Bearer {DIGITS_KEY}"}, 403),
+        ("/v2/models/faulty/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [-1, 0, 0, 0]}]}, {}, 500),
+    ],
+)
+def test_the_listener_answers_as_rays_proxy_does(fleet: Fleet, path: str, body, headers: dict, status: int) -> None:
+    """The listener takes the inference routes past FastAPI's router: same answers, errors included, as through the proxy."""
+    answers = []
+    for url in (fleet.url, fleet.proxy_url):
+        sent = {"Authorization": f"Bearer {ADMIN_KEY}", **headers}
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+        response = httpx.post(url + path, content=content, headers=sent, timeout=60)
+        answer = response.json()
+        answer.pop("id", None)
+        answer.pop("request_id", None)  # fresh per request
+        if "error" in answer:
+            answer["error"] = answer["error"].split(" request id ")[0]
+        answers.append((response.status_code, answer))
+    assert answers[0] == answers[1] and answers[0][0] == status, answers
