@@ -324,6 +324,64 @@ def keys_create(
     out.print(key, markup=False)
 
 
+cluster_app = typer.Typer(help="Ray clusters from one YAML: render, launch, inspect.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+ClusterPath = Annotated[Path, typer.Argument(help="The cluster spec (YAML).", show_default=False)]
+
+
+def _load_cluster(path: Path):
+    from cluster.spec import load_cluster_spec
+
+    try:
+        return load_cluster_spec(path)
+    except SpecError as exc:
+        _bad_input(str(exc))
+
+
+@cluster_app.command("render")
+def cluster_render(
+    spec_path: ClusterPath,
+    provider: Annotated[str | None, typer.Option(help="aws, gcp or azure (default: the spec's own provider).")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Render a Ray cluster YAML (for `ray up`) from a cluster spec, checked by Ray's own validator."""
+    from cluster.render import TEMPLATED, RenderError, render
+    from cluster.spec import Provider
+
+    spec = _load_cluster(spec_path)
+    try:
+        target = Provider(provider) if provider else spec.provider.type
+    except ValueError:
+        _bad_input(f"--provider {provider}: unknown; expected one of {[p.value for p in Provider]}")
+    if target not in TEMPLATED:
+        _bad_input(f"{spec_path}: provider: rendering for {target.value} is not built yet; render for {[p.value for p in TEMPLATED]}")
+    try:
+        text = render(spec, target, source=str(spec_path))
+    except ValueError as exc:  # what the spec lacks for this provider (e.g. --provider gcp without project)
+        _bad_input(f"{spec_path}: {exc} (for --provider {target.value})")
+    except RenderError as exc:
+        _failed(str(exc))
+    if output is None:
+        out.print(text, end="", markup=False)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}")
+    target_file = output or "CLUSTER.yaml"
+    err.print(
+        f"next steps:\n  ray up -y {target_file}        # launch (needs the token file {spec.auth_token_file})\n"
+        f"  ray dashboard {target_file}    # the dashboard listens on the head's loopback: this tunnels to it over SSH",
+        soft_wrap=True, markup=False,
+    )
+
+
+@cluster_app.command("schema")
+def cluster_schema() -> None:
+    """Print the JSON schema of the cluster spec."""
+    from cluster.spec import ClusterSpec
+
+    out.print_json(json.dumps(ClusterSpec.model_json_schema()))
+
+
 def main() -> None:
     app()
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from providers.storage import resolve_uri, scheme_of
 
@@ -29,7 +29,7 @@ from .spec import (
     TensorSpec,
 )
 
-__all__ = ["SpecError", "check_artifacts_exist", "load_app_spec"]
+__all__ = ["SpecError", "check_artifacts_exist", "load_app_spec", "load_spec_file"]
 
 
 class SpecError(Exception):
@@ -68,12 +68,12 @@ def _all_field_names() -> list[str]:
     return sorted({name for model in models for name in model.model_fields})
 
 
-def _explain(err: dict[str, Any]) -> str:
+def _explain(err: dict[str, Any], known_keys: list[str], schema_command: str) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(err["loc"][-1]), _all_field_names(), n=1)
+        close = difflib.get_close_matches(str(err["loc"][-1]), known_keys, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"unknown key; {hint}remove or rename it (`modelfleet schema` lists the keys)"
+        return f"unknown key; {hint}remove or rename it (`{schema_command}` lists the keys)"
     if kind == "missing":
         return "required field is missing; add it"
     if kind == "string_pattern_mismatch" and err["loc"][-1] == "name" and "tensor" not in msg:
@@ -89,8 +89,17 @@ def _explain(err: dict[str, Any]) -> str:
     return msg
 
 
-def load_app_spec(path: str | Path) -> AppSpec:
-    """Read and validate an app spec; raise SpecError with one clear line on any problem."""
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+def load_spec_file(
+    path: str | Path, model: type[Spec], shape: str, known_keys: list[str], schema_command: str,
+) -> Spec:
+    """Read a YAML spec file into `model`; raise SpecError with one clear line on any problem.
+
+    `shape` says what the top level should be ("a mapping with name: and models:");
+    `known_keys` feed "did you mean" for unknown keys; `schema_command` lists them all.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,16 +115,21 @@ def load_app_spec(path: str | Path) -> AppSpec:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(path, where, f"not valid YAML ({problem}); fix the syntax there") from None
     if not isinstance(data, dict):
-        raise SpecError(path, "", f"expected a mapping with name: and models:, got {type(data).__name__}")
+        raise SpecError(path, "", f"expected {shape}, got {type(data).__name__}")
     try:
-        spec = AppSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         # An unknown key is usually a typo that also explains any "missing" error: report it first.
         err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         field = _field_path(tuple(err["loc"]), data)
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise SpecError(path, field, _explain(err) + more) from None
-    spec._base_dir = path.resolve().parent
+        raise SpecError(path, field, _explain(err, known_keys, schema_command) + more) from None
+
+
+def load_app_spec(path: str | Path) -> AppSpec:
+    """Read and validate an app spec; raise SpecError with one clear line on any problem."""
+    spec = load_spec_file(path, AppSpec, "a mapping with name: and models:", _all_field_names(), "modelfleet schema")
+    spec._base_dir = Path(path).resolve().parent
     return spec
 
 

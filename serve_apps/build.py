@@ -12,24 +12,19 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from providers.compute import POOL_DEMAND, pool_resource
+
 from .auth import KeyRing
 from .deployment import ModelDeployment
 from .ingress import Ingress
 from .pipeline import PipelineDeployment
 from .spec import AppSpec, ModelSpec
 
-__all__ = ["app_builder", "build_app", "deployment_options", "pool_resource", "serve_config"]
+__all__ = ["app_builder", "build_app", "deployment_options", "serve_config"]
 
 logger = logging.getLogger("modelfleet")
 
 INGRESS_NAME = "ingress"
-# A replica's claim on its pool: tiny, so a pool node's capacity never limits replica count (CPU/GPU do).
-POOL_DEMAND = 0.001
-
-
-def pool_resource(pool: str) -> str:
-    """The Ray custom resource a pool's nodes advertise (cf. Ray's own `accelerator_type:<T>`)."""
-    return f"pool:{pool}"
 
 # The ingress only routes (async, no model code): it can hold many requests at once.
 INGRESS_MAX_ONGOING_REQUESTS = 512

@@ -5,6 +5,10 @@ JSON syntax, and the tensors themselves (checked against the spec in
 `tensors.py`). Models only ever see valid inputs, so an exception inside a
 model is the server's fault: a 500 that carries a request id to find the
 traceback in the logs. Every other error is a 4xx with `{"error": ...}`.
+
+Requests reach it through Ray's proxy, or (under `modelfleet run`) through its
+own listener on the app's port (`listener.py`, `_front_door`). Models run in
+deployments of their own, one handle call away, or embedded in this process.
 """
 
 
@@ -19,14 +23,14 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.applications import Starlette
-from starlette.routing import Mount
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount
 
 from .auth import KeyRing
 from .deployment import ModelDeployment

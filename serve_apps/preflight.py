@@ -55,7 +55,7 @@ def preflight(spec: AppSpec, timeout_s: float = 600) -> None:
     """Check every model of `spec` on the connected cluster; raise PreflightFailed on the first problem."""
     import ray
 
-    from .build import POOL_DEMAND, pool_resource
+    from providers.compute import POOL_DEMAND, pool_resource
 
     resolved = spec.resolved()
     refs = []

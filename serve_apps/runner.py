@@ -254,7 +254,7 @@ class LocalServer(RayTarget):
         import ray
         from ray import serve
 
-        from .build import pool_resource
+        from providers.compute import pool_resource
 
         ray.init(
             address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine

@@ -1,0 +1,189 @@
+"""ClusterSpec -> Ray cluster YAML, one Jinja template per provider, checked by Ray's own validator.
+
+The templates only lay out each provider's document; everything they print
+is decided here, in typed variables: which node types exist, what resources
+each advertises (CPU, GPU, the pool's own resource, the accelerator type,
+integers as Ray's schema requires), and how spot is spelled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from providers.compute import POOL_CAPACITY, InstanceType, catalog, pool_resource
+
+from .spec import ClusterSpec, Provider
+
+__all__ = ["RenderError", "TEMPLATED", "render", "validate_with_ray"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATED = (Provider.aws, Provider.gcp, Provider.azure, Provider.onprem, Provider.local_sim)
+HEAD_TYPE = "head"
+FAKE_HEAD_TYPE = "ray.head.default"  # the fake_multinode provider names its head node type so
+
+
+class RenderError(Exception):
+    """The rendered file did not pass Ray's checks (a bug here, not in the spec): the message has Ray's reason."""
+
+
+@dataclass(frozen=True)
+class NodeType:
+    name: str
+    instance: InstanceType
+    min_workers: int
+    max_workers: int
+    resources: dict[str, int]
+    spot: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    attached_gpu: str | None = None  # GCP: the accelerator type to attach (n1 + T4)
+
+
+@dataclass(frozen=True)
+class Context:
+    spec: ClusterSpec
+    provider: str
+    source: str
+    node_types: list[NodeType]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    gcs_address: str = "127.0.0.1:6379"  # local-sim: where the simulated nodes find the head
+
+    @property
+    def head_type(self) -> str:
+        return FAKE_HEAD_TYPE if self.provider == Provider.local_sim.value else HEAD_TYPE
+
+    @property
+    def max_workers(self) -> int:
+        if self.provider == Provider.onprem.value:
+            return len(self.worker_hosts)
+        return sum(n.max_workers for n in self.node_types)
+
+    @property
+    def worker_hosts(self) -> list[str]:
+        return [host for pool in self.spec.pools for host in pool.hosts]
+
+    @property
+    def onprem_worker_resources(self) -> str:
+        """`ray start` flag giving each on-prem worker its pool's resource, chosen by the machine's own addresses.
+
+        Ray's on-prem provider has a single worker type, so the pool is found at start time.
+        """
+        arms = " ".join(
+            "|".join(f'*" {host} "*' for host in pool.hosts) + f") echo '{json.dumps({pool_resource(pool.name): POOL_CAPACITY})}';;"
+            for pool in self.spec.pools
+        )
+        return f' --resources="$(case " $(hostname -I) $(hostname) $(hostname -f) " in {arms} *) echo "{{}}";; esac)"'
+
+    @property
+    def idle_timeout_minutes(self) -> float:
+        return self.spec.idle_timeout_minutes
+
+    @property
+    def image(self) -> str | None:
+        return self.spec.image
+
+    @property
+    def any_gpu(self) -> bool:
+        return any(n.instance.gpus for n in self.node_types)
+
+    @property
+    def setup_commands(self) -> list[str]:
+        return self.spec.setup_commands
+
+    @property
+    def auth_token_file(self) -> str:
+        return self.spec.auth_token_file
+
+
+def _resources(node: InstanceType, pool: str | None) -> dict[str, int]:
+    """What a node advertises to the autoscaler: how it matches a replica's demand to a node type."""
+    resources = {"CPU": node.vcpus}
+    if node.gpus:
+        resources["GPU"] = node.gpus
+        if node.accelerator:
+            resources[f"accelerator_type:{node.accelerator}"] = 1
+    if pool:
+        resources[pool_resource(pool)] = POOL_CAPACITY
+    return resources
+
+
+def _attached_gpu(provider: Provider, spec: ClusterSpec, node: InstanceType) -> str | None:
+    """GCP attaches T4s to n1 machines; the other GPU machine types come with theirs."""
+    if provider is not Provider.gcp or not node.gpus:
+        return None
+    cloud = catalog("gcp")
+    if node.name not in cloud.attachable_gpus.get(node.accelerator or "", ()):
+        return None
+    return cloud.gpu_type_names[node.accelerator]
+
+
+def node_types(spec: ClusterSpec, provider: Provider) -> list[NodeType]:
+    head, pools = spec.nodes(provider)
+    # The head runs Ray's control plane and Serve's controller; replicas go to the pools (CPU 0 on the head).
+    # On local-sim the head is this machine, whose CPUs run everything: it keeps them.
+    head_type = FAKE_HEAD_TYPE if provider is Provider.local_sim else HEAD_TYPE
+    head_resources = {"CPU": head.vcpus} if provider is Provider.local_sim else {"CPU": 0}
+    types = [NodeType(head_type, head, 0, 0, head_resources)]
+    for pool in spec.pools:
+        node = pools[pool.name]
+        types.append(
+            NodeType(
+                pool.name, node, pool.min_workers, pool.max_workers, _resources(node, pool.name), pool.spot,
+                {**pool.labels, "modelfleet/pool": pool.name}, _attached_gpu(provider, spec, node),
+            )
+        )
+    return types
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(
+    spec: ClusterSpec, provider: Provider | None = None, source: str = "a cluster spec", gcs_address: str = "127.0.0.1:6379",
+) -> str:
+    """The Ray cluster YAML for `spec` on `provider` (default: the spec's own), validated by Ray.
+
+    `gcs_address`: local-sim only, where its simulated nodes reach the head.
+    """
+    provider = provider or spec.provider.type
+    if provider not in TEMPLATED:
+        raise NotImplementedError(f"rendering for {provider.value} is not built yet; providers: {[p.value for p in TEMPLATED]}")
+    spec.check_for(provider)
+    context = Context(spec, provider.value, source, node_types(spec, provider), gcs_address)
+    text = _environment().get_template(f"{provider.value}.yaml.j2").render(ctx=context)
+    validate_with_ray(yaml.safe_load(text))
+    return text
+
+
+def validate_with_ray(config: dict) -> dict:
+    """Ray's own checks, as `ray up` runs them: defaults merged in, then the schema and its rules.
+
+    fake_multinode's defaults file is missing from the Ray wheel, so a local-sim config is
+    complete by itself and goes to the checks without a merge.
+    """
+    from ray.autoscaler._private.util import fill_node_type_min_max_workers, prepare_config, validate_config
+
+    try:
+        if config.get("provider", {}).get("type") == "fake_multinode":
+            prepared = copy.deepcopy(config)
+            fill_node_type_min_max_workers(prepared)
+        else:
+            prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+    except Exception as exc:  # jsonschema.ValidationError, ValueError: Ray's wording is the useful part
+        message = getattr(exc, "message", None) or str(exc).splitlines()[0]
+        raise RenderError(f"Ray rejects the rendered cluster config: {message}") from None
+    return prepared

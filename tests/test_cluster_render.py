@@ -1,0 +1,201 @@
+"""Cluster specs -> Ray cluster YAML: every example renders and passes Ray's own validator; bad specs exit 2 in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cluster.render import TEMPLATED, render, validate_with_ray
+from cluster.spec import ClusterSpec, Provider, load_cluster_spec
+from modelfleet.cli import app
+from providers.compute import POOL_DEMAND, catalog, clouds, pool_resource
+from tests.conftest import ROOT
+
+EXAMPLES = ROOT / "examples" / "clusters"
+RENDERED = sorted(p for p in EXAMPLES.glob("*.yaml") if load_cluster_spec(p).provider.type in TEMPLATED)
+CLOUD_EXAMPLES = [p for p in RENDERED if load_cluster_spec(p).provider.type.is_cloud]
+
+
+def _rendered(path: Path, provider: Provider | None = None) -> dict:
+    return yaml.safe_load(render(load_cluster_spec(path), provider, source=str(path)))
+
+
+@pytest.mark.parametrize("path", CLOUD_EXAMPLES, ids=lambda p: p.stem)
+def test_every_cloud_example_renders_and_passes_rays_validator(path: Path) -> None:
+    config = _rendered(path)
+    prepared = validate_with_ray(config)  # raises with Ray's reason if not
+    spec = load_cluster_spec(path)
+    assert set(prepared["available_node_types"]) == {"head"} | {p.name for p in spec.pools}
+    for pool in spec.pools:
+        node = prepared["available_node_types"][pool.name]
+        assert (node["min_workers"], node["max_workers"]) == (pool.min_workers, pool.max_workers)
+        assert all(isinstance(v, int) for v in node["resources"].values())  # Ray's schema: integers
+        # A replica asking for its pool (resources.pool) fits on this node type, and on no other.
+        assert node["resources"][pool_resource(pool.name)] >= POOL_DEMAND
+        assert node["labels"]["modelfleet/pool"] == pool.name
+    assert prepared["max_workers"] == sum(p.max_workers for p in spec.pools)
+
+
+def test_examples_cover_every_rendered_provider() -> None:
+    assert {load_cluster_spec(p).provider.type for p in RENDERED} == set(TEMPLATED)
+
+
+def test_onprem_renders_every_host_with_its_pool() -> None:
+    config = _rendered(EXAMPLES / "onprem.yaml")
+    spec = load_cluster_spec(EXAMPLES / "onprem.yaml")
+    assert config["provider"] == {"type": "local", "head_ip": spec.head.host, "worker_ips": [h for p in spec.pools for h in p.hosts]}
+    start = " ".join(config["worker_start_ray_commands"])
+    for pool in spec.pools:  # each machine's start command finds its own pool's resource by its addresses
+        assert "|".join(f'*" {h} "*' for h in pool.hosts) + f""") echo '{{"{pool_resource(pool.name)}": 1000}}';;""" in start
+    prepared = validate_with_ray(config)
+    assert prepared["max_workers"] == len(config["provider"]["worker_ips"])
+
+
+def test_local_sim_renders_simulated_pools_with_logical_gpus() -> None:
+    spec = load_cluster_spec(EXAMPLES / "local-sim.yaml")
+    config = yaml.safe_load(render(spec, gcs_address="127.0.0.1:6390"))
+    validate_with_ray(config)
+    assert config["provider"]["type"] == "fake_multinode" and config["provider"]["gcs_address"] == "127.0.0.1:6390"
+    types = config["available_node_types"]
+    assert set(types) == {"ray.head.default", "cpu", "gpu"}  # the provider's own name for the head
+    assert types["gpu"]["resources"] == {"CPU": 2, "GPU": 1, pool_resource("gpu"): 1000}
+    assert (types["gpu"]["min_workers"], types["gpu"]["max_workers"]) == (0, 2)
+    assert config["idle_timeout_minutes"] == spec.idle_timeout_minutes
+
+
+@pytest.mark.parametrize("path", [p for p in RENDERED if p.stem != "local-sim"], ids=lambda p: p.stem)
+def test_rendered_files_are_secure_by_default(path: Path) -> None:
+    text = render(load_cluster_spec(path), source=str(path))
+    config = yaml.safe_load(text)
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in text
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert "export RAY_AUTH_MODE=token" in " ".join(commands)
+    # The token is a file the launcher copies, never a value in the config.
+    assert config["file_mounts"] == {"~/.ray/auth_token": load_cluster_spec(path).auth_token_file}
+
+
+def test_gpu_pools_advertise_gpus_and_their_accelerator() -> None:
+    config = _rendered(EXAMPLES / "aws.yaml")
+    gpu = config["available_node_types"]["gpu"]
+    assert gpu["resources"]["GPU"] == 1 and gpu["resources"]["accelerator_type:A10G"] == 1
+    assert gpu["resources"]["CPU"] == catalog("aws").instance("g5.xlarge").vcpus
+    assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}  # no replicas on the head
+
+
+@pytest.mark.parametrize(
+    "provider, spot_setting",
+    [
+        ("aws", lambda node: node["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}),
+        ("gcp", lambda node: node["node_config"]["scheduling"]["provisioningModel"] == "SPOT"),
+        ("azure", lambda node: node["node_config"]["azure_arm_parameters"]["priority"] == "Spot"),
+    ],
+)
+def test_spot_is_each_clouds_own_setting(provider: str, spot_setting) -> None:
+    config = _rendered(EXAMPLES / f"{provider}.yaml")
+    assert spot_setting(config["available_node_types"]["gpu"])
+    cpu = config["available_node_types"]["cpu"]["node_config"]
+    assert "InstanceMarketOptions" not in cpu and "scheduling" not in cpu
+    assert "priority" not in cpu.get("azure_arm_parameters", {})
+
+
+def test_gcp_attaches_t4s_to_n1_machines(tmp_path: Path) -> None:
+    spec = yaml.safe_load((EXAMPLES / "gcp.yaml").read_text())
+    spec["pools"].append({"name": "t4", "instance_type": "n1-standard-8", "accelerator": "T4", "gpus": 2, "max_workers": 1})
+    path = tmp_path / "gcp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    node = _rendered(path)["available_node_types"]["t4"]
+    assert node["node_config"]["guestAccelerators"] == [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 2}]
+    assert node["node_config"]["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    assert node["resources"]["GPU"] == 2 and node["resources"]["accelerator_type:T4"] == 1
+
+
+def test_a_pool_may_ask_for_a_shape_and_get_the_smallest_type_that_fits() -> None:
+    spec = ClusterSpec.model_validate(
+        {"name": "c", "provider": {"type": "aws", "region": "us-east-1"}, "pools": [{"name": "g", "gpus": 1, "accelerator": "L4", "max_workers": 1}]}
+    )
+    _, pools = spec.nodes(Provider.aws)
+    assert pools["g"].accelerator == "L4" and pools["g"].name.startswith("g6.")
+
+
+def test_every_catalog_is_consistent() -> None:
+    assert set(clouds()) == {"aws", "gcp", "azure"}
+    for cloud in clouds():
+        entries = catalog(cloud)
+        assert len(entries.instance_types) >= 15
+        for t in entries.instance_types.values():
+            assert t.vcpus > 0 and t.memory_gb > 0
+            assert (t.gpus > 0) == (t.accelerator is not None), t
+            assert t.accelerator is None or t.accelerator in entries.accelerators, t
+
+
+def test_cli_renders_to_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "ray.yaml"
+    result = CliRunner().invoke(app, ["cluster", "render", str(EXAMPLES / "aws.yaml"), "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert validate_with_ray(yaml.safe_load(out.read_text()))
+    assert "ray dashboard" in result.stderr  # the next steps say how to reach the dashboard
+
+
+def test_one_spec_renders_for_another_cloud_when_it_says_where(tmp_path: Path) -> None:
+    spec = {
+        "name": "portable",
+        "provider": {"type": "aws", "region": "us-central1", "zone": "us-central1-a", "project": "p", "location": "westus2", "resource_group": "rg"},
+        "pools": [{"name": "cpu", "cpus": 8, "memory_gb": 32, "max_workers": 2}],
+    }
+    path = tmp_path / "portable.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    for provider in ("aws", "gcp", "azure"):
+        result = CliRunner().invoke(app, ["cluster", "render", str(path), "--provider", provider])
+        assert result.exit_code == 0, (provider, result.stderr)
+        assert validate_with_ray(yaml.safe_load(result.stdout))
+
+
+def _bad(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["cluster", "render", str(path)])
+    assert result.exit_code == 2, result.stdout + result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and str(path) in line, line
+    return line
+
+
+AWS = "name: c\nprovider: {type: aws, region: us-west-2}\n"
+ONPREM = "name: c\nprovider: {type: onprem}\nhead: {host: 10.0.0.1}\n"
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (AWS + "pools: [{name: cpu, max_workers: 2, instance_typ: m5.large}]\n", "pools[0:cpu].instance_typ: unknown key; did you mean 'instance_type'"),
+        (AWS + "pools: [{name: cpu, instance_type: m5.xlage, max_workers: 2}]\n", "pools[0:cpu].instance_type: aws has no instance type 'm5.xlage'; did you mean m5.xlarge"),
+        (AWS + "pools: [{name: cpu, instance_type: m5.large, min_workers: 3, max_workers: 2}]\n", "min_workers 3 > max_workers 2"),
+        (AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: TPU, max_workers: 1}]\n", "pools[0:g].accelerator: aws offers no 'TPU' GPUs"),
+        (AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: T4, max_workers: 1}]\n", "g5.xlarge has A10G GPUs, not T4"),
+        ("name: c\nprovider: {type: gcp, region: us-central1}\npools: [{name: cpu, instance_type: n2-standard-8, max_workers: 1}]\n", "provider: gcp needs project, zone"),
+        (AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}\n", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping with name:, provider: and pools:"),
+        (AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}, {name: cpu, instance_type: m5.large, max_workers: 1}]\n", "names must be unique"),
+        (ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1, spot: true}]\n", "pools[0:cpu].spot: onprem has no spot capacity"),
+        (ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], instance_type: m5.large, max_workers: 1}]\n", "pools[0:cpu].instance_type: onprem has no instance types"),
+        ("name: c\nprovider: {type: onprem}\npools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1}]\n", "head.host: on-prem needs"),
+    ],
+    ids=[
+        "unknown-key", "unknown-instance-type", "min-above-max", "unknown-accelerator", "wrong-accelerator", "missing-location",
+        "not-yaml", "not-a-mapping", "duplicate-pool", "onprem-spot", "onprem-instance-type", "onprem-no-head",
+    ],
+)
+def test_bad_cluster_specs_exit_2_in_one_line(tmp_path: Path, text: str, says: str) -> None:
+    assert says in _bad(tmp_path, text)
+
+
+def test_spot_where_a_type_has_none_names_the_field(tmp_path: Path) -> None:
+    not_spot = next((t.name for t in catalog("aws").instance_types.values() if not t.spot), None)
+    if not_spot is None:
+        pytest.skip("the aws catalog lists every type as available on spot")
+    line = _bad(tmp_path, AWS + f"pools: [{{name: g, instance_type: {not_spot}, max_workers: 1, spot: true}}]\n")
+    assert "pools[0:g].spot:" in line and "does not sell" in line
