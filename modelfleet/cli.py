@@ -341,7 +341,7 @@ def _load_cluster(path: Path):
 @cluster_app.command("render")
 def cluster_render(
     spec_path: ClusterPath,
-    provider: Annotated[str | None, typer.Option(help="aws, gcp or azure (default: the spec's own provider).")] = None,
+    provider: Annotated[str | None, typer.Option(help="aws, gcp, azure, onprem or local-sim (default: the spec's own).")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Render a Ray cluster YAML (for `ray up`) from a cluster spec, checked by Ray's own validator."""
@@ -372,6 +372,101 @@ def cluster_render(
         f"  ray dashboard {target_file}    # the dashboard listens on the head's loopback: this tunnels to it over SSH",
         soft_wrap=True, markup=False,
     )
+
+
+def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> None:
+    """aws/gcp/azure/onprem: render into the cluster's state dir, then Ray's own launcher (`ray up|down -y`)."""
+    import subprocess
+
+    from cluster.launch import state_dir
+    from cluster.render import render
+
+    home = state_dir(spec.name)
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "cluster.yaml"
+    text = render(spec, source=str(spec_path))
+    config.write_text(text)
+    command = [str(Path(sys.executable).parent / "ray"), verb, "-y", str(config)]
+    if dry_run:
+        out.print(text, end="", markup=False)
+        err.print(f"dry run: would run `ray {verb} -y {config}`", soft_wrap=True, markup=False)
+        return
+    code = subprocess.call(command)
+    if code != 0:
+        _failed(f"ray {verb} exited {code}; see its output above")
+
+
+@cluster_app.command("up")
+def cluster_up(
+    spec_path: ClusterPath,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the rendered config and the command; launch nothing.")] = False,
+) -> None:
+    """Launch a cluster: local-sim here, or render and hand to `ray up` (aws, gcp, azure, onprem)."""
+    from cluster.launch import LaunchError, up
+    from cluster.spec import Provider
+
+    spec = _load_cluster(spec_path)
+    if spec.provider.type is not Provider.local_sim:
+        _ray_launcher("up", spec, spec_path, dry_run)
+        return
+    if dry_run:
+        _bad_input(f"{spec_path}: --dry-run is for cloud and on-prem clusters; local-sim starts on this machine")
+    try:
+        with err.status(f"starting {spec.name} (local-sim: Ray's fake_multinode provider, loopback only)…"):
+            state = up(spec, str(spec_path))
+    except LaunchError as exc:
+        _failed(str(exc))
+    out.print(f"cluster {spec.name!r} is up (head pid {state.pid})")
+    out.print(f"address: {state.address}   (modelfleet deploy APP.yaml --address {state.address})")
+    out.print(f"serve_url: {state.serve_url}")
+    out.print(f"dashboard: {state.dashboard_url}   (loopback only)")
+
+
+@cluster_app.command("down")
+def cluster_down(
+    spec_path: ClusterPath,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command; stop nothing.")] = False,
+) -> None:
+    """Stop a cluster: every process local-sim started, or `ray down` for the others."""
+    from cluster.launch import LaunchError, down
+    from cluster.spec import Provider
+
+    spec = _load_cluster(spec_path)
+    if spec.provider.type is not Provider.local_sim:
+        _ray_launcher("down", spec, spec_path, dry_run)
+        return
+    try:
+        state = down(spec.name)
+    except LaunchError as exc:
+        _failed(str(exc))
+    out.print(f"cluster {spec.name!r} is down" if state else f"cluster {spec.name!r} was not up")
+
+
+@cluster_app.command("status")
+def cluster_status(
+    spec_path: ClusterPath,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Address, serve URL and node counts per pool of a running local-sim cluster."""
+    from cluster.launch import LaunchError, load_state, status
+    from cluster.spec import Provider
+
+    spec = _load_cluster(spec_path)
+    if spec.provider.type is not Provider.local_sim:
+        _bad_input(f"{spec_path}: status reads local-sim clusters for now; for {spec.provider.type.value} use `ray status` on the head")
+    state = load_state(spec.name)
+    if state is None:
+        _failed(f"cluster {spec.name!r} is not up; `modelfleet cluster up {spec_path}` starts it")
+    try:
+        report = status(state, spec)
+    except LaunchError as exc:
+        _failed(str(exc))
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    out.print(f"{report['name']} ({report['provider']}): address {report['address']}, serve_url {report['serve_url']}")
+    for name, pool in report["pools"].items():
+        out.print(f"  pool {name:<10} nodes {pool['nodes']} (min {pool['min_workers']}, max {pool['max_workers']}), GPUs {pool['gpus']}")
 
 
 @cluster_app.command("schema")

@@ -123,11 +123,11 @@ class Fleet:
         return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
 
-def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen, log: Path) -> None:
+def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen | None, log: Path) -> None:
     """Poll `ready()` (HTTP errors count as not yet) until true; fail with the log's tail if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             pytest.fail(f"{what}: process exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
         try:
             if ready():

@@ -1,0 +1,221 @@
+"""Launch and stop clusters: a simulated one on this machine (local-sim) for now.
+
+local-sim is a real Ray head started with Ray's fake_multinode autoscaler
+provider (`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...`):
+each pool's nodes are sets of Ray processes on this machine, with the CPUs and
+logical GPUs the pool declares, that the autoscaler adds when replicas wait
+for them and removes after the idle timeout. Everything listens on 127.0.0.1.
+
+The head runs in a session of its own; its pid (which is the session id) is
+kept in the cluster's state file, so `down` stops exactly the processes `up`
+started, whatever happened in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from providers.compute import pool_resource
+
+from .render import render
+from .spec import ClusterSpec, Provider
+
+__all__ = ["ClusterState", "LaunchError", "down", "state_dir", "status", "up"]
+
+START_TIMEOUT_S = 120
+
+
+class LaunchError(Exception):
+    """The cluster did not come up (or down); the message says why and where the log is."""
+
+
+@dataclass
+class ClusterState:
+    name: str
+    provider: str
+    pid: int  # the head's `ray start --block`, leader of its own session
+    address: str  # GCS host:port, for `modelfleet deploy --address`
+    serve_url: str
+    dashboard_url: str
+    config: str  # the rendered cluster YAML
+    log: str
+
+
+def state_dir(name: str) -> Path:
+    """Where a cluster's rendered config, log and state live (MODELFLEET_HOME, default ~/.modelfleet)."""
+    home = Path(os.environ.get("MODELFLEET_HOME", Path.home() / ".modelfleet"))
+    return home / "clusters" / name
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def load_state(name: str) -> ClusterState | None:
+    path = state_dir(name) / "state.json"
+    if not path.exists():
+        return None
+    state = ClusterState(**json.loads(path.read_text()))
+    return state if _alive(state.pid) else None
+
+
+def _session(pid: int) -> list[int]:
+    """Every process in the session `pid` leads: what `up` started, and only that."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == pid:
+                    found.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return found
+
+
+def _ray_env() -> dict[str, str]:
+    # Ray 2.60 heads require a token; clients (our CLI, `serve`) must opt in to send it.
+    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _wait_for_gcs(address: str, process: subprocess.Popen, log: Path) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+            raise LaunchError(f"ray start exited ({process.returncode}) while starting:\n{tail}\n(full log: {log})")
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise LaunchError(f"the head did not listen on {address} within {START_TIMEOUT_S}s (log: {log})")
+
+
+def _start_serve(address: str, serve_port: int) -> None:
+    """Serve's proxy on the head's loopback, so `modelfleet deploy` finds it running and the app answers at serve_url."""
+    code = (
+        "import sys, ray; from ray import serve; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+        "serve.start(proxy_location='HeadOnly', http_options={'host': '127.0.0.1', 'port': int(sys.argv[2])})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, address, str(serve_port)], env=_ray_env(), capture_output=True, text=True, timeout=180,
+    )
+    if result.returncode != 0:
+        raise LaunchError(f"starting Serve on the head failed: {result.stderr.strip().splitlines()[-1:]}")
+
+
+def up(spec: ClusterSpec, source: str) -> ClusterState:
+    """Start a local-sim cluster and Serve on it; returns its state (also written to its state dir)."""
+    if spec.provider.type is not Provider.local_sim:
+        raise NotImplementedError(f"`cluster up` runs local-sim clusters for now; for {spec.provider.type.value}, `cluster render` then `ray up`")
+    running = load_state(spec.name)
+    if running is not None:
+        raise LaunchError(f"cluster {spec.name!r} is already up (head pid {running.pid}, {running.address}); `cluster down` it first")
+    home = state_dir(spec.name)
+    home.mkdir(parents=True, exist_ok=True)
+    gcs, dashboard, serve_port = _free_port(), _free_port(), _free_port()
+    address = f"127.0.0.1:{gcs}"
+    config = home / "cluster.yaml"
+    config.write_text(render(spec, Provider.local_sim, source=source, gcs_address=address))
+    head, _ = spec.nodes(Provider.local_sim)
+    log = home / "ray-start.log"
+    ray = Path(sys.executable).parent / "ray"
+    argv = [
+        str(ray), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--autoscaling-config={config}",
+        f"--num-cpus={head.vcpus}", f"--num-gpus={head.gpus}", "--disable-usage-stats",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=home,
+            env={**_ray_env(), "RAY_FAKE_CLUSTER": "1"}, start_new_session=True,
+        )
+    state = ClusterState(
+        spec.name, spec.provider.type.value, process.pid, address, f"http://127.0.0.1:{serve_port}",
+        f"http://127.0.0.1:{dashboard}", str(config), str(log),
+    )
+    try:
+        _wait_for_gcs(address, process, log)
+        _start_serve(address, serve_port)
+    except BaseException:
+        _stop(process.pid)
+        raise
+    (home / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
+    return state
+
+
+def _stop(pid: int, grace_s: float = 90) -> list[int]:
+    """SIGTERM the head (`ray start --block` stops what it started), then end whatever of its session is left."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.5)
+    leftovers = _session(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in _session(pid):
+            try:
+                os.kill(proc, sig)
+            except ProcessLookupError:
+                continue
+        time.sleep(2)
+    return leftovers
+
+
+def down(name: str) -> ClusterState | None:
+    """Stop the cluster `up` started (None if it was not up); no process of it remains after."""
+    path = state_dir(name) / "state.json"
+    if not path.exists():
+        return None
+    state = ClusterState(**json.loads(path.read_text()))
+    _stop(state.pid)
+    if _session(state.pid):
+        raise LaunchError(f"processes of cluster {name!r} outlived SIGKILL: {_session(state.pid)}")
+    path.unlink()
+    return state
+
+
+def status(state: ClusterState, spec: ClusterSpec) -> dict:
+    """DESIGN.md's `cluster status --json`: address, serve_url, and per pool its alive node count."""
+    code = (
+        "import sys, json, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+        "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, state.address], env=_ray_env(), capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise LaunchError(f"cannot read the cluster's nodes: {result.stderr.strip().splitlines()[-1:]}")
+    nodes = json.loads(result.stdout.strip().splitlines()[-1])
+    pools = {}
+    for pool in spec.pools:
+        members = [n for n in nodes if n.get(pool_resource(pool.name), 0) > 0]
+        pools[pool.name] = {
+            "nodes": len(members),
+            "gpus": sum(int(n.get("GPU", 0)) for n in members),
+            "min_workers": pool.min_workers,
+            "max_workers": pool.max_workers,
+        }
+    return {
+        "name": state.name, "provider": state.provider, "address": state.address, "serve_url": state.serve_url,
+        "dashboard_url": state.dashboard_url, "head_pid": state.pid, "pools": pools,
+    }

@@ -1,0 +1,134 @@
+"""`modelfleet cluster up|status|down` on local-sim: a real Ray head with Ray's fake_multinode autoscaler.
+
+A GPU-pool task makes the autoscaler add a simulated GPU node, which goes away
+after the idle timeout; `down` leaves no process of the cluster behind. The
+cluster runs in its own session (the session's fleet Ray is untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, delete_app, ray_driver, run_cli, wait_until
+
+GPU_TASK = """
+@ray.remote(num_cpus=1, num_gpus=1, resources={"pool:gpu": 0.001})
+def where():
+    return ray.get_runtime_context().get_node_id()
+head = ray.get_runtime_context().get_node_id()
+print(json.dumps({"ran_on": ray.get(where.remote(), timeout=150), "head": head}))
+"""
+
+
+def _session(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == pid:
+                    found.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local-sim")
+    spec = yaml.safe_load((ROOT / "examples/clusters/local-sim.yaml").read_text())
+    spec.update(name="mf-test-sim", idle_timeout_minutes=0.25)
+    for pool in spec["pools"]:
+        pool.update(cpus=1, max_workers=1)
+    path = tmp / "local-sim.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**{k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}, "MODELFLEET_HOME": str(tmp / "home")}
+    result = run_cli("cluster", "up", str(path), env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = json.loads((tmp / "home/clusters/mf-test-sim/state.json").read_text())
+    try:
+        yield path, env, state
+    finally:
+        down = run_cli("cluster", "down", str(path), env=env, timeout=300)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert _session(state["pid"]) == [], "cluster down left processes of the cluster running"
+
+
+def _status(path: Path, env: dict) -> dict:
+    result = run_cli("cluster", "status", str(path), "--json", env=env, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_gpu_pool_node_is_added_on_demand_and_removed_when_idle(cluster) -> None:
+    path, env, state = cluster
+    before = _status(path, env)
+    assert before["address"] == state["address"] and before["serve_url"].startswith("http://127.0.0.1:")
+    assert before["pools"]["gpu"]["nodes"] == 0 and before["pools"]["cpu"]["nodes"] == 0  # min_workers 0
+
+    ran = ray_driver(state["address"], "import json\n" + GPU_TASK, timeout=240)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    placed = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert placed["ran_on"] != placed["head"]  # the head has no GPU: a new node of the gpu pool ran it
+
+    during = _status(path, env)
+    assert during["pools"]["gpu"]["nodes"] == 1 and during["pools"]["gpu"]["gpus"] == 1
+
+    def released() -> bool:
+        return _status(path, env)["pools"]["gpu"]["nodes"] == 0
+
+    wait_until(released, 180, "the idle gpu node to be removed", None, Path(state["log"]))
+
+
+def test_up_twice_is_refused_while_it_runs(cluster) -> None:
+    path, env, _ = cluster
+    again = run_cli("cluster", "up", str(path), env=env, timeout=120)
+    assert again.returncode == 1 and "already up" in again.stderr
+
+
+def test_cloud_up_dry_run_prints_the_config_and_rays_command(tmp_path: Path) -> None:
+    env = {**os.environ, "MODELFLEET_HOME": str(tmp_path)}
+    result = run_cli("cluster", "up", str(ROOT / "examples/clusters/aws.yaml"), "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["provider"]["type"] == "aws"
+    assert f"would run `ray up -y {tmp_path}/clusters/modelfleet-aws/cluster.yaml`" in result.stderr
+
+
+REPLICA_NODES = """
+from ray.util.state import list_actors
+gpu_nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("pool:gpu")]
+actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+print(json.dumps({"gpu_nodes": gpu_nodes, "replicas": {a.class_name: a.node_id for a in actors if a.class_name.startswith("ServeReplica:fraud:")}}))
+"""
+
+
+def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
+    """examples/fraud as is: scorer_mlp asks for the gpu pool and a GPU, so the autoscaler adds a gpu node for it."""
+    from examples.fraud.data import generate
+    from tests.test_fraud import _outputs, _v2
+
+    path, env, state = cluster
+    started = time.monotonic()
+    deploy = run_cli("deploy", str(ROOT / "examples/fraud/app.yaml"), "--address", state["address"], "--timeout-s", "300", env=env, timeout=420)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr[-3000:]
+    inputs, _ = generate(4, seed=5)
+    got = _outputs(httpx.post(f"{state['serve_url']}/v2/models/fraud/infer", json=_v2(inputs), timeout=120))
+    first_answer_s = time.monotonic() - started
+    assert got["fraud_probability"].shape == (4,) and ((got["fraud_probability"] >= 0) & (got["fraud_probability"] <= 1)).all()
+    print(f"local-sim: deploy to first fraud answer {first_answer_s:.1f}s")  # BENCHMARKS.md records this
+
+    placed = ray_driver(state["address"], "import json\n" + REPLICA_NODES, timeout=120)
+    assert placed.returncode == 0, placed.stderr[-3000:]
+    where = json.loads(placed.stdout.strip().splitlines()[-1])
+    assert where["replicas"]["ServeReplica:fraud:scorer_mlp"] in where["gpu_nodes"], where
+    assert _status(path, env)["pools"]["gpu"]["nodes"] == 1
+
+    delete_app(state["address"], "fraud")
+    wait_until(lambda: _status(path, env)["pools"]["gpu"]["nodes"] == 0, 180, "the gpu node to go once fraud is removed", None, Path(state["log"]))
