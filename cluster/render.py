@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -23,7 +23,7 @@ from .spec import ClusterSpec, Provider
 __all__ = ["RenderError", "TEMPLATED", "render", "validate_with_ray"]
 
 TEMPLATES = Path(__file__).parent / "templates"
-TEMPLATED = (Provider.aws, Provider.gcp, Provider.azure, Provider.onprem, Provider.local_sim)
+TEMPLATED = (Provider.aws, Provider.gcp, Provider.azure, Provider.onprem, Provider.local_sim, Provider.kuberay)
 HEAD_TYPE = "head"
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake_multinode provider names its head node type so
 
@@ -56,6 +56,17 @@ class Context:
         return self.spec.name
 
     gcs_address: str = "127.0.0.1:6379"  # local-sim: where the simulated nodes find the head
+    serve_config: str | None = None  # kuberay: `modelfleet build` output, for a RayService
+
+    @property
+    def ray_version(self) -> str:
+        from importlib.metadata import version
+
+        return version("ray")
+
+    @property
+    def token_secret(self) -> str:
+        return f"{self.spec.name}-ray-token"
 
     @property
     def head_type(self) -> str:
@@ -144,6 +155,48 @@ def node_types(spec: ClusterSpec, provider: Provider) -> list[NodeType]:
     return types
 
 
+# NVIDIA GPU feature discovery's `nvidia.com/gpu.product` label per accelerator (GPU Operator, any cloud).
+GPU_PRODUCT_LABELS = {
+    "T4": "Tesla-T4", "L4": "NVIDIA-L4", "A10G": "NVIDIA-A10G", "A100": "NVIDIA-A100-SXM4-80GB", "H100": "NVIDIA-H100-80GB-HBM3",
+}
+DEFAULT_IMAGE = "rayproject/ray:{version}-py311"
+
+
+@dataclass(frozen=True)
+class KubeNode:
+    """A KubeRay group: the pod a node type becomes."""
+
+    name: str
+    instance: InstanceType
+    min_workers: int
+    max_workers: int
+    image: str
+    k8s_resources: dict[str, str | int]
+    node_selector: dict[str, str]
+    ray_start_params: dict[str, str]
+
+
+def kube_nodes(spec: ClusterSpec, ray_version: str) -> list[KubeNode]:
+    def image(node: InstanceType) -> str:
+        return spec.image or DEFAULT_IMAGE.format(version=ray_version) + ("-gpu" if node.gpus else "")
+
+    def resources(node: InstanceType) -> dict[str, str | int]:
+        found: dict[str, str | int] = {"cpu": str(node.vcpus), "memory": f"{node.memory_gb:g}Gi"}
+        if node.gpus:
+            found["nvidia.com/gpu"] = node.gpus
+        return found
+
+    head, pools = spec.nodes(Provider.kuberay)
+    nodes = [KubeNode(HEAD_TYPE, head, 0, 0, image(head), resources(head), {}, {})]
+    for pool in spec.pools:
+        node = pools[pool.name]
+        selector = {"nvidia.com/gpu.product": GPU_PRODUCT_LABELS[node.accelerator]} if node.accelerator in GPU_PRODUCT_LABELS else {}
+        # KubeRay passes rayStartParams to `ray start`; custom resources go as a quoted JSON string.
+        params = {"resources": json.dumps(json.dumps({pool_resource(pool.name): POOL_CAPACITY}))}
+        nodes.append(KubeNode(pool.name, node, pool.min_workers, pool.max_workers, image(node), resources(node), selector, params))
+    return nodes
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -153,19 +206,50 @@ def _environment() -> jinja2.Environment:
 
 def render(
     spec: ClusterSpec, provider: Provider | None = None, source: str = "a cluster spec", gcs_address: str = "127.0.0.1:6379",
+    serve_config: dict | None = None,
 ) -> str:
     """The Ray cluster YAML for `spec` on `provider` (default: the spec's own), validated by Ray.
 
     `gcs_address`: local-sim only, where its simulated nodes reach the head.
+    `serve_config`: kuberay only, `modelfleet build` output: a RayService rather than a RayCluster.
     """
     provider = provider or spec.provider.type
-    if provider not in TEMPLATED:
-        raise NotImplementedError(f"rendering for {provider.value} is not built yet; providers: {[p.value for p in TEMPLATED]}")
     spec.check_for(provider)
+    if provider is Provider.kuberay:
+        context = Context(spec, provider.value, source, [], gcs_address, _serve_config_text(serve_config))
+        context = replace(context, node_types=kube_nodes(spec, context.ray_version))
+        text = _environment().get_template("kuberay.yaml.j2").render(ctx=context)
+        validate_kuberay(yaml.safe_load(text))
+        return text
     context = Context(spec, provider.value, source, node_types(spec, provider), gcs_address)
     text = _environment().get_template(f"{provider.value}.yaml.j2").render(ctx=context)
     validate_with_ray(yaml.safe_load(text))
     return text
+
+
+def _serve_config_text(serve_config: dict | None) -> str | None:
+    return None if serve_config is None else yaml.safe_dump(serve_config, sort_keys=False).rstrip("\n")
+
+
+def validate_kuberay(manifest: dict) -> None:
+    """What KubeRay will read: the kind's shape, and a RayService's serveConfigV2 through Serve's own schema.
+
+    (KubeRay's CRDs are not installable here; their required fields are checked by hand.)
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        kind = manifest["kind"]
+        cluster = manifest["spec"]["rayClusterConfig"] if kind == "RayService" else manifest["spec"]
+        assert manifest["apiVersion"] == "ray.io/v1" and kind in ("RayCluster", "RayService")
+        assert cluster["headGroupSpec"]["template"]["spec"]["containers"]
+        for group in cluster.get("workerGroupSpecs", []):
+            assert group["groupName"] and group["minReplicas"] <= group["maxReplicas"]
+            assert group["template"]["spec"]["containers"]
+        if kind == "RayService":
+            ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    except (KeyError, AssertionError, ValueError) as exc:
+        raise RenderError(f"the rendered KubeRay manifest is malformed: {exc!r}") from None
 
 
 def validate_with_ray(config: dict) -> dict:

@@ -343,8 +343,11 @@ def cluster_render(
     spec_path: ClusterPath,
     provider: Annotated[str | None, typer.Option(help="aws, gcp, azure, onprem or local-sim (default: the spec's own).")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    app_path: Annotated[
+        Path | None, typer.Option("--app", help="kuberay: embed this app (its `build` output) as a RayService's serveConfigV2.")
+    ] = None,
 ) -> None:
-    """Render a Ray cluster YAML (for `ray up`) from a cluster spec, checked by Ray's own validator."""
+    """Render a Ray cluster YAML (for `ray up`) or a KubeRay manifest from a cluster spec, checked by Ray's own schemas."""
     from cluster.render import TEMPLATED, RenderError, render
     from cluster.spec import Provider
 
@@ -355,8 +358,16 @@ def cluster_render(
         _bad_input(f"--provider {provider}: unknown; expected one of {[p.value for p in Provider]}")
     if target not in TEMPLATED:
         _bad_input(f"{spec_path}: provider: rendering for {target.value} is not built yet; render for {[p.value for p in TEMPLATED]}")
+    serve_config = None
+    if app_path is not None:
+        if target is not Provider.kuberay:
+            _bad_input(f"--app: only --provider kuberay embeds an app (as a RayService); deploy it with `modelfleet deploy` elsewhere")
+        from serve_apps.build import serve_config as build_serve_config
+
+        app_spec = _load(app_path)
+        serve_config = build_serve_config(app_spec, keys=_keys(app_spec))
     try:
-        text = render(spec, target, source=str(spec_path))
+        text = render(spec, target, source=str(spec_path), serve_config=serve_config)
     except ValueError as exc:  # what the spec lacks for this provider (e.g. --provider gcp without project)
         _bad_input(f"{spec_path}: {exc} (for --provider {target.value})")
     except RenderError as exc:
@@ -367,6 +378,13 @@ def cluster_render(
         output.write_text(text)
         err.print(f"wrote {output}")
     target_file = output or "CLUSTER.yaml"
+    if target is Provider.kuberay:
+        err.print(
+            f"next steps:\n  kubectl -n {spec.provider.namespace} create secret generic {spec.name}-ray-token "
+            f"--from-file=token={spec.auth_token_file.replace('~/', '$HOME/')}\n  kubectl apply -f {target_file}",
+            soft_wrap=True, markup=False,
+        )
+        return
     err.print(
         f"next steps:\n  ray up -y {target_file}        # launch (needs the token file {spec.auth_token_file})\n"
         f"  ray dashboard {target_file}    # the dashboard listens on the head's loopback: this tunnels to it over SSH",

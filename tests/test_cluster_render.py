@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_local_sim_renders_simulated_pools_with_logical_gpus() -> None:
     assert config["idle_timeout_minutes"] == spec.idle_timeout_minutes
 
 
-@pytest.mark.parametrize("path", [p for p in RENDERED if p.stem != "local-sim"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in RENDERED if p.stem not in ("local-sim", "kuberay")], ids=lambda p: p.stem)
 def test_rendered_files_are_secure_by_default(path: Path) -> None:
     text = render(load_cluster_spec(path), source=str(path))
     config = yaml.safe_load(text)
@@ -199,3 +200,48 @@ def test_spot_where_a_type_has_none_names_the_field(tmp_path: Path) -> None:
         pytest.skip("the aws catalog lists every type as available on spot")
     line = _bad(tmp_path, AWS + f"pools: [{{name: g, instance_type: {not_spot}, max_workers: 1, spot: true}}]\n")
     assert "pools[0:g].spot:" in line and "does not sell" in line
+
+
+def test_kuberay_renders_a_raycluster_with_a_group_per_pool() -> None:
+    spec = load_cluster_spec(EXAMPLES / "kuberay.yaml")
+    manifest = yaml.safe_load(render(spec, source="kuberay.yaml"))
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayCluster")
+    cluster = manifest["spec"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == spec.idle_timeout_minutes * 60
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0" and cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {p.name for p in spec.pools}
+    gpu = groups["gpu"]
+    assert (gpu["minReplicas"], gpu["maxReplicas"]) == (0, 2)
+    pod = gpu["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1 and container["image"].endswith("-gpu")
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "nodeSelector" not in groups["cpu"]["template"]["spec"]
+    # The pool's resource reaches `ray start` as KubeRay expects it: a quoted JSON string.
+    assert json.loads(json.loads(gpu["rayStartParams"]["resources"])) == {pool_resource("gpu"): 1000}
+    # The token comes from a Secret; no value of it is in the manifest.
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token" and "value" not in env["RAY_AUTH_TOKEN"]
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == f"{spec.name}-ray-token"
+
+
+def test_kuberay_with_an_app_renders_a_rayservice_serve_accepts(tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    result = CliRunner().invoke(
+        app, ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(ROOT / "examples/fraud/app.yaml")]
+    )
+    assert result.exit_code == 0, result.stderr
+    manifest = yaml.safe_load(result.stdout)
+    assert manifest["kind"] == "RayService" and manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    serve = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    assert [a.name for a in serve.applications] == ["fraud"]
+    assert "kubectl apply" in result.stderr
+
+
+def test_app_is_only_for_kuberay(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["cluster", "render", str(EXAMPLES / "aws.yaml"), "--app", str(ROOT / "examples/echo/app.yaml")])
+    assert result.exit_code == 2 and "--app" in result.stderr
