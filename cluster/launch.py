@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from providers.compute import pool_resource
+from serve_apps.runner import LOOPBACK_ONLY_ENV
 
 from .render import render
 from .spec import ClusterSpec, Provider
@@ -92,7 +93,10 @@ def _session(pid: int) -> list[int]:
 
 def _ray_env() -> dict[str, str]:
     # Ray 2.60 heads require a token; clients (our CLI, `serve`) must opt in to send it.
-    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+    # local-sim is loopback only (Ray's single-machine mode): its drivers must run in that mode too.
+    return {
+        **os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV,
+    }
 
 
 def _wait_for_gcs(address: str, process: subprocess.Popen, log: Path) -> None:
@@ -198,14 +202,18 @@ def down(name: str) -> ClusterState | None:
 
 def status(state: ClusterState, spec: ClusterSpec) -> dict:
     """DESIGN.md's `cluster status --json`: address, serve_url, and per pool its alive node count."""
+    # A driver's stdout also carries Ray's autoscaler events: the answer is the line after the marker.
+    marker = "MODELFLEET_NODES="
     code = (
-        "import sys, json, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-        "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+        "import sys, json, ray; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+        f"print({marker!r} + json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]), flush=True)"
     )
-    result = subprocess.run([sys.executable, "-c", code, state.address], env=_ray_env(), capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
+    env = {**_ray_env(), "RAY_SCHEDULER_EVENTS": "0"}
+    result = subprocess.run([sys.executable, "-c", code, state.address], env=env, capture_output=True, text=True, timeout=120)
+    answer = [line.removeprefix(marker) for line in result.stdout.splitlines() if line.startswith(marker)]
+    if result.returncode != 0 or not answer:
         raise LaunchError(f"cannot read the cluster's nodes: {result.stderr.strip().splitlines()[-1:]}")
-    nodes = json.loads(result.stdout.strip().splitlines()[-1])
+    nodes = json.loads(answer[-1])
     pools = {}
     for pool in spec.pools:
         members = [n for n in nodes if n.get(pool_resource(pool.name), 0) > 0]

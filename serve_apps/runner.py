@@ -27,6 +27,11 @@ StatusCallback = Callable[[str, dict[str, str]], None]
 APP_LOGGING = {"enable_access_log": False, "log_level": "INFO"}
 
 
+def is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]") or address
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 class DeployFailed(Exception):
     """The application did not reach RUNNING; the message carries Serve's reason."""
 
@@ -129,6 +134,11 @@ class RayTarget:
         token_available = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()
         if token_available and "RAY_AUTH_MODE" not in os.environ:
             os.environ["RAY_AUTH_MODE"] = "token"
+        if is_loopback(address):
+            # A loopback cluster (`modelfleet run`, local-sim) runs in Ray's single-machine mode; a driver
+            # must too, or it looks for a raylet at the machine's other address and waits forever.
+            for name, value in LOOPBACK_ONLY_ENV.items():
+                os.environ.setdefault(name, value)
         import ray
 
         ray.init(address=address, logging_level="WARNING")
@@ -226,6 +236,10 @@ RAY_SERVE_SPEED_ENV = {
     # Workers default to niceness 15; on a small box a co-located client starves them.
     "RAY_worker_niceness": "0",
 }
+# Ray's single-machine mode (named for laptops): the node's address is 127.0.0.1, so the GCS, raylet,
+# workers and agents listen on loopback only. Otherwise Ray swaps 127.0.0.1 for the machine's
+# reachable address and its gRPC servers listen on every interface.
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclass
@@ -249,7 +263,7 @@ class LocalServer(RayTarget):
         # Before Serve is imported: it reads these once, and this process builds the handles the ingress uses.
         if "ray.serve" in sys.modules:
             logging.getLogger("modelfleet").warning("Ray Serve was imported before LocalServer.start: handles keep its defaults")
-        for name, value in RAY_SERVE_SPEED_ENV.items():
+        for name, value in {**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV}.items():
             os.environ.setdefault(name, value)
         import ray
         from ray import serve
@@ -258,7 +272,6 @@ class LocalServer(RayTarget):
 
         ray.init(
             address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine
-            _node_ip_address="127.0.0.1",
             include_dashboard=False,
             resources={pool_resource(p): 1000 for p in pools},
             logging_level="WARNING",

@@ -193,7 +193,10 @@ def run_cli(*args: str, timeout: float = 240, env: dict | None = None) -> subpro
 def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python connected to the Ray cluster at `address` (as `ray`, with `serve` imported)."""
     prelude = (
-        "import os, sys; os.environ.setdefault('RAY_AUTH_MODE', 'token'); import ray; from ray import serve; "
+        "import os, sys; os.environ.setdefault('RAY_AUTH_MODE', 'token'); "
+        # Loopback clusters run in Ray's single-machine mode; their drivers must too.
+        "sys.argv[1].startswith('127.0.0.1:') and os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0'); "
+        "import ray; from ray import serve; "
         "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -210,3 +213,29 @@ def ray_address(fleet: Fleet) -> str:
     match = re.search(r"^ray: (\S+)", fleet.log(), flags=re.M)
     assert match, "modelfleet run prints its Ray address"
     return match.group(1)
+
+
+def listening_addresses(session_leader: int) -> set[tuple[str, str]]:
+    """(IP, process name) for every TCP socket that processes of the session `session_leader` leads listen on."""
+    import psutil
+
+    found = set()
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status != psutil.CONN_LISTEN or conn.pid is None:
+            continue
+        try:
+            if os.getsid(conn.pid) == session_leader:
+                found.add((conn.laddr.ip.removeprefix("::ffff:"), psutil.Process(conn.pid).name()))
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
+
+
+def not_on_loopback(session_leader: int) -> set[tuple[str, str]]:
+    """What listens beyond loopback, but for Serve's inter-replica gRPC server: Ray Serve 2.60 binds
+    it to [::] unconditionally (replica.py, `add_port_to_grpc_server(server, "[::]:0")`); the
+    cluster's token guards it. Everything else of a local Ray must be on 127.0.0.1."""
+    return {
+        (ip, name) for ip, name in listening_addresses(session_leader)
+        if ip not in ("127.0.0.1", "::1") and not (ip == "::" and name.startswith("ray::ServeRepl"))
+    }

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelfleet.cli import app
 from serve_apps.listener import Listener
-from tests.conftest import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, run_cli
+from tests.conftest import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, listening_addresses, not_on_loopback, run_cli
 
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 
@@ -205,3 +205,9 @@ def test_the_listener_answers_as_rays_proxy_does(fleet: Fleet, path: str, body, 
             answer["error"] = answer["error"].split(" request id ")[0]
         answers.append((response.status_code, answer))
     assert answers[0] == answers[1] and answers[0][0] == status, answers
+
+
+def test_the_run_listens_on_loopback_only(fleet: Fleet) -> None:
+    """Ray's GCS, raylet, workers and agents too, not just the HTTP ports (Ray's single-machine mode)."""
+    assert listening_addresses(fleet.process.pid), "the run's processes listen somewhere"
+    assert not_on_loopback(fleet.process.pid) == set()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, delete_app, ray_driver, run_cli, wait_until
+from tests.conftest import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
 
 GPU_TASK = """
 @ray.remote(num_cpus=1, num_gpus=1, resources={"pool:gpu": 0.001})
@@ -61,6 +61,11 @@ def cluster(tmp_path_factory):
         assert _session(state["pid"]) == [], "cluster down left processes of the cluster running"
 
 
+def _last_json(stdout: str) -> dict:
+    """A driver's stdout also carries Ray's autoscaler events: the answer is its last JSON line."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
 def _status(path: Path, env: dict) -> dict:
     result = run_cli("cluster", "status", str(path), "--json", env=env, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -75,11 +80,13 @@ def test_a_gpu_pool_node_is_added_on_demand_and_removed_when_idle(cluster) -> No
 
     ran = ray_driver(state["address"], "import json\n" + GPU_TASK, timeout=240)
     assert ran.returncode == 0, ran.stderr[-3000:]
-    placed = json.loads(ran.stdout.strip().splitlines()[-1])
+    placed = _last_json(ran.stdout)
     assert placed["ran_on"] != placed["head"]  # the head has no GPU: a new node of the gpu pool ran it
 
     during = _status(path, env)
     assert during["pools"]["gpu"]["nodes"] == 1 and during["pools"]["gpu"]["gpus"] == 1
+    # The head, its simulated nodes and every Ray process they run listen on loopback only.
+    assert listening_addresses(state["pid"]) and not_on_loopback(state["pid"]) == set()
 
     def released() -> bool:
         return _status(path, env)["pools"]["gpu"]["nodes"] == 0
@@ -126,7 +133,7 @@ def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
 
     placed = ray_driver(state["address"], "import json\n" + REPLICA_NODES, timeout=120)
     assert placed.returncode == 0, placed.stderr[-3000:]
-    where = json.loads(placed.stdout.strip().splitlines()[-1])
+    where = _last_json(placed.stdout)
     assert where["replicas"]["ServeReplica:fraud:scorer_mlp"] in where["gpu_nodes"], where
     assert _status(path, env)["pools"]["gpu"]["nodes"] == 1
 

@@ -39,7 +39,8 @@ def head(tmp_path_factory) -> Head:
     gcs, dashboard, serve_port = free_port(), free_port(), free_port()
     log = tmp / "ray-start.log"
     ray = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    # Loopback only, as every local Ray of ours (serve_apps.runner.LOOPBACK_ONLY_ENV).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(ray), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
