@@ -29,7 +29,7 @@ from serve_apps.runner import LOOPBACK_ONLY_ENV
 from .render import render
 from .spec import ClusterSpec, Provider
 
-__all__ = ["ClusterState", "LaunchError", "down", "state_dir", "status", "up"]
+__all__ = ["ClusterState", "LaunchError", "down", "load_state", "session_pids", "state_dir", "status", "up"]
 
 START_TIMEOUT_S = 120
 
@@ -70,15 +70,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def load_state(name: str) -> ClusterState | None:
+def _recorded_state(name: str) -> ClusterState | None:
     path = state_dir(name) / "state.json"
-    if not path.exists():
-        return None
-    state = ClusterState(**json.loads(path.read_text()))
-    return state if _alive(state.pid) else None
+    return ClusterState(**json.loads(path.read_text())) if path.exists() else None
 
 
-def _session(pid: int) -> list[int]:
+def load_state(name: str) -> ClusterState | None:
+    """The state of cluster `name` if it is up (its head still runs)."""
+    state = _recorded_state(name)
+    return state if state is not None and _alive(state.pid) else None
+
+
+def session_pids(pid: int) -> list[int]:
     """Every process in the session `pid` leads: what `up` started, and only that."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -167,7 +170,7 @@ def up(spec: ClusterSpec, source: str) -> ClusterState:
     return state
 
 
-def _stop(pid: int, grace_s: float = 90) -> list[int]:
+def _stop(pid: int, grace_s: float = 90) -> None:
     """SIGTERM the head (`ray start --block` stops what it started), then end whatever of its session is left."""
     try:
         os.kill(pid, signal.SIGTERM)
@@ -176,27 +179,28 @@ def _stop(pid: int, grace_s: float = 90) -> list[int]:
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.5)
-    leftovers = _session(pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in _session(pid):
+        left = session_pids(pid)
+        if not left:
+            return
+        for proc in left:
             try:
                 os.kill(proc, sig)
             except ProcessLookupError:
                 continue
         time.sleep(2)
-    return leftovers
 
 
 def down(name: str) -> ClusterState | None:
     """Stop the cluster `up` started (None if it was not up); no process of it remains after."""
-    path = state_dir(name) / "state.json"
-    if not path.exists():
+    state = _recorded_state(name)
+    if state is None:
         return None
-    state = ClusterState(**json.loads(path.read_text()))
     _stop(state.pid)
-    if _session(state.pid):
-        raise LaunchError(f"processes of cluster {name!r} outlived SIGKILL: {_session(state.pid)}")
-    path.unlink()
+    left = session_pids(state.pid)
+    if left:
+        raise LaunchError(f"processes of cluster {name!r} outlived SIGKILL: {left}")
+    (state_dir(name) / "state.json").unlink()
     return state
 
 

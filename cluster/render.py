@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -49,20 +49,13 @@ class Context:
     spec: ClusterSpec
     provider: str
     source: str
-    node_types: list[NodeType]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
+    node_types: list[NodeType] | list[KubeNode]
     gcs_address: str = "127.0.0.1:6379"  # local-sim: where the simulated nodes find the head
     serve_config: str | None = None  # kuberay: `modelfleet build` output, for a RayService
 
     @property
     def ray_version(self) -> str:
-        from importlib.metadata import version
-
-        return version("ray")
+        return _ray_version()
 
     @property
     def token_secret(self) -> str:
@@ -94,25 +87,19 @@ class Context:
         )
         return f' --resources="$(case " $(hostname -I) $(hostname) $(hostname -f) " in {arms} *) echo "{{}}";; esac)"'
 
-    @property
-    def idle_timeout_minutes(self) -> float:
-        return self.spec.idle_timeout_minutes
 
-    @property
-    def image(self) -> str | None:
-        return self.spec.image
 
     @property
     def any_gpu(self) -> bool:
         return any(n.instance.gpus for n in self.node_types)
 
-    @property
-    def setup_commands(self) -> list[str]:
-        return self.spec.setup_commands
 
-    @property
-    def auth_token_file(self) -> str:
-        return self.spec.auth_token_file
+
+
+def _ray_version() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
 
 
 def _resources(node: InstanceType, pool: str | None) -> dict[str, int]:
@@ -216,8 +203,7 @@ def render(
     provider = provider or spec.provider.type
     spec.check_for(provider)
     if provider is Provider.kuberay:
-        context = Context(spec, provider.value, source, [], gcs_address, _serve_config_text(serve_config))
-        context = replace(context, node_types=kube_nodes(spec, context.ray_version))
+        context = Context(spec, provider.value, source, kube_nodes(spec, _ray_version()), gcs_address, _serve_config_text(serve_config))
         text = _environment().get_template("kuberay.yaml.j2").render(ctx=context)
         validate_kuberay(yaml.safe_load(text))
         return text

@@ -14,18 +14,15 @@ from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from providers.compute import CatalogError, InstanceType, catalog
 from serve_apps._spec_file import load_spec_file
+from serve_apps.spec import _Strict  # unknown keys are errors, as in the app spec
 
 __all__ = ["ClusterSpec", "HeadSpec", "NodeShape", "PoolSpec", "Provider", "ProviderSpec", "load_cluster_spec"]
 
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Provider(str, Enum):

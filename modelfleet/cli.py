@@ -392,12 +392,21 @@ def cluster_render(
     )
 
 
-def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> None:
-    """aws/gcp/azure/onprem: render into the cluster's state dir, then Ray's own launcher (`ray up|down -y`)."""
+def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> bool:
+    """aws/gcp/azure/onprem: render into the cluster's state dir, then Ray's own launcher (`ray up|down -y`).
+
+    False for local-sim, which `up`/`down` run here (and which has nothing to dry-run).
+    """
     import subprocess
 
     from cluster.launch import state_dir
     from cluster.render import render
+    from cluster.spec import Provider
+
+    if spec.provider.type is Provider.local_sim:
+        if dry_run:
+            _bad_input(f"{spec_path}: --dry-run is for cloud and on-prem clusters; local-sim runs on this machine")
+        return False
 
     home = state_dir(spec.name)
     home.mkdir(parents=True, exist_ok=True)
@@ -408,10 +417,11 @@ def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> None:
     if dry_run:
         out.print(text, end="", markup=False)
         err.print(f"dry run: would run `ray {verb} -y {config}`", soft_wrap=True, markup=False)
-        return
+        return True
     code = subprocess.call(command)
     if code != 0:
         _failed(f"ray {verb} exited {code}; see its output above")
+    return True
 
 
 @cluster_app.command("up")
@@ -421,14 +431,10 @@ def cluster_up(
 ) -> None:
     """Launch a cluster: local-sim here, or render and hand to `ray up` (aws, gcp, azure, onprem)."""
     from cluster.launch import LaunchError, up
-    from cluster.spec import Provider
 
     spec = _load_cluster(spec_path)
-    if spec.provider.type is not Provider.local_sim:
-        _ray_launcher("up", spec, spec_path, dry_run)
+    if _ray_launcher("up", spec, spec_path, dry_run):
         return
-    if dry_run:
-        _bad_input(f"{spec_path}: --dry-run is for cloud and on-prem clusters; local-sim starts on this machine")
     try:
         with err.status(f"starting {spec.name} (local-sim: Ray's fake_multinode provider, loopback only)…"):
             state = up(spec, str(spec_path))
@@ -447,11 +453,9 @@ def cluster_down(
 ) -> None:
     """Stop a cluster: every process local-sim started, or `ray down` for the others."""
     from cluster.launch import LaunchError, down
-    from cluster.spec import Provider
 
     spec = _load_cluster(spec_path)
-    if spec.provider.type is not Provider.local_sim:
-        _ray_launcher("down", spec, spec_path, dry_run)
+    if _ray_launcher("down", spec, spec_path, dry_run):
         return
     try:
         state = down(spec.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,30 @@ from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
 
 __all__ = ["DeployFailed", "DeploymentRow", "LocalServer", "RayTarget", "prefetch_artifacts"]
+
+# Ray Serve's own throughput options (what RAY_SERVE_THROUGHPUT_OPTIMIZED turns on, minus its direct
+# ingress: the ingress has its own listener): gRPC between replicas, user code and router on the
+# replica's event loop rather than extra threads, garbage collector frozen after start-up.
+# Environment variables, so they reach Ray's workers; a value already set wins.
+RAY_SERVE_SPEED_ENV = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+    # Workers default to niceness 15; on a small box a co-located client starves them.
+    "RAY_worker_niceness": "0",
+}
+# Ray's single-machine mode (named for laptops): the node's address is 127.0.0.1, so the GCS, raylet,
+# workers and agents listen on loopback only. Otherwise Ray swaps 127.0.0.1 for the machine's
+# reachable address and its gRPC servers listen on every interface.
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _set_env_defaults(env: dict[str, str]) -> None:
+    """Before Ray (and Serve) are imported, which read these once; a value already set wins."""
+    for name, value in env.items():
+        os.environ.setdefault(name, value)
+
 
 StatusCallback = Callable[[str, dict[str, str]], None]
 # Replicas log model loads and errors (with request ids); per-request access logs would drown them.
@@ -56,7 +81,12 @@ def _last_error_line(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if any(line.startswith("Traceback") for line in lines):
         return f"{lines[-1]} (full traceback in the replica's log)"
-    return " ".join(lines)
+    text = " ".join(lines)
+    if "Traceback (most recent call last)" in text:  # a rolling update's message carries it on one line
+        summary = text.split(" Error: ", 1)[0]
+        cause = re.findall(r"\b([A-Za-z_]\w*(?:Error|Exception): .*?)(?=$| \S+:\s|$)", text.rsplit("Traceback (most recent call last)", 1)[1])
+        return f"{summary} Cause: {cause[-1] if cause else 'see the replica log'} (full traceback in the replica's log)"
+    return text
 
 
 def _probe(address: str) -> None:
@@ -137,8 +167,7 @@ class RayTarget:
         if is_loopback(address):
             # A loopback cluster (`modelfleet run`, local-sim) runs in Ray's single-machine mode; a driver
             # must too, or it looks for a raylet at the machine's other address and waits forever.
-            for name, value in LOOPBACK_ONLY_ENV.items():
-                os.environ.setdefault(name, value)
+            _set_env_defaults(LOOPBACK_ONLY_ENV)
         import ray
 
         ray.init(address=address, logging_level="WARNING")
@@ -172,7 +201,8 @@ class RayTarget:
             except PreflightFailed as exc:
                 raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
             previous = _describe(spec.name)
-        previous_listen = tuple(previous["listen"]) if previous and previous.get("listen") else None
+        # The running ingress reports {"host", "port"}: an update keeps listening where it does.
+        previous_listen = (previous["listen"]["host"], previous["listen"]["port"]) if previous and previous.get("listen") else None
         gpus = float(ray.cluster_resources().get("GPU", 0)) if self.gpus_known else None
         _apply(spec, keys, gpus, listen or previous_listen)
         try:
@@ -224,24 +254,6 @@ class RayTarget:
         ray.shutdown()
 
 
-# Ray Serve's own throughput options (what RAY_SERVE_THROUGHPUT_OPTIMIZED turns on, minus its direct
-# ingress: the ingress has its own listener): gRPC between replicas, user code and router on the
-# replica's event loop rather than extra threads, garbage collector frozen after start-up.
-# Environment variables, so they reach Ray's workers; a value already set wins.
-RAY_SERVE_SPEED_ENV = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
-    # Workers default to niceness 15; on a small box a co-located client starves them.
-    "RAY_worker_niceness": "0",
-}
-# Ray's single-machine mode (named for laptops): the node's address is 127.0.0.1, so the GCS, raylet,
-# workers and agents listen on loopback only. Otherwise Ray swaps 127.0.0.1 for the machine's
-# reachable address and its gRPC servers listen on every interface.
-LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
 @dataclass
 class LocalServer(RayTarget):
     """One embedded Ray on this machine.
@@ -263,8 +275,7 @@ class LocalServer(RayTarget):
         # Before Serve is imported: it reads these once, and this process builds the handles the ingress uses.
         if "ray.serve" in sys.modules:
             logging.getLogger("modelfleet").warning("Ray Serve was imported before LocalServer.start: handles keep its defaults")
-        for name, value in {**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV}.items():
-            os.environ.setdefault(name, value)
+        _set_env_defaults({**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV})
         import ray
         from ray import serve
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from cluster.launch import session_pids
 from tests.conftest import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
 
 GPU_TASK = """
@@ -26,18 +27,6 @@ def where():
 head = ray.get_runtime_context().get_node_id()
 print(json.dumps({"ran_on": ray.get(where.remote(), timeout=150), "head": head}))
 """
-
-
-def _session(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == pid:
-                    found.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                continue
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +47,7 @@ def cluster(tmp_path_factory):
     finally:
         down = run_cli("cluster", "down", str(path), env=env, timeout=300)
         assert down.returncode == 0, down.stdout + down.stderr
-        assert _session(state["pid"]) == [], "cluster down left processes of the cluster running"
+        assert session_pids(state["pid"]) == [], "cluster down left processes of the cluster running"
 
 
 def _last_json(stdout: str) -> dict:
