@@ -6,6 +6,8 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 AZURITE  := .tools/azurite/node_modules/.bin/azurite-blob
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DIGITS   := examples/digits/artifacts/digits/1/model.safetensors
 MINILM   := examples/embeddings/artifacts/all-MiniLM-L6-v2/config.json
 FRAUD    := examples/fraud/artifacts/metrics.json
@@ -46,12 +48,16 @@ artifacts: $(DIGITS) $(MINILM) $(FRAUD)
 demo: setup artifacts
 	$(BIN)/modelfleet run examples/fleet.yaml --host $(HOST) --port $(PORT)
 
-test: setup artifacts
+# Debian's Chromium, to check the load-test reports in a real browser (tests/test_report.py).
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)
+
+test: setup artifacts $(CHROMIUM)
 	$(BIN)/pytest
 
 # Benchmarks with their baselines run side by side (minutes; not part of `make test`): see BENCHMARKS.md.
 bench: setup artifacts
-	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.ingress
 	$(BIN)/python -m bench.embeddings
 

@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ import httpx
 import psutil
 from rich.console import Console
 from rich.table import Table
+
+from loadtests.server import free_port, session_processes
 
 from ._payloads import READY_PATH
 
@@ -41,12 +42,6 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 class TargetFailed(RuntimeError):
     """A target did not start or answered wrongly; the message names it and its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def interrupt_on_signals() -> None:
@@ -167,20 +162,7 @@ class Server:
         """The target's processes: its session (Ray's workers stay in it), plus descendants that left it."""
         if self.proc is None or self.proc.poll() is not None:
             return []
-        found: dict[int, psutil.Process] = {}
-        try:
-            leader = psutil.Process(self.proc.pid)
-            found[leader.pid] = leader
-            found.update((p.pid, p) for p in leader.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == self.proc.pid:
-                    found.setdefault(proc.pid, proc)
-            except (ProcessLookupError, PermissionError):
-                continue
-        return list(found.values())
+        return session_processes(self.proc.pid)
 
     def roles(self) -> dict[int, str]:
         roles = {}

@@ -499,6 +499,9 @@ def cluster_schema() -> None:
     out.print_json(json.dumps(ClusterSpec.model_json_schema()))
 
 
+from . import cli_load  # noqa: E402,F401  (registers `loadtest` and `tune` on `app`)
+
+
 def main() -> None:
     app()
 

@@ -14,7 +14,9 @@ deployments of their own, one handle call away, or embedded in this process.
 
 import asyncio
 import logging
+import os
 import re
+import socket
 import time
 import uuid
 from typing import Any
@@ -23,7 +25,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -68,6 +70,10 @@ class _Metrics:
             "modelfleet_batch_rows", "Rows in the model batch that served each request (dynamic batching at work).",
             ["model"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
+        # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
+        Gauge("modelfleet_ingress_replica", "This ingress replica (each serves its own /metrics).", ["replica"], registry=self.registry).labels(
+            f"{socket.gethostname()}:{os.getpid()}"
+        ).set(1)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:

@@ -6,7 +6,7 @@ import math
 
 from .spec import Datatype, ModelSpec, TensorSpec
 
-__all__ = ["sample_v1", "sample_v2"]
+__all__ = ["example_shape", "sample_v1", "sample_v2"]
 
 _VALUES = {
     Datatype.BOOL: True,
@@ -18,7 +18,7 @@ _VALUES = {
 }
 
 
-def _shape(tensor: TensorSpec, rows: int) -> list[int]:
+def example_shape(tensor: TensorSpec, rows: int) -> list[int]:
     """Batch dimension -> rows, other free dimensions -> 2."""
     return [rows] + [2 if d == -1 else d for d in tensor.shape[1:]]
 
@@ -26,7 +26,7 @@ def _shape(tensor: TensorSpec, rows: int) -> list[int]:
 def sample_v2(model: ModelSpec, rows: int = 1) -> dict:
     inputs = []
     for t in model.inputs:
-        shape = _shape(t, rows)
+        shape = example_shape(t, rows)
         inputs.append({"name": t.name, "shape": shape, "datatype": t.datatype.value, "data": [_VALUES[t.datatype]] * math.prod(shape)})
     return {"inputs": inputs}
 
@@ -38,5 +38,5 @@ def _nest(value, dims: list[int]):
 def sample_v1(model: ModelSpec, rows: int = 1) -> dict:
     if len(model.inputs) == 1:
         t = model.inputs[0]
-        return {"instances": _nest(_VALUES[t.datatype], _shape(t, rows))}
-    return {"instances": [{t.name: _nest(_VALUES[t.datatype], _shape(t, 1)[1:]) for t in model.inputs} for _ in range(rows)]}
+        return {"instances": _nest(_VALUES[t.datatype], example_shape(t, rows))}
+    return {"instances": [{t.name: _nest(_VALUES[t.datatype], example_shape(t, 1)[1:]) for t in model.inputs} for _ in range(rows)]}

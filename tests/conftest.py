@@ -239,3 +239,18 @@ def not_on_loopback(session_leader: int) -> set[tuple[str, str]]:
         (ip, name) for ip, name in listening_addresses(session_leader)
         if ip not in ("127.0.0.1", "::1") and not (ip == "::" and name.startswith("ray::ServeRepl"))
     }
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium, driven by Playwright, for the HTML reports."""
+    from tests.fixtures.browser import BROWSER_ARGS, CHROMIUM
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (`make test` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        yield browser
+        browser.close()

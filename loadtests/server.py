@@ -1,0 +1,170 @@
+"""The app under test, as a `modelfleet run` subprocess; and the CPU and memory of process groups.
+
+The app runs in a session of its own, so its whole process tree (Ray's
+workers included) can be measured and, whatever happens, stopped by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+__all__ = ["AppProcess", "AppStartFailed", "ProcessGroup", "free_port", "session_processes"]
+
+READY_PATH = "/v2/health/ready"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def session_processes(leader: int) -> list[psutil.Process]:
+    """The processes of the session `leader` leads (Ray's workers stay in it), plus its descendants that left it."""
+    found: dict[int, psutil.Process] = {}
+    try:
+        head = psutil.Process(leader)
+        found[leader] = head
+        found.update((p.pid, p) for p in head.children(recursive=True))
+    except psutil.NoSuchProcess:
+        pass
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == leader:
+                found.setdefault(proc.pid, proc)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return list(found.values())
+
+
+class ProcessGroup:
+    """CPU (cores, since the last sample) and resident memory (MB) of some processes, found afresh at each sample."""
+
+    def __init__(self, pids: list[int] | None = None, session_leader: int | None = None):
+        self.pids = pids or []
+        self.session_leader = session_leader
+        self._last: tuple[float, dict[int, float]] | None = None
+
+    def processes(self) -> list[psutil.Process]:
+        if self.session_leader is not None:
+            return session_processes(self.session_leader)
+        return [p for pid in self.pids if (p := _process(pid))]
+
+    def sample(self) -> tuple[float | None, float | None]:
+        """(cores, MB); cores is None on the first call (a rate needs two readings)."""
+        now, cpu, rss = time.monotonic(), {}, 0
+        for proc in self.processes():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    cpu[proc.pid] = times.user + times.system + times.children_user + times.children_system
+                    rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        cores = None
+        if self._last is not None:
+            then, before = self._last
+            # A process that started since the last sample counts from zero; one that ended is left out.
+            cores = sum(t - before.get(pid, 0.0) for pid, t in cpu.items()) / max(now - then, 1e-6)
+        self._last = (now, cpu)
+        return cores, rss / 2**20
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+class AppStartFailed(RuntimeError):
+    """`modelfleet run` exited or did not become ready; the message carries the end of its log."""
+
+
+class AppProcess:
+    """`modelfleet run SPEC` on a free loopback port, in its own session; a context manager that always stops it."""
+
+    def __init__(self, spec_path: Path, log_path: Path, startup_timeout_s: float = 300, env: dict[str, str] | None = None):
+        self.spec_path = spec_path
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.ray_address: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def group(self) -> ProcessGroup:
+        return ProcessGroup(session_leader=self.proc.pid)
+
+    def __enter__(self) -> AppProcess:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:]) + f"\n(full log: {self.log_path})"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "modelfleet", "run", str(self.spec_path), "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})},
+            )
+        deadline = time.monotonic() + self.startup_timeout_s
+        with httpx.Client(timeout=5) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise AppStartFailed(f"modelfleet run exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
+                match = re.search(r"^ray: (\S+)", self.log_path.read_text(errors="replace"), flags=re.M)
+                try:
+                    # `run` prints its Ray address after the app answers: wait for both.
+                    if match and client.get(self.url + READY_PATH).status_code == 200:
+                        self.ray_address = match.group(1)
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AppStartFailed(f"modelfleet run not ready after {self.startup_timeout_s:.0f}s:\n{self.log_tail()}")
+                time.sleep(0.5)
+
+    def stop(self, grace_s: float = 90) -> None:
+        """Ctrl-C (what `run` expects), then SIGTERM and SIGKILL if it hangs; then whatever of its session outlived it."""
+        if self.proc is None:
+            return
+        tree = [p for p in session_processes(self.proc.pid) if p.pid != self.proc.pid]
+        for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+        _, leftovers = psutil.wait_procs(tree, timeout=10)  # Ray's processes exit a moment after its driver
+        for proc in leftovers:
+            proc.kill()
+        self.proc = None

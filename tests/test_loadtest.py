@@ -1,0 +1,235 @@
+"""Load tests, the tuner and their reports (issue 6).
+
+The pure parts (scenarios, shapes, the search, tuned specs) are checked
+directly; the commands run as users run them: against the session's fleet,
+and, for the acceptance commands, on an embedded Ray of their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtests.records import ModelKnobs, StageResult, Trial
+from loadtests.scenario import ZIPF_EXPONENT, from_app
+from loadtests.shapes import Shape, stages
+from loadtests.tuner import Space, apply_knobs, baseline_knobs, best_point, default_space, search, tuned_spec_yaml, verdict
+from serve_apps.spec import load_app_spec
+from serve_apps.tensors import decode_v1, decode_v2
+from tests.conftest import ADMIN_KEY, ROOT, run_cli
+from tests.fixtures.browser import assert_drawn
+
+FRAUD = ROOT / "examples" / "fraud" / "app.yaml"
+RUN_PLOTS = {"plot-throughput": "scatter", "plot-latency": "scatter", "plot-replicas": "scatter", "plot-cpu": "scatter"}
+
+
+# --- scenarios and shapes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec_path", [ROOT / "examples" / "fleet.yaml", FRAUD])
+@pytest.mark.parametrize("protocol", ["v2", "v1"])
+def test_generated_bodies_pass_the_ingress_checks(spec_path: Path, protocol: str) -> None:
+    """Every generated body decodes under the model's declared inputs, as the ingress would decode it."""
+    spec = load_app_spec(spec_path)
+    scenario = from_app(spec, "http://127.0.0.1:1", protocol=protocol, rows=3)
+    assert [e.model for e in scenario.endpoints] == [m.name for m in spec.models]
+    for endpoint in scenario.endpoints:
+        model = spec.model(endpoint.model)
+        assert len(set(endpoint.bodies)) > 1, "bodies vary"
+        for body in endpoint.bodies[:8]:
+            inputs = decode_v2(json.loads(body), model)[0] if protocol == "v2" else decode_v1(json.loads(body), model)
+            assert all(len(array) == 3 for array in inputs.values())
+
+
+def test_a_multiplexed_family_draws_its_ids_zipf_weighted() -> None:
+    spec = load_app_spec(FRAUD)
+    merchant = next(e for e in from_app(spec, "http://127.0.0.1:1", models=["merchant"]).endpoints)
+    ids = [path.split(":")[1].split("/")[0] for path in merchant.paths]
+    on_disk = sorted(p.name for p in (FRAUD.parent / "artifacts" / "merchants").iterdir())
+    assert ids == on_disk and len(ids) == 50
+    weights = merchant.path_weights
+    assert weights[0] / weights[1] == pytest.approx(2**ZIPF_EXPONENT)
+    assert all(a > b for a, b in zip(weights, weights[1:]))
+
+
+@pytest.mark.parametrize("shape", list(Shape))
+def test_shapes_are_bounded_and_reach_the_users(shape: Shape) -> None:
+    plan = stages(shape, users=20, duration_s=30)
+    assert plan[-1].until_s == pytest.approx(30)
+    assert max(s.users for s in plan) == 20
+    assert all(a.until_s < b.until_s for a, b in zip(plan, plan[1:]))
+    if shape in (Shape.ramp, Shape.step):
+        assert [s.users for s in plan] == sorted(s.users for s in plan) and plan[0].users < 20
+    if shape is Shape.spike:
+        assert [s.users for s in plan] == [5, 20, 5]
+
+
+# --- the search and tuned specs --------------------------------------------------------------------
+
+
+def _measured(knobs: dict[str, ModelKnobs], number: int, score) -> Trial:
+    return Trial(number=number, knobs=knobs, best_rps=score(knobs))
+
+
+def _drive(space: Space, baseline, max_trials: int, score) -> tuple[list[Trial], str]:
+    proposals, trials = search(space, baseline, max_trials, seed=1), []
+    knobs = next(proposals)
+    while True:
+        trials.append(_measured(knobs, len(trials), score))
+        try:
+            knobs = proposals.send(trials[-1])
+        except StopIteration as stop:
+            return trials, stop.value
+
+
+def test_search_starts_from_the_spec_and_never_measures_a_configuration_twice() -> None:
+    spec = load_app_spec(ROOT / "examples" / "digits" / "app.yaml")
+    space, baseline = default_space(spec, ["digits"], total_cpus=4), baseline_knobs(spec, ["digits"])
+
+    def score(knobs):  # a landscape with one best corner: batching and more replicas pay
+        k = knobs["digits"]
+        return 100.0 * k.replicas + (200.0 if k.max_batch_size and k.max_batch_size >= 32 else 0.0) + k.max_ongoing_requests
+
+    trials, why = _drive(space, baseline, 12, score)
+    assert trials[0].knobs == baseline
+    keys = [repr(sorted(Space.params(t.knobs).items())) for t in trials]
+    assert len(keys) == len(set(keys)) and len(trials) <= 12
+    assert all(space.fits(t.knobs) for t in trials[1:]) or why
+    assert max(t.best_rps for t in trials) > trials[0].best_rps  # it found better than the spec on this landscape
+
+
+def test_search_stops_when_gains_flatten() -> None:
+    spec = load_app_spec(ROOT / "examples" / "echo" / "app.yaml")
+    trials, why = _drive(default_space(spec, ["echo"]), baseline_knobs(spec, ["echo"]), 30, lambda knobs: 100.0)
+    assert len(trials) < 30 and "flattened" in why
+
+
+def test_the_tuned_spec_loads_with_the_chosen_knobs(tmp_path: Path) -> None:
+    spec = load_app_spec(ROOT / "examples" / "digits" / "app.yaml")
+    knobs = {"digits": ModelKnobs(max_ongoing_requests=8, max_batch_size=64, batch_wait_timeout_s=0.002, replicas=2)}
+    trial_spec = apply_knobs(spec, knobs)
+    assert trial_spec.model("digits").autoscaling.max_replicas == 2 and trial_spec.model("digits").max_ongoing_requests == 64
+    path = tmp_path / "digits.tuned.yaml"
+    path.write_text(tuned_spec_yaml(spec, knobs, {"digits": 6.0}, "a header\nof two lines"))
+    tuned = load_app_spec(path).model("digits")
+    assert (tuned.batching.max_batch_size, tuned.batching.batch_wait_timeout_s) == (64, 0.002)
+    assert tuned.max_ongoing_requests == 64  # room for a full batch
+    assert (tuned.autoscaling.min_replicas, tuned.autoscaling.initial_replicas, tuned.autoscaling.max_replicas) == (1, 2, 2)
+    assert tuned.autoscaling.target_ongoing_requests == 6.0
+    assert run_cli("validate", str(path)).returncode == 0
+
+
+def test_best_point_and_verdict() -> None:
+    def stage(users, rps, p95, failures=0):
+        return StageResult(users=users, start_s=0, end_s=1, requests=100, failures=failures, rps=rps, p95_ms=p95)
+
+    assert best_point([stage(1, 50, 5), stage(4, 180, 40), stage(8, 200, 120), stage(16, 300, 20, failures=1)], 100).users == 4
+    knobs = {"m": ModelKnobs(max_ongoing_requests=8, replicas=1)}
+    base, best = Trial(number=0, knobs=knobs, baseline=True, best_rps=100), Trial(number=3, knobs=knobs, best_rps=230)
+    assert "2.3x the requests/s of the current config" in verdict(best, base, 100, 5)
+    assert "p95 ≤ 100 ms" in verdict(best, base, 100, 5)
+    assert verdict(None, base, 100, 5).startswith("No configuration met")
+
+
+# --- the commands -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["loadtest", "examples/echo/app.yaml", "--duration", "soon"], "--duration 'soon'"),
+        (["loadtest", "examples/echo/app.yaml", "--duration", "30h"], "runs are bounded"),
+        (["loadtest", "examples/echo/app.yaml", "--shape", "zigzag"], "--shape 'zigzag'"),
+        (["loadtest", "http://127.0.0.1:9/v2/models/echo/infer"], "needs --payload"),
+        (["loadtest", "examples/echo/app.yaml", "--weight", "echo"], "--weight 'echo'"),
+        (["loadtest", "examples/echo/app.yaml", "--model", "nope"], "model 'nope' is not in app 'echo'"),
+        (["tune", "examples/echo/app.yaml", "--slo-p95-ms", "50", "--model", "nope"], "--model 'nope'"),
+        (["tune", "examples/fraud/app.yaml", "--slo-p95-ms", "50", "--model", "fraud"], "no deployment of its own"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], says: str) -> None:
+    result = run_cli(*args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+
+
+def _served_count(fleet, model: str) -> float:
+    """What the fleet's ingress counted for `model`, from its own /metrics."""
+    text = httpx.get(f"{fleet.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10).text
+    return sum(
+        s.value for family in text_string_to_metric_families(text) for s in family.samples
+        if s.name == "modelfleet_requests_total" and s.labels.get("model") == model
+    )
+
+
+def _echo_payload(tmp_path: Path) -> Path:
+    payload = tmp_path / "echo.json"
+    payload.write_text(json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}))
+    return payload
+
+
+@pytest.mark.parametrize("extra", [[], ["--workers", "1", "--shape", "step"]], ids=["local", "worker-process"])
+def test_the_request_count_matches_what_the_server_counted(fleet, tmp_path: Path, extra: list[str]) -> None:
+    """Trust in the numbers: the run's reported requests are within 5% of the ingress's own counter."""
+    before = _served_count(fleet, "echo")
+    result = run_cli(
+        "loadtest", f"{fleet.url}/v2/models/echo/infer", "--payload", str(_echo_payload(tmp_path)), "--api-key", ADMIN_KEY,
+        "--users", "4", "--duration", "6s", "--report", str(tmp_path / "out"), *extra, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    served = _served_count(fleet, "echo") - before
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["failures"] == 0 and summary["requests"] > 50
+    assert abs(summary["requests"] - served) <= 0.05 * served, (summary["requests"], served)
+    assert summary["server_requests"] == served  # the command's own scrape agrees with ours
+    if extra:
+        assert [s["users"] for s in summary["stages"]] == [1, 2, 3, 4]
+
+
+def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
+    """The acceptance command: starts digits on its own embedded Ray, measures, stops it, writes the report."""
+    out = tmp_path / "out"
+    result = run_cli("loadtest", "examples/digits/app.yaml", "--duration", "10s", "--users", "8", "--report", str(out), timeout=400)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == 0 and summary["requests"] > 0
+    assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
+    assert summary["requests"] == pytest.approx(summary["rps"] * summary["duration_s"], rel=0.02)
+    assert 9 <= summary["duration_s"] <= 15
+    assert summary["server_requests"] == summary["requests"]
+    assert summary["endpoints"][0]["mean_batch_rows"] >= 1
+    assert {"digits", "ingress"} <= set(summary["replicas"][0]["replicas"]), "replica counts come from Serve"
+    assert summary["server_cpu_cores"] > 0 and summary["generator_cpu_cores"] > 0
+    with open(out / "locust_stats.csv", newline="") as stats:
+        aggregated = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
+    assert int(aggregated["Request Count"]) == summary["requests"]
+    assert_drawn(browser, out / "index.html", RUN_PLOTS)
+
+
+def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, browser) -> None:
+    out = tmp_path / "out"
+    result = run_cli(
+        "tune", "examples/echo/app.yaml", "--slo-p95-ms", "200", "--max-trials", "4", "--report", str(out),
+        "--users", "16", "--trial-duration", "10s", timeout=800,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(out / "trials.csv", newline="") as trials:
+        rows = list(csv.DictReader(trials))
+    assert len(rows) == 4 and rows[0]["baseline"] == "True"
+    assert all(not row["error"] for row in rows), rows  # each proposal deployed (a rolling update onto the run's app)
+    tune = json.loads((out / "tune.json").read_text())
+    best = next(t for t in tune["trials"] if t["number"] == tune["best"])
+    assert best["best_rps"] == max(t["best_rps"] for t in tune["trials"]) > 0
+    assert "p95 ≤ 200 ms" in tune["summary"] and tune["summary"] in result.stdout
+    tuned = out / "echo.tuned.yaml"
+    assert run_cli("validate", str(tuned)).returncode == 0
+    model = yaml.safe_load(tuned.read_text())["models"][0]
+    assert model["max_ongoing_requests"] == best["knobs"]["echo"]["max_ongoing_requests"] or best["knobs"]["echo"]["max_batch_size"]
+    assert_drawn(browser, out / "index.html", {"plot-tradeoff": "scatter", "plot-trials": "bar"})
