@@ -60,6 +60,7 @@ test: setup artifacts $(CHROMIUM)
 bench: setup artifacts
 	$(BIN)/python -m bench.ingress
 	$(BIN)/python -m bench.embeddings
+	$(BIN)/python -m bench.tuner
 
 clean:
 	rm -rf $(VENV) .tools examples/*/artifacts .pytest_cache

@@ -120,11 +120,13 @@ class ModelKnobs(BaseModel):
     max_batch_size: int | None = Field(default=None, description="None: no dynamic batching.")
     batch_wait_timeout_s: float | None = None
     replicas: int
+    embedded: bool = Field(default=False, description="Run inside the ingress replicas (no handle hop); replicas then do not apply.")
 
     def label(self) -> str:
         wait = f"/{self.batch_wait_timeout_s * 1000:g}ms" if self.batch_wait_timeout_s is not None else ""
         batch = f"batch {self.max_batch_size}{wait}" if self.max_batch_size else "no batching"
-        return f"{self.replicas} replica{'s' if self.replicas > 1 else ''}, max_ongoing {self.max_ongoing_requests}, {batch}"
+        where = "embedded in the ingress" if self.embedded else f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
+        return f"{where}, max_ongoing {self.max_ongoing_requests}, {batch}"
 
 
 class Trial(BaseModel):

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 import optuna
 import yaml
 
-from serve_apps.spec import AppSpec, BatchingSpec, ModelFormat, ModelSpec
+from serve_apps.spec import AppSpec, AutoscalingSpec, BatchingSpec, ModelFormat, ModelSpec
 
 from .records import ModelKnobs, StageResult, Trial
 
-__all__ = ["ModelSpace", "Space", "apply_knobs", "baseline_knobs", "best_point", "search", "tuned_spec_yaml", "verdict"]
+__all__ = [
+    "ModelSpace", "Space", "apply_knobs", "baseline_knobs", "best_point", "default_space", "embeddable", "search", "tunable",
+    "tuned_spec_yaml", "verdict",
+]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # `group=True` (sample the batch wait only with batching on, as one group) is marked experimental.
@@ -42,10 +45,11 @@ class ModelSpace:
     batch_waits_s: list[float]
     replicas: list[int]
     num_cpus: float = 1.0
+    embeddable: bool = False  # may run inside the ingress (see serve_apps.spec ModelSpec.embedded)
 
     def size(self) -> int:
         batching = sum(len(self.batch_waits_s) if b else 1 for b in self.batch_sizes)
-        return len(self.max_ongoing) * batching * len(self.replicas)
+        return len(self.max_ongoing) * batching * (len(self.replicas) + self.embeddable)
 
 
 @dataclass
@@ -53,10 +57,14 @@ class Space:
     models: dict[str, ModelSpace]
     total_cpus: float
     fixed_cpus: float = 0.0  # the ingress and the models not tuned
+    ingress_replicas: int = 1
     notes: list[str] = field(default_factory=list)
 
     def cpus(self, knobs: dict[str, ModelKnobs]) -> float:
-        return self.fixed_cpus + sum(k.replicas * self.models[name].num_cpus for name, k in knobs.items())
+        """An embedded model's CPUs are added to each ingress replica's."""
+        return self.fixed_cpus + sum(
+            (self.ingress_replicas if k.embedded else k.replicas) * self.models[name].num_cpus for name, k in knobs.items()
+        )
 
     def fits(self, knobs: dict[str, ModelKnobs]) -> bool:
         return self.cpus(knobs) <= self.total_cpus + 1e-9
@@ -72,10 +80,11 @@ class Space:
         for name, space in self.models.items():
             batch = trial.suggest_categorical(f"{name}.max_batch_size", space.batch_sizes)
             wait = trial.suggest_categorical(f"{name}.batch_wait_timeout_s", space.batch_waits_s) if batch else None
+            embedded = trial.suggest_categorical(f"{name}.embedded", [False, True]) if space.embeddable else False
             knobs[name] = ModelKnobs(
                 max_ongoing_requests=trial.suggest_categorical(f"{name}.max_ongoing_requests", space.max_ongoing),
-                max_batch_size=batch or None, batch_wait_timeout_s=wait,
-                replicas=trial.suggest_categorical(f"{name}.replicas", space.replicas),
+                max_batch_size=batch or None, batch_wait_timeout_s=wait, embedded=embedded,
+                replicas=1 if embedded else trial.suggest_categorical(f"{name}.replicas", space.replicas),
             )
         return knobs
 
@@ -87,19 +96,31 @@ class Space:
             if k.max_batch_size:
                 params[f"{name}.batch_wait_timeout_s"] = k.batch_wait_timeout_s
             params[f"{name}.max_ongoing_requests"] = k.max_ongoing_requests
-            params[f"{name}.replicas"] = k.replicas
+            params[f"{name}.embedded"] = k.embedded
+            if not k.embedded:
+                params[f"{name}.replicas"] = k.replicas
         return params
 
 
 def _model_grid(space: ModelSpace):
-    for mor, batch, replicas in itertools.product(space.max_ongoing, space.batch_sizes, space.replicas):
+    placements = [(False, r) for r in space.replicas] + ([(True, 1)] if space.embeddable else [])
+    for mor, batch, (embedded, replicas) in itertools.product(space.max_ongoing, space.batch_sizes, placements):
         for wait in space.batch_waits_s if batch else [None]:
-            yield ModelKnobs(max_ongoing_requests=mor, max_batch_size=batch or None, batch_wait_timeout_s=wait, replicas=replicas)
+            yield ModelKnobs(
+                max_ongoing_requests=mor, max_batch_size=batch or None, batch_wait_timeout_s=wait, replicas=replicas, embedded=embedded,
+            )
 
 
 def tunable(model: ModelSpec) -> bool:
-    """Pipelines only route, and embedded models scale with the ingress: their own deployments have no knobs here."""
-    return model.format is not ModelFormat.pipeline and not model.embedded
+    """Pipelines only route: their steps are the models to tune."""
+    return model.format is not ModelFormat.pipeline
+
+
+def embeddable(spec: AppSpec, model: ModelSpec) -> bool:
+    """What ModelSpec.embedded allows once autoscaling is dropped: no placement, no queue limit, no family, not a step."""
+    steps = {step.model for m in spec.models if m.pipeline for step in m.pipeline.steps}
+    placed = any(getattr(model.resources, f) for f in ("pool", "num_gpus", "accelerator_type", "memory_mb"))
+    return not (placed or model.multiplex or model.pipeline or model.max_queued_requests != -1 or model.name in steps)
 
 
 def _start_replicas(model: ModelSpec) -> int:
@@ -113,7 +134,7 @@ def baseline_knobs(spec: AppSpec, models: list[str]) -> dict[str, ModelKnobs]:
     for name in models:
         m = spec.model(name)
         knobs[name] = ModelKnobs(
-            max_ongoing_requests=m.max_ongoing_requests, replicas=_start_replicas(m),
+            max_ongoing_requests=m.max_ongoing_requests, replicas=1 if m.embedded else _start_replicas(m), embedded=m.embedded,
             max_batch_size=m.batching.max_batch_size if m.batching else None,
             batch_wait_timeout_s=m.batching.batch_wait_timeout_s if m.batching else None,
         )
@@ -123,10 +144,12 @@ def baseline_knobs(spec: AppSpec, models: list[str]) -> dict[str, ModelKnobs]:
 def default_space(spec: AppSpec, models: list[str], total_cpus: float | None = None) -> Space:
     """Knob values per model, the spec's own included; replica counts limited to what fits this machine's CPUs."""
     total = float(total_cpus or os.cpu_count() or 1)
-    ingress = spec.ingress.num_cpus * spec.ingress.num_replicas + sum(m.resources.num_cpus for m in spec.models if m.embedded)
-    untuned = sum(m.resources.num_cpus * _start_replicas(m) for m in spec.models if m.name not in models and not m.embedded)
+    ingress = spec.ingress.num_replicas
+    untuned = sum(
+        m.resources.num_cpus * (ingress if m.embedded else _start_replicas(m)) for m in spec.models if m.name not in models
+    )
     base = baseline_knobs(spec, models)
-    space = Space(models={}, total_cpus=total, fixed_cpus=ingress + untuned)
+    space = Space(models={}, total_cpus=total, fixed_cpus=spec.ingress.num_cpus * ingress + untuned, ingress_replicas=ingress)
     for name in models:
         m, b = spec.model(name), base[name]
         others = sum(spec.model(o).resources.num_cpus for o in models if o != name)
@@ -139,7 +162,7 @@ def default_space(spec: AppSpec, models: list[str], total_cpus: float | None = N
             max_ongoing=sorted(set(MAX_ONGOING) | {b.max_ongoing_requests}),
             batch_sizes=sorted(set(BATCH_SIZES) | {b.max_batch_size or 0}),
             batch_waits_s=sorted(set(BATCH_WAITS_S) | ({b.batch_wait_timeout_s} if b.batch_wait_timeout_s else set())),
-            replicas=replicas, num_cpus=m.resources.num_cpus,
+            replicas=replicas, num_cpus=m.resources.num_cpus, embeddable=embeddable(spec, m),
         )
     return space
 
@@ -189,7 +212,10 @@ def apply_knobs(spec: AppSpec, knobs: dict[str, ModelKnobs], *, fixed_replicas: 
         model = copy.model(name)
         model.max_ongoing_requests = max(k.max_ongoing_requests, k.max_batch_size or 1)  # room for a full batch
         model.batching = BatchingSpec(max_batch_size=k.max_batch_size, batch_wait_timeout_s=k.batch_wait_timeout_s) if k.max_batch_size else None
-        if fixed_replicas:
+        model.embedded = k.embedded
+        if k.embedded:  # it scales with the ingress: its own autoscaling and queue limit do not apply
+            model.autoscaling, model.max_queued_requests = AutoscalingSpec(), -1
+        elif fixed_replicas:
             model.autoscaling = model.autoscaling.model_copy(update={"min_replicas": k.replicas, "max_replicas": k.replicas, "initial_replicas": k.replicas})
     return AppSpec.model_validate(copy.model_dump())
 
@@ -204,6 +230,8 @@ def tuned_spec_yaml(spec: AppSpec, knobs: dict[str, ModelKnobs], targets: dict[s
         k, original = knobs[model["name"]], spec.model(model["name"]).autoscaling
         upper = max(original.max_replicas, k.replicas)
         model["max_ongoing_requests"] = max(k.max_ongoing_requests, k.max_batch_size or 1)
+        if k.embedded:
+            continue  # scales with the ingress (ingress.num_replicas)
         model["autoscaling"] = {
             **original.model_dump(exclude_defaults=True), "min_replicas": original.min_replicas, "max_replicas": upper,
             "initial_replicas": min(max(k.replicas, original.min_replicas), upper),

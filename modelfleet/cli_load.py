@@ -41,6 +41,12 @@ def _model_ids(items: list[str]) -> dict[str, list[str]]:
     return ids
 
 
+def _interrupted() -> None:
+    """Ctrl-C: everything started here has been stopped on the way out (the `finally`s); no report."""
+    err.print("\ninterrupted; the app and the load generator are stopped")
+    raise typer.Exit(130)
+
+
 def _progress_line(total_s: float):
     def show(p) -> str:
         pct = " ".join(f"{name} {value:.0f}" for name, value in (("p50", p.p50_ms), ("p95", p.p95_ms), ("p99", p.p99_ms)) if value is not None)
@@ -144,6 +150,8 @@ def loadtest(
         _failed(str(exc))
     except RuntimeError as exc:  # Locust workers that never connected
         _failed(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()
     _print_run(record)
     if report is not None:
         from loadtests.report import write_run_report
@@ -213,6 +221,8 @@ def tune(
                 app_process.stop()
     except AppStartFailed as exc:
         _failed(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()
     record = outcome.record
     if outcome.tuned_yaml is not None:
         (directory / record.tuned_spec).write_text(outcome.tuned_yaml)

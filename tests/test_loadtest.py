@@ -125,6 +125,22 @@ def test_the_tuned_spec_loads_with_the_chosen_knobs(tmp_path: Path) -> None:
     assert run_cli("validate", str(path)).returncode == 0
 
 
+def test_embedding_a_model_in_the_ingress_is_a_knob(tmp_path: Path) -> None:
+    echo = load_app_spec(ROOT / "examples" / "echo" / "app.yaml")
+    space = default_space(echo, ["echo"])
+    assert space.models["echo"].embeddable
+    assert any(k["echo"].embedded for k in space.grid()) and any(not k["echo"].embedded for k in space.grid())
+    knobs = {"echo": ModelKnobs(max_ongoing_requests=64, replicas=1, embedded=True)}
+    assert apply_knobs(echo, knobs).model("echo").embedded
+    path = tmp_path / "echo.tuned.yaml"
+    path.write_text(tuned_spec_yaml(echo, knobs, {"echo": 4.0}, "header"))
+    tuned = load_app_spec(path).model("echo")
+    assert tuned.embedded and tuned.autoscaling.max_replicas == 1  # it scales with the ingress now
+    fraud = load_app_spec(FRAUD)
+    fraud_space = default_space(fraud, ["featurizer", "scorer_mlp", "ensemble", "merchant"], total_cpus=8)
+    assert not any(m.embeddable for m in fraud_space.models.values()), "pipeline steps, pools and families stay deployments"
+
+
 def test_best_point_and_verdict() -> None:
     def stage(users, rps, p95, failures=0):
         return StageResult(users=users, start_s=0, end_s=1, requests=100, failures=failures, rps=rps, p95_ms=p95)
@@ -230,6 +246,8 @@ def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, brow
     assert "p95 ≤ 200 ms" in tune["summary"] and tune["summary"] in result.stdout
     tuned = out / "echo.tuned.yaml"
     assert run_cli("validate", str(tuned)).returncode == 0
-    model = yaml.safe_load(tuned.read_text())["models"][0]
-    assert model["max_ongoing_requests"] == best["knobs"]["echo"]["max_ongoing_requests"] or best["knobs"]["echo"]["max_batch_size"]
+    model, knobs = yaml.safe_load(tuned.read_text())["models"][0], best["knobs"]["echo"]
+    assert model["max_ongoing_requests"] == max(knobs["max_ongoing_requests"], knobs["max_batch_size"] or 1)
+    assert model.get("embedded", False) == knobs["embedded"]
+    assert (model.get("batching") or {}).get("max_batch_size") == knobs["max_batch_size"]
     assert_drawn(browser, out / "index.html", {"plot-tradeoff": "scatter", "plot-trials": "bar"})

@@ -32,7 +32,7 @@ from tests.fixtures.browser import assert_drawn
 
 XSS = "<script>alert(1)</script>"
 PLOTLYJS_BANNER = "* plotly.js v"
-KNOBS = ["max_ongoing_requests", "max_batch_size", "batch_wait_timeout_s", "replicas"]
+KNOBS = ["max_ongoing_requests", "max_batch_size", "batch_wait_timeout_s", "replicas", "embedded"]
 
 
 def _config(**overrides) -> RunConfig:
