@@ -178,7 +178,7 @@ def tune(
         header = (
             f"{spec.name}, tuned by `modelfleet tune` for p95 <= {slo_p95_ms:g} ms on {datetime.now(timezone.utc):%Y-%m-%d}.\n"
             f"{record.summary}\nMeasured {winner.best_rps:,.1f} req/s at p95 {winner.best_p95_ms} ms with {winner.best_users} concurrent requests; "
-            "autoscaling starts at the tuned replica count and aims at that load per replica."
+            "models with deployments of their own autoscale from the tuned replica count, aiming at that load per replica."
         )
         tuned_yaml = tuned_spec_yaml(spec, winner.knobs, targets, header)
         record.tuned_spec = f"{spec.name}.tuned.yaml"
