@@ -26,6 +26,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from loadtests.measure import SATURATED_CORES
 from loadtests.server import free_port, session_processes
 
 from ._payloads import READY_PATH
@@ -34,8 +35,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 LOGS = RESULTS / "logs"
 LOCUSTFILE = "bench/_locustfile.py"
-# A load generator busier than this (in cores) measures itself more than the target.
-SATURATED_CORES = 0.9
 # Piped output (make, tee) would otherwise wrap the tables at 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 

@@ -126,13 +126,15 @@ def _start_workers(env: Environment, scenario: Scenario, count: int, runner: Mas
         )
         for _ in range(count)
     ]
-    deadline = time.monotonic() + 60
-    while runner.worker_count < count:
-        if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-            _stop_workers(workers)
-            raise RuntimeError(f"{runner.worker_count} of {count} Locust workers connected; see their output above")
-        gevent.sleep(0.2)
-    os.unlink(spec.name)
+    try:
+        deadline = time.monotonic() + 60
+        while runner.worker_count < count:
+            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                _stop_workers(workers)
+                raise RuntimeError(f"{runner.worker_count} of {count} Locust workers connected; see their output above")
+            gevent.sleep(0.2)
+    finally:
+        os.unlink(spec.name)  # each worker has read it once it connected (or it failed)
     return workers
 
 

@@ -22,9 +22,8 @@ from pydantic import BaseModel, Field
 from serve_apps.samples import example_shape
 from serve_apps.spec import MODEL_ID_PLACEHOLDER, AppSpec, Datatype, ModelSpec, TensorSpec
 
-__all__ = ["Endpoint", "Protocol", "Scenario", "ScenarioError", "from_app", "from_url", "parse_weights"]
+__all__ = ["Endpoint", "Scenario", "ScenarioError", "from_app", "from_url", "parse_weights"]
 
-Protocol = str  # "v1" | "v2"
 BODIES_PER_ENDPOINT = 64
 ZIPF_EXPONENT = 1.1
 _WORDS = (
@@ -114,6 +113,10 @@ def family_ids(model: ModelSpec) -> list[str]:
     return found
 
 
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+
 def _zipf(count: int) -> list[float]:
     return [1.0 / (rank**ZIPF_EXPONENT) for rank in range(1, count + 1)]
 
@@ -169,8 +172,7 @@ def from_app(
                 expect='"outputs"' if protocol == "v2" else '"predictions"',
             )
         )
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    return Scenario(base_url=base_url.rstrip("/"), endpoints=endpoints, headers=headers, protocol=protocol, rows_per_request=rows)
+    return Scenario(base_url=base_url.rstrip("/"), endpoints=endpoints, headers=_headers(api_key), protocol=protocol, rows_per_request=rows)
 
 
 def from_url(url: str, payload: Path, *, api_key: str | None = None) -> Scenario:
@@ -187,10 +189,9 @@ def from_url(url: str, payload: Path, *, api_key: str | None = None) -> Scenario
         raise ScenarioError(f"--payload {payload}: not JSON ({exc})") from None
     path = parts.path or "/"
     match = re.search(r"/models/([^/:]+)", path)
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     return Scenario(
         base_url=f"{parts.scheme}://{parts.netloc}",
         endpoints=[Endpoint(name=f"POST {path}", model=match.group(1) if match else None, paths=[path + (f"?{parts.query}" if parts.query else "")], bodies=[body])],
-        headers=headers,
+        headers=_headers(api_key),
         protocol="v2" if "/v2/" in path else "v1" if "/v1/" in path else "custom",
     )

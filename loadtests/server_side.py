@@ -93,11 +93,12 @@ class ReplicaWatcher:
 
     def __init__(self, ray_address: str, app_name: str, out: Path, interval_s: float = 2.0):
         self.out = out
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtests._replicas", ray_address, app_name, str(out), str(interval_s)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "wb"), start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        with open(f"{out}.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loadtests._replicas", ray_address, app_name, str(out), str(interval_s)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
 
     def wait_first(self, timeout_s: float = 60) -> None:
         """Until the first reading is in, so the run's start is covered."""

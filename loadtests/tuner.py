@@ -47,10 +47,6 @@ class ModelSpace:
     num_cpus: float = 1.0
     embeddable: bool = False  # may run inside the ingress (see serve_apps.spec ModelSpec.embedded)
 
-    def size(self) -> int:
-        batching = sum(len(self.batch_waits_s) if b else 1 for b in self.batch_sizes)
-        return len(self.max_ongoing) * batching * (len(self.replicas) + self.embeddable)
-
 
 @dataclass
 class Space:

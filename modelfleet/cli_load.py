@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +40,21 @@ def _model_ids(items: list[str]) -> dict[str, list[str]]:
             _bad_input(f"--model-ids {item!r}: expected FAMILY=ID1,ID2,...")
         ids[family] = [i for i in listed.split(",") if i]
     return ids
+
+
+@contextmanager
+def _app_under_test(spec_name: str, spec_path: Path, log_dir: Path):
+    """`modelfleet run` in a subprocess of its own session, with status lines; stopped whatever happens."""
+    from loadtests.server import AppProcess
+
+    app_process = AppProcess(spec_path.resolve(), log_dir / "modelfleet-run.log")
+    try:
+        with err.status(f"starting {spec_name} on an embedded Ray (log: {app_process.log_path})…"):
+            app_process.start()
+        yield app_process
+    finally:
+        with err.status(f"stopping {spec_name}…"):
+            app_process.stop()
 
 
 def _interrupted() -> None:
@@ -93,7 +109,7 @@ def loadtest(
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
     from loadtests.records import RunConfig
     from loadtests.scenario import ScenarioError, from_app, from_url, parse_weights
-    from loadtests.server import AppProcess, AppStartFailed
+    from loadtests.server import AppStartFailed
     from loadtests.session import measure_run
     from loadtests.shapes import Shape, stages
 
@@ -138,14 +154,8 @@ def loadtest(
         if spec is None:
             record = run(scenario.base_url)
         else:
-            log_dir = report or Path(tempfile.mkdtemp(prefix="modelfleet-loadtest-"))
-            with err.status(f"starting {spec.name} on an embedded Ray (log: {log_dir / 'modelfleet-run.log'})…"):
-                app_process = AppProcess(Path(target).resolve(), log_dir / "modelfleet-run.log").__enter__()
-            try:
+            with _app_under_test(spec.name, Path(target), report or Path(tempfile.mkdtemp(prefix="modelfleet-loadtest-"))) as app_process:
                 record = run(app_process.url, app_process)
-            finally:
-                with err.status(f"stopping {spec.name}…"):
-                    app_process.stop()
     except AppStartFailed as exc:
         _failed(str(exc))
     except RuntimeError as exc:  # Locust workers that never connected
@@ -178,7 +188,7 @@ def tune(
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
     from loadtests.report import write_tune_report
     from loadtests.scenario import ScenarioError, from_app
-    from loadtests.server import AppProcess, AppStartFailed
+    from loadtests.server import AppStartFailed
     from loadtests.session import tune as run_tuner
     from loadtests.tuner import default_space, tunable
 
@@ -207,18 +217,12 @@ def tune(
         out.print(f"trial {trial.number}{' (current config)' if trial.baseline else ''}: {trial.label()} -> {trial.error or result}")
 
     try:
-        with err.status(f"starting {spec.name} on an embedded Ray (log: {directory / 'modelfleet-run.log'})…"):
-            app_process = AppProcess(spec_path.resolve(), directory / "modelfleet-run.log").__enter__()
-        try:
-            with err.status("tuning…") as line:
-                outcome = run_tuner(
-                    spec, app_process, scenario, space, slo_p95_ms=slo_p95_ms, max_trials=max_trials, max_users=users,
-                    trial_s=trial_s, work_dir=directory, seed=seed, on_trial=announce,
-                    on_progress=lambda t, p: line.update(f"trial {t.number}: " + show(p)),
-                )
-        finally:
-            with err.status(f"stopping {spec.name}…"):
-                app_process.stop()
+        with _app_under_test(spec.name, spec_path, directory) as app_process, err.status("tuning…") as line:
+            outcome = run_tuner(
+                spec, app_process, scenario, space, slo_p95_ms=slo_p95_ms, max_trials=max_trials, max_users=users,
+                trial_s=trial_s, work_dir=directory, seed=seed, on_trial=announce,
+                on_progress=lambda t, p: line.update(f"trial {t.number}: " + show(p)),
+            )
     except AppStartFailed as exc:
         _failed(str(exc))
     except KeyboardInterrupt:
