@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from providers.compute import pool_resource
-from serve_apps.runner import LOOPBACK_ONLY_ENV
+from serve_apps.runner import LOOPBACK_ONLY_ENV, secure_ray_token
 
 from .render import render
 from .spec import ClusterSpec, Provider
@@ -145,6 +145,7 @@ def up(spec: ClusterSpec, source: str) -> ClusterState:
     config.write_text(render(spec, Provider.local_sim, source=source, gcs_address=address))
     head, _ = spec.nodes(Provider.local_sim)
     log = home / "ray-start.log"
+    secure_ray_token()  # `ray start --head` writes a token it generates into ~/.ray: private from the start
     ray = Path(sys.executable).parent / "ray"
     argv = [
         str(ray), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
@@ -162,6 +163,7 @@ def up(spec: ClusterSpec, source: str) -> ClusterState:
     )
     try:
         _wait_for_gcs(address, process, log)
+        secure_ray_token()
         _start_serve(address, serve_port)
     except BaseException:
         _stop(process.pid)

@@ -18,14 +18,20 @@ import yaml
 
 from providers.compute import POOL_CAPACITY, InstanceType, catalog, pool_resource
 
+from . import network
 from .spec import ClusterSpec, Provider
 
-__all__ = ["RenderError", "TEMPLATED", "render", "validate_with_ray"]
+__all__ = ["KUBERAY_SERVE_HOST", "RenderError", "SERVE_PORT", "TEMPLATED", "network_steps", "render", "validate_with_ray"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATED = (Provider.aws, Provider.gcp, Provider.azure, Provider.onprem, Provider.local_sim, Provider.kuberay)
 HEAD_TYPE = "head"
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake_multinode provider names its head node type so
+SERVE_PORT = 8000  # Serve's HTTP port on a cluster's nodes (KubeRay's `serve` container port)
+DASHBOARD_PORT = 8265  # the head's dashboard, where the KubeRay operator deploys a RayService's app
+KUBERAY_SERVE_HOST = "0.0.0.0"  # a RayService's proxies answer on their pod's address
+TOKEN_FOLDER = "~/.ray"  # where file_mounts puts the token on every node
+TOKEN_ON_NODES = f"{TOKEN_FOLDER}/auth_token"
 
 
 class RenderError(Exception):
@@ -62,6 +68,64 @@ class Context:
         return f"{self.spec.name}-ray-token"
 
     @property
+    def token_on_nodes(self) -> str:
+        return TOKEN_ON_NODES
+
+    @property
+    def token_initialization_commands(self) -> list[str]:
+        """On each node's host, right after the launcher copied the token there: private, whatever mode it came with.
+
+        With docker, Ray's launcher copies file mounts under /tmp/ray_tmp_mount/<cluster>/ on the host
+        (then bind-mounts them): that folder, in the world-readable /tmp, is closed too.
+        """
+        if not self.spec.image:
+            return [f"chmod 600 {TOKEN_ON_NODES} && chmod 700 {TOKEN_FOLDER}"]
+        from ray.autoscaler.sdk import get_docker_host_mount_location
+
+        mount = get_docker_host_mount_location(self.spec.name)  # Ray keeps the "~" as a folder name under it
+        return [f"chmod 600 {mount}/{TOKEN_ON_NODES} && chmod 700 {mount}/{TOKEN_FOLDER} {mount}"]
+
+    @property
+    def token_setup_commands(self) -> list[str]:
+        """In the container (docker only), whose ~/.ray docker created for the bind mount, perhaps as root."""
+        if not self.spec.image:
+            return []
+        return [f"chmod 600 {TOKEN_ON_NODES} && {{ chmod 700 {TOKEN_FOLDER} || sudo -n chmod 700 {TOKEN_FOLDER}; }}"]
+
+    @property
+    def serve_port(self) -> int:
+        return SERVE_PORT
+
+    @property
+    def allowed_source_ranges(self) -> list[str]:
+        return self.spec.network.allowed_source_ranges if self.spec.network else []
+
+    @property
+    def aws_security_group(self) -> dict:
+        return network.aws_security_group(self.spec)
+
+    @property
+    def gcp_network_tag(self) -> str:
+        return network.gcp_network_tag(self.spec)
+
+    @property
+    def pod_labels(self) -> dict[str, str]:
+        """On every Ray pod: what the NetworkPolicy selects (KubeRay's own labels name a RayService's cluster differently)."""
+        return {"modelfleet/cluster": self.spec.name}
+
+    @property
+    def dashboard_port(self) -> int:
+        return DASHBOARD_PORT
+
+    @property
+    def network_policy_ingress(self) -> list[dict]:
+        return network.kuberay_ingress(self.spec, self.pod_labels, SERVE_PORT, DASHBOARD_PORT)
+
+    @property
+    def network_steps(self) -> list[str]:
+        return network_steps(self.spec, Provider(self.provider))
+
+    @property
     def head_type(self) -> str:
         return FAKE_HEAD_TYPE if self.provider == Provider.local_sim.value else HEAD_TYPE
 
@@ -94,6 +158,11 @@ class Context:
         return any(n.instance.gpus for n in self.node_types)
 
 
+
+
+def network_steps(spec: ClusterSpec, provider: Provider) -> list[str]:
+    """What `provider`'s own firewall needs beyond the rendered file (also in it, as comments)."""
+    return network.steps(spec, provider, SERVE_PORT)
 
 
 def _ray_version() -> str:
@@ -205,7 +274,7 @@ def render(
     if provider is Provider.kuberay:
         context = Context(spec, provider.value, source, kube_nodes(spec, _ray_version()), gcs_address, _serve_config_text(serve_config))
         text = _environment().get_template("kuberay.yaml.j2").render(ctx=context)
-        validate_kuberay(yaml.safe_load(text))
+        validate_kuberay(list(yaml.safe_load_all(text)))
         return text
     context = Context(spec, provider.value, source, node_types(spec, provider), gcs_address)
     text = _environment().get_template(f"{provider.value}.yaml.j2").render(ctx=context)
@@ -217,14 +286,18 @@ def _serve_config_text(serve_config: dict | None) -> str | None:
     return None if serve_config is None else yaml.safe_dump(serve_config, sort_keys=False).rstrip("\n")
 
 
-def validate_kuberay(manifest: dict) -> None:
-    """What KubeRay will read: the kind's shape, and a RayService's serveConfigV2 through Serve's own schema.
+def validate_kuberay(manifests: list[dict]) -> None:
+    """What KubeRay will read: the kind's shape, and a RayService's serveConfigV2 through Serve's own schema;
+    then the NetworkPolicy that guards its pods.
 
     (KubeRay's CRDs are not installable here; their required fields are checked by hand.)
     """
     from ray.serve.schema import ServeDeploySchema
 
     try:
+        manifest, policy = manifests
+        assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+        assert policy["spec"]["podSelector"]["matchLabels"] and policy["spec"]["ingress"]
         kind = manifest["kind"]
         cluster = manifest["spec"]["rayClusterConfig"] if kind == "RayService" else manifest["spec"]
         assert manifest["apiVersion"] == "ray.io/v1" and kind in ("RayCluster", "RayService")
@@ -234,7 +307,7 @@ def validate_kuberay(manifest: dict) -> None:
             assert group["template"]["spec"]["containers"]
         if kind == "RayService":
             ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
-    except (KeyError, AssertionError, ValueError) as exc:
+    except (KeyError, TypeError, AssertionError, ValueError) as exc:
         raise RenderError(f"the rendered KubeRay manifest is malformed: {exc!r}") from None
 
 

@@ -10,17 +10,19 @@ spec or a rendered file.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from providers.compute import CatalogError, InstanceType, catalog
 from serve_apps._spec_file import load_spec_file
 from serve_apps.spec import _Strict  # unknown keys are errors, as in the app spec
 
-__all__ = ["ClusterSpec", "HeadSpec", "NodeShape", "PoolSpec", "Provider", "ProviderSpec", "load_cluster_spec"]
+__all__ = ["ClusterSpec", "HeadSpec", "NetworkSpec", "NodeShape", "PoolSpec", "Provider", "ProviderSpec", "load_cluster_spec"]
 
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -117,6 +119,45 @@ class PoolSpec(NodeShape):
         return self
 
 
+def _cidr(text: str) -> str:
+    """An address range in CIDR notation, normalized ('2001:DB8::/32' -> '2001:db8::/32')."""
+    if "/" not in text:
+        hint = f"write it with its prefix length, e.g. {text}/{32 if ':' not in text else 128}" if _is_address(text) else "e.g. 203.0.113.0/24"
+        raise ValueError(f"{text!r} is not an address range; {hint}")
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an address range; e.g. 203.0.113.0/24") from None
+        raise ValueError(f"{text!r} has host bits set; did you mean {network}?") from None
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+NETWORK_EXAMPLE = "network: {allowed_source_ranges: [203.0.113.0/24]}"
+
+
+class NetworkSpec(_Strict):
+    """Who may reach the cluster from outside: nothing is open to the internet unless written here."""
+
+    allowed_source_ranges: list[Cidr] = Field(
+        min_length=1,
+        description=(
+            "Address ranges (CIDR) allowed to reach the nodes' SSH (clouds, on-prem) and Serve's port (KubeRay); "
+            "0.0.0.0/0 means the whole internet and is only used if written here."
+        ),
+    )
+
+
 class SshSpec(_Strict):
     user: str = Field(default="ubuntu", description="SSH user on the nodes.")
     private_key: str | None = Field(default=None, description="Path to the private key (never the key itself).")
@@ -134,6 +175,9 @@ class ClusterSpec(_Strict):
     image: str | None = Field(default=None, description="Container image to run Ray in, e.g. rayproject/ray:2.60.0-py311.")
     setup_commands: list[str] = Field(default_factory=list, description="Shell commands run on every node before Ray starts.")
     ssh: SshSpec = Field(default_factory=SshSpec, description="How the launcher reaches the nodes.")
+    network: NetworkSpec | None = Field(
+        default=None, description=f"Required except for local-sim: who may reach the cluster, e.g. {NETWORK_EXAMPLE}.",
+    )
     auth_token_file: str = Field(
         default="~/.ray/auth_token",
         description="Path to the Ray auth token (RAY_AUTH_MODE=token); copied to the nodes, never written into the config.",
@@ -157,6 +201,11 @@ class ClusterSpec(_Strict):
             for i, pool in enumerate(self.pools):
                 if not pool.hosts:
                     raise ValueError(f"pools[{i}:{pool.name}].hosts: on-prem needs this pool's machines; add hosts: [10.0.0.2, ...]")
+        if provider is not Provider.local_sim and self.network is None:
+            raise ValueError(
+                f"network.allowed_source_ranges: {provider.value} needs the address ranges allowed to reach the cluster "
+                f"(SSH, Serve); add e.g. {NETWORK_EXAMPLE} (0.0.0.0/0 opens it to the internet and must be written out)"
+            )
         _check_node("head", self.head, provider)
         for i, pool in enumerate(self.pools):
             node = _check_node(f"pools[{i}:{pool.name}]", pool, provider)
@@ -181,7 +230,7 @@ def _check_node(where: str, node: NodeShape, provider: Provider) -> InstanceType
 
 
 def _all_keys() -> list[str]:
-    return sorted({k for m in (ClusterSpec, ProviderSpec, HeadSpec, PoolSpec, SshSpec) for k in m.model_fields})
+    return sorted({k for m in (ClusterSpec, ProviderSpec, HeadSpec, PoolSpec, SshSpec, NetworkSpec) for k in m.model_fields})
 
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -22,6 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from providers.storage import StorageError
+from serve_apps.auth import ENV_VAR as KEYS_ENV_VAR
 from serve_apps.auth import KeyRing, KeysConfigError, append_key
 from serve_apps.spec import AppSpec, ModelSpec, SpecError, check_artifacts_exist, load_app_spec
 
@@ -77,14 +79,43 @@ def _keys(spec: AppSpec) -> KeyRing:
         _bad_input(str(exc))
 
 
-def _keys_for_host(spec: AppSpec, spec_path: Path, host: str) -> KeyRing:
+def _keys_for_host(spec: AppSpec, spec_path: Path, host: str, refusal: str | None = None) -> KeyRing:
+    """The app's keys; exit 2 if it would listen on `host`, beyond loopback, without any (`refusal` says where)."""
     keys = _keys(spec)
     if not keys.enabled and not _is_loopback(host):
         _bad_input(
-            f"--host {host}: refusing to expose models beyond this machine without API keys; "
+            f"{refusal or f'--host {host}: refusing to expose models beyond this machine'} without API keys; "
             f"set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or MODELFLEET_API_KEYS"
         )
     return keys
+
+
+def _forget_plaintext_keys() -> None:
+    """Once read (and hashed), the plaintext keys leave the environment, so Ray's processes never inherit them."""
+    os.environ.pop(KEYS_ENV_VAR, None)
+
+
+InsecureNoRayAuth = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-ray-auth",
+        help="Allow RAY_AUTH_MODE=disabled: anyone who reaches Ray's ports (Serve replicas' gRPC included) runs code.",
+    ),
+]
+
+
+def _require_ray_auth(insecure: bool, on_what: str) -> None:
+    """Exit 2 when Ray's token auth is off, unless the operator said --insecure-no-ray-auth (before Ray starts)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None or mode.lower() == "token":  # unset: Ray 2.60 turns token auth on for the Ray we start or join
+        return
+    why = (
+        f"RAY_AUTH_MODE={mode}: refusing to run Ray without token auth, since every Serve replica runs a gRPC server "
+        f"that unpickles request metadata and anyone who reaches it runs code {on_what}"
+    )
+    if not insecure:
+        _bad_input(f"{why}; unset RAY_AUTH_MODE (or set it to token), or pass --insecure-no-ray-auth to accept that")
+    _log.warning(f"--insecure-no-ray-auth: Ray runs without token auth; anyone who reaches its ports runs code {on_what}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -116,14 +147,18 @@ def schema() -> None:
 def build(
     spec_path: AppPath,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
-    host: Annotated[str, typer.Option(help="HTTP host for the Serve proxies.")] = "0.0.0.0",
+    host: Annotated[str, typer.Option(help="HTTP host for the Serve proxies; non-loopback exposes the models (needs API keys).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port for the Serve proxies.")] = 8000,
 ) -> None:
     """Write a Ray Serve config that `serve deploy` accepts."""
     from serve_apps.build import serve_config
 
     spec = _load(spec_path)
-    text = yaml.safe_dump(serve_config(spec, host=host, port=port, keys=_keys(spec)), sort_keys=False)
+    keys = _keys_for_host(spec, spec_path, host)
+    try:
+        text = yaml.safe_dump(serve_config(spec, host=host, port=port, keys=keys), sort_keys=False)
+    except ValueError as exc:  # what a Serve config cannot express (e.g. asking clients for certificates)
+        _bad_input(f"{spec_path}: {exc}")
     if output is None:
         out.print(text, end="", markup=False)
     else:
@@ -214,12 +249,15 @@ def run(
     proxy_port: Annotated[
         int, typer.Option(help="HTTP port of Ray Serve's proxy, for apps later deployed onto this Ray; 0 picks a free one.")
     ] = 0,
+    insecure_no_ray_auth: InsecureNoRayAuth = False,
 ) -> None:
     """Serve an app on an embedded local Ray until Ctrl-C."""
     from serve_apps.runner import DeployFailed, LocalServer
 
+    _require_ray_auth(insecure_no_ray_auth, "on this machine")
     spec = _load(spec_path)
     keys = _keys_for_host(spec, spec_path, host)
+    _forget_plaintext_keys()
     _check_port_free(host, port, "--port")
     if proxy_port == port:
         _bad_input(f"--proxy-port {proxy_port}: the app listens on --port {port}; pick another, or 0 for a free one")
@@ -261,12 +299,15 @@ def deploy(
     host: Annotated[str, typer.Option(help="HTTP host for Serve's proxies, if Serve is not running there yet.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port for Serve's proxies, if Serve is not running there yet.")] = 8000,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="How long to wait for the app to run.")] = 600,
+    insecure_no_ray_auth: InsecureNoRayAuth = False,
 ) -> None:
     """Deploy (or update) an app on a running Ray cluster. A failed update leaves the previous version serving."""
     from serve_apps.runner import DeployFailed
 
+    _require_ray_auth(insecure_no_ray_auth, "on the cluster's nodes")
     spec = _load(spec_path)
     keys = _keys_for_host(spec, spec_path, host)
+    _forget_plaintext_keys()
     target = _connect(address)
     try:
         from ray import serve
@@ -362,10 +403,16 @@ def cluster_render(
     if app_path is not None:
         if target is not Provider.kuberay:
             _bad_input(f"--app: only --provider kuberay embeds an app (as a RayService); deploy it with `modelfleet deploy` elsewhere")
+        from cluster.render import KUBERAY_SERVE_HOST, SERVE_PORT
         from serve_apps.build import serve_config as build_serve_config
 
         app_spec = _load(app_path)
-        serve_config = build_serve_config(app_spec, keys=_keys(app_spec))
+        refusal = f"--app {app_path}: a RayService's Serve proxies listen on {KUBERAY_SERVE_HOST} in its pods; refusing to expose models"
+        keys = _keys_for_host(app_spec, app_path, KUBERAY_SERVE_HOST, refusal)
+        try:
+            serve_config = build_serve_config(app_spec, host=KUBERAY_SERVE_HOST, port=SERVE_PORT, keys=keys)
+        except ValueError as exc:
+            _bad_input(f"{app_path}: {exc}")
     try:
         text = render(spec, target, source=str(spec_path), serve_config=serve_config)
     except ValueError as exc:  # what the spec lacks for this provider (e.g. --provider gcp without project)
@@ -378,6 +425,7 @@ def cluster_render(
         output.write_text(text)
         err.print(f"wrote {output}")
     target_file = output or "CLUSTER.yaml"
+    _print_network_steps(spec, target)
     if target is Provider.kuberay:
         err.print(
             f"next steps:\n  kubectl -n {spec.provider.namespace} create secret generic {spec.name}-ray-token "
@@ -390,6 +438,15 @@ def cluster_render(
         f"  ray dashboard {target_file}    # the dashboard listens on the head's loopback: this tunnels to it over SSH",
         soft_wrap=True, markup=False,
     )
+
+
+def _print_network_steps(spec, provider) -> None:
+    """What the provider's own firewall needs beyond the rendered file (the file says it too, in comments)."""
+    from cluster.render import network_steps
+
+    steps = network_steps(spec, provider)
+    if steps:
+        err.print("network:\n  " + "\n  ".join(steps), soft_wrap=True, markup=False)
 
 
 def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> bool:
@@ -418,9 +475,14 @@ def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> bool:
         out.print(text, end="", markup=False)
         err.print(f"dry run: would run `ray {verb} -y {config}`", soft_wrap=True, markup=False)
         return True
+    from serve_apps.runner import secure_ray_token
+
+    secure_ray_token(Path(spec.auth_token_file))  # Ray's launcher copies it to every node with the mode it has here
     code = subprocess.call(command)
     if code != 0:
         _failed(f"ray {verb} exited {code}; see its output above")
+    if verb == "up":
+        _print_network_steps(spec, spec.provider.type)
     return True
 
 

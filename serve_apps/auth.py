@@ -11,6 +11,11 @@ Sources, merged:
         - {name: ci-bot, sha256: "<hex>", scopes: ["invoke:digits"]}
 - the environment variable MODELFLEET_API_KEYS, for secrets injected at run time:
       MODELFLEET_API_KEYS="<key>=invoke:digits,invoke:echo;<other key>=admin"
+
+Keys are stored as plain, unsalted sha256: fast to check on every request,
+and safe only because a key is as strong as a random 256-bit token. So keys
+from the environment must look generated (`MIN_KEY_CHARS` characters, varied);
+a guessable one such as `secret` is refused rather than hashed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,20 @@ __all__ = ["ENV_VAR", "ApiKey", "KeysConfigError", "KeyRing", "hash_key", "new_k
 
 ENV_VAR = "MODELFLEET_API_KEYS"
 _SCOPE = re.compile(r"^(admin|invoke:(\*|[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?))$")
+
+
+MIN_KEY_CHARS = 32
+_MIN_DISTINCT_CHARS = 12  # "a" * 40 is long but not random
+_NEW_KEY_HINT = "generate one with `modelfleet keys create`, or use 32 or more random characters (`openssl rand -base64 32`)"
+
+
+def weak_key_reason(key: str) -> str | None:
+    """Why `key` is too guessable to protect by an unsalted hash, or None."""
+    if len(key) < MIN_KEY_CHARS:
+        return f"it has {len(key)} characters, fewer than {MIN_KEY_CHARS}"
+    if len(set(key)) < _MIN_DISTINCT_CHARS:
+        return f"it repeats too few characters ({len(set(key))} distinct)"
+    return None
 
 
 def hash_key(key: str) -> str:
@@ -126,6 +145,9 @@ def _from_env(raw: str) -> list[ApiKey]:
         key, sep, scopes = item.strip().partition("=")
         if not sep or not key or not scopes:
             raise KeysConfigError(f"{ENV_VAR}: entry {i + 1} must look like <key>=<scope>[,<scope>...]")
+        weak = weak_key_reason(key)
+        if weak:
+            raise KeysConfigError(f"{ENV_VAR}: entry {i + 1}: the key is too weak to use ({weak}); {_NEW_KEY_HINT}")
         try:
             keys.append(ApiKey(name=f"{ENV_VAR}[{i + 1}]", sha256=hash_key(key), scopes=tuple(s.strip() for s in scopes.split(","))))
         except ValidationError as exc:

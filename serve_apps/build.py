@@ -106,16 +106,25 @@ def app_builder(args: dict[str, Any]) -> Application:
     return build_app(AppSpec.model_validate(args["spec"]), keys=KeyRing.from_hashes(args.get("keys")))
 
 
-def serve_config(spec: AppSpec, host: str = "0.0.0.0", port: int = 8000, keys: KeyRing | None = None) -> dict[str, Any]:
+def serve_config(spec: AppSpec, host: str = "127.0.0.1", port: int = 8000, keys: KeyRing | None = None) -> dict[str, Any]:
     """A ServeDeploySchema-compatible config that rebuilds this app from its (resolved) spec.
 
     API keys are embedded as hashes, so the config is safe to store and ship.
     """
     keys = keys or KeyRing.load(spec.keys_path())
     resolved = spec.resolved()
+    http_options: dict[str, Any] = {"host": host, "port": port}
+    tls = resolved.ingress.tls
+    if tls is not None:
+        if tls.client_ca_file:
+            raise ValueError(
+                "ingress.tls.client_ca_file: Ray Serve's proxy, which serves a `serve deploy` config, cannot ask clients "
+                "for certificates; use `modelfleet run` (its ingress serves mutual TLS itself) or terminate mTLS in front"
+            )
+        http_options |= {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}  # Serve's proxies serve HTTPS
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port},
+        "http_options": http_options,
         "applications": [
             {
                 "name": resolved.name,

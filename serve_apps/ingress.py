@@ -13,6 +13,7 @@ deployments of their own, one handle call away, or embedded in this process.
 
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -32,13 +33,24 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Mount
 
-from .auth import KeyRing
+from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
-from .listener import Listener
+from .listener import Limits, Listener, Tls
 from .spec import AppSpec, ModelSpec, valid_model_id
-from .tensors import RequestError, check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
+from .tensors import (
+    RequestError,
+    check_inputs,
+    decode_v1,
+    decode_v2,
+    encode_v1,
+    encode_v2,
+    rows_of,
+    tensor_metadata,
+    valid_request_id,
+)
 
 __all__ = ["Ingress", "api"]
 
@@ -66,6 +78,10 @@ class _Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.rows = Counter("modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry)
+        self.retries = Counter(
+            "modelfleet_replica_retries", "Inference calls retried because their replica died before answering.",
+            ["model"], registry=self.registry,
+        )
         self.batch_rows = Histogram(
             "modelfleet_batch_rows", "Rows in the model batch that served each request (dynamic batching at work).",
             ["model"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
@@ -114,9 +130,15 @@ async def _model_failed(_: Request, exc: _ModelFailed) -> JSONResponse:
     )
 
 
+def _request_id(request: Request) -> str:
+    """The caller's x-request-id if it is safe to echo in a header and a log line, else a new one."""
+    given = request.headers.get("x-request-id")
+    return given if valid_request_id(given) else uuid.uuid4().hex
+
+
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = _request_id(request)
     logger.error("ingress error on request %s", request_id, exc_info=exc)
     return _error(500, f"internal error; the server logs hold the traceback under request id {request_id}", request_id=request_id)
 
@@ -125,8 +147,87 @@ def _json(payload: dict, request_id: str) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json", headers={"x-request-id": request_id})
 
 
-_JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")  # the latter: curl -d's default
-MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # Ray Serve's own header name for model multiplexing
+# Only JSON: a web page can send a form or text/plain to a local server without a CORS preflight,
+# but not application/json. (curl -d sends a form type unless told -H 'Content-Type: application/json'.)
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+# A client that sent a too-large body before reading our answer gets a connection reset instead of
+# the 413 if we close with its bytes unread; read and drop them first, within bounds (nginx's lingering close).
+LINGER_MAX_BYTES = 256 * 1024 * 1024
+LINGER_MAX_S = 10.0
+
+
+async def _discard_rest(request: Request) -> None:
+    read = 0
+    try:
+        async with asyncio.timeout(LINGER_MAX_S):
+            async for chunk in request.stream():
+                read += len(chunk)
+                if read > LINGER_MAX_BYTES:
+                    return
+    except Exception:  # a client that hangs up or stalls (TimeoutError): nothing more to save
+        return
+
+
+def _is_loopback_ip(host: str | None) -> bool:
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]").removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+_LOOPBACK_HOST_HEADER = re.compile(r"(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?", re.IGNORECASE)
+
+
+def _refuse_by_origin(scope: dict, keyless: bool) -> RequestError | None:
+    """Why a request must not be served from where it arrived, or None.
+
+    `scope["server"]` is the local address the connection came in on. A
+    keyless app answers only there on loopback; and on loopback, only to a
+    loopback Host name, so a web page that rebinds its own domain to
+    127.0.0.1 cannot read from the local server.
+    """
+    server = scope.get("server")
+    on_loopback = _is_loopback_ip(server[0] if server else None)
+    if keyless and not on_loopback:
+        return RequestError(
+            403, "this app has no API keys, so it answers on loopback only; configure keys "
+            "(ingress.keys_file or MODELFLEET_API_KEYS) to serve other addresses",
+        )
+    if on_loopback:
+        host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+        if host is not None and not _LOOPBACK_HOST_HEADER.fullmatch(host):
+            return RequestError(
+                400, f"Host {host[:100]!r} is not a name of this loopback server; use 127.0.0.1, localhost or [::1] "
+                "(other names are refused so web pages cannot reach it by DNS rebinding)",
+            )
+    return None
+
+
+class _OriginGuard:
+    """ASGI middleware applying `_refuse_by_origin` on Ray's proxy path (the listener applies it itself)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            ingress = serve.get_replica_context().servable_object
+            refusal = _refuse_by_origin(scope, keyless=not ingress.keys.enabled) if ingress is not None else None
+            if refusal is not None:
+                await _error(refusal.status, str(refusal))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_OriginGuard)
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"
+STATES_TTL_S = 1.0  # how stale readiness may be: probes must not each cost a controller round trip  # Ray Serve's own header name for model multiplexing
 
 
 def _family_and_id(name: str) -> tuple[str, str | None]:
@@ -153,6 +254,40 @@ def _model_id(spec: ModelSpec, in_path: str | None, request: Request | None) -> 
     if not valid_model_id(model_id):
         raise RequestError(400, f"model id {model_id!r} is not valid: letters, digits, '_', '-' and '.', no '..', at most 128")
     return model_id
+
+
+# The bodies the inference routes read themselves, described for /docs and for API fuzzers (schemathesis).
+_V2_BODY = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string", "description": "Echoed in the response and its x-request-id header."},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype", "data"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["BOOL", "INT32", "INT64", "FP32", "FP64", "BYTES"]},
+                    "data": {"type": "array", "description": "Row-major values, flat or nested."},
+                },
+            },
+        },
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}},
+    },
+}
+_V1_BODY = {
+    "type": "object",
+    "required": ["instances"],
+    "properties": {"instances": {"type": "array", "minItems": 1, "description": "One row per instance."}},
+}
+
+
+def _json_body_doc(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 _INFER_ROUTES = (  # the two hot routes, as FastAPI matches them (uvicorn has already percent-decoded the path)
@@ -186,6 +321,11 @@ def _front_door(ingress: Any, prefix: str) -> Any:
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http":
+            refusal = _refuse_by_origin(scope, keyless=not ingress.keys.enabled)
+            if refusal is not None:
+                await _error(refusal.status, str(refusal))(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(base + "/"):
             for pattern, handler in _INFER_ROUTES:
                 match = pattern.fullmatch(path, len(base))
@@ -222,9 +362,20 @@ class Ingress:
         self.metrics = _Metrics()
         self.listen = listen
         self.listener: Listener | None = None
+        self._states: dict[str, str] = {}
+        self._states_at = -float("inf")
+        self._states_lock = asyncio.Lock()
+        if listen and not self.keys.enabled and not _is_loopback_ip(listen["host"]):
+            raise RuntimeError(
+                f"refusing to serve models on {listen['host']}:{listen['port']} without API keys; "
+                "configure ingress.keys_file or MODELFLEET_API_KEYS, or listen on loopback"
+            )
         if listen:
             # Routes resolve `self` through Serve's replica context, so accept only once Serve has set it.
-            self.listener = Listener(_front_door(self, self.app_spec.route_prefix), listen["host"], listen["port"])
+            ingress = self.app_spec.ingress
+            limits = Limits(ingress.header_timeout_s, ingress.body_timeout_s, ingress.max_connections)
+            tls = Tls(ingress.tls.cert_file, ingress.tls.key_file, ingress.tls.client_ca_file) if ingress.tls else None
+            self.listener = Listener(_front_door(self, self.app_spec.route_prefix), listen["host"], listen["port"], limits, tls)
             self.listener.start(ready=lambda: serve.get_replica_context().servable_object is self)
 
     async def __del__(self) -> None:
@@ -239,10 +390,10 @@ class Ingress:
 
     # ---- request plumbing -------------------------------------------------
 
-    def _authorize(self, request: Request, model: str | None, any_key: bool = False) -> None:
-        """401 without a valid key; 403 when the key lacks the scope. No-op when no keys are configured."""
+    def _authorize(self, request: Request, model: str | None, any_key: bool = False) -> ApiKey | None:
+        """The caller's key: 401 without a valid one, 403 when it lacks the scope. None when no keys are configured."""
         if not self.keys.enabled:
-            return
+            return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise RequestError(401, "missing API key: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"})
@@ -252,6 +403,7 @@ class Ingress:
         if not (any_key or key.allows(model)):
             need = f"invoke:{model}" if model else "admin"
             raise RequestError(403, f"key {key.name!r} lacks the scope this needs ({need})")
+        return key
 
     def _authorized_model(self, request: Request, name: str, version: str | None = None) -> ModelSpec:
         """The model (or family, for 'family:id') a request names, once its key may use it.
@@ -270,15 +422,27 @@ class Ingress:
     async def _json_body(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise RequestError(413, f"body of {declared} bytes exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)")
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
-            raise RequestError(415, f"content type {ctype!r} is not supported; send application/json")
+            await _discard_rest(request)
+            raise RequestError(
+                413, f"body of {declared} bytes exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)",
+                {"Connection": "close"},
+            )
+        ctype = request.headers.get("content-type")
+        if not _is_json(ctype):
+            await _discard_rest(request)
+            given = f"content type {ctype[:100]!r} is" if ctype else "a body without a Content-Type is"
+            raise RequestError(415, f"{given} not accepted; send Content-Type: application/json", {"Connection": "close"})
         body = bytearray()
-        async for chunk in request.stream():  # enforce the limit when Content-Length lies or is absent
-            body += chunk
-            if len(body) > self.max_body_bytes:
-                raise RequestError(413, f"body exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)")
+        try:
+            async for chunk in request.stream():  # enforce the limit when Content-Length lies or is absent
+                body += chunk
+                if len(body) > self.max_body_bytes:
+                    await _discard_rest(request)
+                    raise RequestError(
+                        413, f"body exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)", {"Connection": "close"}
+                    )
+        except ClientDisconnect:  # hung up, or cut off by the listener's body deadline: nobody reads the answer
+            raise RequestError(400, "the client went away before its body arrived") from None
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -335,24 +499,38 @@ class Ingress:
         handle = self.handles[spec.name]
         if model_id is not None:
             handle = handle.options(multiplexed_model_id=model_id)
-        return await handle.infer.remote(inputs)
+        try:
+            return await handle.infer.remote(inputs)
+        except (ActorDiedError, ActorUnavailableError):
+            # The replica died (or became unreachable) before it answered. Inference is a pure function
+            # of its inputs, so asking again, once, of a replica Serve still holds live is safe; a
+            # second failure is the caller's 503 (see _infer).
+            self.metrics.retries.labels(spec.name).inc()
+            logger.warning("model %s: a replica died before answering; retrying once on another", spec.name)
+            return await handle.infer.remote(inputs)
 
     # ---- inference --------------------------------------------------------
 
-    @api.post("/v1/models/{name}:predict", summary="KServe V1 predict")
+    @api.post("/v1/models/{name}:predict", summary="KServe V1 predict", openapi_extra=_json_body_doc(_V1_BODY))
     async def predict_v1(self, name: str, request: Request) -> Response:
         spec = self._authorized_model(request, name)
         model_id = _model_id(spec, _family_and_id(name)[1], request)
         inputs = decode_v1(await self._json_body(request), spec)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(request)
         outputs = await self._infer(spec, inputs, "v1", request_id, model_id)
         return _json(encode_v1(outputs, spec), request_id)
 
-    @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer ({name} may be family:model_id)")
+    @api.post(
+        "/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer ({name} may be family:model_id)",
+        openapi_extra=_json_body_doc(_V2_BODY),
+    )
     async def infer_v2(self, name: str, request: Request) -> Response:
         return await self._infer_v2(name, self._authorized_model(request, name), request)
 
-    @api.post("/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol V2 infer (versioned)")
+    @api.post(
+        "/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol V2 infer (versioned)",
+        openapi_extra=_json_body_doc(_V2_BODY),
+    )
     async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
         return await self._infer_v2(name, self._authorized_model(request, name, version), request)
 
@@ -384,19 +562,20 @@ class Ingress:
 
     @api.get("/v2", summary="Server metadata")
     async def server_metadata(self, request: Request) -> dict:
-        self._authorize(request, None, any_key=True)
-        return {"name": "modelfleet", "version": api.version, "extensions": [], "models": sorted(self.specs)}
+        key = self._authorize(request, None, any_key=True)
+        # A key sees the models it may invoke, and nothing of the others.
+        visible = sorted(name for name in self.specs if key is None or key.allows(name))
+        return {"name": "modelfleet", "version": api.version, "extensions": [], "models": visible}
 
     # Liveness and readiness stay open: orchestrators' probes carry no keys.
     @api.get("/v2/health/live", summary="Server liveness")
     async def live(self) -> dict:
         return {"live": True}
 
-    @api.get("/v2/health/ready", summary="Server readiness: every model has a running replica")
+    @api.get("/v2/health/ready", summary="Server readiness: every model has a running replica (no model names: probes carry no key)")
     async def ready(self) -> Response:
-        states = await self._model_states()
-        ready = all(s == "HEALTHY" for s in states.values())
-        return JSONResponse({"ready": ready, "models": states}, status_code=200 if ready else 503)
+        ready = all(s == "HEALTHY" for s in (await self._model_states()).values())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @api.get("/v2/models/{name}", summary="Model metadata")
     @api.get("/v2/models/{name}/versions/{version}", summary="Model metadata (versioned)")
@@ -430,6 +609,15 @@ class Ingress:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _model_states(self) -> dict[str, str]:
+        """Each model's state, asked of Serve's controller at most once a second however often probes come."""
+        if time.monotonic() - self._states_at > STATES_TTL_S:
+            async with self._states_lock:  # one question in flight; the others wait for its answer
+                if time.monotonic() - self._states_at > STATES_TTL_S:
+                    self._states = await self._ask_model_states()
+                    self._states_at = time.monotonic()
+        return self._states
+
+    async def _ask_model_states(self) -> dict[str, str]:
         app_name = serve.get_replica_context().app_name
         status = await asyncio.to_thread(serve.status)
         deployments = status.applications[app_name].deployments if app_name in status.applications else {}

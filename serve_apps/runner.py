@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from .auth import KeyRing
 from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
 
-__all__ = ["DeployFailed", "DeploymentRow", "LocalServer", "RayTarget", "prefetch_artifacts"]
+__all__ = ["DeployFailed", "DeploymentRow", "LocalServer", "RayTarget", "prefetch_artifacts", "secure_ray_token"]
 
 # Ray Serve's own throughput options (what RAY_SERVE_THROUGHPUT_OPTIMIZED turns on, minus its direct
 # ingress: the ingress has its own listener): gRPC between replicas, user code and router on the
@@ -45,6 +46,32 @@ def _set_env_defaults(env: dict[str, str]) -> None:
     """Before Ray (and Serve) are imported, which read these once; a value already set wins."""
     for name, value in env.items():
         os.environ.setdefault(name, value)
+
+
+def secure_ray_token(*also: Path) -> None:
+    """Ray's auth token readable by its owner only: the file 0600, its folder 0700.
+
+    Ray 2.60 writes ~/.ray/auth_token 0644 in a 0755 ~/.ray, yet whoever reads it may call every Ray
+    gRPC server, Serve replicas' included, which unpickle request metadata. Ray reads the token from
+    RAY_AUTH_TOKEN_PATH if set, else ~/.ray/auth_token, and writes one it generates (in ray.init or
+    `ray start --head`) to the latter. Call this before Ray starts, so that a token Ray writes lands in
+    a private folder, and after. A folder others share (sticky, like /tmp), or not ours, keeps its mode.
+    `also`: other token files (a cluster spec's auth_token_file, which the launcher copies to nodes as is).
+    """
+    default = Path.home() / ".ray" / "auth_token"
+    for token in {default, *(Path(p).expanduser() for p in (os.environ.get("RAY_AUTH_TOKEN_PATH"), *also) if p)}:
+        try:
+            if token == default:
+                default.parent.mkdir(mode=0o700, exist_ok=True)
+            elif not token.parent.is_dir():
+                continue  # nothing there to protect
+            if token.exists():
+                os.chmod(token, 0o600)
+            folder = token.parent.stat()
+            if folder.st_uid == os.geteuid() and not folder.st_mode & stat.S_ISVTX and token.parent != Path.home():
+                os.chmod(token.parent, 0o700)
+        except OSError as exc:
+            logging.getLogger("modelfleet").warning(f"cannot make Ray's token file {token} private ({exc.strerror or exc}); chmod 600 it")
 
 
 StatusCallback = Callable[[str, dict[str, str]], None]
@@ -158,10 +185,12 @@ class RayTarget:
 
     @classmethod
     def connect(cls, address: str) -> RayTarget:
+        secure_ray_token()
         _probe(address)
         # Ray 2.60 heads enable token auth by default; a client must opt in to send the token,
         # and before `import ray`, which reads the mode once.
-        token_available = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()
+        named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        token_available = os.environ.get("RAY_AUTH_TOKEN") or (Path(named) if named else Path.home() / ".ray" / "auth_token").exists()
         if token_available and "RAY_AUTH_MODE" not in os.environ:
             os.environ["RAY_AUTH_MODE"] = "token"
         if is_loopback(address):
@@ -171,6 +200,7 @@ class RayTarget:
         import ray
 
         ray.init(address=address, logging_level="WARNING")
+        secure_ray_token()
         return cls(gpus_known=False)
 
     @property
@@ -281,6 +311,7 @@ class LocalServer(RayTarget):
 
         from providers.compute import pool_resource
 
+        secure_ray_token()
         ray.init(
             address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine
             include_dashboard=False,
@@ -288,6 +319,7 @@ class LocalServer(RayTarget):
             logging_level="WARNING",
             configure_logging=True,
         )
+        secure_ray_token()  # the token ray.init generated, if it did
         serve.start(
             proxy_location="HeadOnly",
             http_options={"host": self.host, "port": self.proxy_port},

@@ -32,6 +32,7 @@ __all__ = [
     "ResourcesSpec",
     "SpecError",
     "TensorSpec",
+    "TlsSpec",
     "check_artifacts_exist",
     "load_app_spec",
     "valid_model_id",
@@ -120,6 +121,14 @@ class ArtifactSpec(_Strict):
         default=None,
         pattern=r"^[0-9a-f]{64}$",
         description="Expected sha256 (hex). Verified before the artifact enters the cache.",
+    )
+    allow_unpinned_code: bool = Field(
+        default=False,
+        description=(
+            "Load a torchscript or torch_export artifact without a sha256. Those formats are programs that can call "
+            "any ATen op (aten::from_file reads any file), so whoever can replace the artifact runs code in the "
+            "replica; a multiplexed family, which cannot carry one sha256, needs this."
+        ),
     )
 
     @field_validator("uri")
@@ -339,6 +348,30 @@ class ModelSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _code_is_pinned(self) -> ModelSpec:
+        # These artifacts are programs: any ATen op, aten::from_file included, runs on load or on predict.
+        # format: python is left out on purpose: its code is the installed module (trusted as any installed
+        # package is), and its artifact is only data handed to that module.
+        programs = {ModelFormat.torchscript: "a TorchScript program", ModelFormat.torch_export: "an exported program"}
+        artifact = self.artifact
+        if self.format not in programs or artifact is None or artifact.sha256 or artifact.allow_unpinned_code:
+            return self
+        why = (
+            f"format {self.format.value!r} carries code ({programs[self.format]} can call any ATen op, "
+            "e.g. aten::from_file reads any file), so whoever can replace the artifact runs code in the replica"
+        )
+        if self.multiplex is not None:
+            raise ValueError(
+                f"{why}; a multiplexed family cannot carry one sha256 to pin it, "
+                "so accept that with artifact.allow_unpinned_code: true"
+            )
+        file = artifact.uri.rstrip("/").rsplit("/", 1)[-1] or "FILE"
+        raise ValueError(
+            f"{why}; pin it with artifact.sha256 (the hex from `sha256sum {file}`) "
+            "or accept that with artifact.allow_unpinned_code: true"
+        )
+
+    @model_validator(mode="after")
     def _embedded_fields(self) -> ModelSpec:
         if not self.embedded:
             return self
@@ -367,6 +400,17 @@ class ModelSpec(_Strict):
         return self.artifact.uri.replace(MODEL_ID_PLACEHOLDER, model_id)
 
 
+class TlsSpec(_Strict):
+    """HTTPS for the app's port: keys then never cross the network in cleartext."""
+
+    cert_file: str = Field(description="PEM certificate chain (relative to the spec).")
+    key_file: str = Field(description="PEM private key (relative to the spec); keep it mode 0600.")
+    client_ca_file: str | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).",
+    )
+
+
 class IngressSpec(_Strict):
     """The HTTP front door shared by all models of the app."""
 
@@ -382,6 +426,14 @@ class IngressSpec(_Strict):
             "API keys file (hashes and scopes; relative to the spec), merged with MODELFLEET_API_KEYS. "
             "With any key configured, every model route needs `Authorization: Bearer <key>`."
         ),
+    )
+    tls: TlsSpec | None = Field(default=None, description="Serve HTTPS (and optionally mutual TLS) instead of HTTP.")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's line and headers must arrive within this; slower or silent clients are cut off.",
+    )
+    body_timeout_s: float = Field(default=60.0, gt=0, description="A request's body must arrive within this once its headers have.")
+    max_connections: int = Field(
+        default=1024, ge=1, description="Open connections per ingress replica; beyond it new ones are closed at once.",
     )
 
 
@@ -421,11 +473,19 @@ class AppSpec(_Strict):
     def keys_path(self) -> Path | None:
         return (self._base_dir / self.ingress.keys_file).resolve() if self.ingress.keys_file else None
 
+    def _local_path(self, path: str) -> str:
+        return str((self._base_dir / path).resolve())
+
     def resolved(self) -> AppSpec:
         """A copy whose paths are absolute, so it means the same from any working directory."""
         copy = self.model_copy(deep=True)
         if copy.ingress.keys_file:
             copy.ingress.keys_file = str(self.keys_path())
+        tls = copy.ingress.tls
+        if tls is not None:
+            tls.cert_file, tls.key_file = self._local_path(tls.cert_file), self._local_path(tls.key_file)
+            if tls.client_ca_file:
+                tls.client_ca_file = self._local_path(tls.client_ca_file)
         for model in copy.models:
             if model.artifact is not None:
                 model.artifact.uri = resolve_uri(model.artifact.uri, self._base_dir)

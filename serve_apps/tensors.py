@@ -9,6 +9,7 @@ exception inside a model.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "encode_v2",
     "rows_of",
     "tensor_metadata",
+    "valid_request_id",
 ]
 
 NUMPY_DTYPES: dict[Datatype, Any] = {
@@ -37,16 +39,21 @@ NUMPY_DTYPES: dict[Datatype, Any] = {
     Datatype.BYTES: object,
 }
 
-# numpy's inferred kind of a JSON array -> datatypes it may become without losing meaning.
+# What a datatype may be given, by the kind of value: JSON's (Python callers' numpy scalars count as theirs).
 _ACCEPTED_KINDS: dict[Datatype, set[str]] = {
-    Datatype.BOOL: {"b"},
-    Datatype.INT32: {"i", "u"},
-    Datatype.INT64: {"i", "u"},
-    Datatype.FP32: {"i", "u", "f"},
-    Datatype.FP64: {"i", "u", "f"},
-    Datatype.BYTES: {"U"},
+    Datatype.BOOL: {"booleans"},
+    Datatype.INT32: {"integers"},
+    Datatype.INT64: {"integers"},
+    Datatype.FP32: {"integers", "floats"},
+    Datatype.FP64: {"integers", "floats"},
+    Datatype.BYTES: {"strings"},
 }
 _INT_RANGE = {Datatype.INT32: np.iinfo(np.int32), Datatype.INT64: np.iinfo(np.int64)}
+_NUMPY_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings", "S": "strings"}
+# At most this many dimensions, each at most this long: beyond them numpy refuses to build the array.
+MAX_DIMS, MAX_DIM = 32, 2**31 - 1
+# A V2 request id reaches a response header and the logs: printable ASCII, and not a novel.
+_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,256}")
 
 
 class RequestError(Exception):
@@ -60,29 +67,70 @@ class RequestError(Exception):
         return (RequestError, (self.status, str(self), self.headers))
 
 
+def valid_request_id(request_id: object) -> bool:
+    return isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id) is not None
+
+
 def _shape_matches(declared: list[int], actual: tuple[int, ...]) -> bool:
     return len(declared) == len(actual) and all(d == -1 or d == a for d, a in zip(declared, actual))
 
 
-def _to_array(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
-    """Nested or flat JSON data -> an array of the spec's dtype, refusing lossy conversions."""
+def _kind(cell_type: type) -> str:
+    """What a value is, in the words of an error message (bool before int: a bool is an int in Python)."""
+    for kind, types in (
+        ("booleans", (bool, np.bool_)), ("integers", (int, np.integer)), ("floats", (float, np.floating)),
+        ("strings", (str, bytes)), ("null", (type(None),)), ("objects", (dict,)), ("nested lists", (list, tuple)),
+    ):
+        if issubclass(cell_type, types):
+            return kind
+    return "mixed values"
+
+
+def _cells(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
+    """Nested JSON lists -> an object array of references to the parsed values, every one checked.
+
+    Never numpy's own inference: a list mixing numbers and one long string
+    becomes a fixed-width string array sized by that string in every cell
+    (a 500 KB body became 100 MB). An object array costs one pointer per value.
+    """
     try:
-        raw = np.asarray(data)
-    except (ValueError, OverflowError) as exc:  # ragged nesting, or ints beyond int64/uint64
-        raise RequestError(422, f"{where}: data is not a rectangular array of numbers ({exc})") from None
-    kind = raw.dtype.kind
-    if raw.size and kind not in _ACCEPTED_KINDS[spec.datatype]:
-        got = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings"}.get(kind, "mixed values")
-        raise RequestError(422, f"{where}: datatype {spec.datatype.value} cannot hold {got}")
+        cells = np.asarray(data, dtype=object)
+    except ValueError as exc:  # nesting numpy cannot shape, e.g. deeper than it allows
+        raise RequestError(422, f"{where}: data is not a rectangular array ({exc})") from None
+    kinds = {_kind(t) for t in set(map(type, cells.flat))}
+    if "nested lists" in kinds:
+        raise RequestError(422, f"{where}: data is not a rectangular array (rows of different lengths or depths)")
+    refused = sorted(kinds - _ACCEPTED_KINDS[spec.datatype])
+    if refused:
+        raise RequestError(422, f"{where}: datatype {spec.datatype.value} cannot hold {', '.join(refused)}")
+    return cells
+
+
+def _to_array(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
+    """JSON data (or a Python caller's array) -> an array of the spec's dtype, refusing lossy conversions."""
+    if isinstance(data, np.ndarray) and data.dtype != object:  # a Python caller's typed array: its dtype says its kind
+        kind = _NUMPY_KINDS.get(data.dtype.kind, "mixed values")
+        if data.size and kind not in _ACCEPTED_KINDS[spec.datatype]:
+            raise RequestError(422, f"{where}: datatype {spec.datatype.value} cannot hold {kind}")
+        cells = data
+    else:
+        cells = _cells(data, spec, where)
     if spec.datatype is Datatype.BYTES:
-        return raw.astype(object)
-    if spec.datatype in _INT_RANGE and raw.size:
+        return cells.astype(object)
+    if spec.datatype in _INT_RANGE:
         info = _INT_RANGE[spec.datatype]
-        low, high = raw.min(), raw.max()
-        if low < info.min or high > info.max:
+        try:
+            array = cells.astype(np.int64) if cells.dtype == object else cells
+        except OverflowError:  # a Python int beyond int64
+            array = None
+        if array is None or (array.size and (array.min() < info.min or array.max() > info.max)):
             raise RequestError(422, f"{where}: values must lie in [{info.min}, {info.max}] for {spec.datatype.value}")
-    with np.errstate(over="ignore"):
-        array = raw.astype(NUMPY_DTYPES[spec.datatype])
+        return array.astype(NUMPY_DTYPES[spec.datatype])
+    try:
+        with np.errstate(over="ignore"):
+            array = cells.astype(NUMPY_DTYPES[spec.datatype])
+    except OverflowError:  # a Python int beyond any float
+        array = np.array([np.inf])
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
         raise RequestError(422, f"{where}: numbers must be finite and fit {spec.datatype.value}")
     return array
@@ -126,8 +174,13 @@ def decode_v2(body: Any, model: ModelSpec) -> tuple[dict[str, np.ndarray], str, 
         if tensor["datatype"] != spec.datatype.value:
             raise RequestError(422, f"{where}: datatype {tensor['datatype']!r} given, the model takes {spec.datatype.value}")
         shape = tensor["shape"]
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-            raise RequestError(422, f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if not (
+            isinstance(shape, list) and len(shape) <= MAX_DIMS
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)
+        ):
+            raise RequestError(
+                422, f"{where}: shape must be a list of at most {MAX_DIMS} integers in [0, {MAX_DIM}], got {str(shape)[:200]}"
+            )
         data = tensor["data"]
         if not isinstance(data, list):
             raise RequestError(422, f"{where}: data must be a list")
@@ -142,8 +195,8 @@ def decode_v2(body: Any, model: ModelSpec) -> tuple[dict[str, np.ndarray], str, 
         raise RequestError(422, f"missing input(s) {absent} for model {model.name!r}")
     _check_same_rows(arrays)
     request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise RequestError(422, '"id" must be a string')
+    if request_id is not None and not valid_request_id(request_id):
+        raise RequestError(422, '"id" must be a string of 1 to 256 printable ASCII characters (it is echoed in a header)')
     return arrays, request_id or uuid.uuid4().hex, _requested_outputs(body, model)
 
 
@@ -198,10 +251,7 @@ def check_inputs(inputs: Any, model: ModelSpec) -> dict[str, np.ndarray]:
         raise RequestError(422, f"model {model.name!r} takes inputs {sorted(declared)}; unknown {unknown}, missing {absent}")
     arrays = {}
     for name, spec in declared.items():
-        value = inputs[name]
-        if isinstance(value, np.ndarray) and value.dtype == object:
-            value = value.tolist()  # strings in an object array: let numpy infer their kind
-        array = _to_array(value, spec, f"input {name!r}")
+        array = _to_array(inputs[name], spec, f"input {name!r}")
         _check_shape(array, spec, f"input {name!r}")
         arrays[name] = array
     _check_same_rows(arrays)

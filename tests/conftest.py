@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FLEET_SPEC = ROOT / "examples" / "fleet.yaml"
 MAX_BODY_MB = 1.0
 REQUEST_TIMEOUT_S = 5.0
+HEADER_TIMEOUT_S = 3.0
+BODY_TIMEOUT_S = 5.0
 # The fleet runs with API keys on, as production would: tests call it with the admin key.
-ADMIN_KEY = "mf_test_admin_key_0123456789"
-DIGITS_KEY = "mf_test_digits_only_key_9876543210"
+ADMIN_KEY = "mf_test_admin_key_0123456789_abcdefghijklmnop"
+DIGITS_KEY = "mf_test_digits_only_key_9876543210_qrstuvwxyz"
 
 
 def free_port() -> int:
@@ -59,7 +61,10 @@ def _test_fleet(tmp: Path) -> Path:
         if "artifact" in model and "://" not in model["artifact"]["uri"]:
             uri = model["artifact"]["uri"]
             model["artifact"]["uri"] = str((FLEET_SPEC.parent / uri).resolve()) + ("/" if uri.endswith("/") else "")
+    import hashlib
+
     _write_faulty_model(tmp / "faulty.pt")
+    faulty_sha256 = hashlib.sha256((tmp / "faulty.pt").read_bytes()).hexdigest()  # TorchScript is code: pinned
     from safetensors.torch import save_file
 
     save_file({}, str(tmp / "slow.safetensors"))  # SlowNet has no weights
@@ -77,7 +82,7 @@ def _test_fleet(tmp: Path) -> Path:
         {
             "name": "faulty",
             "format": "torchscript",
-            "artifact": {"uri": str(tmp / "faulty.pt")},
+            "artifact": {"uri": str(tmp / "faulty.pt"), "sha256": faulty_sha256},
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
             "resources": {**tiny, "num_gpus": 1},  # no GPU here: must run on CPU, with a warning
@@ -95,7 +100,11 @@ def _test_fleet(tmp: Path) -> Path:
             "max_queued_requests": 1,
         },
     ]
-    spec["ingress"] = {**spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB, "request_timeout_s": REQUEST_TIMEOUT_S}
+    spec["ingress"] = {
+        **spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB, "request_timeout_s": REQUEST_TIMEOUT_S,
+        # Short deadlines, so the fuzzers' truncated requests are cut off quickly.
+        "header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S,
+    }
     path = tmp / "fleet.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modelfleet.cli import app
-from serve_apps.auth import KeyRing, KeysConfigError, hash_key
+from serve_apps.auth import KeyRing, KeysConfigError, hash_key, new_key
 from tests.conftest import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port
 
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
@@ -60,16 +60,20 @@ def test_keys_never_reach_the_logs(fleet: Fleet) -> None:
 
 def test_keys_file_and_environment_merge(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
-    path.write_text(yaml.safe_dump({"keys": [{"name": "bot", "sha256": hash_key("k1"), "scopes": ["invoke:digits"]}]}))
-    ring = KeyRing.load(path, env={"MODELFLEET_API_KEYS": "k2=admin; k3=invoke:echo,invoke:digits"})
-    assert ring.find("k1").allows("digits") and not ring.find("k1").allows("echo")
-    assert ring.find("k2").allows(None) and ring.find("k3").allows("echo")
-    assert ring.find("k4") is None and ring.find("") is None
-    assert all(k.sha256 != "k2" for k in ring.keys)  # only hashes are held
+    k1, k2, k3, k4 = (new_key() for _ in range(4))
+    path.write_text(yaml.safe_dump({"keys": [{"name": "bot", "sha256": hash_key(k1), "scopes": ["invoke:digits"]}]}))
+    ring = KeyRing.load(path, env={"MODELFLEET_API_KEYS": f"{k2}=admin; {k3}=invoke:echo,invoke:digits"})
+    assert ring.find(k1).allows("digits") and not ring.find(k1).allows("echo")
+    assert ring.find(k2).allows(None) and ring.find(k3).allows("echo")
+    assert ring.find(k4) is None and ring.find("") is None
+    assert all(k.sha256 != k2 for k in ring.keys)  # only hashes are held
 
 
 @pytest.mark.parametrize("raw,message", [
-    ("secret-one", "must look like"), ("secret-two=", "must look like"), ("secret-three=root", "unknown scope"),
+    ("secret-one", "must look like"), ("secret-two=", "must look like"),
+    ("secret-three-0123456789-abcdefghijklm=root", "unknown scope"),
+    ("secret=admin", "too weak"),  # unsalted sha256 of a guessable key is as good as the key
+    ("secret" * 8 + "=admin", "too weak"),  # long but not random
 ])
 def test_bad_environment_keys_are_explained_without_echoing_the_key(raw: str, message: str) -> None:
     with pytest.raises(KeysConfigError, match=message) as info:

@@ -20,8 +20,16 @@ RENDERED = sorted(p for p in EXAMPLES.glob("*.yaml") if load_cluster_spec(p).pro
 CLOUD_EXAMPLES = [p for p in RENDERED if load_cluster_spec(p).provider.type.is_cloud]
 
 
+NETWORK = {"allowed_source_ranges": ["203.0.113.0/24"]}
+
+
 def _rendered(path: Path, provider: Provider | None = None) -> dict:
     return yaml.safe_load(render(load_cluster_spec(path), provider, source=str(path)))
+
+
+def _manifests(path: Path) -> dict[str, dict]:
+    """A KubeRay render: its documents by kind."""
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(render(load_cluster_spec(path), source=str(path)))}
 
 
 @pytest.mark.parametrize("path", CLOUD_EXAMPLES, ids=lambda p: p.stem)
@@ -72,7 +80,8 @@ def test_rendered_files_are_secure_by_default(path: Path) -> None:
     text = render(load_cluster_spec(path), source=str(path))
     config = yaml.safe_load(text)
     head = " ".join(config["head_start_ray_commands"])
-    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in text
+    # Nothing listens on, or admits, every address (the comments may name 0.0.0.0/0: to say how to close it).
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in json.dumps(config)
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert "export RAY_AUTH_MODE=token" in " ".join(commands)
     # The token is a file the launcher copies, never a value in the config.
@@ -116,7 +125,10 @@ def test_gcp_attaches_t4s_to_n1_machines(tmp_path: Path) -> None:
 
 def test_a_pool_may_ask_for_a_shape_and_get_the_smallest_type_that_fits() -> None:
     spec = ClusterSpec.model_validate(
-        {"name": "c", "provider": {"type": "aws", "region": "us-east-1"}, "pools": [{"name": "g", "gpus": 1, "accelerator": "L4", "max_workers": 1}]}
+        {
+            "name": "c", "provider": {"type": "aws", "region": "us-east-1"}, "network": NETWORK,
+            "pools": [{"name": "g", "gpus": 1, "accelerator": "L4", "max_workers": 1}],
+        }
     )
     _, pools = spec.nodes(Provider.aws)
     assert pools["g"].accelerator == "L4" and pools["g"].name.startswith("g6.")
@@ -146,6 +158,7 @@ def test_one_spec_renders_for_another_cloud_when_it_says_where(tmp_path: Path) -
         "name": "portable",
         "provider": {"type": "aws", "region": "us-central1", "zone": "us-central1-a", "project": "p", "location": "westus2", "resource_group": "rg"},
         "pools": [{"name": "cpu", "cpus": 8, "memory_gb": 32, "max_workers": 2}],
+        "network": NETWORK,
     }
     path = tmp_path / "portable.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -165,8 +178,8 @@ def _bad(tmp_path: Path, text: str) -> str:
     return line
 
 
-AWS = "name: c\nprovider: {type: aws, region: us-west-2}\n"
-ONPREM = "name: c\nprovider: {type: onprem}\nhead: {host: 10.0.0.1}\n"
+AWS = "name: c\nprovider: {type: aws, region: us-west-2}\nnetwork: {allowed_source_ranges: [203.0.113.0/24]}\n"
+ONPREM = "name: c\nprovider: {type: onprem}\nhead: {host: 10.0.0.1}\nnetwork: {allowed_source_ranges: [10.0.0.0/8]}\n"
 
 
 @pytest.mark.parametrize(
@@ -177,13 +190,19 @@ ONPREM = "name: c\nprovider: {type: onprem}\nhead: {host: 10.0.0.1}\n"
         (AWS + "pools: [{name: cpu, instance_type: m5.large, min_workers: 3, max_workers: 2}]\n", "min_workers 3 > max_workers 2"),
         (AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: TPU, max_workers: 1}]\n", "pools[0:g].accelerator: aws offers no 'TPU' GPUs"),
         (AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: T4, max_workers: 1}]\n", "g5.xlarge has A10G GPUs, not T4"),
-        ("name: c\nprovider: {type: gcp, region: us-central1}\npools: [{name: cpu, instance_type: n2-standard-8, max_workers: 1}]\n", "provider: gcp needs project, zone"),
+        (
+            "name: c\nprovider: {type: gcp, region: us-central1}\nnetwork: {allowed_source_ranges: [203.0.113.0/24]}\n"
+            "pools: [{name: cpu, instance_type: n2-standard-8, max_workers: 1}]\n", "provider: gcp needs project, zone",
+        ),
         (AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}\n", "not valid YAML"),
         ("- just\n- a list\n", "expected a mapping with name:, provider: and pools:"),
         (AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}, {name: cpu, instance_type: m5.large, max_workers: 1}]\n", "names must be unique"),
         (ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1, spot: true}]\n", "pools[0:cpu].spot: onprem has no spot capacity"),
         (ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], instance_type: m5.large, max_workers: 1}]\n", "pools[0:cpu].instance_type: onprem has no instance types"),
-        ("name: c\nprovider: {type: onprem}\npools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1}]\n", "head.host: on-prem needs"),
+        (
+            "name: c\nprovider: {type: onprem}\nnetwork: {allowed_source_ranges: [10.0.0.0/8]}\n"
+            "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1}]\n", "head.host: on-prem needs",
+        ),
     ],
     ids=[
         "unknown-key", "unknown-instance-type", "min-above-max", "unknown-accelerator", "wrong-accelerator", "missing-location",
@@ -204,7 +223,7 @@ def test_spot_where_a_type_has_none_names_the_field(tmp_path: Path) -> None:
 
 def test_kuberay_renders_a_raycluster_with_a_group_per_pool() -> None:
     spec = load_cluster_spec(EXAMPLES / "kuberay.yaml")
-    manifest = yaml.safe_load(render(spec, source="kuberay.yaml"))
+    manifest = _manifests(EXAMPLES / "kuberay.yaml")["RayCluster"]
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayCluster")
     cluster = manifest["spec"]
     assert cluster["enableInTreeAutoscaling"] is True
@@ -232,16 +251,146 @@ def test_kuberay_with_an_app_renders_a_rayservice_serve_accepts(tmp_path: Path) 
     from ray.serve.schema import ServeDeploySchema
 
     result = CliRunner().invoke(
-        app, ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(ROOT / "examples/fraud/app.yaml")]
+        app, ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(ROOT / "examples/fraud/app.yaml")],
+        env={"MODELFLEET_API_KEYS": "mf_render_test_key_0123456789abcdefghij=admin"},  # a RayService's proxies listen on the pods' network
     )
     assert result.exit_code == 0, result.stderr
-    manifest = yaml.safe_load(result.stdout)
+    manifest = next(doc for doc in yaml.safe_load_all(result.stdout) if doc["kind"] == "RayService")
     assert manifest["kind"] == "RayService" and manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     serve = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
     assert [a.name for a in serve.applications] == ["fraud"]
+    assert serve.http_options.host == "0.0.0.0" and serve.applications[0].args["keys"]
     assert "kubectl apply" in result.stderr
 
 
 def test_app_is_only_for_kuberay(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["cluster", "render", str(EXAMPLES / "aws.yaml"), "--app", str(ROOT / "examples/echo/app.yaml")])
     assert result.exit_code == 2 and "--app" in result.stderr
+
+
+# Who may reach a cluster: an explicit, required list of address ranges, rendered into each provider's own controls.
+
+NEEDS_NETWORK = [p for p in RENDERED if load_cluster_spec(p).provider.type is not Provider.local_sim]
+
+
+@pytest.mark.parametrize("path", NEEDS_NETWORK, ids=lambda p: p.stem)
+def test_cloud_onprem_and_kuberay_specs_must_say_who_may_reach_them(tmp_path: Path, path: Path) -> None:
+    spec = yaml.safe_load(path.read_text())
+    assert spec.pop("network")["allowed_source_ranges"], "every example says who may reach it"
+    line = _bad(tmp_path, yaml.safe_dump(spec))
+    assert "network.allowed_source_ranges" in line and "203.0.113.0/24" in line and "0.0.0.0/0" in line
+
+
+def test_local_sim_needs_no_network() -> None:
+    assert "network" not in yaml.safe_load((EXAMPLES / "local-sim.yaml").read_text())
+    assert load_cluster_spec(EXAMPLES / "local-sim.yaml").network is None
+
+
+@pytest.mark.parametrize(
+    "ranges, says",
+    [
+        ("[203.0.113.5/24]", "network.allowed_source_ranges[0]: '203.0.113.5/24' has host bits set; did you mean 203.0.113.0/24"),
+        ("[203.0.113.0/24, office]", "network.allowed_source_ranges[1]: 'office' is not an address range"),
+        ("[203.0.113.7]", "network.allowed_source_ranges[0]: '203.0.113.7' is not an address range; write it with its prefix length, e.g. 203.0.113.7/32"),
+        ("[]", "network.allowed_source_ranges"),
+    ],
+    ids=["host-bits", "not-an-address", "no-prefix", "empty"],
+)
+def test_allowed_source_ranges_are_cidrs(tmp_path: Path, ranges: str, says: str) -> None:
+    text = AWS.replace("[203.0.113.0/24]", ranges) + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}]\n"
+    assert says in _bad(tmp_path, text)
+
+
+def _with_ranges(tmp_path: Path, example: str, ranges: list[str], **changes) -> Path:
+    spec = yaml.safe_load((EXAMPLES / example).read_text())
+    spec["network"] = {"allowed_source_ranges": ranges}
+    spec.update(changes)
+    path = tmp_path / example
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_aws_allows_ssh_only_from_the_allowed_ranges(tmp_path: Path) -> None:
+    config = _rendered(_with_ranges(tmp_path, "aws.yaml", ["203.0.113.0/24", "2001:db8::/32"]))
+    validate_with_ray(config)
+    (ssh,) = config["provider"]["security_group"]["IpPermissions"]
+    assert (ssh["IpProtocol"], ssh["FromPort"], ssh["ToPort"]) == ("tcp", 22, 22)
+    assert [r["CidrIp"] for r in ssh["IpRanges"]] == ["203.0.113.0/24"]
+    assert [r["CidrIpv6"] for r in ssh["Ipv6Ranges"]] == ["2001:db8::/32"]
+    assert "0.0.0.0/0" not in json.dumps(config["provider"])
+
+
+def test_the_whole_internet_only_when_written_out(tmp_path: Path) -> None:
+    path = _with_ranges(tmp_path, "aws.yaml", ["0.0.0.0/0", "203.0.113.0/24", "203.0.113.0/24"])
+    text = render(load_cluster_spec(path), source=str(path))
+    # Ray's own rule already admits 0.0.0.0/0 on SSH; AWS refuses a duplicate rule (and a range listed twice).
+    (ssh,) = validate_with_ray(yaml.safe_load(text))["provider"]["security_group"]["IpPermissions"]
+    assert ssh["IpRanges"] == [{"CidrIp": "203.0.113.0/24", "Description": "modelfleet network.allowed_source_ranges"}]
+    assert "SSH is open to 0.0.0.0/0, as network.allowed_source_ranges says" in text and "revoke" not in text
+
+
+def test_gcp_tags_every_node_and_says_which_firewall_rule_admits_the_ranges() -> None:
+    spec = load_cluster_spec(EXAMPLES / "gcp.yaml")
+    text = render(spec, source="gcp.yaml")
+    config = yaml.safe_load(text)
+    validate_with_ray(config)
+    for node in config["available_node_types"].values():
+        assert node["node_config"]["tags"] == {"items": [f"ray-{spec.name}"]}
+    ranges = ",".join(spec.network.allowed_source_ranges)
+    assert (
+        f"gcloud compute firewall-rules create ray-{spec.name}-ssh --project {spec.provider.project} --network default "
+        f"--direction INGRESS --allow tcp:22 --source-ranges {ranges} --target-tags ray-{spec.name}"
+    ) in text
+    assert "default-allow-ssh" in text  # the default network admits SSH from anywhere until that rule goes
+
+
+def test_azure_says_how_to_narrow_rays_ssh_rule() -> None:
+    spec = load_cluster_spec(EXAMPLES / "azure.yaml")
+    text = render(spec, source="azure.yaml")
+    validate_with_ray(yaml.safe_load(text))
+    import hashlib
+
+    # Ray's name for it: ray-<cluster>-<sha256(resource group)[:UNIQUE_ID_LEN = 4]>-nsg (_azure/config.py).
+    nsg = f"ray-{spec.name}-{hashlib.sha256(spec.provider.resource_group.encode()).hexdigest()[:4]}-nsg"
+    assert (
+        f"az network nsg rule update --resource-group {spec.provider.resource_group} --nsg-name {nsg} --name SSH "
+        f"--source-address-prefixes {' '.join(spec.network.allowed_source_ranges)}"
+    ) in text
+
+
+def test_kuberay_renders_a_network_policy_for_its_pods() -> None:
+    spec = load_cluster_spec(EXAMPLES / "kuberay.yaml")
+    docs = _manifests(EXAMPLES / "kuberay.yaml")
+    policy = docs["NetworkPolicy"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["metadata"]["namespace"] == spec.provider.namespace
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    cluster = docs["RayCluster"]["spec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert all(t["metadata"]["labels"].items() >= selector.items() for t in templates)  # it covers every Ray pod
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    # Ray's pods reach each other on any port; the world reaches Serve's port, and only from the allowed ranges.
+    assert {"from": [{"podSelector": {"matchLabels": selector}}]} in rules
+    serve = next(r for r in rules if r.get("ports") == [{"protocol": "TCP", "port": 8000}])
+    assert serve["from"] == [{"ipBlock": {"cidr": r}} for r in spec.network.allowed_source_ranges]
+    # The KubeRay operator reaches the head's dashboard port (it deploys a RayService's app through it).
+    operator = next(r for r in rules if r.get("ports") == [{"protocol": "TCP", "port": 8265}])
+    assert operator["from"][0]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
+    assert not any("0.0.0.0/0" in json.dumps(r) for r in rules)
+
+
+@pytest.mark.parametrize("path", [p for p in NEEDS_NETWORK if p.stem != "kuberay"], ids=lambda p: p.stem)
+def test_the_token_file_is_private_on_every_node(path: Path) -> None:
+    config = _rendered(path)
+    assert config["initialization_commands"][0] == "chmod 600 ~/.ray/auth_token && chmod 700 ~/.ray"
+    validate_with_ray(config)
+
+
+def test_the_token_file_is_private_on_a_docker_hosts_mount_and_in_the_container(tmp_path: Path) -> None:
+    path = _with_ranges(tmp_path, "aws.yaml", ["203.0.113.0/24"], image="rayproject/ray:2.60.0-py311")
+    config = _rendered(path)
+    # Ray's launcher copies file mounts to /tmp/ray_tmp_mount/<cluster>/ on the host, then bind-mounts them.
+    mount = "/tmp/ray_tmp_mount/modelfleet-aws"
+    assert config["initialization_commands"][0] == f"chmod 600 {mount}/~/.ray/auth_token && chmod 700 {mount}/~/.ray {mount}"
+    assert config["setup_commands"][0] == "chmod 600 ~/.ray/auth_token && { chmod 700 ~/.ray || sudo -n chmod 700 ~/.ray; }"
+    validate_with_ray(config)

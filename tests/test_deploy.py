@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def test_status_lists_apps_deployments_and_replicas(ray_address: str, extra_app:
 def test_a_failed_update_leaves_the_previous_version_serving(fleet: Fleet, ray_address: str, extra_app: Path) -> None:
     broken = extra_app / "not-a-model.pt"
     broken.write_bytes(b"these bytes are not a TorchScript archive")
-    spec = _write_extra(extra_app, {"format": "torchscript", "module": None, "artifact": {"uri": str(broken)}})
+    pinned = {"uri": str(broken), "sha256": hashlib.sha256(broken.read_bytes()).hexdigest()}  # TorchScript is code
+    spec = _write_extra(extra_app, {"format": "torchscript", "module": None, "artifact": pinned})
     result = _cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "180")
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     assert "not a TorchScript archive" in result.stderr and "failed its preflight, so it was not deployed" in result.stderr

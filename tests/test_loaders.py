@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
+import json
 import os
 import pickle
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -22,11 +26,15 @@ from tests.fixtures.tiny import OtherNet, TinyNet
 X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
 
 
-def _spec(fmt: str, **extra) -> ModelSpec:
+def _spec(fmt: str, pin: Path | None = None, **extra) -> ModelSpec:
+    """A spec for the tiny net; `pin` is the artifact file whose sha256 a format carrying code needs."""
+    artifact = {"uri": "unused"}
+    if pin is not None:
+        artifact["sha256"] = hashlib.sha256(pin.read_bytes()).hexdigest()
     return ModelSpec.model_validate({
         "name": "tiny",
         "format": fmt,
-        "artifact": {"uri": "unused"} if fmt != "builtin" else None,
+        "artifact": artifact if fmt != "builtin" else None,
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
         "outputs": [
             {"name": "scores", "datatype": "FP32", "shape": [-1, 3]},
@@ -104,14 +112,14 @@ def test_safetensors(net, tmp_path: Path) -> None:
 def test_torchscript(net, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.script(net), str(path))
-    _check(load_model(_spec("torchscript"), path, "cpu"), net)
+    _check(load_model(_spec("torchscript", pin=path), path, "cpu"), net)
 
 
 def test_torch_export(net, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt2"
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.export.save(torch.export.export(net, (torch.from_numpy(X),), dynamic_shapes=({0: batch},)), str(path))
-    _check(load_model(_spec("torch_export"), path, "cpu"), net)
+    _check(load_model(_spec("torch_export", pin=path), path, "cpu"), net)
 
 
 def test_builtin_echo_returns_its_inputs() -> None:
@@ -133,7 +141,8 @@ def test_builtin_echo_returns_its_inputs() -> None:
 ])
 def test_artifacts_of_the_wrong_kind(tmp_path: Path, fmt: str, artifact: str | None, message: str) -> None:
     (tmp_path / "file.txt").write_text("not a model")
-    spec = _spec(fmt, module="tests.fixtures.tiny:TinyNet")
+    # No artifact file to pin (none, or an absent one): the cases are about the path, so they opt out of the pin.
+    spec = _spec(fmt, module="tests.fixtures.tiny:TinyNet", artifact={"uri": "unused", "allow_unpinned_code": True})
     if fmt == "sentence_transformers":
         spec = spec.model_copy(update={"inputs": [TensorSpec(name="text", datatype="BYTES", shape=[-1])]})
     with pytest.raises(LoadError, match=message):
@@ -170,7 +179,7 @@ def test_weights_that_do_not_fit_the_class(tmp_path: Path) -> None:
 def test_torch_formats_refuse_string_tensors(net, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.script(net), str(path))
-    spec = _spec("torchscript").model_copy(update={"inputs": [TensorSpec(name="x", datatype="BYTES", shape=[-1])]})
+    spec = _spec("torchscript", pin=path).model_copy(update={"inputs": [TensorSpec(name="x", datatype="BYTES", shape=[-1])]})
     with pytest.raises(LoadError, match=r"\['x'\] are BYTES"):
         load_model(spec, path, "cpu")
 
@@ -180,7 +189,7 @@ def test_pickles_are_refused_with_a_conversion_hint(net, tmp_path: Path, fmt: st
     path = tmp_path / "model.bin"
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     with pytest.raises(LoadError, match=r"is a pickle.*safetensors.torch.save_file"):
-        load_model(_spec(fmt, module="tests.fixtures.tiny:TinyNet"), path, "cpu")
+        load_model(_spec(fmt, pin=path, module="tests.fixtures.tiny:TinyNet"), path, "cpu")
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "torch_export"])
@@ -188,7 +197,7 @@ def test_torch_save_archives_are_refused(net, tmp_path: Path, fmt: str) -> None:
     path = tmp_path / "model.pt"
     torch.save(net.state_dict(), path)
     with pytest.raises(LoadError, match=r"torch.save\(\) pickle archive.*safetensors.torch.save_file"):
-        load_model(_spec(fmt, module="tests.fixtures.tiny:TinyNet"), path, "cpu")
+        load_model(_spec(fmt, pin=path, module="tests.fixtures.tiny:TinyNet"), path, "cpu")
 
 
 class _RunsCode:
@@ -218,15 +227,65 @@ def test_pt2_archives_cannot_smuggle_pickles(net, tmp_path: Path) -> None:
     torch.save(((_RunsCode(marker),), {}), payload)
     _rewrite_pt2(good, bad, {"data/sample_inputs/model.pt": payload.getvalue()})
     with pytest.raises(LoadError, match=r"holds pickled objects beyond tensors.*safetensors.torch.save_file"):
-        load_model(_spec("torch_export"), bad, "cpu")
+        load_model(_spec("torch_export", pin=bad), bad, "cpu")
     assert not marker.exists(), "loading the crafted .pt2 ran its payload"
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None  # the guard is scoped to the load
 
     opaque = tmp_path / "opaque.pt2"
     _rewrite_pt2(good, opaque, {"data/constants/opaque_obj_0": pickle.dumps(_RunsCode(marker))})
     with pytest.raises(LoadError, match="holds pickled opaque objects"):
-        load_model(_spec("torch_export"), opaque, "cpu")
+        load_model(_spec("torch_export", pin=opaque), opaque, "cpu")
     assert not marker.exists()
+
+
+def test_pt2_opaque_objects_are_found_the_way_torch_finds_them(net, tmp_path: Path) -> None:
+    # torch picks opaque objects out of the constants config, then reads the entry through miniz,
+    # which matches names case-insensitively: "OPAQUE_OBJ_0" serves a read of "opaque_obj_0".
+    good, marker = tmp_path / "good.pt2", tmp_path / "code-ran"
+    torch.export.save(torch.export.export(net, (torch.from_numpy(X),)), str(good))
+    evil = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+    upper = tmp_path / "upper.pt2"
+    _rewrite_pt2(good, upper, {
+        "data/constants/model_constants_config.json": json.dumps({"config": {"evil": evil}}).encode(),
+        "data/constants/OPAQUE_OBJ_0": pickle.dumps(_RunsCode(marker)),
+    })
+    with pytest.raises(LoadError, match=r"holds pickled opaque objects \(.*evil.*\).*safetensors.torch.save_file"):
+        load_model(_spec("torch_export", pin=upper), upper, "cpu")
+    assert not marker.exists(), "loading the crafted .pt2 ran its payload"
+
+    # An entry no config points at is never read, but its name alone is still refused, whatever its case.
+    stray = tmp_path / "stray.pt2"
+    _rewrite_pt2(good, stray, {"data/constants/Opaque_Obj_1": pickle.dumps(_RunsCode(marker))})
+    with pytest.raises(LoadError, match=r"holds pickled opaque objects \(.*Opaque_Obj_1\)"):
+        load_model(_spec("torch_export", pin=stray), stray, "cpu")
+    assert not marker.exists()
+
+
+def _shared_library(tmp_path: Path, marker: Path) -> bytes:
+    """A library whose loading creates `marker` (placeholder bytes where no C compiler is installed)."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return b"\x7fELF placeholder"
+    source, library = tmp_path / "payload.c", tmp_path / "payload.so"
+    source.write_text(
+        "#include <stdio.h>\n"
+        f'__attribute__((constructor)) static void ran(void) {{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
+    )
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library.read_bytes()
+
+
+def test_pt2_archives_cannot_carry_native_code(net, tmp_path: Path) -> None:
+    # torch.export.load dlopens an AOTInductor library found under data/aotinductor/: native code on load.
+    good, bad, marker = tmp_path / "good.pt2", tmp_path / "aoti.pt2", tmp_path / "code-ran"
+    torch.export.save(torch.export.export(net, (torch.from_numpy(X),)), str(good))
+    _rewrite_pt2(good, bad, {
+        "data/aotinductor/model/model.wrapper_metadata.json": b'{"AOTI_DEVICE_KEY": "cpu"}',
+        "data/aotinductor/model/model.wrapper.so": _shared_library(tmp_path, marker),
+    })
+    with pytest.raises(LoadError, match=r"holds AOTInductor native code \(.*data/aotinductor/model/.*\).*torch.export.save"):
+        load_model(_spec("torch_export", pin=bad), bad, "cpu")
+    assert not marker.exists(), "loading the crafted .pt2 loaded its library"
 
 
 def test_sentence_transformers_matches_in_process_encode() -> None:
@@ -249,6 +308,32 @@ def test_sentence_transformers_matches_in_process_encode() -> None:
     assert got.shape == (3, 384) and got.dtype == np.float32
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
     assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_sentence_transformers_folders_cannot_pick_code_to_import(tmp_path: Path) -> None:
+    # modules.json names each module's class; sentence-transformers < 6 imported any of them from a local folder.
+    import sys
+
+    from examples.embeddings.prepare import prepare
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    source, folder = prepare(), tmp_path / "model"
+    folder.mkdir()
+    for entry in source.iterdir():
+        if entry.name != "modules.json":
+            (folder / entry.name).symlink_to(entry)
+    modules = json.loads((source / "modules.json").read_text())
+    modules[-1]["type"] = "tabnanny.NannyNag"  # a standard module nothing else imports: importing it shows
+    (folder / "modules.json").write_text(json.dumps(modules))
+    assert "tabnanny" not in sys.modules
+    spec = ModelSpec.model_validate({
+        "name": "embeddings", "format": "sentence_transformers", "artifact": {"uri": str(folder) + "/"},
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+    })
+    with pytest.raises(LoadError, match="did not load as a SentenceTransformer.*trust_remote_code"):
+        load_model(spec, folder, "cpu")
+    assert "tabnanny" not in sys.modules, "the folder's modules.json chose code that was imported"
 
 
 def test_digits_example_reaches_its_accuracy() -> None:

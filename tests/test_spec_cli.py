@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -45,7 +46,9 @@ BAD_SPECS = [
     ("pickle-refused", _spec(format="pickle", artifact={"uri": "m.pkl"}), "safetensors.torch.save_file"),
     ("unknown-scheme", _spec(format="torchscript", artifact={"uri": "ftp://host/m.pt"}), "unknown scheme 'ftp'"),
     ("artifact-required", _spec(format="torchscript"), "needs an artifact"),
-    ("artifact-missing", _spec(format="torchscript", artifact={"uri": "nowhere/model.pt"}), "does not exist"),
+    # No file to pin: the case is about the missing file, so it opts out of the pin.
+    ("artifact-missing", _spec(format="torchscript", artifact={"uri": "nowhere/model.pt", "allow_unpinned_code": True}),
+     "does not exist"),
     ("bad-sha", _spec(format="torchscript", artifact={"uri": "m.pt", "sha256": "abc"}), "models[0:echo].artifact.sha256"),
     ("bad-shape", _spec(inputs=[{"name": "x", "datatype": "FP32", "shape": [0, 3]}]), "models[0:echo].inputs[0:x].shape: dimensions must be positive"),
     ("bad-datatype", _spec(inputs=[{"name": "x", "datatype": "FLOAT", "shape": [-1]}]), "inputs[0:x].datatype: got 'FLOAT'"),
@@ -69,6 +72,42 @@ def test_bad_spec_exits_2_with_one_clear_line(tmp_path: Path, text: str, expecte
     assert len(lines) == 1, result.stderr
     assert str(path) in lines[0] and expected in lines[0], lines[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fmt,program", [("torchscript", "a TorchScript program"), ("torch_export", "an exported program")])
+def test_formats_carrying_code_need_a_pin_or_an_explicit_opt_out(tmp_path: Path, fmt: str, program: str) -> None:
+    artifact = tmp_path / "model.bin"
+    artifact.write_bytes(b"stands in for the model")
+    path = tmp_path / "app.yaml"
+    path.write_text(_spec(format=fmt, artifact={"uri": "model.bin"}))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert f"{path}: models[0:echo]: format '{fmt}' carries code ({program} can call any ATen op" in line, line
+    assert "aten::from_file" in line and "`sha256sum model.bin`" in line and "artifact.allow_unpinned_code: true" in line
+
+    pin = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    for fixed in ({"uri": "model.bin", "sha256": pin}, {"uri": "model.bin", "allow_unpinned_code": True}):
+        path.write_text(_spec(format=fmt, artifact=fixed))
+        result = CliRunner().invoke(app, ["validate", str(path)])
+        assert result.exit_code == 0, result.output
+
+
+def test_a_multiplexed_family_carrying_code_can_only_opt_out(tmp_path: Path) -> None:
+    family = {"format": "torchscript", "multiplex": {}, "artifact": {"uri": "s3://models/{model_id}/model.pt"}}
+    path = tmp_path / "app.yaml"
+    path.write_text(_spec(**family))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "cannot carry one sha256" in result.stderr, result.output
+    assert "artifact.allow_unpinned_code: true" in result.stderr and "sha256sum" not in result.stderr
+    family["artifact"]["allow_unpinned_code"] = True
+    AppSpec.model_validate(yaml.safe_load(_spec(**family)))
+
+
+def test_python_format_needs_no_pin() -> None:
+    """format: python runs the installed module (code chosen by whoever installs packages); its artifact is data."""
+    spec = _spec(format="python", module="tests.fixtures.tiny:Rendezvous", artifact={"uri": "s3://models/me.json"})
+    assert AppSpec.model_validate(yaml.safe_load(spec)).models[0].artifact.sha256 is None
 
 
 def test_non_utf8_and_missing_files(tmp_path: Path) -> None:

@@ -10,8 +10,14 @@ Cache layout under the root (`MODELFLEET_CACHE_DIR`, default ~/.cache/modelfleet
     locks/<hex>.lock       one file lock per entry, so concurrent fetches download once
 
 An entry appears by one atomic rename of a finished temp folder, so a
-checksum mismatch, a dropped connection or a crash mid-download leaves no
-entry behind, and whatever is in the cache is whole.
+checksum mismatch, a dropped connection, an oversized download or a crash
+mid-download leaves no entry behind, and whatever is in the cache is whole.
+A sha256 entry is re-hashed on every hit (a disk fault or a stray edit must
+not be served as the model), and the root must be private to its owner,
+since anyone who can write there can plant entries.
+
+Downloads stop at each object's declared size and at `MODELFLEET_MAX_ARTIFACT_MB`
+for the whole artifact (default 51200), whatever the provider sends.
 
 A directory artifact's sha256 is the sha256 of its manifest: one line
 `f"{relative_path}\\0{file_sha256}\\n"` per file, sorted by path
@@ -21,8 +27,10 @@ A directory artifact's sha256 is the sha256 of its manifest: one line
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -31,7 +39,16 @@ from filelock import FileLock
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ._base import CHUNK_BYTES, ObjectInfo, child
-from ._errors import ArtifactNotFound, ChecksumMismatch, StorageError, StorageUnavailable
+from ._errors import (
+    ArtifactNotFound,
+    ArtifactTooLarge,
+    ChecksumMismatch,
+    StorageError,
+    StorageUnavailable,
+    SymlinkInArtifact,
+    UnsafeCacheDir,
+)
+from ._local import artifact_files
 from ._registry import get_provider
 from ._uri import ParsedURI, parse_uri, resolve_uri
 
@@ -40,6 +57,8 @@ __all__ = ["cache_root", "directory_sha256", "fetch", "upload"]
 Progress = Callable[[int, int | None], None]
 _Item = tuple[str, ParsedURI, ObjectInfo]  # (relative path in the entry, source URI, its info)
 ATTEMPTS = int(os.environ.get("MODELFLEET_FETCH_ATTEMPTS", "3"))
+MIB = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def cache_root(cache_dir: Path | str | None = None) -> Path:
@@ -47,34 +66,80 @@ def cache_root(cache_dir: Path | str | None = None) -> Path:
     return root.expanduser()
 
 
+def _private_root(root: Path) -> Path:
+    """The cache root, created 0700 if absent; refused if anyone but us could plant entries in it."""
+    try:
+        root.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(str(root), f"cannot create the cache folder ({exc}); set MODELFLEET_CACHE_DIR to a folder of yours") from None
+    st = root.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeCacheDir(str(root), "the cache path is not a folder; set MODELFLEET_CACHE_DIR to a folder")
+    if st.st_uid != os.getuid():
+        raise UnsafeCacheDir(
+            str(root), f"the cache folder belongs to uid {st.st_uid}, not to you (uid {os.getuid()}), so its entries "
+            f"can't be trusted; chown -R {os.getuid()} {root}, or set MODELFLEET_CACHE_DIR to a folder of your own"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeCacheDir(
+            str(root), f"the cache folder has mode {stat.S_IMODE(st.st_mode):o}, so other users can plant entries "
+            f"in it; chmod 700 {root}"
+        )
+    return root
+
+
+def _max_artifact_bytes() -> int:
+    raw = os.environ.get("MODELFLEET_MAX_ARTIFACT_MB", "51200")
+    try:
+        return int(float(raw) * MIB)
+    except ValueError:
+        raise StorageError("MODELFLEET_MAX_ARTIFACT_MB", f"{raw!r} is not a number of megabytes") from None
+
+
 def _manifest_digest(file_hashes: dict[str, str]) -> str:
     lines = "".join(f"{rel}\0{digest}\n" for rel, digest in sorted(file_hashes.items()))
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def directory_sha256(path: Path | str) -> str:
     """The sha256 to declare for a directory artifact (hash of its sorted file manifest)."""
     root = Path(path)
-    hashes = {}
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with file.open("rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                digest.update(chunk)
-        hashes[file.relative_to(root).as_posix()] = digest.hexdigest()
-    return _manifest_digest(hashes)
+    return _manifest_digest({file.relative_to(root).as_posix(): _file_sha256(file) for file in artifact_files(root, str(root))})
 
 
 class _Sink:
-    """A write-only file that hashes, counts and reports progress as bytes stream through."""
+    """A write-only file that hashes, counts and reports progress as bytes stream through.
 
-    def __init__(self, path: Path, on_bytes: Callable[[int], None]):
+    It refuses, before writing it, a chunk that would take the file past its
+    declared size or the artifact past its byte budget, so a server that
+    never stops sending cannot fill the disk.
+    """
+
+    def __init__(self, path: Path, on_bytes: Callable[[int], None], *, uri: str, rel: str, declared: int | None, budget: int):
         self.file = path.open("wb")
         self.digest = hashlib.sha256()
         self.size = 0
         self.on_bytes = on_bytes
+        self.uri, self.rel, self.declared, self.budget = uri, rel, declared, budget
 
     def write(self, chunk: bytes) -> int:
+        if self.declared is not None and self.size + len(chunk) > self.declared:
+            raise ArtifactTooLarge(
+                self.uri, f"{self.rel} sent more than the {self.declared} bytes it declared; "
+                "the object changed during the download or the server misbehaves; fetch it again"
+            )
+        if self.size + len(chunk) > self.budget:
+            raise _over_cap(self.uri)
         self.file.write(chunk)
         self.digest.update(chunk)
         self.size += len(chunk)
@@ -83,6 +148,13 @@ class _Sink:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _over_cap(uri: str) -> ArtifactTooLarge:
+    return ArtifactTooLarge(
+        uri, f"the artifact is larger than MODELFLEET_MAX_ARTIFACT_MB ({_max_artifact_bytes() / MIB:g} MB); "
+        "raise that setting if an artifact this large is expected"
+    )
 
 
 def _safe_relative(uri: ParsedURI, rel: str) -> PurePosixPath:
@@ -102,6 +174,9 @@ def _download_into(folder: Path, uri: ParsedURI, files: list[_Item], progress: P
     """Download `files` under `folder`; return relative path -> sha256."""
     provider = get_provider(uri.scheme)
     total = sum(i.size for _, _, i in files) if all(i.size is not None for _, _, i in files) else None
+    cap = _max_artifact_bytes()
+    if total is not None and total > cap:  # known up front: refuse before downloading anything
+        raise _over_cap(str(uri))
     done = 0
 
     def on_bytes(n: int) -> None:
@@ -115,7 +190,7 @@ def _download_into(folder: Path, uri: ParsedURI, files: list[_Item], progress: P
     for rel, source, info in files:
         target = folder / _safe_relative(uri, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        sink = _Sink(target, on_bytes)
+        sink = _Sink(target, on_bytes, uri=str(uri), rel=rel, declared=info.size, budget=cap - done)
         try:
             provider.download(source, sink)
         finally:
@@ -137,11 +212,38 @@ def fetch(
     """A local, verified copy of the artifact at `uri` (a file, or a folder for directory artifacts)."""
     uri = resolve_uri(uri, base_dir)
     parsed = parse_uri(uri)
-    root = cache_root(cache_dir)
-    if sha256:  # content-addressed: a hit needs no network at all
+    root = _private_root(cache_root(cache_dir))
+    corrupt = None
+    if sha256:  # content-addressed: a hit needs no network, only a re-hash
         entry = root / "sha256" / sha256
         if entry.exists():
-            return _only_child(entry)
+            if _intact(entry, sha256):
+                return _only_child(entry)
+            corrupt = next(entry.iterdir(), entry) if entry.is_dir() else entry
+            log.warning("%s no longer hashes to sha256 %s (disk fault or tampering); downloading %s again", corrupt, sha256, uri)
+            with _lock(root, sha256):
+                if _intact(entry, sha256):  # another process replaced it while we hashed
+                    return _only_child(entry)
+                _discard(root, entry)
+    try:
+        return _fill(root, uri, parsed, sha256, progress)
+    except StorageError as exc:
+        if corrupt is None or isinstance(exc, ChecksumMismatch):
+            raise
+        raise ChecksumMismatch(
+            uri, f"the cached copy {corrupt} no longer hashes to sha256 {sha256} and was removed, and downloading it "
+            f"again failed ({exc.__class__.__name__}: {exc}); restore access to the artifact and fetch again"
+        ) from exc
+
+
+def _lock(root: Path, key: str) -> FileLock:
+    for sub in ("tmp", "locks"):
+        (root / sub).mkdir(exist_ok=True)
+    return FileLock(str(root / "locks" / f"{key}.lock"))
+
+
+def _fill(root: Path, uri: str, parsed: ParsedURI, sha256: str | None, progress: Progress | None) -> Path:
+    """The artifact's cache entry, downloaded unless it is there already."""
     provider = get_provider(parsed.scheme)
     name = PurePosixPath(parsed.key.split("?", 1)[0].rstrip("/")).name or "artifact"
     is_dir = parsed.is_dir or provider.is_dir(parsed)
@@ -156,9 +258,8 @@ def fetch(
     entry = root / ("sha256" if sha256 else "uri") / key
     if entry.exists():
         return _only_child(entry)
-    for sub in ("tmp", "locks", entry.parent.name):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / "locks" / f"{key}.lock")):
+    entry.parent.mkdir(exist_ok=True)
+    with _lock(root, key):
         if entry.exists():  # another process finished it while we waited
             return _only_child(entry)
         staging = Path(tempfile.mkdtemp(dir=root / "tmp", prefix=f"{key[:12]}-"))
@@ -180,6 +281,26 @@ def fetch(
     return _only_child(entry)
 
 
+def _intact(entry: Path, sha256: str) -> bool:
+    """Does a sha256 entry still hash to its key?"""
+    try:
+        item = _only_child(entry)
+        actual = directory_sha256(item) if item.is_dir() else _file_sha256(item)
+    except (StopIteration, OSError, SymlinkInArtifact):  # emptied, unreadable, or a planted link
+        return False
+    return actual == sha256
+
+
+def _discard(root: Path, entry: Path) -> None:
+    """Remove an entry by first renaming it away, so no one ever sees it half deleted."""
+    trash = Path(tempfile.mkdtemp(dir=root / "tmp", prefix="corrupt-"))
+    try:
+        os.rename(entry, trash / "entry")
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _only_child(entry: Path) -> Path:
     """An entry holds exactly one thing: the artifact file or folder, under its own name."""
     return next(entry.iterdir())
@@ -194,7 +315,7 @@ def upload(local_path: Path | str, uri: str, *, base_dir: Path | str | None = No
         raise ArtifactNotFound(str(local), "nothing to upload there")
     if local.is_dir():
         target = parsed if parsed.is_dir else ParsedURI(parsed.scheme, parsed.bucket, parsed.key + "/")
-        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        for file in artifact_files(local, str(local)):  # the whole folder is checked before anything is published
             provider.upload(file, child(target, file.relative_to(local).as_posix()))
     else:
         provider.upload(local, parsed)

@@ -38,3 +38,19 @@ class ChecksumMismatch(StorageError):
 
 class StorageUnavailable(StorageError):
     """The service could not be reached or kept failing after retries."""
+
+
+class UnsafeRedirect(StorageError):
+    """An HTTP redirect would downgrade to http:// or reach an internal address (e.g. cloud metadata)."""
+
+
+class ArtifactTooLarge(StorageError):
+    """A download outgrew the object's declared size or MODELFLEET_MAX_ARTIFACT_MB."""
+
+
+class UnsafeCacheDir(StorageError):
+    """The cache folder belongs to someone else or others can write to it, so its entries can't be trusted."""
+
+
+class SymlinkInArtifact(StorageError):
+    """A directory artifact holds a symlink, which could pull in files from outside it."""

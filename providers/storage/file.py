@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 from ._base import CHUNK_BYTES, ObjectInfo
 from ._errors import AccessDenied, ArtifactNotFound, StorageUnavailable
+from ._local import artifact_files
 from ._uri import ParsedURI
 
 
@@ -42,7 +43,7 @@ class Provider:
         root = self._path(uri)
         if not root.is_dir():
             raise ArtifactNotFound(str(uri), "no such folder; check the path")
-        files = sorted(p for p in root.rglob("*") if p.is_file())
+        files = artifact_files(root, str(uri))
         if not files:
             raise ArtifactNotFound(str(uri), "the folder is empty")
         return [(p.relative_to(root).as_posix(), _info(p)) for p in files]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
@@ -10,6 +12,7 @@ import httpx
 
 from ._base import CHUNK_BYTES, ObjectInfo
 from ._errors import AccessDenied, ArtifactNotFound, StorageError, StorageUnavailable
+from ._redirects import MAX_REDIRECTS, check_redirect
 from ._uri import ParsedURI
 
 
@@ -26,7 +29,26 @@ def _check(uri: ParsedURI, response: httpx.Response) -> None:
 class Provider:
     @cached_property
     def client(self) -> httpx.Client:
-        return httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, connect=5.0))
+        # Redirects are followed by `_open`, which checks each hop before connecting to it.
+        return httpx.Client(follow_redirects=False, timeout=httpx.Timeout(30.0, connect=5.0))
+
+    @contextmanager
+    def _open(self, method: str, uri: ParsedURI) -> Iterator[httpx.Response]:
+        """A streamed response from `uri`, after the redirects `check_redirect` allows."""
+        start = httpx.URL(str(uri))
+        request = self.client.build_request(method, start)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.client.send(request, stream=True, follow_redirects=False)
+            if response.next_request is None:
+                try:
+                    yield response
+                finally:
+                    response.close()
+                return
+            response.close()
+            check_redirect(str(uri), start, request.url, response.next_request.url)
+            request = response.next_request
+        raise StorageError(str(uri), f"more than {MAX_REDIRECTS} redirects; point the artifact URI at the final location")
 
     def is_dir(self, uri: ParsedURI) -> bool:
         if uri.is_dir:
@@ -35,10 +57,11 @@ class Provider:
 
     def stat(self, uri: ParsedURI) -> ObjectInfo:
         try:
-            response = self.client.head(str(uri))
+            with self._open("HEAD", uri) as response:
+                pass
             if response.status_code == 405:  # servers without HEAD: read the headers of a GET
-                with self.client.stream("GET", str(uri)) as response:
-                    _check(uri, response)
+                with self._open("GET", uri) as response:
+                    pass
             _check(uri, response)
         except httpx.HTTPError as exc:
             raise StorageUnavailable(str(uri), f"cannot reach the server ({exc.__class__.__name__}: {exc})") from None
@@ -52,7 +75,7 @@ class Provider:
 
     def download(self, uri: ParsedURI, sink: BinaryIO) -> None:
         try:
-            with self.client.stream("GET", str(uri)) as response:
+            with self._open("GET", uri) as response:
                 _check(uri, response)
                 for chunk in response.iter_raw(CHUNK_BYTES):
                     sink.write(chunk)

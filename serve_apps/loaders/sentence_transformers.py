@@ -40,10 +40,13 @@ def load(spec: ModelSpec, path: Path, device: str) -> SentenceEncoder:
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        # Explicit whatever the default: a folder may name code to run (modules.json classes, a config's auto_map).
+        model = SentenceTransformer(str(path), device=device, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # transformers/tokenizers raise many types for a broken folder
+        problem = " ".join(str(exc).split())  # their messages span lines; ours stays one
         raise LoadError(
-            f"model {spec.name!r}: {path} did not load as a SentenceTransformer ({exc.__class__.__name__}: {exc}); "
-            "the folder must hold a complete saved model (SentenceTransformer.save(folder))"
+            f"model {spec.name!r}: {path} did not load as a SentenceTransformer ({exc.__class__.__name__}: {problem}); "
+            "the folder must hold a complete saved model (SentenceTransformer.save(folder)) "
+            "whose modules are sentence-transformers' own"
         ) from None
     return SentenceEncoder(spec, model)

@@ -3,11 +3,15 @@
 torch.export.load unpickles parts of the archive (pickled weights or constants,
 and sample inputs with a fallback to `weights_only=False`), so a crafted .pt2
 could run code. We force every torch.load inside it to weights_only and refuse
-archives carrying opaque objects, which torch reads with plain pickle.loads.
+archives carrying opaque objects, which torch reads with plain pickle.loads, or
+AOTInductor libraries, which it dlopens. Both are found the way torch finds
+them: from the archive's own records and constants config, read by torch's
+reader (miniz matches entry names case-insensitively; Python's zipfile does not).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import zipfile
@@ -40,13 +44,64 @@ def _weights_only_torch_loads() -> Iterator[None]:
                     os.environ[name] = value
 
 
-def _refuse_opaque_objects(spec: ModelSpec, path: Path) -> None:
+# torch's entry names (torch/csrc/export/pt2_archive_constants.h), matched case-insensitively as miniz does.
+_OPAQUE_ENTRY = "/data/constants/opaque_obj_"
+_AOTI_ENTRY = "/data/aotinductor/"
+_AOTI_HINT = (
+    "export the program alone, without AOTInductor: torch.export.save(torch.export.export(model, args), 'model.pt2')"
+)
+
+
+def _as_torch_reads_it(spec: ModelSpec, path: Path) -> tuple[list[str], list[str]]:
+    """The archive's records, and the constants torch.export.load would pickle.loads (see its _load_constants)."""
+    try:
+        from torch.export.pt2_archive import PT2ArchiveReader
+        from torch.export.pt2_archive import constants as pt2
+    except ImportError:  # a torch without .pt2 archives reads only the older zip format, through torch.load alone
+        return [], []
+    try:
+        reader = PT2ArchiveReader(str(path))
+        records = reader.get_file_names()
+    except Exception:  # then torch cannot read it as a .pt2 either; its older-format fallback only uses torch.load
+        return [], []
+    prefix, suffix = pt2.MODELS_FILENAME_FORMAT.split("{}")
+    opaque = []
+    for record in records:
+        if not record.startswith(pt2.MODELS_DIR):
+            continue
+        config_name = pt2.CONSTANTS_CONFIG_FILENAME_FORMAT.format(record[len(prefix) : -len(suffix)])
+        if config_name not in records:
+            continue  # torch then fails, or reads legacy constants with torch.load, before any pickle.loads
+        try:
+            config = json.loads(reader.read_string(config_name))["config"]
+            path_names = {fqn: str(meta["path_name"]) for fqn, meta in config.items()}
+        except Exception as exc:  # refusing what torch might still read is the safe side
+            raise LoadError(
+                f"model {spec.name!r}: {path} has an unreadable {config_name} ({exc.__class__.__name__}: {exc}); "
+                "save the program again with torch.export.save"
+            ) from None
+        opaque += [
+            f"{config_name}: {fqn} -> {name}" for fqn, name in path_names.items()
+            if name.lower().startswith(pt2.OPAQUE_OBJ_FILENAME_PREFIX.lower())
+        ]
+    return records, opaque
+
+
+def _refuse_code_in_archive(spec: ModelSpec, path: Path) -> None:
     if not zipfile.is_zipfile(path):
         raise LoadError(f"model {spec.name!r}: {path} is not a torch.export program (.pt2 is a zip archive)")
+    records, opaque = _as_torch_reads_it(spec, path)
     with zipfile.ZipFile(path) as archive:
-        opaque = [n for n in archive.namelist() if "/constants/opaque_obj_" in f"/{n}"]
+        names = archive.namelist() + records  # a second line of defence: the names, whatever their case
+    opaque += [n for n in names if _OPAQUE_ENTRY in f"/{n}".lower()]
     if opaque:
         raise LoadError(f"model {spec.name!r}: {path} holds pickled opaque objects ({opaque[0]}): {PICKLE_HINT}")
+    native = [n for n in names if _AOTI_ENTRY in f"/{n}".lower()]
+    if native:
+        raise LoadError(
+            f"model {spec.name!r}: {path} holds AOTInductor native code ({native[0]}), "
+            f"which torch.export.load would load as a shared library; {_AOTI_HINT}"
+        )
 
 
 def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
@@ -55,10 +110,11 @@ def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
     import torch
 
     refuse_pickle(path, "a torch.export program")
-    _refuse_opaque_objects(spec, path)
+    _refuse_code_in_archive(spec, path)
     try:
         with _weights_only_torch_loads():
             program = torch.export.load(str(path))
+            module = program.module() if device == "cpu" else None  # a malformed graph fails here, not in load()
     except pickle.UnpicklingError as exc:
         first = str(exc).splitlines()[0]
         raise LoadError(f"model {spec.name!r}: {path} holds pickled objects beyond tensors ({first}): {PICKLE_HINT}") from None
@@ -69,4 +125,5 @@ def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
         from torch.export.passes import move_to_device_pass
 
         program = move_to_device_pass(program, device)
-    return TorchModel(spec, program.module(), device)
+        module = program.module()
+    return TorchModel(spec, module, device)

@@ -1,14 +1,16 @@
 """Real storage servers on free loopback ports, one per session, for the conformance suite.
 
 S3: moto_server. GCS: gcp-storage-emulator. Azure: Azurite (npm, under
-.tools/). HTTP: a stdlib threaded server with a route that lies about its
-length, to cut a download short. Each is reached through its SDK's standard
-setting only (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST,
-AZURE_STORAGE_CONNECTION_STRING), exactly as production would.
+.tools/). HTTP: a stdlib threaded server with routes that misbehave on
+purpose (cut short, grow, redirect; see `_Handler`). Each is reached
+through its SDK's standard setting only (AWS_ENDPOINT_URL,
+STORAGE_EMULATOR_HOST, AZURE_STORAGE_CONNECTION_STRING), exactly as
+production would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -20,6 +22,7 @@ import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -110,13 +113,42 @@ def azure_server(tmp_path_factory) -> Iterator[str]:
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    """Serves a folder; /truncated/<file> announces the full length and sends half."""
+    """Serves a folder, plus routes that misbehave on purpose.
+
+    /truncated/<file>    announces the full length and sends half
+    /grows/<file>        HEAD announces half the length, GET sends it all (the object "grew")
+    /unsized/<file>      sends the file with no Content-Length (ends when the connection closes)
+    /redirect?to=<url>   302 to <url>; /loop 302s to itself forever
+    """
 
     def log_message(self, *args) -> None:
         pass
 
+    def _redirect(self) -> bool:
+        parts = urlsplit(self.path)
+        if parts.path not in ("/redirect", "/loop"):
+            return False
+        self.server.redirects += 1
+        target = parse_qs(parts.query)["to"][0] if parts.path == "/redirect" else "/loop"
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
         self.server.gets += 1
+        if self._redirect():
+            return
+        if self.path.startswith(("/grows/", "/unsized/")):
+            data = (Path(self.directory) / self.path.split("/", 2)[2]).read_bytes()
+            self.send_response(200)
+            if self.path.startswith("/grows/"):
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+            return
         if self.path.startswith("/truncated/"):
             data = (Path(self.directory) / self.path.removeprefix("/truncated/")).read_bytes()
             self.send_response(200)
@@ -129,6 +161,15 @@ class _Handler(SimpleHTTPRequestHandler):
         super().do_GET()
 
     def do_HEAD(self) -> None:  # noqa: N802
+        if self._redirect():
+            return
+        if self.path.startswith(("/grows/", "/unsized/")):
+            size = (Path(self.directory) / self.path.split("/", 2)[2]).stat().st_size
+            self.send_response(200)
+            if self.path.startswith("/grows/"):
+                self.send_header("Content-Length", str(size // 2))
+            self.end_headers()
+            return
         if self.path.startswith("/truncated/"):
             data = (Path(self.directory) / self.path.removeprefix("/truncated/")).read_bytes()
             self.send_response(200)
@@ -138,16 +179,28 @@ class _Handler(SimpleHTTPRequestHandler):
         super().do_HEAD()
 
 
-@pytest.fixture(scope="session")
-def http_server(tmp_path_factory) -> Iterator[tuple[str, Path, ThreadingHTTPServer]]:
-    root = tmp_path_factory.mktemp("www")
+@contextlib.contextmanager
+def _serve(root: Path) -> Iterator[tuple[str, Path, ThreadingHTTPServer]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
-    server.gets = 0
+    server.gets = server.redirects = 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root, server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory) -> Iterator[tuple[str, Path, ThreadingHTTPServer]]:
+    with _serve(tmp_path_factory.mktemp("www")) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def other_http_server(http_server) -> Iterator[tuple[str, Path, ThreadingHTTPServer]]:
+    """The same folder on another loopback port: a different origin that would serve the same bytes."""
+    with _serve(http_server[1]) as served:
+        yield served
 
 
 @pytest.fixture()

@@ -18,6 +18,7 @@ import pytest
 
 from providers.storage import (
     ArtifactNotFound,
+    ArtifactTooLarge,
     ChecksumMismatch,
     StorageError,
     directory_sha256,
@@ -153,6 +154,23 @@ class TestStorageConformance:
         backend.delete(key)  # the provider could no longer serve it
         assert fetch(backend.uri(key), sha256=PAYLOAD_SHA, cache_dir=cache) == first
         assert first.read_bytes() == PAYLOAD
+
+    def test_tampered_cache_entry_is_replaced_by_a_fresh_verified_copy(self, backend: Backend, cache: Path) -> None:
+        key = _key("model.bin")
+        backend.put(key, PAYLOAD)
+        fetch(backend.uri(key), sha256=PAYLOAD_SHA, cache_dir=cache).write_bytes(b"tampered")
+        assert fetch(backend.uri(key), sha256=PAYLOAD_SHA, cache_dir=cache).read_bytes() == PAYLOAD
+
+    def test_artifact_over_the_size_cap_is_refused_and_leaves_nothing_in_the_cache(
+        self, backend: Backend, cache: Path, monkeypatch
+    ) -> None:
+        key = _key("model.bin")
+        backend.put(key, PAYLOAD)
+        monkeypatch.setenv("MODELFLEET_MAX_ARTIFACT_MB", "1")
+        with pytest.raises(ArtifactTooLarge, match="MODELFLEET_MAX_ARTIFACT_MB") as info:
+            fetch(backend.uri(key), sha256=PAYLOAD_SHA, cache_dir=cache)
+        assert backend.uri(key) in str(info.value)
+        assert cache_files(cache) == []
 
     def test_interrupted_download_leaves_the_cache_clean_and_a_retry_succeeds(self, backend: Backend, cache: Path) -> None:
         key = _key("model.bin")
