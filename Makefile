@@ -16,7 +16,7 @@ PORT     ?= 8000
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup artifacts demo test bench clean
+.PHONY: setup artifacts demo test test-fast bench clean
 
 setup: $(INSTALLED) $(AZURITE)
 
@@ -56,11 +56,16 @@ $(CHROMIUM):
 test: setup artifacts $(CHROMIUM)
 	$(BIN)/pytest
 
+# The fast lane: everything but the tests marked slow (faults under load, local-sim clusters).
+test-fast: setup artifacts $(CHROMIUM)
+	$(BIN)/pytest -m "not slow"
+
 # Benchmarks with their baselines run side by side (minutes; not part of `make test`): see BENCHMARKS.md.
 bench: setup artifacts
 	$(BIN)/python -m bench.ingress
 	$(BIN)/python -m bench.embeddings
 	$(BIN)/python -m bench.tuner
+	$(BIN)/python -m bench.faults
 
 clean:
 	rm -rf $(VENV) .tools examples/*/artifacts .pytest_cache

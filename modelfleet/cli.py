@@ -276,7 +276,8 @@ def run(
         signal.signal(signal.SIGTERM, _interrupt)
         _deploy_with_progress(server, spec, keys, f"deploying {spec.name}…")
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        _print_endpoints(spec, f"http://{display_host}:{port}{spec.route_prefix.rstrip('/')}")
+        scheme = "https" if spec.ingress.tls else "http"
+        _print_endpoints(spec, f"{scheme}://{display_host}:{port}{spec.route_prefix.rstrip('/')}")
         out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
         out.print(f"proxy: http://{display_host}:{proxy_port}   (Ray Serve's proxy: every app on this Ray, by route prefix)")
         sys.stdout.flush()

@@ -55,6 +55,7 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
         "autoscaling_config": auto,
         "max_ongoing_requests": model.max_ongoing_requests,
         "max_queued_requests": model.max_queued_requests,
+        "max_surge_percent": model.max_surge_percent,
         "ray_actor_options": actor,
     }
 
@@ -95,6 +96,9 @@ def build_app(
         name=INGRESS_NAME,
         num_replicas=spec.ingress.num_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+        # New ingress replicas start before old ones stop: under `modelfleet run` they hold the app's port,
+        # and stopping first would leave it refusing connections while the new ones start (bench.faults).
+        max_surge_percent=100,
         ray_actor_options={"num_cpus": spec.ingress.num_cpus + sum(m.resources.num_cpus for m in spec.models if m.embedded)},
     )
     address = {"host": listen[0], "port": listen[1]} if listen else None

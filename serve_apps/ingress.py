@@ -502,6 +502,8 @@ class Ingress:
         try:
             return await handle.infer.remote(inputs)
         except (ActorDiedError, ActorUnavailableError):
+            if not self.app_spec.ingress.retry_on_replica_death:
+                raise
             # The replica died (or became unreachable) before it answered. Inference is a pure function
             # of its inputs, so asking again, once, of a replica Serve still holds live is safe; a
             # second failure is the caller's 503 (see _infer).

@@ -42,6 +42,8 @@ logger = logging.getLogger("ray.serve")
 GRACEFUL_SHUTDOWN_S = 15
 
 
+BACKLOG = 2048
+DRAIN_IDLE_S = 1.0  # how long an idle keep-alive connection may still bring a request once the server stops
 MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -67,6 +69,7 @@ def _bounded_protocol(limits: Limits) -> type[HttpToolsProtocol]:
         _deadline: asyncio.TimerHandle | None = None
         _header_bytes = 0
         _refused = False  # answered by _refuse: the parser's remaining callbacks for this request are moot
+        _draining = False  # the server is stopping: each connection answers at most one more request
 
         def _arm(self, seconds: float) -> None:
             self._disarm()
@@ -129,6 +132,22 @@ def _bounded_protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 return
             self._arm(limits.body_timeout_s)
             super().on_headers_complete()
+            if self._draining and self.cycle is not None:
+                self.cycle.keep_alive = False  # answered with Connection: close, then closed
+
+        def shutdown(self) -> None:
+            """The server is stopping (e.g. a rolling update replaced this replica).
+
+            uvicorn closes idle keep-alive connections at once, failing any
+            request a client is sending on one at that moment. Instead an idle
+            connection gets a moment to bring one last request, answered with
+            `Connection: close`; in-flight requests finish as before.
+            """
+            self._draining = True
+            if self.cycle is None or self.cycle.response_complete:
+                self._arm(DRAIN_IDLE_S)
+            else:
+                self.cycle.keep_alive = False
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:
@@ -155,7 +174,7 @@ class _Server(uvicorn.Server):
 
 
 class Listener:
-    """Binds at once (so a taken port fails the replica's constructor); accepts once the replica is ready."""
+    """Binds and listens at once (so a taken port fails the replica's constructor); accepts once the replica is ready."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, limits: Limits = Limits(), tls: Tls | None = None):
         self.host, self.port = host, port
@@ -165,6 +184,10 @@ class Listener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             self.sock.bind((host, port))
+            # Listening at once joins the port's SO_REUSEPORT group: from here on the kernel queues this
+            # replica's share of new connections until it accepts them. Were it to listen only when ready,
+            # a rolling update could stop the old replica first, and the port would refuse connections.
+            self.sock.listen(BACKLOG)
         except OSError as exc:
             self.sock.close()
             raise RuntimeError(f"the ingress cannot listen on {host}:{port}: {exc.strerror or exc}") from None

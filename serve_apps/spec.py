@@ -278,6 +278,16 @@ class ModelSpec(_Strict):
         ge=1,
         description="Concurrent requests one replica accepts (default 16, or max_batch_size when batching needs more).",
     )
+    max_surge_percent: int = Field(
+        default=100,
+        ge=0,
+        le=100,
+        description=(
+            "During an update, extra replicas (percent of the target) started before old ones stop, so a deployment "
+            "keeps answering while it rolls. 0 (Ray Serve's default) stops old replicas first: use it where the "
+            "cluster has no room for extra replicas, e.g. a GPU pool at capacity."
+        ),
+    )
     batching: BatchingSpec | None = Field(default=None, description="Enable dynamic batching across requests.")
     multiplex: MultiplexSpec | None = Field(
         default=None, description="Serve a family of models from one deployment; the artifact URI holds {model_id}."
@@ -434,6 +444,13 @@ class IngressSpec(_Strict):
     body_timeout_s: float = Field(default=60.0, gt=0, description="A request's body must arrive within this once its headers have.")
     max_connections: int = Field(
         default=1024, ge=1, description="Open connections per ingress replica; beyond it new ones are closed at once.",
+    )
+    retry_on_replica_death: bool = Field(
+        default=True,
+        description=(
+            "Retry, once and on another replica, an inference call whose replica died before answering. Safe because "
+            "inference is a pure function of the request; turn it off for a format: python model with side effects."
+        ),
     )
 
 

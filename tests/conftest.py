@@ -100,6 +100,12 @@ def _test_fleet(tmp: Path) -> Path:
             "max_queued_requests": 1,
         },
     ]
+    spec["models"].append({  # two replicas of a deployed echo, for the replica-kill test (test_faults.py)
+        "name": "sturdy", "format": "builtin", "module": "echo",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, -1]}],
+        "resources": {"num_cpus": 0.05}, "autoscaling": {"min_replicas": 2, "max_replicas": 2},
+    })
     spec["ingress"] = {
         **spec.get("ingress", {}), "max_body_mb": MAX_BODY_MB, "request_timeout_s": REQUEST_TIMEOUT_S,
         # Short deadlines, so the fuzzers' truncated requests are cut off quickly.
@@ -263,3 +269,16 @@ def browser():
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA made on the fly (trustme), a server certificate for 127.0.0.1/localhost and a client one: PEM files."""
+    import trustme
+
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    ca.issue_cert("client@example.org").private_key_and_cert_chain_pem.write_to_path(str(folder / "client.pem"))
+    return folder

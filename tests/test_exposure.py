@@ -9,11 +9,15 @@ raw CR/LF request ids in headers, and a reset instead of a 413.
 from __future__ import annotations
 
 import socket
+import ssl
+from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 from serve_apps.ingress import _refuse_by_origin
-from tests.conftest import DIGITS_KEY, Fleet
+from tests.conftest import DIGITS_KEY, ROOT, Fleet, delete_app, free_port, ray_driver
 
 ECHO = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}'
 
@@ -109,3 +113,28 @@ def test_refusal_by_where_a_request_arrived(server, keyless: bool, host: str | N
     scope = {"type": "http", "server": server, "headers": [(b"host", host.encode())] if host else []}
     refusal = _refuse_by_origin(scope, keyless)
     assert (refusal.status if refusal else None) == refused
+
+
+def test_an_app_with_tls_serves_https_on_its_own_port(fleet: Fleet, ray_address: str, certificates: Path, tmp_path: Path) -> None:
+    """The spec's ingress.tls reaches the ingress replicas' listener: HTTPS, and no cleartext, on the app's port."""
+    spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
+    pem = str(certificates / "server.pem")
+    spec.update(name="tls", route_prefix="/tls", ingress={"num_cpus": 0.05, "tls": {"cert_file": pem, "key_file": pem}})
+    spec["models"][0]["resources"] = {"num_cpus": 0.05}
+    path, port = tmp_path / "tls.yaml", free_port()
+    path.write_text(yaml.safe_dump(spec))
+    deploy = (
+        "from serve_apps.runner import RayTarget; from serve_apps.spec import load_app_spec\n"
+        "RayTarget(gpus_known=False).deploy(load_app_spec(sys.argv[2]), listen=('127.0.0.1', int(sys.argv[3])), timeout_s=120)"
+    )
+    try:
+        done = ray_driver(ray_address, deploy, str(path), str(port))
+        assert done.returncode == 0, done.stderr[-3000:]
+        trusted = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [3.0]}]}
+        answer = httpx.post(f"https://127.0.0.1:{port}/tls/v2/models/echo/infer", json=body, verify=trusted, timeout=30)
+        assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == [3.0]
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"http://127.0.0.1:{port}/tls/v2/models/echo/infer", json=body, timeout=10)
+    finally:
+        delete_app(ray_address, "tls")

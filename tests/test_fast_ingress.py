@@ -33,8 +33,12 @@ async def _hello(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def test_listeners_share_a_port_and_accept_only_once_ready() -> None:
-    """Two replicas (or an update's new one next to the old) listen on one port; neither accepts before it is ready."""
+def test_listeners_share_a_port_and_answer_only_once_ready() -> None:
+    """Two replicas (or an update's new one next to the old) listen on one port; neither answers before it is ready.
+
+    A replica listens from its constructor on, so the port never refuses while
+    replicas come and go; connections the kernel hands it early wait for it.
+    """
     port = free_port()
 
     async def scenario() -> None:
@@ -42,18 +46,15 @@ def test_listeners_share_a_port_and_accept_only_once_ready() -> None:
         first, second = Listener(_hello, "127.0.0.1", port), Listener(_hello, "127.0.0.1", port)
         first.start(lambda: ready["first"])
         second.start(lambda: ready["second"])
-        async with httpx.AsyncClient(timeout=5) as client:
-            await asyncio.sleep(0.2)
-            with pytest.raises(httpx.ConnectError):  # bound, not listening: refused rather than hung
-                await client.get(f"http://127.0.0.1:{port}/")
-            ready["first"] = True
+        async with httpx.AsyncClient(timeout=10) as client:
+            early = asyncio.create_task(client.get(f"http://127.0.0.1:{port}/"))
             await asyncio.sleep(0.3)
+            assert not early.done()  # queued by the kernel, not refused, and not answered yet
+            ready["first"] = ready["second"] = True
+            assert (await early).text == "hello"
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hello"
-            ready["second"] = True
-            await asyncio.sleep(0.3)
-            await first.stop()
-            # The second one still serves new connections after the first stopped.
-        async with httpx.AsyncClient(timeout=5) as client:
+        await first.stop()
+        async with httpx.AsyncClient(timeout=5) as client:  # the second still serves new connections
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hello"
         await second.stop()
         async with httpx.AsyncClient(timeout=5) as client:

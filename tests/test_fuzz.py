@@ -6,7 +6,8 @@ Two fuzzers against the session's `modelfleet run`:
 - a raw-socket fuzzer for what OpenAPI cannot express: broken request lines,
   huge and duplicate headers, bad chunked encoding, truncated bodies, invalid
   UTF-8, deep JSON nesting. Its cases are generated here, and every case that
-  ever failed is kept as a file under tests/fuzz_corpus/ and replayed.
+  ever failed is kept as a file under tests/fuzz_corpus/ and replayed (a file
+  named NNN-... must get exactly status NNN).
 
 A 503 that says when to come back (Retry-After: a full queue, a model still
 starting) is an answer, not a failure.
@@ -152,7 +153,7 @@ def _generated_cases() -> dict[str, bytes]:
 
 
 def _corpus_cases() -> dict[str, bytes]:
-    return {f"corpus/{path.name}": path.read_bytes() for path in sorted(CORPUS.glob("*.http"))}
+    return {f"corpus/{path.name}": path.read_bytes().replace(b"%ADMIN_KEY%", ADMIN_KEY.encode()) for path in sorted(CORPUS.glob("*.http"))}
 
 
 CASES = {**_generated_cases(), **_corpus_cases()}
@@ -190,4 +191,7 @@ def test_raw_requests_get_no_5xx_and_no_hang(fleet: Fleet, name: str) -> None:
     statuses = [int(line.split()[1]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.") and len(line.split()) > 1]
     server_errors = [s for s in statuses if s >= 500 and not (s == 503 and b"retry-after" in answer.lower())]
     assert not server_errors, f"{name}: {answer[:500]!r}"
+    expected = Path(name).name.split("-", 1)[0]
+    if expected.isdigit():  # a corpus case that must get exactly this status
+        assert statuses[:1] == [int(expected)], f"{name}: {answer[:500]!r}"
     _healthy(fleet)

@@ -8,11 +8,13 @@ Deadlines are short here (1 s) so that what would take the default 10 s takes on
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,7 +40,13 @@ async def _length_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def _serve(limits: Limits, tls: Tls | None = None) -> Iterator[int]:
+@dataclass
+class Served:
+    port: int
+    stopping: Callable[[], concurrent.futures.Future]  # starts Listener.stop() on the listener's loop
+
+
+def _serve(limits: Limits, tls: Tls | None = None) -> Iterator[Served]:
     port = free_port()
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -55,10 +63,17 @@ def _serve(limits: Limits, tls: Tls | None = None) -> Iterator[int]:
     thread.start()
     asyncio.run_coroutine_threadsafe(start(), loop)
     assert started.wait(10), "listener did not start"
+    stopped: list[concurrent.futures.Future] = []
+
+    def stopping() -> concurrent.futures.Future:
+        if not stopped:
+            stopped.append(asyncio.run_coroutine_threadsafe(holder["listener"].stop(), loop))
+        return stopped[0]
+
     try:
-        yield port
+        yield Served(port, stopping)
     finally:
-        asyncio.run_coroutine_threadsafe(holder["listener"].stop(), loop).result(30)
+        stopping().result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
@@ -66,7 +81,8 @@ def _serve(limits: Limits, tls: Tls | None = None) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    yield from _serve(Limits(header_timeout_s=DEADLINE_S, body_timeout_s=DEADLINE_S, max_connections=400))
+    for served in _serve(Limits(header_timeout_s=DEADLINE_S, body_timeout_s=DEADLINE_S, max_connections=400)):
+        yield served.port
 
 
 def _closed_by_server(sock: socket.socket, within_s: float) -> bool:
@@ -134,7 +150,7 @@ def test_oversized_request_heads_get_a_status_not_a_hang(port: int, request_byte
 
 
 def test_connections_beyond_the_limit_are_closed_at_once() -> None:
-    for port in _serve(Limits(header_timeout_s=30, body_timeout_s=30, max_connections=5)):
+    for port in (s.port for s in _serve(Limits(header_timeout_s=30, body_timeout_s=30, max_connections=5))):
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
         try:
             time.sleep(0.2)  # the server has accepted the five
@@ -146,23 +162,9 @@ def test_connections_beyond_the_limit_are_closed_at_once() -> None:
                 s.close()
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory):
-    import trustme
-
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    server.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    client = ca.issue_cert("client@example.org")
-    client.private_key_and_cert_chain_pem.write_to_path(str(folder / "client.pem"))
-    return folder
-
-
 def test_https(certificates: Path) -> None:
     pem = str(certificates / "server.pem")
-    for port in _serve(Limits(), Tls(cert_file=pem, key_file=pem)):
+    for port in (s.port for s in _serve(Limits(), Tls(cert_file=pem, key_file=pem))):
         trusted = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
         answer = httpx.post(f"https://127.0.0.1:{port}/", content=b"abcd", verify=trusted, timeout=5)
         assert answer.status_code == 200 and answer.text == "4"
@@ -172,7 +174,7 @@ def test_https(certificates: Path) -> None:
 
 def test_mutual_tls_requires_a_client_certificate(certificates: Path) -> None:
     pem, ca = str(certificates / "server.pem"), str(certificates / "ca.pem")
-    for port in _serve(Limits(), Tls(cert_file=pem, key_file=pem, client_ca_file=ca)):
+    for port in (s.port for s in _serve(Limits(), Tls(cert_file=pem, key_file=pem, client_ca_file=ca))):
         anonymous = ssl.create_default_context(cafile=ca)
         with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             httpx.post(f"https://127.0.0.1:{port}/", content=b"x", verify=anonymous, timeout=5)
@@ -180,3 +182,34 @@ def test_mutual_tls_requires_a_client_certificate(certificates: Path) -> None:
         identified.load_cert_chain(str(certificates / "client.pem"))
         answer = httpx.post(f"https://127.0.0.1:{port}/", content=b"xy", verify=identified, timeout=5)
         assert answer.status_code == 200 and answer.text == "2"
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole response (headers and its Content-Length body) from a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"the server closed the connection instead of answering (after {data[:100]!r})"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
+def test_stopping_lets_an_idle_keep_alive_connection_bring_one_last_request() -> None:
+    """A rolling update stops the old replica: a client about to reuse its idle connection must not see a reset."""
+    request = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc"
+    for served in _serve(Limits()):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            sock.sendall(request)
+            first = _read_response(sock)
+            assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
+            stop = served.stopping()
+            time.sleep(0.3)  # the server is stopping, and this connection is idle
+            sock.sendall(request)
+            last = _read_response(sock)
+            assert last.startswith(b"HTTP/1.1 200") and b"connection: close" in last.lower(), last
+            assert _closed_by_server(sock, within_s=3)
+        stop.result(10)

@@ -61,6 +61,7 @@ def _status(path: Path, env: dict) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_a_gpu_pool_node_is_added_on_demand_and_removed_when_idle(cluster) -> None:
     path, env, state = cluster
     before = _status(path, env)
@@ -105,6 +106,7 @@ print(json.dumps({"gpu_nodes": gpu_nodes, "replicas": {a.class_name: a.node_id f
 """
 
 
+@pytest.mark.slow
 def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
     """examples/fraud as is: scorer_mlp asks for the gpu pool and a GPU, so the autoscaler adds a gpu node for it."""
     from examples.fraud.data import generate
