@@ -18,6 +18,8 @@ What counts is the load generator's own tally of failed requests.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,9 +47,7 @@ def _spec(folder: Path, **changes) -> Path:
 
 
 def _cli(*args: str) -> tuple[int, str]:
-    import subprocess
-    import sys
-
+    """`modelfleet ARGS`: (exit code, the last line it printed on stderr)."""
     done = subprocess.run([sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
     return done.returncode, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from providers.storage import StorageError
 from serve_apps.auth import ENV_VAR as KEYS_ENV_VAR
 from serve_apps.auth import KeyRing, KeysConfigError, append_key
+from serve_apps.net import is_loopback_host
 from serve_apps.spec import AppSpec, ModelSpec, SpecError, check_artifacts_exist, load_app_spec
 
 app = typer.Typer(
@@ -82,7 +83,7 @@ def _keys(spec: AppSpec) -> KeyRing:
 def _keys_for_host(spec: AppSpec, spec_path: Path, host: str, refusal: str | None = None) -> KeyRing:
     """The app's keys; exit 2 if it would listen on `host`, beyond loopback, without any (`refusal` says where)."""
     keys = _keys(spec)
-    if not keys.enabled and not _is_loopback(host):
+    if not keys.enabled and not is_loopback_host(host):
         _bad_input(
             f"{refusal or f'--host {host}: refusing to expose models beyond this machine'} without API keys; "
             f"set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or MODELFLEET_API_KEYS"
@@ -116,17 +117,6 @@ def _require_ray_auth(insecure: bool, on_what: str) -> None:
     if not insecure:
         _bad_input(f"{why}; unset RAY_AUTH_MODE (or set it to token), or pass --insecure-no-ray-auth to accept that")
     _log.warning(f"--insecure-no-ray-auth: Ray runs without token auth; anyone who reaches its ports runs code {on_what}")
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @app.command()

@@ -13,7 +13,6 @@ deployments of their own, one handle call away, or embedded in this process.
 
 
 import asyncio
-import ipaddress
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Mount
 
+from .net import is_loopback_host
 from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
@@ -172,15 +172,6 @@ async def _discard_rest(request: Request) -> None:
         return
 
 
-def _is_loopback_ip(host: str | None) -> bool:
-    if host is None:
-        return False
-    try:
-        return ipaddress.ip_address(host.strip("[]").removeprefix("::ffff:")).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 _LOOPBACK_HOST_HEADER = re.compile(r"(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?", re.IGNORECASE)
 
 
@@ -193,7 +184,7 @@ def _refuse_by_origin(scope: dict, keyless: bool) -> RequestError | None:
     127.0.0.1 cannot read from the local server.
     """
     server = scope.get("server")
-    on_loopback = _is_loopback_ip(server[0] if server else None)
+    on_loopback = is_loopback_host(server[0] if server else None)
     if keyless and not on_loopback:
         return RequestError(
             403, "this app has no API keys, so it answers on loopback only; configure keys "
@@ -226,8 +217,8 @@ class _OriginGuard:
 
 
 api.add_middleware(_OriginGuard)
-MULTIPLEX_HEADER = "serve_multiplexed_model_id"
-STATES_TTL_S = 1.0  # how stale readiness may be: probes must not each cost a controller round trip  # Ray Serve's own header name for model multiplexing
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # Ray Serve's own header name for model multiplexing
+STATES_TTL_S = 1.0  # how stale readiness may be: probes must not each cost a controller round trip
 
 
 def _family_and_id(name: str) -> tuple[str, str | None]:
@@ -321,15 +312,15 @@ def _front_door(ingress: Any, prefix: str) -> Any:
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http":
-            refusal = _refuse_by_origin(scope, keyless=not ingress.keys.enabled)
-            if refusal is not None:
-                await _error(refusal.status, str(refusal))(scope, receive, send)
-                return
         if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(base + "/"):
             for pattern, handler in _INFER_ROUTES:
                 match = pattern.fullmatch(path, len(base))
                 if match:
+                    # Every other route passes `api`'s _OriginGuard; these two skip `api`, so check here.
+                    refusal = _refuse_by_origin(scope, keyless=not ingress.keys.enabled)
+                    if refusal is not None:
+                        await _error(refusal.status, str(refusal))(scope, receive, send)
+                        return
                     request = Request(scope, receive)
                     try:
                         response = await getattr(ingress, handler)(match.group(1), request)
@@ -365,7 +356,7 @@ class Ingress:
         self._states: dict[str, str] = {}
         self._states_at = -float("inf")
         self._states_lock = asyncio.Lock()
-        if listen and not self.keys.enabled and not _is_loopback_ip(listen["host"]):
+        if listen and not self.keys.enabled and not is_loopback_host(listen["host"]):
             raise RuntimeError(
                 f"refusing to serve models on {listen['host']}:{listen['port']} without API keys; "
                 "configure ingress.keys_file or MODELFLEET_API_KEYS, or listen on loopback"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from providers.storage import fetch
 
+from .net import is_loopback_host
 from .auth import KeyRing
 from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
@@ -80,8 +81,8 @@ APP_LOGGING = {"enable_access_log": False, "log_level": "INFO"}
 
 
 def is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]") or address
-    return host in ("127.0.0.1", "localhost", "::1")
+    """Is this `host:port` (or bare host) a loopback address?"""
+    return is_loopback_host(address.rpartition(":")[0] or address)
 
 
 class DeployFailed(Exception):

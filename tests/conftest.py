@@ -218,6 +218,18 @@ def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> sub
     return subprocess.run([sys.executable, "-c", prelude + code, address, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
+_DEPLOY_LISTENING = (
+    "from serve_apps.runner import RayTarget; from serve_apps.spec import load_app_spec\n"
+    "RayTarget(gpus_known=False).deploy(load_app_spec(sys.argv[2]), listen=('127.0.0.1', int(sys.argv[3])), timeout_s=180)"
+)
+
+
+def deploy_listening(address: str, spec_path: Path, port: int) -> None:
+    """Deploy an app onto the Ray at `address` with its ingress replicas listening on 127.0.0.1:`port`, as `run` does."""
+    done = ray_driver(address, _DEPLOY_LISTENING, str(spec_path), str(port))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def delete_app(address: str, app_name: str) -> None:
     ray_driver(address, "serve.delete(sys.argv[2])", app_name, timeout=120)
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from serve_apps.ingress import _refuse_by_origin
-from tests.conftest import DIGITS_KEY, ROOT, Fleet, delete_app, free_port, ray_driver
+from tests.conftest import DIGITS_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port
 
 ECHO = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}'
 
@@ -123,13 +123,8 @@ def test_an_app_with_tls_serves_https_on_its_own_port(fleet: Fleet, ray_address:
     spec["models"][0]["resources"] = {"num_cpus": 0.05}
     path, port = tmp_path / "tls.yaml", free_port()
     path.write_text(yaml.safe_dump(spec))
-    deploy = (
-        "from serve_apps.runner import RayTarget; from serve_apps.spec import load_app_spec\n"
-        "RayTarget(gpus_known=False).deploy(load_app_spec(sys.argv[2]), listen=('127.0.0.1', int(sys.argv[3])), timeout_s=120)"
-    )
     try:
-        done = ray_driver(ray_address, deploy, str(path), str(port))
-        assert done.returncode == 0, done.stderr[-3000:]
+        deploy_listening(ray_address, path, port)
         trusted = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [3.0]}]}
         answer = httpx.post(f"https://127.0.0.1:{port}/tls/v2/models/echo/infer", json=body, verify=trusted, timeout=30)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from loadtests.chaos import BackgroundLoad, ReplicaKiller
-from tests.conftest import ADMIN_KEY, ROOT, Fleet, delete_app, free_port, ray_driver, run_cli
+from tests.conftest import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port, run_cli
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
 
@@ -72,12 +72,7 @@ class Rolling:
 def rolling_app(fleet: Fleet, ray_address: str, tmp_path_factory) -> Rolling:
     """Version 1, listening on a port of its own; `modelfleet deploy` updates keep listening there."""
     tmp, port = tmp_path_factory.mktemp("rolling"), free_port()
-    deploy = (
-        "from serve_apps.runner import RayTarget; from serve_apps.spec import load_app_spec\n"
-        "RayTarget(gpus_known=False).deploy(load_app_spec(sys.argv[2]), listen=('127.0.0.1', int(sys.argv[3])), timeout_s=180)"
-    )
-    done = ray_driver(ray_address, deploy, str(_rolling_spec(tmp, "1")), str(port))
-    assert done.returncode == 0, done.stderr[-3000:]
+    deploy_listening(ray_address, _rolling_spec(tmp, "1"), port)
     yield Rolling(tmp, f"http://127.0.0.1:{port}/{ROLLING}/v2/models/echo/infer")
     delete_app(ray_address, ROLLING)
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cluster.launch import session_pids
 from modelfleet.cli import app
 from tests.conftest import ROOT, Fleet, free_port, run_cli
 
@@ -181,21 +182,10 @@ def test_deploy_forgets_plaintext_keys_before_connecting(monkeypatch: pytest.Mon
     assert "MODELFLEET_API_KEYS" not in os.environ
 
 
-def _session_pids(leader: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != leader:
-            try:
-                if os.getsid(int(entry.name)) == leader:
-                    found.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                continue
-    return found
-
-
 def test_rays_processes_never_see_plaintext_keys(fleet: Fleet) -> None:
     """The fleet runs with MODELFLEET_API_KEYS set; none of the Ray processes `run` started inherits it."""
-    pids = _session_pids(fleet.process.pid)
+    # The leader is `run` itself: /proc shows the environment it started with, before it dropped the keys.
+    pids = [pid for pid in session_pids(fleet.process.pid) if pid != fleet.process.pid]
     environs = {}
     for pid in pids:
         try:
