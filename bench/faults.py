@@ -1,6 +1,6 @@
 """Faults under load, the long versions: how many requests are lost, with and without modelfleet's handling.
 
-    python -m bench.faults [--kill-seconds 60] [--updates 20] [--users 4]
+    python -m bench.faults [--kill-seconds 60] [--updates 20] [--node-losses 3] [--users 4] [--cases ...]
 
 One `modelfleet run` of bench/faults_app.yaml (an echo deployed with two
 replicas) per case, loaded by `modelfleet loadtest` on 127.0.0.1:
@@ -11,13 +11,18 @@ replicas) per case, loaded by `modelfleet loadtest` on 127.0.0.1:
 3. rolling updates: N consecutive `modelfleet deploy` version bumps of the
    running app, through the app's own port (its ingress replicas hand the
    port over with SO_REUSEPORT);
-4. a failed update: a version that crashes on its first request.
+4. a failed update: a version that crashes on its first request;
+5. node losses on a local-sim cluster (`cluster up`): the two replicas on two
+   nodes of its cpu pool, and every process of one node SIGKILLed at once;
+   the replacement replica needs a new node from Ray's autoscaler.
 What counts is the load generator's own tally of failed requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtests.chaos import BackgroundLoad, ReplicaKiller
+from loadtests.chaos import BackgroundLoad, ReplicaKiller, kill_node, node_of, replica_pids
 from loadtests.server import AppProcess
 
 from ._harness import LOGS, REPO, console, interrupt_on_signals, print_table, write_results
@@ -46,9 +51,11 @@ def _spec(folder: Path, **changes) -> Path:
     return path
 
 
-def _cli(*args: str) -> tuple[int, str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """`modelfleet ARGS`: (exit code, the last line it printed on stderr)."""
-    done = subprocess.run([sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, cwd=REPO, timeout=600, env=env,
+    )
     return done.returncode, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
 
 
@@ -98,6 +105,54 @@ def rolling_updates(folder: Path, updates: int, users: int) -> list[dict]:
     return results
 
 
+def node_losses(folder: Path, losses: int, seconds: float, users: int) -> list[dict]:
+    """local-sim: the echo's two replicas on two 1-CPU nodes of the cpu pool; one node is lost `losses` times in turn."""
+    cluster = yaml.safe_load((REPO / "examples/clusters/local-sim.yaml").read_text())
+    cluster.update(name="bench-faults-sim", idle_timeout_minutes=0.5)
+    for pool in cluster["pools"]:
+        pool["cpus"] = 1  # one echo replica (1 CPU) per node
+    cluster_path = folder / "local-sim.yaml"
+    cluster_path.write_text(yaml.safe_dump(cluster))
+    env = {**os.environ, **ENV, "MODELFLEET_HOME": str(folder / "home")}
+    code, last = _cli("cluster", "up", str(cluster_path), env=env)
+    if code != 0:
+        raise RuntimeError(f"cluster up failed: {last}")
+    state = json.loads((folder / "home/clusters/bench-faults-sim/state.json").read_text())
+    rows = []
+    try:
+        code, last = _cli("deploy", str(_spec(folder, model={"resources": {"pool": "cpu", "num_cpus": 1}})),
+                          "--address", state["address"], "--timeout-s", "300", env=env)
+        if code != 0:
+            raise RuntimeError(f"deploy onto local-sim failed: {last}")
+        url = f"{state['serve_url']}/v2/models/echo/infer"
+        for n in range(1, losses + 1):
+            load = BackgroundLoad(url, ECHO, folder / f"node-loss-{n}", seconds, users)
+            time.sleep(5)
+            lost = node_of(replica_pids("faults", "echo")[0])
+            killed, lost_at = kill_node(lost), time.monotonic()
+            recovered_s = _wait_for_replacement(lost, timeout_s=300) - lost_at
+            summary = load.finish()
+            console.print(f"node loss {n}: killed {killed}")
+            rows.append({"case": f"local-sim node loss {n}: replica back on a new node after {recovered_s:.0f} s",
+                         "kills": 1, **_counts(summary)})
+        after = BackgroundLoad(url, ECHO, folder / "node-loss-after", 20, users).finish()
+        rows.append({"case": "local-sim, after the node losses (20 s)", "kills": 0, **_counts(after)})
+    finally:
+        _cli("cluster", "down", str(cluster_path), env=env)
+    return rows
+
+
+def _wait_for_replacement(lost: str, timeout_s: float) -> float:
+    """When both replicas run again, neither on node `lost` (monotonic time)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        nodes = [node_of(pid) for pid in replica_pids("faults", "echo")]
+        if len(nodes) == 2 and None not in nodes and lost not in nodes:
+            return time.monotonic()
+        time.sleep(0.5)
+    raise RuntimeError(f"no replacement replica {timeout_s:.0f} s after node {lost} was lost")
+
+
 def _counts(summary: dict) -> dict:
     requests, failures = summary["requests"], summary["failures"]
     return {
@@ -111,7 +166,9 @@ def main() -> None:
     parser.add_argument("--kill-seconds", type=float, default=60)
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--cases", nargs="+", choices=["kills", "ingress", "updates"], default=["kills", "ingress", "updates"])
+    parser.add_argument("--node-losses", type=int, default=3)
+    cases = ["kills", "ingress", "updates", "node"]
+    parser.add_argument("--cases", nargs="+", choices=cases, default=cases)
     args = parser.parse_args()
     interrupt_on_signals()
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -123,6 +180,8 @@ def main() -> None:
         rows.append(ingress_deaths(folder, args.kill_seconds, args.users))
     if "updates" in args.cases:
         rows += rolling_updates(folder, args.updates, args.users)
+    if "node" in args.cases:
+        rows += node_losses(folder, args.node_losses, args.kill_seconds, args.users)
     print_table(
         "faults under load (modelfleet loadtest, 127.0.0.1)", ["case", "kills", "requests", "failed", "success", "req/s"],
         [[r["case"], str(r.get("kills", "")), str(r.get("requests", "")), str(r.get("failures", "")),

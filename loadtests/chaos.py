@@ -21,7 +21,11 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["BackgroundLoad", "ReplicaKiller", "replica_pids"]
+__all__ = ["BackgroundLoad", "ReplicaKiller", "kill_node", "node_of", "replica_pids"]
+
+# Ray's fake_multinode provider (local-sim) starts each simulated node's raylet with this variable set to the
+# node's id; every process the raylet starts (workers, replicas, agents) inherits it. Head processes lack it.
+SIMULATED_NODE_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"
 
 
 class BackgroundLoad:
@@ -59,9 +63,38 @@ def replica_pids(app: str, deployment: str, listening_on: int | None = None) -> 
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if cmdline and cmdline[0].strip() == title and (listening_on is None or _listens(process, listening_on)):
+        name = cmdline[0].strip() if cmdline else ""
+        # While a replica runs a call Ray appends the method: ray::ServeReplica:APP:DEPLOYMENT.handle_request...
+        if name.split(".", 1)[0] == title and (listening_on is None or _listens(process, listening_on)):
             found.append(process.info["pid"])
     return sorted(found)
+
+
+def node_of(pid: int) -> str | None:
+    """The local-sim node id process `pid` runs on; None for the head (or a process that is gone)."""
+    try:
+        return psutil.Process(pid).environ().get(SIMULATED_NODE_ENV)
+    except psutil.Error:
+        return None
+
+
+def kill_node(node_id: str) -> dict[int, str]:
+    """Lose local-sim node `node_id` at once: SIGKILL its raylet and everything it started, as a power cut would.
+
+    Only processes carrying the node's id are signalled; returns them, pid to
+    title. Ray notices the dead node, the autoscaler forgets it and launches
+    a replacement if replicas still need one.
+    """
+    killed = {}
+    for process in psutil.process_iter(["pid", "name", "cmdline"]):
+        pid, cmdline = process.info["pid"], process.info["cmdline"] or [""]
+        if pid != os.getpid() and node_of(pid) == node_id:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed[pid] = cmdline[0].strip() if cmdline[0].startswith("ray::") else process.info["name"]
+            except ProcessLookupError:
+                continue
+    return killed
 
 
 def _listens(process: psutil.Process, port: int) -> bool:

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from loadtests.chaos import BackgroundLoad, ReplicaKiller
-from tests.conftest import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port, run_cli
+from loadtests.chaos import BackgroundLoad, ReplicaKiller, replica_pids
+from tests.conftest import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
 
@@ -27,6 +27,7 @@ LOAD_S = 12
 KILL_LOAD_S = 20  # Serve takes several seconds to replace a killed replica: room for two kills
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 ROLLING = "rolling"  # an app deployed next to the fleet, updated while under load
+INGRESS_REPLICAS = 2  # rolling's ingress replicas share its port (SO_REUSEPORT), as under `modelfleet run`
 
 
 def _retries(fleet: Fleet, model: str) -> float:
@@ -53,7 +54,7 @@ def test_killed_replicas_lose_no_request(fleet: Fleet, tmp_path: Path) -> None:
 
 def _rolling_spec(tmp: Path, version: str, model: dict | None = None) -> Path:
     spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
-    spec.update(name=ROLLING, route_prefix=f"/{ROLLING}", ingress={"num_cpus": 0.05})
+    spec.update(name=ROLLING, route_prefix=f"/{ROLLING}", ingress={"num_cpus": 0.05, "num_replicas": INGRESS_REPLICAS})
     spec["models"][0].update(
         version=version, resources={"num_cpus": 0.05}, autoscaling={"min_replicas": 1, "max_replicas": 1}, **(model or {}),
     )
@@ -65,6 +66,7 @@ def _rolling_spec(tmp: Path, version: str, model: dict | None = None) -> Path:
 @dataclass
 class Rolling:
     folder: Path
+    port: int
     url: str  # the app's own port: its ingress replicas listen there, as under `modelfleet run`
 
 
@@ -73,7 +75,7 @@ def rolling_app(fleet: Fleet, ray_address: str, tmp_path_factory) -> Rolling:
     """Version 1, listening on a port of its own; `modelfleet deploy` updates keep listening there."""
     tmp, port = tmp_path_factory.mktemp("rolling"), free_port()
     deploy_listening(ray_address, _rolling_spec(tmp, "1"), port)
-    yield Rolling(tmp, f"http://127.0.0.1:{port}/{ROLLING}/v2/models/echo/infer")
+    yield Rolling(tmp, port, f"http://127.0.0.1:{port}/{ROLLING}/v2/models/echo/infer")
     delete_app(ray_address, ROLLING)
 
 
@@ -81,6 +83,30 @@ def _served_version(rolling: Rolling) -> str:
     response = httpx.post(rolling.url, json=ECHO, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()["model_version"]
+
+
+def test_killed_ingress_replicas_refuse_no_connection(rolling_app: Rolling) -> None:
+    """One of the two ingress replicas listening on the app's port is SIGKILLed every 4 s (when both listen).
+
+    New connections go to the survivor (the kernel only balances SO_REUSEPORT
+    among live listeners), so none is refused; a request in flight on the
+    killed replica's connection sees it closed: at most one per user per kill.
+    """
+    users = 4
+    load = BackgroundLoad(rolling_app.url, ECHO, rolling_app.folder / "ingress-kills", LOAD_S, users=users)
+    killer = ReplicaKiller(ROLLING, "ingress", every_s=4, min_running=INGRESS_REPLICAS, duration_s=LOAD_S - 2,
+                           listening_on=rolling_app.port).start()
+    try:
+        summary = load.finish()
+    finally:
+        killer.stop()
+    print(f"\ningress kills: {killer.kills}; {summary['requests']} requests, {summary['failures']} failed: {summary['errors']}")
+    assert killer.kills, "no ingress replica was killed: Serve never had both listening"
+    assert summary["requests"] > 100 and summary["failures"] <= users * len(killer.kills), summary
+    assert not [e for e in summary["errors"] if "refused" in e.lower()], summary["errors"]
+    wait_until(lambda: len(replica_pids(ROLLING, "ingress", rolling_app.port)) == INGRESS_REPLICAS, 60,
+               "Serve to replace the killed ingress replicas", None, load.log)
+    _served_version(rolling_app)
 
 
 def test_rolling_updates_under_load_lose_no_request(ray_address: str, rolling_app: Rolling) -> None:

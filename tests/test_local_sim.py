@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cluster.launch import session_pids
+from loadtests.chaos import BackgroundLoad, kill_node, node_of, replica_pids
 from tests.conftest import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
 
 GPU_TASK = """
@@ -35,7 +36,7 @@ def cluster(tmp_path_factory):
     spec = yaml.safe_load((ROOT / "examples/clusters/local-sim.yaml").read_text())
     spec.update(name="mf-test-sim", idle_timeout_minutes=0.25)
     for pool in spec["pools"]:
-        pool.update(cpus=1, max_workers=1)
+        pool.update(cpus=1, max_workers=2 if pool["name"] == "cpu" else 1)  # cpu: one node per sturdy replica
     path = tmp / "local-sim.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**{k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}, "MODELFLEET_HOME": str(tmp / "home")}
@@ -130,3 +131,52 @@ def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
 
     delete_app(state["address"], "fraud")
     wait_until(lambda: _status(path, env)["pools"]["gpu"]["nodes"] == 0, 180, "the gpu node to go once fraud is removed", None, Path(state["log"]))
+
+
+SIM_APP = "sturdy-sim"
+ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
+
+
+def _replica_nodes() -> dict[int, str | None]:
+    return {pid: node_of(pid) for pid in replica_pids(SIM_APP, "echo")}
+
+
+@pytest.mark.slow
+def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_elsewhere(cluster, tmp_path: Path) -> None:
+    """Two echo replicas, one per node of the cpu pool, under load; one node loses every process at once.
+
+    The ingress retries the calls that were on the lost replica on the other
+    one; Serve starts a replacement, for which the autoscaler adds a new node.
+    """
+    path, env, state = cluster
+    spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
+    spec.update(name=SIM_APP, route_prefix=f"/{SIM_APP}", ingress={"num_cpus": 0.1})
+    spec["models"][0].update(resources={"pool": "cpu", "num_cpus": 1}, autoscaling={"min_replicas": 2, "max_replicas": 2})
+    app = tmp_path / "sturdy-sim.yaml"
+    app.write_text(yaml.safe_dump(spec))
+    deploy = run_cli("deploy", str(app), "--address", state["address"], "--timeout-s", "300", env=env, timeout=420)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr[-3000:]
+    before = _replica_nodes()
+    assert len(before) == 2 and None not in before.values() and len(set(before.values())) == 2, before  # one per cpu node
+    url = f"{state['serve_url']}/{SIM_APP}/v2/models/echo/infer"
+
+    during = BackgroundLoad(url, ECHO, tmp_path / "during", 30)  # ends before, or as, the replacement comes
+    time.sleep(3)
+    lost = next(iter(before.values()))
+    killed, lost_at = kill_node(lost), time.monotonic()
+    assert "raylet" in killed.values(), f"node {lost} was not lost: killed {killed}"
+
+    def replaced() -> bool:
+        now = _replica_nodes()
+        return len(now) == 2 and None not in now.values() and lost not in now.values()
+
+    wait_until(replaced, 180, "a replacement replica on a new node", None, Path(state["log"]))
+    recovered_s = time.monotonic() - lost_at
+    during_summary = during.finish()
+    after = BackgroundLoad(url, ECHO, tmp_path / "after", 5).finish()
+    print(f"\nlocal-sim node loss: {sorted(killed.values())} of node {lost[-5:]} killed, replica back on another node in "
+          f"{recovered_s:.0f} s; during: {during_summary['requests']} requests, {during_summary['failures']} failed; "
+          f"after: {after['requests']} requests, {after['failures']} failed")
+    assert during_summary["requests"] > 100 and during_summary["failures"] == 0, during_summary
+    assert after["requests"] > 20 and after["failures"] == 0, after
+    delete_app(state["address"], SIM_APP)
