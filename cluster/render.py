@@ -21,7 +21,10 @@ from providers.compute import POOL_CAPACITY, InstanceType, catalog, pool_resourc
 from . import network
 from .spec import ClusterSpec, Provider
 
-__all__ = ["KUBERAY_SERVE_HOST", "RenderError", "SERVE_PORT", "TEMPLATED", "network_steps", "render", "validate_with_ray"]
+__all__ = [
+    "KUBERAY_SERVE_HOST", "KUBERAY_TLS_DIR", "RenderError", "SERVE_PORT", "TEMPLATED", "kuberay_tls_secret", "network_steps", "render",
+    "validate_with_ray",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATED = (Provider.aws, Provider.gcp, Provider.azure, Provider.onprem, Provider.local_sim, Provider.kuberay)
@@ -30,6 +33,9 @@ FAKE_HEAD_TYPE = "ray.head.default"  # the fake_multinode provider names its hea
 SERVE_PORT = 8000  # Serve's HTTP port on a cluster's nodes (KubeRay's `serve` container port)
 DASHBOARD_PORT = 8265  # the head's dashboard, where the KubeRay operator deploys a RayService's app
 KUBERAY_SERVE_HOST = "0.0.0.0"  # a RayService's proxies answer on their pod's address
+# An app served over HTTPS: its certificate and key reach every pod (each runs a Serve proxy) from a
+# Secret of type kubernetes.io/tls mounted here, never inlined in the manifest.
+KUBERAY_TLS_DIR = "/etc/modelfleet/tls"
 TOKEN_FOLDER = "~/.ray"  # where file_mounts puts the token on every node
 TOKEN_ON_NODES = f"{TOKEN_FOLDER}/auth_token"
 
@@ -58,10 +64,15 @@ class Context:
     node_types: list[NodeType] | list[KubeNode]
     gcs_address: str = "127.0.0.1:6379"  # local-sim: where the simulated nodes find the head
     serve_config: str | None = None  # kuberay: `modelfleet build` output, for a RayService
+    tls_secret: str | None = None  # kuberay: the Secret holding the app's certificate and key (an HTTPS app)
 
     @property
     def ray_version(self) -> str:
         return _ray_version()
+
+    @property
+    def tls_dir(self) -> str:
+        return KUBERAY_TLS_DIR
 
     @property
     def token_secret(self) -> str:
@@ -272,7 +283,10 @@ def render(
     provider = provider or spec.provider.type
     spec.check_for(provider)
     if provider is Provider.kuberay:
-        context = Context(spec, provider.value, source, kube_nodes(spec, _ray_version()), gcs_address, _serve_config_text(serve_config))
+        context = Context(
+            spec, provider.value, source, kube_nodes(spec, _ray_version()), gcs_address, _serve_config_text(serve_config),
+            _tls_secret(spec, serve_config),
+        )
         text = _environment().get_template("kuberay.yaml.j2").render(ctx=context)
         validate_kuberay(list(yaml.safe_load_all(text)))
         return text
@@ -280,6 +294,23 @@ def render(
     text = _environment().get_template(f"{provider.value}.yaml.j2").render(ctx=context)
     validate_with_ray(yaml.safe_load(text))
     return text
+
+
+def kuberay_tls_secret(spec: ClusterSpec) -> str:
+    """The Secret (kubernetes.io/tls) a RayService of `spec` reads an HTTPS app's certificate and key from."""
+    return f"{spec.name}-serve-tls"
+
+
+def _tls_secret(spec: ClusterSpec, serve_config: dict | None) -> str | None:
+    """For an HTTPS app, the Secret its pods mount at KUBERAY_TLS_DIR: its certificate and key are files on
+    the operator's machine, and the serve config must point where the pods see them (`build`'s tls_files_in)."""
+    http = (serve_config or {}).get("http_options", {})
+    if "ssl_certfile" not in http:
+        return None
+    for name in ("ssl_certfile", "ssl_keyfile"):
+        if not http[name].startswith(f"{KUBERAY_TLS_DIR}/"):
+            raise ValueError(f"serve config http_options.{name} {http[name]!r} is not in {KUBERAY_TLS_DIR}, where the pods mount it")
+    return kuberay_tls_secret(spec)
 
 
 def _serve_config_text(serve_config: dict | None) -> str | None:

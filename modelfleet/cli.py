@@ -394,14 +394,16 @@ def cluster_render(
     if app_path is not None:
         if target is not Provider.kuberay:
             _bad_input(f"--app: only --provider kuberay embeds an app (as a RayService); deploy it with `modelfleet deploy` elsewhere")
-        from cluster.render import KUBERAY_SERVE_HOST, SERVE_PORT
+        from cluster.render import KUBERAY_SERVE_HOST, KUBERAY_TLS_DIR, SERVE_PORT
         from serve_apps.build import serve_config as build_serve_config
 
         app_spec = _load(app_path)
         refusal = f"--app {app_path}: a RayService's Serve proxies listen on {KUBERAY_SERVE_HOST} in its pods; refusing to expose models"
         keys = _keys_for_host(app_spec, app_path, KUBERAY_SERVE_HOST, refusal)
         try:
-            serve_config = build_serve_config(app_spec, host=KUBERAY_SERVE_HOST, port=SERVE_PORT, keys=keys)
+            serve_config = build_serve_config(
+                app_spec, host=KUBERAY_SERVE_HOST, port=SERVE_PORT, keys=keys, tls_files_in=KUBERAY_TLS_DIR,
+            )
         except ValueError as exc:
             _bad_input(f"{app_path}: {exc}")
     try:
@@ -418,11 +420,14 @@ def cluster_render(
     target_file = output or "CLUSTER.yaml"
     _print_network_steps(spec, target)
     if target is Provider.kuberay:
-        err.print(
-            f"next steps:\n  kubectl -n {spec.provider.namespace} create secret generic {spec.name}-ray-token "
-            f"--from-file=token={spec.auth_token_file.replace('~/', '$HOME/')}\n  kubectl apply -f {target_file}",
-            soft_wrap=True, markup=False,
-        )
+        from cluster.render import kuberay_tls_secret
+
+        kubectl = f"kubectl -n {spec.provider.namespace}"
+        steps = [f"{kubectl} create secret generic {spec.name}-ray-token --from-file=token={spec.auth_token_file.replace('~/', '$HOME/')}"]
+        tls = app_spec.resolved().ingress.tls if app_path is not None else None
+        if tls is not None:  # the app serves HTTPS: its certificate and key reach the pods as a Secret
+            steps.append(f"{kubectl} create secret tls {kuberay_tls_secret(spec)} --cert={tls.cert_file} --key={tls.key_file}")
+        err.print("next steps:\n  " + "\n  ".join([*steps, f"kubectl apply -f {target_file}"]), soft_wrap=True, markup=False)
         return
     err.print(
         f"next steps:\n  ray up -y {target_file}        # launch (needs the token file {spec.auth_token_file})\n"

@@ -110,13 +110,20 @@ def app_builder(args: dict[str, Any]) -> Application:
     return build_app(AppSpec.model_validate(args["spec"]), keys=KeyRing.from_hashes(args.get("keys")))
 
 
-def serve_config(spec: AppSpec, host: str = "127.0.0.1", port: int = 8000, keys: KeyRing | None = None) -> dict[str, Any]:
+def serve_config(
+    spec: AppSpec, host: str = "127.0.0.1", port: int = 8000, keys: KeyRing | None = None, tls_files_in: str | None = None,
+) -> dict[str, Any]:
     """A ServeDeploySchema-compatible config that rebuilds this app from its (resolved) spec.
 
     API keys are embedded as hashes, so the config is safe to store and ship.
+    `tls_files_in`: where the nodes find an HTTPS app's certificate and key, as `tls.crt` and `tls.key`
+    (KubeRay mounts them from a Secret there), rather than at the spec's paths on this machine.
     """
     keys = keys or KeyRing.load(spec.keys_path())
     resolved = spec.resolved()
+    if resolved.ingress.tls is not None and tls_files_in is not None:
+        moved = {"cert_file": f"{tls_files_in}/tls.crt", "key_file": f"{tls_files_in}/tls.key"}
+        resolved.ingress.tls = resolved.ingress.tls.model_copy(update=moved)
     http_options: dict[str, Any] = {"host": host, "port": port}
     tls = resolved.ingress.tls
     if tls is not None:

@@ -263,6 +263,31 @@ def test_kuberay_with_an_app_renders_a_rayservice_serve_accepts(tmp_path: Path) 
     assert "kubectl apply" in result.stderr
 
 
+def test_kuberay_serves_an_https_app_with_its_certificate_from_a_secret(tmp_path: Path, certificates: Path) -> None:
+    """The certificate files are on the operator's machine: every pod mounts them from a kubernetes.io/tls Secret."""
+    from cluster.render import KUBERAY_TLS_DIR
+
+    spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
+    spec["ingress"] = {"tls": {"cert_file": str(certificates / "server.pem"), "key_file": str(certificates / "server.pem")}}
+    path = tmp_path / "https.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(
+        app, ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(path)],
+        env={"MODELFLEET_API_KEYS": "mf_render_test_key_0123456789abcdefghij=admin"},
+    )
+    assert result.exit_code == 0, result.stderr
+    manifest = next(doc for doc in yaml.safe_load_all(result.stdout) if doc["kind"] == "RayService")
+    http = yaml.safe_load(manifest["spec"]["serveConfigV2"])["http_options"]
+    assert (http["ssl_certfile"], http["ssl_keyfile"]) == (f"{KUBERAY_TLS_DIR}/tls.crt", f"{KUBERAY_TLS_DIR}/tls.key")
+    cluster = manifest["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:  # every pod runs a Serve proxy
+        assert pod["volumes"] == [{"name": "serve-tls", "secret": {"secretName": "modelfleet-k8s-serve-tls", "defaultMode": 0o440}}]
+        assert pod["containers"][0]["volumeMounts"] == [{"name": "serve-tls", "mountPath": KUBERAY_TLS_DIR, "readOnly": True}]
+    assert str(certificates) not in result.stdout, "the operator's file paths are not the pods'"
+    assert f"create secret tls modelfleet-k8s-serve-tls --cert={certificates / 'server.pem'}" in result.stderr
+
+
 def test_app_is_only_for_kuberay(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["cluster", "render", str(EXAMPLES / "aws.yaml"), "--app", str(ROOT / "examples/echo/app.yaml")])
     assert result.exit_code == 2 and "--app" in result.stderr
