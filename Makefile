@@ -16,7 +16,7 @@ PORT     ?= 8000
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup artifacts demo test test-fast bench clean
+.PHONY: setup artifacts demo lint test test-fast bench clean
 
 setup: $(INSTALLED) $(AZURITE)
 
@@ -53,11 +53,17 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
 	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)
 
-test: setup artifacts $(CHROMIUM)
+# Style, lint and the rooms' layering (pyproject.toml's import-linter contracts): seconds, before the tests.
+lint: setup
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+	$(BIN)/lint-imports --no-cache
+
+test: setup artifacts $(CHROMIUM) lint
 	$(BIN)/pytest
 
 # The fast lane: everything but the tests marked slow (faults under load, local-sim clusters).
-test-fast: setup artifacts $(CHROMIUM)
+test-fast: setup artifacts $(CHROMIUM) lint
 	$(BIN)/pytest -m "not slow"
 
 # Benchmarks with their baselines run side by side (minutes; not part of `make test`): see BENCHMARKS.md.

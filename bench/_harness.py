@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -26,8 +26,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from loadtests.measure import SATURATED_CORES
-from loadtests.server import free_port, session_processes
+from groundwork.processes import session_processes
 
 from ._payloads import READY_PATH
 
@@ -119,7 +118,12 @@ class Server:
                 env[key] = value
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.target.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self.target.argv,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self._wait_ready()
@@ -129,14 +133,18 @@ class Server:
         with httpx.Client(timeout=5) as client:
             while True:
                 if self.proc.poll() is not None:
-                    raise TargetFailed(f"{self.target.name} exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
+                    raise TargetFailed(
+                        f"{self.target.name} exited ({self.proc.returncode}) while starting:\n{self.log_tail()}"
+                    )
                 try:
                     if client.get(self.url + self.target.ready_path).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TargetFailed(f"{self.target.name} not ready after {self.target.startup_timeout_s:.0f}s:\n{self.log_tail()}")
+                    raise TargetFailed(
+                        f"{self.target.name} not ready after {self.target.startup_timeout_s:.0f}s:\n{self.log_tail()}"
+                    )
                 time.sleep(0.5)
 
     def settle(self, idle_cores: float = 0.15, timeout_s: float = 60) -> float:
@@ -206,10 +214,15 @@ class Server:
             for proc in alive:
                 proc.kill()
             if leftovers:
-                console.print(f"[yellow]{self.target.name}: ended {len(leftovers)} process(es) that outlived it: {names}[/yellow]")
+                console.print(
+                    f"[yellow]{self.target.name}: ended {len(leftovers)} process(es) that outlived it: {names}[/yellow]"
+                )
             self.exit_code = self.proc.returncode
             if self.exit_code != 0:
-                console.print(f"[yellow]{self.target.name} exited with {self.exit_code}; see {self.log_path.relative_to(REPO)}[/yellow]")
+                console.print(
+                    f"[yellow]{self.target.name} exited with {self.exit_code}; see "
+                    f"{self.log_path.relative_to(REPO)}[/yellow]"
+                )
         finally:
             self.proc = None
             for sig, handler in previous.items():
@@ -301,14 +314,34 @@ def run_locust(server: Server, users: int, duration_s: float) -> LoadResult:
     prefix = RESULTS / "locust" / name
     prefix.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless", "--only-summary",
-        "-u", str(users), "-r", str(users), "-t", f"{duration_s:.0f}s", "--stop-timeout", "5",
-        "--host", server.url, "--csv", str(prefix), "--exit-code-on-error", "0",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        LOCUSTFILE,
+        "--headless",
+        "--only-summary",
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        f"{duration_s:.0f}s",
+        "--stop-timeout",
+        "5",
+        "--host",
+        server.url,
+        "--csv",
+        str(prefix),
+        "--exit-code-on-error",
+        "0",
     ]
     result = LoadResult(target=name, users=users, duration_s=duration_s, load_avg_1m_before=os.getloadavg()[0])
     roles = server.roles()
     with open(LOGS / f"locust-{name}.log", "wb") as log:
-        locust = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        locust = subprocess.Popen(
+            argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         with CpuSampler({**roles, locust.pid: "locust"}) as sampler:
             code = locust.wait(timeout=duration_s + 120)
@@ -334,7 +367,11 @@ def run_locust(server: Server, users: int, duration_s: float) -> LoadResult:
 
 def machine() -> dict:
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         "unknown",
     )
     versions = {}
@@ -355,7 +392,12 @@ def write_results(name: str, payload: dict) -> Path:
     """bench/results/<name>.json: the records plus when and where they were measured."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    record = {"benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **payload}
+    record = {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **payload,
+    }
     path.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
     return path
 

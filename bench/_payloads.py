@@ -7,9 +7,7 @@ gevent's monkey-patching must not share a process with it).
 import json
 
 ECHO_PATH = "/v2/models/echo/infer"
-ECHO_BODY = json.dumps(
-    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
-).encode()
+ECHO_BODY = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}).encode()
 READY_PATH = "/v2/health/ready"
 JSON_HEADERS = {"Content-Type": "application/json"}
 

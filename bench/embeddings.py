@@ -26,7 +26,18 @@ import orjson
 import psutil
 import yaml
 
-from ._harness import CpuSampler, Server, Target, TargetFailed, console, free_port, interrupt_on_signals, print_table, write_results
+from groundwork.processes import free_port
+
+from ._harness import (
+    CpuSampler,
+    Server,
+    Target,
+    TargetFailed,
+    console,
+    interrupt_on_signals,
+    print_table,
+    write_results,
+)
 from ._payloads import JSON_HEADERS, embeddings_body
 
 APP = Path("bench/embeddings_app.yaml")
@@ -82,7 +93,9 @@ def raw_runs(sentences: list[str]) -> tuple[list[RawRun], np.ndarray]:
 
     def encode(batch: list[str]) -> np.ndarray:
         # The same call the sentence_transformers loader makes per batch.
-        return model.encode(batch, batch_size=len(batch), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        return model.encode(
+            batch, batch_size=len(batch), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
 
     me = psutil.Process()
     runs, vectors = [], {}
@@ -99,7 +112,9 @@ def raw_runs(sentences: list[str]) -> tuple[list[RawRun], np.ndarray]:
     return runs, vectors[best.batch_size]
 
 
-def sweep(sizes=REQUEST_SIZES, concurrencies=CONCURRENCIES, min_gain: float = 1.03) -> Generator[tuple[int, int], float, None]:
+def sweep(
+    sizes=REQUEST_SIZES, concurrencies=CONCURRENCIES, min_gain: float = 1.03
+) -> Generator[tuple[int, int], float, None]:
     """(request size, concurrency) to try next, sent each result; more concurrency stops once it stops paying."""
     for size in sizes:
         best = 0.0
@@ -110,7 +125,9 @@ def sweep(sizes=REQUEST_SIZES, concurrencies=CONCURRENCIES, min_gain: float = 1.
             best = max(best, rate)
 
 
-async def post_all(url: str, bodies: list[tuple[int, bytes]], concurrency: int) -> tuple[float, list[tuple[int, int, bytes]]]:
+async def post_all(
+    url: str, bodies: list[tuple[int, bytes]], concurrency: int
+) -> tuple[float, list[tuple[int, int, bytes]]]:
     """Every body, `concurrency` in flight at a time; (seconds, [(first sentence, status, response)])."""
     pending = iter(bodies)  # shared: each worker takes the next body when its last one is answered
     answers: list[tuple[int, int, bytes]] = []
@@ -145,7 +162,10 @@ def max_error(answers: list[tuple[int, int, bytes]], reference: np.ndarray) -> f
 
 
 def http_runs(server: Server, sentences: list[str], reference: np.ndarray) -> list[HttpRun]:
-    bodies = {size: [(i, embeddings_body(sentences[i : i + size])) for i in range(0, len(sentences), size)] for size in REQUEST_SIZES}
+    bodies = {
+        size: [(i, embeddings_body(sentences[i : i + size])) for i in range(0, len(sentences), size)]
+        for size in REQUEST_SIZES
+    }
     asyncio.run(post_all(server.url, bodies[max(REQUEST_SIZES)][:4], 1))  # warm-up: first batches are slow
     runs, roles = [], {**server.roles(), os.getpid(): "client"}
     points = sweep()
@@ -158,7 +178,10 @@ def http_runs(server: Server, sentences: list[str], reference: np.ndarray) -> li
         run.client_cpu_cores = round(cpu.pop("client", 0.0), 2)
         run.server_cpu_cores = {role: round(cores, 2) for role, cores in cpu.items() if cores >= 0.01}
         runs.append(run)
-        console.print(f"  http {size:>2} sentences x {concurrency} concurrent: {run.sentences_per_s:7.1f} sentences/s (max |error| {run.max_abs_error:.1e})")
+        console.print(
+            f"  http {size:>2} sentences x {concurrency} concurrent: {run.sentences_per_s:7.1f} sentences/s (max "
+            f"|error| {run.max_abs_error:.1e})"
+        )
         try:
             size, concurrency = points.send(run.sentences_per_s)
         except StopIteration:
@@ -178,26 +201,52 @@ def report(raw: list[RawRun], http: list[HttpRun]) -> dict:
     valid = [r for r in http if r.max_abs_error <= TOLERANCE]
     best_http = max(valid, key=lambda r: r.sentences_per_s, default=None)
     rows = [
-        ["raw in-process", f"batch {r.batch_size}", f"{r.sentences_per_s:.1f}", f"{r.sentences_per_s / best_raw.sentences_per_s:.2f}x", "", f"{r.cpu_cores:.2f}"]
+        [
+            "raw in-process",
+            f"batch {r.batch_size}",
+            f"{r.sentences_per_s:.1f}",
+            f"{r.sentences_per_s / best_raw.sentences_per_s:.2f}x",
+            "",
+            f"{r.cpu_cores:.2f}",
+        ]
         for r in raw
     ]
     for r in http:
         replica = sum(c for role, c in r.server_cpu_cores.items() if "ServeReplica" in role)
-        rows.append([
-            "modelfleet HTTP", f"{r.request_size}/request x {r.concurrency}", f"{r.sentences_per_s:.1f}",
-            f"{r.sentences_per_s / best_raw.sentences_per_s:.2f}x", f"{r.max_abs_error:.1e}", f"{replica:.2f} (+client {r.client_cpu_cores:.2f})",
-        ])
-    print_table("all-MiniLM-L6-v2 sentences/s", ["run", "setting", "sentences/s", "vs best raw", "max |error|", "CPU (cores)"], rows)
+        rows.append(
+            [
+                "modelfleet HTTP",
+                f"{r.request_size}/request x {r.concurrency}",
+                f"{r.sentences_per_s:.1f}",
+                f"{r.sentences_per_s / best_raw.sentences_per_s:.2f}x",
+                f"{r.max_abs_error:.1e}",
+                f"{replica:.2f} (+client {r.client_cpu_cores:.2f})",
+            ]
+        )
+    print_table(
+        "all-MiniLM-L6-v2 sentences/s",
+        ["run", "setting", "sentences/s", "vs best raw", "max |error|", "CPU (cores)"],
+        rows,
+    )
     threads, why = server_torch_threads()
-    console.print(f"raw: best at batch {best_raw.batch_size}, torch threads {best_raw.torch_threads}; server replica torch threads: {threads} ({why})")
-    summary = {"best_raw": best_raw, "best_http": best_http, "server_torch_threads": threads, "server_torch_threads_source": why}
+    console.print(
+        f"raw: best at batch {best_raw.batch_size}, torch threads {best_raw.torch_threads}; server replica torch "
+        f"threads: {threads} ({why})"
+    )
+    summary = {
+        "best_raw": best_raw,
+        "best_http": best_http,
+        "server_torch_threads": threads,
+        "server_torch_threads_source": why,
+    }
     if best_http is None:
         console.print(f"[red]no HTTP run returned vectors within {TOLERANCE:g} of in-process ones[/red]")
         return summary
     ratio = best_http.sentences_per_s / best_raw.sentences_per_s
     summary["http_vs_raw"] = ratio
     console.print(
-        f"HTTP best: {best_http.sentences_per_s:.1f} sentences/s ({best_http.request_size}/request x {best_http.concurrency}) = "
+        f"HTTP best: {best_http.sentences_per_s:.1f} sentences/s ({best_http.request_size}/request x "
+        f"{best_http.concurrency}) = "
         f"{ratio:.2f}x raw; target ≥{TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'missed'}"
     )
     return summary
@@ -212,7 +261,11 @@ def main() -> None:
     console.print(f"[bold]raw in-process[/bold]: {len(sentences)} sentences, batch sizes {list(BATCH_SIZES)}")
     raw, reference = raw_runs(sentences)
     port = free_port()
-    target = Target("modelfleet-embeddings", [sys.executable, "-m", "modelfleet", "run", str(APP), "--host", "127.0.0.1", "--port", str(port)], port)
+    target = Target(
+        "modelfleet-embeddings",
+        [sys.executable, "-m", "modelfleet", "run", str(APP), "--host", "127.0.0.1", "--port", str(port)],
+        port,
+    )
     console.print(f"[bold]modelfleet[/bold]: starting {APP} …")
     try:
         with Server(target) as server:

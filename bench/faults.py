@@ -54,7 +54,7 @@ def _spec(folder: Path, **changes) -> Path:
 def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """`modelfleet ARGS`: (exit code, the last line it printed on stderr)."""
     done = subprocess.run(
-        [sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, cwd=REPO, timeout=600, env=env,
+        [sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, cwd=REPO, timeout=600, env=env
     )
     return done.returncode, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
 
@@ -76,13 +76,19 @@ def ingress_deaths(folder: Path, seconds: float, users: int) -> dict:
     spec = _spec(folder, ingress={"num_replicas": 2})
     with AppProcess(spec, LOGS / "faults-ingress-kills.log", env=ENV) as app:
         load = BackgroundLoad(f"{app.url}/v2/models/echo/infer", ECHO, folder / "ingress-kills", seconds, users)
-        killer = ReplicaKiller("faults", "ingress", every_s=5, min_running=2, duration_s=seconds - 2, listening_on=app.port).start()
+        killer = ReplicaKiller(
+            "faults", "ingress", every_s=5, min_running=2, duration_s=seconds - 2, listening_on=app.port
+        ).start()
         try:
             summary = load.finish()
         finally:
             killer.stop()
-    return {"case": "ingress replica deaths (2 share the port)", "kills": len(killer.kills), **_counts(summary),
-            "errors": summary.get("errors", {})}
+    return {
+        "case": "ingress replica deaths (2 share the port)",
+        "kills": len(killer.kills),
+        **_counts(summary),
+        "errors": summary.get("errors", {}),
+    }
 
 
 def rolling_updates(folder: Path, updates: int, users: int) -> list[dict]:
@@ -92,7 +98,14 @@ def rolling_updates(folder: Path, updates: int, users: int) -> list[dict]:
         load = BackgroundLoad(f"{app.url}/v2/models/echo/infer", ECHO, folder / "updates", budget_s, users)
         started, done = time.monotonic(), 0
         for n in range(2, 2 + updates):
-            code, last = _cli("deploy", str(_spec(folder, model={"version": str(n)})), "--address", app.ray_address, "--timeout-s", "300")
+            code, last = _cli(
+                "deploy",
+                str(_spec(folder, model={"version": str(n)})),
+                "--address",
+                app.ray_address,
+                "--timeout-s",
+                "300",
+            )
             done += code == 0
             if code != 0:
                 console.print(f"update {n} failed: {last}")
@@ -100,13 +113,18 @@ def rolling_updates(folder: Path, updates: int, users: int) -> list[dict]:
         crash = {"format": "python", "module": "tests.fixtures.tiny:CrashOnRequest", "version": "crashes"}
         code, last = _cli("deploy", str(_spec(folder, model=crash)), "--address", app.ray_address, "--timeout-s", "300")
         summary = load.finish()
-    results.append({"case": f"{updates} rolling updates ({done} succeeded, {updated_s:.0f} s)", "kills": 0, **_counts(summary)})
-    results.append({"case": "then a version crashing on its first request", "kills": 0, "deploy_exit": code, "deploy_said": last})
+    results.append(
+        {"case": f"{updates} rolling updates ({done} succeeded, {updated_s:.0f} s)", "kills": 0, **_counts(summary)}
+    )
+    results.append(
+        {"case": "then a version crashing on its first request", "kills": 0, "deploy_exit": code, "deploy_said": last}
+    )
     return results
 
 
 def node_losses(folder: Path, losses: int, seconds: float, users: int) -> list[dict]:
-    """local-sim: the echo's two replicas on two 1-CPU nodes of the cpu pool; one node is lost `losses` times in turn."""
+    """local-sim: the echo's two replicas on two 1-CPU nodes of the cpu pool; one node is lost `losses` times in
+    turn."""
     cluster = yaml.safe_load((REPO / "examples/clusters/local-sim.yaml").read_text())
     cluster.update(name="bench-faults-sim", idle_timeout_minutes=0.5)
     for pool in cluster["pools"]:
@@ -120,8 +138,15 @@ def node_losses(folder: Path, losses: int, seconds: float, users: int) -> list[d
     state = json.loads((folder / "home/clusters/bench-faults-sim/state.json").read_text())
     rows = []
     try:
-        code, last = _cli("deploy", str(_spec(folder, model={"resources": {"pool": "cpu", "num_cpus": 1}})),
-                          "--address", state["address"], "--timeout-s", "300", env=env)
+        code, last = _cli(
+            "deploy",
+            str(_spec(folder, model={"resources": {"pool": "cpu", "num_cpus": 1}})),
+            "--address",
+            state["address"],
+            "--timeout-s",
+            "300",
+            env=env,
+        )
         if code != 0:
             raise RuntimeError(f"deploy onto local-sim failed: {last}")
         url = f"{state['serve_url']}/v2/models/echo/infer"
@@ -133,8 +158,13 @@ def node_losses(folder: Path, losses: int, seconds: float, users: int) -> list[d
             recovered_s = _wait_for_replacement(lost, timeout_s=300) - lost_at
             summary = load.finish()
             console.print(f"node loss {n}: killed {killed}")
-            rows.append({"case": f"local-sim node loss {n}: replica back on a new node after {recovered_s:.0f} s",
-                         "kills": 1, **_counts(summary)})
+            rows.append(
+                {
+                    "case": f"local-sim node loss {n}: replica back on a new node after {recovered_s:.0f} s",
+                    "kills": 1,
+                    **_counts(summary),
+                }
+            )
         after = BackgroundLoad(url, ECHO, folder / "node-loss-after", 20, users).finish()
         rows.append({"case": "local-sim, after the node losses (20 s)", "kills": 0, **_counts(after)})
     finally:
@@ -156,7 +186,9 @@ def _wait_for_replacement(lost: str, timeout_s: float) -> float:
 def _counts(summary: dict) -> dict:
     requests, failures = summary["requests"], summary["failures"]
     return {
-        "requests": requests, "failures": failures, "rps": summary["rps"],
+        "requests": requests,
+        "failures": failures,
+        "rps": summary["rps"],
         "success_pct": 100.0 * (requests - failures) / requests if requests else 0.0,
     }
 
@@ -183,10 +215,21 @@ def main() -> None:
     if "node" in args.cases:
         rows += node_losses(folder, args.node_losses, args.kill_seconds, args.users)
     print_table(
-        "faults under load (modelfleet loadtest, 127.0.0.1)", ["case", "kills", "requests", "failed", "success", "req/s"],
-        [[r["case"], str(r.get("kills", "")), str(r.get("requests", "")), str(r.get("failures", "")),
-          f"{r['success_pct']:.3f}%" if "success_pct" in r else f"deploy exit {r['deploy_exit']}: {r['deploy_said'][:80]}",
-          f"{r['rps']:.0f}" if "rps" in r else ""] for r in rows],
+        "faults under load (modelfleet loadtest, 127.0.0.1)",
+        ["case", "kills", "requests", "failed", "success", "req/s"],
+        [
+            [
+                r["case"],
+                str(r.get("kills", "")),
+                str(r.get("requests", "")),
+                str(r.get("failures", "")),
+                f"{r['success_pct']:.3f}%"
+                if "success_pct" in r
+                else f"deploy exit {r['deploy_exit']}: {r['deploy_said'][:80]}",
+                f"{r['rps']:.0f}" if "rps" in r else "",
+            ]
+            for r in rows
+        ],
     )
     console.print(f"results: {write_results('faults', {'args': vars(args), 'rows': rows})}")
 

@@ -16,9 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import orjson
 
+from groundwork.processes import free_port
+from loadtests.measure import SATURATED_CORES
+
 from ._harness import (
-    SATURATED_CORES, LoadResult, Server, Target, TargetFailed, console, free_port, interrupt_on_signals, print_table,
-    run_locust, write_results,
+    LoadResult,
+    Server,
+    Target,
+    TargetFailed,
+    console,
+    interrupt_on_signals,
+    print_table,
+    run_locust,
+    write_results,
 )
 from ._payloads import ECHO_BODY, ECHO_PATH, JSON_HEADERS
 
@@ -41,15 +51,36 @@ def targets() -> list[Target]:
     return [
         Target(
             "bare-uvicorn",
-            [python, "-m", "uvicorn", "bench._bare_echo:app", "--host", "127.0.0.1", "--port", str(bare),
-             "--workers", "1", "--no-access-log", "--log-level", "warning"],
-            bare, startup_timeout_s=30,
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "bench._bare_echo:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(bare),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            bare,
+            startup_timeout_s=30,
         ),
         # Ray's own default niceness (15) for its workers, whatever this shell says: it is "default Ray Serve".
-        Target("default-ray-serve", [python, "-m", "bench._default_serve", str(serve_port)], serve_port, env={"RAY_worker_niceness": None}),
+        Target(
+            "default-ray-serve",
+            [python, "-m", "bench._default_serve", str(serve_port)],
+            serve_port,
+            env={"RAY_worker_niceness": None},
+        ),
         # Ray Serve with the two knobs a user reaches for first: room for every user's request, workers not niced.
         Target(
-            "ray-serve-tuned", [python, "-m", "bench._default_serve", str(tuned_port), "64"], tuned_port,
+            "ray-serve-tuned",
+            [python, "-m", "bench._default_serve", str(tuned_port), "64"],
+            tuned_port,
             env={"RAY_worker_niceness": "0"},
         ),
         # The echo costs less than a hop between processes: embedded in the ingress, as such a model should be.
@@ -67,7 +98,10 @@ def warm_up(url: str, requests: int = WARM_UP_REQUESTS, threads: int = 8) -> Non
         if resp.status_code != 200 or orjson.loads(resp.content)["outputs"][0]["data"] != [1, 2, 3, 4]:
             raise TargetFailed(f"{url}{ECHO_PATH} answered {resp.status_code}: {resp.text[:200]}")
 
-    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=threads)) as client, ThreadPoolExecutor(threads) as pool:
+    with (
+        httpx.Client(timeout=30, limits=httpx.Limits(max_connections=threads)) as client,
+        ThreadPoolExecutor(threads) as pool,
+    ):
         for future in [pool.submit(one, client) for _ in range(requests)]:
             future.result()
 
@@ -80,7 +114,8 @@ def measure(target: Target, users: int, duration_s: float) -> LoadResult:
             idle = server.settle()
             niceness = server.niceness()
             console.print(
-                f"  warmed up ({WARM_UP_REQUESTS} requests), idle at {idle:.2f} cores; measuring {duration_s:.0f}s with {users} users"
+                f"  warmed up ({WARM_UP_REQUESTS} requests), idle at {idle:.2f} cores; measuring {duration_s:.0f}s "
+                f"with {users} users"
             )
             result = run_locust(server, users, duration_s)
             result.niceness = niceness
@@ -106,10 +141,18 @@ def report(results: list[LoadResult]) -> dict[str, float | None]:
         if r.error:
             rows.append([r.target, "failed", "", "", "", "", "", ""])
             continue
-        rows.append([
-            r.target, f"{r.rps:,.0f}", f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}", f"{r.failures}",
-            f"{ratios[r.target]:.2f}x" if ratios[r.target] is not None else "n/a", f"{r.generator_cpu_cores:.2f}",
-        ])
+        rows.append(
+            [
+                r.target,
+                f"{r.rps:,.0f}",
+                f"{r.p50_ms:.0f}",
+                f"{r.p95_ms:.0f}",
+                f"{r.p99_ms:.0f}",
+                f"{r.failures}",
+                f"{ratios[r.target]:.2f}x" if ratios[r.target] is not None else "n/a",
+                f"{r.generator_cpu_cores:.2f}",
+            ]
+        )
     print_table(
         f"Echo, POST {ECHO_PATH}",
         ["target", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures", "req/s vs bare", "Locust CPU (cores)"],
@@ -118,7 +161,9 @@ def report(results: list[LoadResult]) -> dict[str, float | None]:
     for r in results:
         if r.error:
             continue
-        cpu = ", ".join(f"{role.removeprefix('ray::')} {cores:.2f}" for role, cores in list(r.server_cpu_cores.items())[:4])
+        cpu = ", ".join(
+            f"{role.removeprefix('ray::')} {cores:.2f}" for role, cores in list(r.server_cpu_cores.items())[:4]
+        )
         console.print(f"{r.target}: niceness {_niceness_text(r.niceness)}; server CPU (cores) {cpu}")
         if r.generator_cpu_cores >= SATURATED_CORES:
             console.print(
@@ -149,7 +194,11 @@ def main() -> None:
     ratios = report(results)
     path = write_results(
         "ingress",
-        {"command": f"python -m bench.ingress --duration {args.duration:g} --users {args.users}", "results": results, "rps_vs_bare": ratios},
+        {
+            "command": f"python -m bench.ingress --duration {args.duration:g} --users {args.users}",
+            "results": results,
+            "rps_vs_bare": ratios,
+        },
     )
     console.print(f"wrote {path.relative_to(path.parents[2])}")
     sys.exit(1 if any(r.error for r in results) else 0)

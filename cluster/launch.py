@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,13 +22,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from groundwork.processes import alive, free_port, stop_session
+from groundwork.ray_env import LOOPBACK_ONLY_ENV, secure_ray_token
 from providers.compute import pool_resource
-from serve_apps.runner import LOOPBACK_ONLY_ENV, secure_ray_token
 
 from .render import render
 from .spec import ClusterSpec, Provider
 
-__all__ = ["ClusterState", "LaunchError", "down", "load_state", "session_pids", "state_dir", "status", "up"]
+__all__ = ["ClusterState", "LaunchError", "down", "load_state", "state_dir", "status", "up"]
 
 START_TIMEOUT_S = 120
 
@@ -56,20 +56,6 @@ def state_dir(name: str) -> Path:
     return home / "clusters" / name
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _recorded_state(name: str) -> ClusterState | None:
     path = state_dir(name) / "state.json"
     return ClusterState(**json.loads(path.read_text())) if path.exists() else None
@@ -78,27 +64,17 @@ def _recorded_state(name: str) -> ClusterState | None:
 def load_state(name: str) -> ClusterState | None:
     """The state of cluster `name` if it is up (its head still runs)."""
     state = _recorded_state(name)
-    return state if state is not None and _alive(state.pid) else None
-
-
-def session_pids(pid: int) -> list[int]:
-    """Every process in the session `pid` leads: what `up` started, and only that."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == pid:
-                    found.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                continue
-    return found
+    return state if state is not None and alive(state.pid) else None
 
 
 def _ray_env() -> dict[str, str]:
     # Ray 2.60 heads require a token; clients (our CLI, `serve`) must opt in to send it.
     # local-sim is loopback only (Ray's single-machine mode): its drivers must run in that mode too.
     return {
-        **os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV,
+        **os.environ,
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **LOOPBACK_ONLY_ENV,
     }
 
 
@@ -118,13 +94,18 @@ def _wait_for_gcs(address: str, process: subprocess.Popen, log: Path) -> None:
 
 
 def _start_serve(address: str, serve_port: int) -> None:
-    """Serve's proxy on the head's loopback, so `modelfleet deploy` finds it running and the app answers at serve_url."""
+    """Serve's proxy on the head's loopback, so `modelfleet deploy` finds it running and the app answers at
+    serve_url."""
     code = (
         "import sys, ray; from ray import serve; ray.init(address=sys.argv[1], logging_level='ERROR'); "
         "serve.start(proxy_location='HeadOnly', http_options={'host': '127.0.0.1', 'port': int(sys.argv[2])})"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, address, str(serve_port)], env=_ray_env(), capture_output=True, text=True, timeout=180,
+        [sys.executable, "-c", code, address, str(serve_port)],
+        env=_ray_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     if result.returncode != 0:
         raise LaunchError(f"starting Serve on the head failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -133,13 +114,18 @@ def _start_serve(address: str, serve_port: int) -> None:
 def up(spec: ClusterSpec, source: str) -> ClusterState:
     """Start a local-sim cluster and Serve on it; returns its state (also written to its state dir)."""
     if spec.provider.type is not Provider.local_sim:
-        raise NotImplementedError(f"`cluster up` runs local-sim clusters for now; for {spec.provider.type.value}, `cluster render` then `ray up`")
+        raise NotImplementedError(
+            f"`cluster up` runs local-sim clusters for now; for {spec.provider.type.value}, `cluster render` then `ray "
+            "up`"
+        )
     running = load_state(spec.name)
     if running is not None:
-        raise LaunchError(f"cluster {spec.name!r} is already up (head pid {running.pid}, {running.address}); `cluster down` it first")
+        raise LaunchError(
+            f"cluster {spec.name!r} is already up (head pid {running.pid}, {running.address}); `cluster down` it first"
+        )
     home = state_dir(spec.name)
     home.mkdir(parents=True, exist_ok=True)
-    gcs, dashboard, serve_port = _free_port(), _free_port(), _free_port()
+    gcs, dashboard, serve_port = free_port(), free_port(), free_port()
     address = f"127.0.0.1:{gcs}"
     config = home / "cluster.yaml"
     config.write_text(render(spec, Provider.local_sim, source=source, gcs_address=address))
@@ -148,49 +134,48 @@ def up(spec: ClusterSpec, source: str) -> ClusterState:
     secure_ray_token()  # `ray start --head` writes a token it generates into ~/.ray: private from the start
     ray = Path(sys.executable).parent / "ray"
     argv = [
-        str(ray), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--autoscaling-config={config}",
-        f"--num-cpus={head.vcpus}", f"--num-gpus={head.gpus}", "--disable-usage-stats",
+        str(ray),
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--autoscaling-config={config}",
+        f"--num-cpus={head.vcpus}",
+        f"--num-gpus={head.gpus}",
+        "--disable-usage-stats",
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=home,
-            env={**_ray_env(), "RAY_FAKE_CLUSTER": "1"}, start_new_session=True,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=home,
+            env={**_ray_env(), "RAY_FAKE_CLUSTER": "1"},
+            start_new_session=True,
         )
     state = ClusterState(
-        spec.name, spec.provider.type.value, process.pid, address, f"http://127.0.0.1:{serve_port}",
-        f"http://127.0.0.1:{dashboard}", str(config), str(log),
+        spec.name,
+        spec.provider.type.value,
+        process.pid,
+        address,
+        f"http://127.0.0.1:{serve_port}",
+        f"http://127.0.0.1:{dashboard}",
+        str(config),
+        str(log),
     )
     try:
         _wait_for_gcs(address, process, log)
         secure_ray_token()
         _start_serve(address, serve_port)
     except BaseException:
-        _stop(process.pid)
+        stop_session(process.pid)
         raise
     (home / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
     return state
-
-
-def _stop(pid: int, grace_s: float = 90) -> None:
-    """SIGTERM the head (`ray start --block` stops what it started), then end whatever of its session is left."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.5)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        left = session_pids(pid)
-        if not left:
-            return
-        for proc in left:
-            try:
-                os.kill(proc, sig)
-            except ProcessLookupError:
-                continue
-        time.sleep(2)
 
 
 def down(name: str) -> ClusterState | None:
@@ -198,8 +183,7 @@ def down(name: str) -> ClusterState | None:
     state = _recorded_state(name)
     if state is None:
         return None
-    _stop(state.pid)
-    left = session_pids(state.pid)
+    left = stop_session(state.pid)  # `ray start --block` stops what it started on SIGTERM
     if left:
         raise LaunchError(f"processes of cluster {name!r} outlived SIGKILL: {left}")
     (state_dir(name) / "state.json").unlink()
@@ -215,7 +199,9 @@ def status(state: ClusterState, spec: ClusterSpec) -> dict:
         f"print({marker!r} + json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]), flush=True)"
     )
     env = {**_ray_env(), "RAY_SCHEDULER_EVENTS": "0"}
-    result = subprocess.run([sys.executable, "-c", code, state.address], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code, state.address], env=env, capture_output=True, text=True, timeout=120
+    )
     answer = [line.removeprefix(marker) for line in result.stdout.splitlines() if line.startswith(marker)]
     if result.returncode != 0 or not answer:
         raise LaunchError(f"cannot read the cluster's nodes: {result.stderr.strip().splitlines()[-1:]}")
@@ -230,6 +216,11 @@ def status(state: ClusterState, spec: ClusterSpec) -> dict:
             "max_workers": pool.max_workers,
         }
     return {
-        "name": state.name, "provider": state.provider, "address": state.address, "serve_url": state.serve_url,
-        "dashboard_url": state.dashboard_url, "head_pid": state.pid, "pools": pools,
+        "name": state.name,
+        "provider": state.provider,
+        "address": state.address,
+        "serve_url": state.serve_url,
+        "dashboard_url": state.dashboard_url,
+        "head_pid": state.pid,
+        "pools": pools,
     }

@@ -14,7 +14,15 @@ import hashlib
 
 from .spec import ClusterSpec, Provider
 
-__all__ = ["AZURE_UNIQUE_ID_LEN", "SSH_PORT", "aws_security_group", "azure_nsg_name", "gcp_network_tag", "kuberay_ingress", "steps"]
+__all__ = [
+    "AZURE_UNIQUE_ID_LEN",
+    "SSH_PORT",
+    "aws_security_group",
+    "azure_nsg_name",
+    "gcp_network_tag",
+    "kuberay_ingress",
+    "steps",
+]
 
 SSH_PORT = 22
 EVERYWHERE = "0.0.0.0/0"
@@ -84,8 +92,10 @@ def _aws_steps(spec: ClusterSpec, serve_port: int) -> list[str]:
         return [f"SSH is open to {EVERYWHERE}, as network.allowed_source_ranges says."]
     group, region = AWS_GROUP.format(spec.name), spec.provider.region
     return [
-        f"Ray also adds SSH from {EVERYWHERE} to the security group it creates ({group}); after the first `ray up`, remove it:",
-        f"  aws ec2 revoke-security-group-ingress --region {region} --protocol tcp --port {SSH_PORT} --cidr {EVERYWHERE} "
+        f"Ray also adds SSH from {EVERYWHERE} to the security group it creates ({group}); after the first `ray up`, "
+        "remove it:",
+        f"  aws ec2 revoke-security-group-ingress --region {region} --protocol tcp --port {SSH_PORT} --cidr "
+        f"{EVERYWHERE} "
         f"--group-id $(aws ec2 describe-security-groups --region {region} --filters Name=group-name,Values={group} "
         "--query 'SecurityGroups[0].GroupId' --output text)",
     ]
@@ -94,41 +104,52 @@ def _aws_steps(spec: ClusterSpec, serve_port: int) -> list[str]:
 def _gcp_steps(spec: ClusterSpec, serve_port: int) -> list[str]:
     tag = gcp_network_tag(spec)
     return [
-        f"Ray's GCP provider creates no firewall rules; every node carries the network tag {tag}. Admit SSH from the allowed ranges:",
-        f"  gcloud compute firewall-rules create {tag}-ssh --project {spec.provider.project} --network default --direction INGRESS "
+        f"Ray's GCP provider creates no firewall rules; every node carries the network tag {tag}. Admit SSH from the "
+        "allowed ranges:",
+        f"  gcloud compute firewall-rules create {tag}-ssh --project {spec.provider.project} --network default "
+        "--direction INGRESS "
         f"--allow tcp:{SSH_PORT} --source-ranges {','.join(_ranges(spec))} --target-tags {tag}",
-        f"and delete or narrow the default network's default-allow-ssh rule, which admits SSH from {EVERYWHERE} to every instance.",
+        f"and delete or narrow the default network's default-allow-ssh rule, which admits SSH from {EVERYWHERE} to "
+        "every instance.",
     ]
 
 
 def _azure_steps(spec: ClusterSpec, serve_port: int) -> list[str]:
     return [
-        "Ray's Azure template gives the cluster's NSG an SSH rule from any source, and every `ray up` re-applies it; after each, run:",
-        f"  az network nsg rule update --resource-group {spec.provider.resource_group} --nsg-name {azure_nsg_name(spec)} --name SSH "
+        "Ray's Azure template gives the cluster's NSG an SSH rule from any source, and every `ray up` re-applies it; "
+        "after each, run:",
+        f"  az network nsg rule update --resource-group {spec.provider.resource_group} --nsg-name "
+        f"{azure_nsg_name(spec)} --name SSH "
         f"--source-address-prefixes {' '.join(_ranges(spec))}",
     ]
 
 
 def _onprem_steps(spec: ClusterSpec, serve_port: int) -> list[str]:
     return [
-        f"Ray's on-prem provider opens and closes nothing: let only {', '.join(_ranges(spec))} reach the machines' SSH ({SSH_PORT}) "
-        f"and Serve's port ({serve_port}), and Ray's ports only the cluster's own machines.",
+        f"Ray's on-prem provider opens and closes nothing: let only {', '.join(_ranges(spec))} reach the machines' SSH "
+        f"({SSH_PORT}) "
+        f"and Serve's port ({serve_port}), and Ray's ports only the cluster's own machines."
     ]
 
 
 def _kuberay_steps(spec: ClusterSpec, serve_port: int) -> list[str]:
     return [
-        "The NetworkPolicy takes effect only with a CNI that enforces it (Calico, Cilium, ...); a load balancer in front of "
-        "Serve must keep client addresses (externalTrafficPolicy: Local) for the ranges to match.",
+        "The NetworkPolicy takes effect only with a CNI that enforces it (Calico, Cilium, ...); a load balancer in "
+        "front of "
+        "Serve must keep client addresses (externalTrafficPolicy: Local) for the ranges to match."
     ]
 
 
 _STEPS = {
-    Provider.aws: _aws_steps, Provider.gcp: _gcp_steps, Provider.azure: _azure_steps, Provider.onprem: _onprem_steps,
+    Provider.aws: _aws_steps,
+    Provider.gcp: _gcp_steps,
+    Provider.azure: _azure_steps,
+    Provider.onprem: _onprem_steps,
     Provider.kuberay: _kuberay_steps,
 }
 
 
 def steps(spec: ClusterSpec, provider: Provider, serve_port: int) -> list[str]:
-    """What the provider's own firewall needs beyond the rendered file: lines of prose and commands (local-sim: none)."""
+    """What the provider's own firewall needs beyond the rendered file: lines of prose and commands (local-sim:
+    none)."""
     return _STEPS[provider](spec, serve_port) if provider in _STEPS else []

@@ -22,7 +22,14 @@ from . import network
 from .spec import ClusterSpec, Provider
 
 __all__ = [
-    "KUBERAY_SERVE_HOST", "KUBERAY_TLS_DIR", "RenderError", "SERVE_PORT", "TEMPLATED", "kuberay_tls_secret", "network_steps", "render",
+    "KUBERAY_SERVE_HOST",
+    "KUBERAY_TLS_DIR",
+    "RenderError",
+    "SERVE_PORT",
+    "TEMPLATED",
+    "kuberay_tls_secret",
+    "network_steps",
+    "render",
     "validate_with_ray",
 ]
 
@@ -121,7 +128,8 @@ class Context:
 
     @property
     def pod_labels(self) -> dict[str, str]:
-        """On every Ray pod: what the NetworkPolicy selects (KubeRay's own labels name a RayService's cluster differently)."""
+        """On every Ray pod: what the NetworkPolicy selects (KubeRay's own labels name a RayService's cluster
+        differently)."""
         return {"modelfleet/cluster": self.spec.name}
 
     @property
@@ -157,18 +165,15 @@ class Context:
         Ray's on-prem provider has a single worker type, so the pool is found at start time.
         """
         arms = " ".join(
-            "|".join(f'*" {host} "*' for host in pool.hosts) + f") echo '{json.dumps({pool_resource(pool.name): POOL_CAPACITY})}';;"
+            "|".join(f'*" {host} "*' for host in pool.hosts)
+            + f") echo '{json.dumps({pool_resource(pool.name): POOL_CAPACITY})}';;"
             for pool in self.spec.pools
         )
         return f' --resources="$(case " $(hostname -I) $(hostname) $(hostname -f) " in {arms} *) echo "{{}}";; esac)"'
 
-
-
     @property
     def any_gpu(self) -> bool:
         return any(n.instance.gpus for n in self.node_types)
-
-
 
 
 def network_steps(spec: ClusterSpec, provider: Provider) -> list[str]:
@@ -215,8 +220,14 @@ def node_types(spec: ClusterSpec, provider: Provider) -> list[NodeType]:
         node = pools[pool.name]
         types.append(
             NodeType(
-                pool.name, node, pool.min_workers, pool.max_workers, _resources(node, pool.name), pool.spot,
-                {**pool.labels, "modelfleet/pool": pool.name}, _attached_gpu(provider, spec, node),
+                pool.name,
+                node,
+                pool.min_workers,
+                pool.max_workers,
+                _resources(node, pool.name),
+                pool.spot,
+                {**pool.labels, "modelfleet/pool": pool.name},
+                _attached_gpu(provider, spec, node),
             )
         )
     return types
@@ -224,7 +235,11 @@ def node_types(spec: ClusterSpec, provider: Provider) -> list[NodeType]:
 
 # NVIDIA GPU feature discovery's `nvidia.com/gpu.product` label per accelerator (GPU Operator, any cloud).
 GPU_PRODUCT_LABELS = {
-    "T4": "Tesla-T4", "L4": "NVIDIA-L4", "A10G": "NVIDIA-A10G", "A100": "NVIDIA-A100-SXM4-80GB", "H100": "NVIDIA-H100-80GB-HBM3",
+    "T4": "Tesla-T4",
+    "L4": "NVIDIA-L4",
+    "A10G": "NVIDIA-A10G",
+    "A100": "NVIDIA-A100-SXM4-80GB",
+    "H100": "NVIDIA-H100-80GB-HBM3",
 }
 DEFAULT_IMAGE = "rayproject/ray:{version}-py311"
 
@@ -257,22 +272,35 @@ def kube_nodes(spec: ClusterSpec, ray_version: str) -> list[KubeNode]:
     nodes = [KubeNode(HEAD_TYPE, head, 0, 0, image(head), resources(head), {}, {})]
     for pool in spec.pools:
         node = pools[pool.name]
-        selector = {"nvidia.com/gpu.product": GPU_PRODUCT_LABELS[node.accelerator]} if node.accelerator in GPU_PRODUCT_LABELS else {}
+        selector = (
+            {"nvidia.com/gpu.product": GPU_PRODUCT_LABELS[node.accelerator]}
+            if node.accelerator in GPU_PRODUCT_LABELS
+            else {}
+        )
         # KubeRay passes rayStartParams to `ray start`; custom resources go as a quoted JSON string.
         params = {"resources": json.dumps(json.dumps({pool_resource(pool.name): POOL_CAPACITY}))}
-        nodes.append(KubeNode(pool.name, node, pool.min_workers, pool.max_workers, image(node), resources(node), selector, params))
+        nodes.append(
+            KubeNode(
+                pool.name, node, pool.min_workers, pool.max_workers, image(node), resources(node), selector, params
+            )
+        )
     return nodes
 
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
         autoescape=False,
     )
 
 
 def render(
-    spec: ClusterSpec, provider: Provider | None = None, source: str = "a cluster spec", gcs_address: str = "127.0.0.1:6379",
+    spec: ClusterSpec,
+    provider: Provider | None = None,
+    source: str = "a cluster spec",
+    gcs_address: str = "127.0.0.1:6379",
     serve_config: dict | None = None,
 ) -> str:
     """The Ray cluster YAML for `spec` on `provider` (default: the spec's own), validated by Ray.
@@ -284,7 +312,12 @@ def render(
     spec.check_for(provider)
     if provider is Provider.kuberay:
         context = Context(
-            spec, provider.value, source, kube_nodes(spec, _ray_version()), gcs_address, _serve_config_text(serve_config),
+            spec,
+            provider.value,
+            source,
+            kube_nodes(spec, _ray_version()),
+            gcs_address,
+            _serve_config_text(serve_config),
             _tls_secret(spec, serve_config),
         )
         text = _environment().get_template("kuberay.yaml.j2").render(ctx=context)
@@ -309,7 +342,9 @@ def _tls_secret(spec: ClusterSpec, serve_config: dict | None) -> str | None:
         return None
     for name in ("ssl_certfile", "ssl_keyfile"):
         if not http[name].startswith(f"{KUBERAY_TLS_DIR}/"):
-            raise ValueError(f"serve config http_options.{name} {http[name]!r} is not in {KUBERAY_TLS_DIR}, where the pods mount it")
+            raise ValueError(
+                f"serve config http_options.{name} {http[name]!r} is not in {KUBERAY_TLS_DIR}, where the pods mount it"
+            )
     return kuberay_tls_secret(spec)
 
 
@@ -325,20 +360,31 @@ def validate_kuberay(manifests: list[dict]) -> None:
     """
     from ray.serve.schema import ServeDeploySchema
 
+    def require(holds: object, what: str) -> None:  # not `assert`: checks must hold under `python -O` too
+        if not holds:
+            raise RenderError(f"the rendered KubeRay manifest is malformed: {what}")
+
     try:
+        require(len(manifests) == 2, f"expected the manifest and its NetworkPolicy, got {len(manifests)} documents")
         manifest, policy = manifests
-        assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
-        assert policy["spec"]["podSelector"]["matchLabels"] and policy["spec"]["ingress"]
+        require(
+            (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy"),
+            "the second document is not a NetworkPolicy",
+        )
+        require(
+            policy["spec"]["podSelector"]["matchLabels"] and policy["spec"]["ingress"],
+            "the policy selects or admits nothing",
+        )
         kind = manifest["kind"]
+        require(manifest["apiVersion"] == "ray.io/v1" and kind in ("RayCluster", "RayService"), f"kind {kind!r}")
         cluster = manifest["spec"]["rayClusterConfig"] if kind == "RayService" else manifest["spec"]
-        assert manifest["apiVersion"] == "ray.io/v1" and kind in ("RayCluster", "RayService")
-        assert cluster["headGroupSpec"]["template"]["spec"]["containers"]
+        require(cluster["headGroupSpec"]["template"]["spec"]["containers"], "the head has no container")
         for group in cluster.get("workerGroupSpecs", []):
-            assert group["groupName"] and group["minReplicas"] <= group["maxReplicas"]
-            assert group["template"]["spec"]["containers"]
+            require(group["groupName"] and group["minReplicas"] <= group["maxReplicas"], f"worker group {group}")
+            require(group["template"]["spec"]["containers"], f"worker group {group['groupName']} has no container")
         if kind == "RayService":
             ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
-    except (KeyError, TypeError, AssertionError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise RenderError(f"the rendered KubeRay manifest is malformed: {exc!r}") from None
 
 
@@ -348,6 +394,8 @@ def validate_with_ray(config: dict) -> dict:
     fake_multinode's defaults file is missing from the Ray wheel, so a local-sim config is
     complete by itself and goes to the checks without a merge.
     """
+    # Ray's private module, knowingly: these are the very functions `ray up` runs, and Ray offers no public
+    # validator. pyproject pins ray to one minor version, and tests/test_cluster_render.py breaks if they move.
     from ray.autoscaler._private.util import fill_node_type_min_max_workers, prepare_config, validate_config
 
     try:

@@ -18,11 +18,19 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
+from groundwork.specs import Strict, load_spec_file
 from providers.compute import CatalogError, InstanceType, catalog
-from serve_apps._spec_file import load_spec_file
-from serve_apps.spec import _Strict  # unknown keys are errors, as in the app spec
 
-__all__ = ["ClusterSpec", "HeadSpec", "NetworkSpec", "NodeShape", "PoolSpec", "Provider", "ProviderSpec", "load_cluster_spec"]
+__all__ = [
+    "ClusterSpec",
+    "HeadSpec",
+    "NetworkSpec",
+    "NodeShape",
+    "PoolSpec",
+    "Provider",
+    "ProviderSpec",
+    "load_cluster_spec",
+]
 
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -48,7 +56,7 @@ _LOCATION = {
 }
 
 
-class ProviderSpec(_Strict):
+class ProviderSpec(Strict):
     """Which provider, and where: each provider needs its own location fields."""
 
     type: Provider = Field(description="aws, gcp, azure, onprem, local-sim or kuberay.")
@@ -66,7 +74,7 @@ class ProviderSpec(_Strict):
             raise ValueError(f"provider: {self.type.value} needs {', '.join(f for f, _ in missing)}; add e.g. {fields}")
 
 
-class NodeShape(_Strict):
+class NodeShape(Strict):
     """A node: a cloud instance type, or cpus/memory/gpus (on-prem, local-sim, Kubernetes, or to pick a type)."""
 
     instance_type: str | None = Field(default=None, description="Cloud instance type, e.g. m5.xlarge, g2-standard-8.")
@@ -86,13 +94,21 @@ class NodeShape(_Strict):
                 if self.accelerator and found.accelerator != self.accelerator:
                     if found.name in cloud.attachable_gpus.get(self.accelerator, ()):  # e.g. GCP n1 + T4
                         return replace(found, gpus=self.gpus or 1, accelerator=self.accelerator)
-                    raise CatalogError(f"{found.name} has {found.accelerator or 'no'} GPUs, not {self.accelerator}", "accelerator")
+                    raise CatalogError(
+                        f"{found.name} has {found.accelerator or 'no'} GPUs, not {self.accelerator}", "accelerator"
+                    )
                 return found
             return cloud.smallest(self.cpus or 0, self.memory_gb or 0, self.gpus, self.accelerator)
         if self.instance_type:
-            raise CatalogError(f"{provider.value} has no instance types; give cpus, memory_gb and gpus instead", "instance_type")
+            raise CatalogError(
+                f"{provider.value} has no instance types; give cpus, memory_gb and gpus instead", "instance_type"
+            )
         return InstanceType(
-            name="custom", vcpus=self.cpus or 2, memory_gb=self.memory_gb or 4, gpus=self.gpus, accelerator=self.accelerator,
+            name="custom",
+            vcpus=self.cpus or 2,
+            memory_gb=self.memory_gb or 4,
+            gpus=self.gpus,
+            accelerator=self.accelerator,
         )
 
 
@@ -115,14 +131,21 @@ class PoolSpec(NodeShape):
     @model_validator(mode="after")
     def _bounds(self) -> PoolSpec:
         if self.min_workers > self.max_workers:
-            raise ValueError(f"min_workers {self.min_workers} > max_workers {self.max_workers}; raise max_workers or lower min_workers")
+            raise ValueError(
+                f"min_workers {self.min_workers} > max_workers {self.max_workers}; raise max_workers or lower "
+                "min_workers"
+            )
         return self
 
 
 def _cidr(text: str) -> str:
     """An address range in CIDR notation, normalized ('2001:DB8::/32' -> '2001:db8::/32')."""
     if "/" not in text:
-        hint = f"write it with its prefix length, e.g. {text}/{32 if ':' not in text else 128}" if _is_address(text) else "e.g. 203.0.113.0/24"
+        hint = (
+            f"write it with its prefix length, e.g. {text}/{32 if ':' not in text else 128}"
+            if _is_address(text)
+            else "e.g. 203.0.113.0/24"
+        )
         raise ValueError(f"{text!r} is not an address range; {hint}")
     try:
         return str(ipaddress.ip_network(text))
@@ -146,7 +169,7 @@ Cidr = Annotated[str, AfterValidator(_cidr)]
 NETWORK_EXAMPLE = "network: {allowed_source_ranges: [203.0.113.0/24]}"
 
 
-class NetworkSpec(_Strict):
+class NetworkSpec(Strict):
     """Who may reach the cluster from outside: nothing is open to the internet unless written here."""
 
     allowed_source_ranges: list[Cidr] = Field(
@@ -158,13 +181,13 @@ class NetworkSpec(_Strict):
     )
 
 
-class SshSpec(_Strict):
+class SshSpec(Strict):
     user: str = Field(default="ubuntu", description="SSH user on the nodes.")
     private_key: str | None = Field(default=None, description="Path to the private key (never the key itself).")
     public_key: str | None = Field(default=None, description="Path to the public key (Azure needs one).")
 
 
-class ClusterSpec(_Strict):
+class ClusterSpec(Strict):
     """A Ray cluster: a head node and node pools, on one provider."""
 
     name: str = Field(pattern=_NAME, description="Cluster name.")
@@ -172,15 +195,21 @@ class ClusterSpec(_Strict):
     head: HeadSpec = Field(default_factory=HeadSpec, description="The head node.")
     pools: list[PoolSpec] = Field(min_length=1, description="Worker node pools.")
     idle_timeout_minutes: float = Field(default=5, gt=0, description="An idle worker is removed after this long.")
-    image: str | None = Field(default=None, description="Container image to run Ray in, e.g. rayproject/ray:2.60.0-py311.")
-    setup_commands: list[str] = Field(default_factory=list, description="Shell commands run on every node before Ray starts.")
+    image: str | None = Field(
+        default=None, description="Container image to run Ray in, e.g. rayproject/ray:2.60.0-py311."
+    )
+    setup_commands: list[str] = Field(
+        default_factory=list, description="Shell commands run on every node before Ray starts."
+    )
     ssh: SshSpec = Field(default_factory=SshSpec, description="How the launcher reaches the nodes.")
     network: NetworkSpec | None = Field(
-        default=None, description=f"Required except for local-sim: who may reach the cluster, e.g. {NETWORK_EXAMPLE}.",
+        default=None, description=f"Required except for local-sim: who may reach the cluster, e.g. {NETWORK_EXAMPLE}."
     )
     auth_token_file: str = Field(
         default="~/.ray/auth_token",
-        description="Path to the Ray auth token (RAY_AUTH_MODE=token); copied to the nodes, never written into the config.",
+        description=(
+            "Path to the Ray auth token (RAY_AUTH_MODE=token); copied to the nodes, never written into the config."
+        ),
     )
 
     @model_validator(mode="after")
@@ -200,10 +229,13 @@ class ClusterSpec(_Strict):
                 raise ValueError("head.host: on-prem needs the head machine's address; add head: {host: 10.0.0.1}")
             for i, pool in enumerate(self.pools):
                 if not pool.hosts:
-                    raise ValueError(f"pools[{i}:{pool.name}].hosts: on-prem needs this pool's machines; add hosts: [10.0.0.2, ...]")
+                    raise ValueError(
+                        f"pools[{i}:{pool.name}].hosts: on-prem needs this pool's machines; add hosts: [10.0.0.2, ...]"
+                    )
         if provider is not Provider.local_sim and self.network is None:
             raise ValueError(
-                f"network.allowed_source_ranges: {provider.value} needs the address ranges allowed to reach the cluster "
+                f"network.allowed_source_ranges: {provider.value} needs the address ranges allowed to reach the "
+                "cluster "
                 f"(SSH, Serve); add e.g. {NETWORK_EXAMPLE} (0.0.0.0/0 opens it to the internet and must be written out)"
             )
         _check_node("head", self.head, provider)
@@ -230,9 +262,13 @@ def _check_node(where: str, node: NodeShape, provider: Provider) -> InstanceType
 
 
 def _all_keys() -> list[str]:
-    return sorted({k for m in (ClusterSpec, ProviderSpec, HeadSpec, PoolSpec, SshSpec, NetworkSpec) for k in m.model_fields})
+    return sorted(
+        {k for m in (ClusterSpec, ProviderSpec, HeadSpec, PoolSpec, SshSpec, NetworkSpec) for k in m.model_fields}
+    )
 
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
     """Read and validate a cluster spec; SpecError with one clear line on any problem."""
-    return load_spec_file(path, ClusterSpec, "a mapping with name:, provider: and pools:", _all_keys(), "modelfleet cluster schema")
+    return load_spec_file(
+        path, ClusterSpec, "a mapping with name:, provider: and pools:", _all_keys(), "modelfleet cluster schema"
+    )

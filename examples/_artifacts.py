@@ -16,7 +16,8 @@ __all__ = ["save_weights", "training_cli"]
 
 
 def save_weights(tensors: dict[str, torch.Tensor] | torch.nn.Module, out: Path) -> str:
-    """Save a state dict (or a module's) as safetensors by atomic rename, so a crash never leaves half a file; its sha256."""
+    """Save a state dict (or a module's) as safetensors by atomic rename, so a crash never leaves half a file; its
+    sha256."""
     if isinstance(tensors, torch.nn.Module):
         tensors = tensors.state_dict()
     out.parent.mkdir(parents=True, exist_ok=True)

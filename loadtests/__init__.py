@@ -1,35 +1,32 @@
 """Load tests, the tuner and their reports.
 
-    scenario.py     what to send: endpoints and request bodies, from an app spec or a URL
-    shapes.py       load shapes as data (constant, ramp, step, spike) and the tuner's sweeps
-    generator.py    Locust as a library; importing it patches the process with gevent,
-                    so it runs only where Ray is never imported (the app runs in a subprocess)
-    measure.py      raw samples -> records (records.py); nothing there sends a request
-    server.py       the app under test as a `modelfleet run` subprocess; process CPU and memory
-    server_side.py  what the server saw: its /metrics counters, and replicas from Serve
-    session.py      one measured run; the tuning loop
-    tuner.py        the search space, the search (optuna), tuned specs, the verdict
-    report.py       records -> summary.json, trials.csv, one self-contained index.html
+scenario.py     what to send: endpoints and request bodies, from an app spec or a URL
+shapes.py       load shapes as data (constant, ramp, step, spike) and the tuner's sweeps
+generator.py    Locust as a library; importing it patches the process with gevent,
+                so it runs only where Ray is never imported (the app runs in a subprocess)
+measure.py      raw samples -> records (records.py); nothing there sends a request
+server.py       the app under test as a `modelfleet run` subprocess; process CPU and memory
+server_side.py  what the server saw: its /metrics counters, and replicas from Serve
+session.py      one measured run; the tuning loop
+tuner.py        the search space, the search (optuna), tuned specs, the verdict
+report.py       records -> summary.json, trials.csv, one self-contained index.html
 """
 
-from .records import ModelKnobs, RunConfig, RunRecord, StageResult, TimePoint, Trial, TuneRecord
-from .scenario import Endpoint, Scenario, ScenarioError, from_app, from_url
-from .shapes import Shape, Stage, stages
+# Exported lazily: the CLI imports `loadtests.shapes` for its option types without paying for numpy or Locust.
+_EXPORTS = {
+    **dict.fromkeys(
+        ["ModelKnobs", "Protocol", "RunConfig", "RunRecord", "StageResult", "TimePoint", "Trial", "TuneRecord"],
+        "records",
+    ),
+    **dict.fromkeys(["Endpoint", "Scenario", "ScenarioError", "from_app", "from_url"], "scenario"),
+    **dict.fromkeys(["Shape", "Stage", "stages"], "shapes"),
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "Endpoint",
-    "ModelKnobs",
-    "RunConfig",
-    "RunRecord",
-    "Scenario",
-    "ScenarioError",
-    "Shape",
-    "Stage",
-    "StageResult",
-    "TimePoint",
-    "Trial",
-    "TuneRecord",
-    "from_app",
-    "from_url",
-    "stages",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

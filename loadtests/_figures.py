@@ -30,16 +30,23 @@ def _style(fig: go.Figure, x_title: str, y_title: str) -> go.Figure:
 def _throughput(record: RunRecord) -> go.Figure:
     t = [p.t_s for p in record.timeline]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=t, y=[p.rps for p in record.timeline], name="requests/s", line_color=BLUE), secondary_y=False)
     fig.add_trace(
-        go.Scatter(x=t, y=[p.failures_per_s for p in record.timeline], name="failures/s", line_color=RED), secondary_y=False
+        go.Scatter(x=t, y=[p.rps for p in record.timeline], name="requests/s", line_color=BLUE), secondary_y=False
     )
     fig.add_trace(
-        go.Scatter(x=t, y=[p.users for p in record.timeline], name="users", line=dict(color=GREY, dash="dot", shape="hv")),
+        go.Scatter(x=t, y=[p.failures_per_s for p in record.timeline], name="failures/s", line_color=RED),
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=t, y=[p.users for p in record.timeline], name="users", line=dict(color=GREY, dash="dot", shape="hv")
+        ),
         secondary_y=True,
     )
     # Own ticks, not the left axis's grid: user counts are whole numbers.
-    fig.update_yaxes(title_text="users", rangemode="tozero", showgrid=False, tickmode="auto", tickformat="d", secondary_y=True)
+    fig.update_yaxes(
+        title_text="users", rangemode="tozero", showgrid=False, tickmode="auto", tickformat="d", secondary_y=True
+    )
     fig.update_layout(hovermode="x unified")
     return _style(fig, "seconds since start", "per second")
 
@@ -48,7 +55,11 @@ def _latency(record: RunRecord) -> go.Figure:
     t = [p.t_s for p in record.timeline]
     fig = go.Figure()
     for name, color in (("p50_ms", GREEN), ("p95_ms", ORANGE), ("p99_ms", RED)):
-        fig.add_trace(go.Scatter(x=t, y=[getattr(p, name) for p in record.timeline], name=name.removesuffix("_ms"), line_color=color))
+        fig.add_trace(
+            go.Scatter(
+                x=t, y=[getattr(p, name) for p in record.timeline], name=name.removesuffix("_ms"), line_color=color
+            )
+        )
     fig.update_layout(hovermode="x unified")
     return _style(fig, "seconds since start", "ms")
 
@@ -72,15 +83,24 @@ def _cpu(record: RunRecord) -> go.Figure:
     t = [p.t_s for p in record.resources]
     fig = go.Figure()
     if any(p.server_cpu_cores is not None for p in record.resources):
-        fig.add_trace(go.Scatter(x=t, y=[p.server_cpu_cores for p in record.resources], name="server", line_color=PURPLE))
-    fig.add_trace(go.Scatter(x=t, y=[p.generator_cpu_cores for p in record.resources], name="load generator", line_color=GREY))
+        fig.add_trace(
+            go.Scatter(x=t, y=[p.server_cpu_cores for p in record.resources], name="server", line_color=PURPLE)
+        )
+    fig.add_trace(
+        go.Scatter(x=t, y=[p.generator_cpu_cores for p in record.resources], name="load generator", line_color=GREY)
+    )
     fig.update_layout(hovermode="x unified")
     return _style(fig, "seconds since start", "cores")
 
 
 def run_figures(record: RunRecord) -> dict[str, go.Figure | None]:
     """Plot name -> figure; None where the run recorded nothing to draw (replicas of a bare URL)."""
-    return {"throughput": _throughput(record), "latency": _latency(record), "replicas": _replicas(record), "cpu": _cpu(record)}
+    return {
+        "throughput": _throughput(record),
+        "latency": _latency(record),
+        "replicas": _replicas(record),
+        "cpu": _cpu(record),
+    }
 
 
 def _trial_name(trial: Trial, best: int | None) -> str:

@@ -20,11 +20,14 @@ def main(address: str, app_name: str, out: Path, interval_s: float) -> None:
     RayTarget.connect(address)  # before Ray is imported here: it sets the env a loopback cluster's driver needs
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, which installs its own handler
     from ray import serve
+
     with out.open("a") as sink:
         while True:
             app = serve.status().applications.get(app_name)
             replicas = {
-                name: int(sum(n for state, n in d.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+                name: int(
+                    sum(n for state, n in d.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING")
+                )
                 for name, d in (app.deployments.items() if app else ())
             }
             sink.write(json.dumps({"time": time.time(), "replicas": replicas}) + "\n")

@@ -6,11 +6,10 @@ sample along with Locust's own reports.
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent patches the standard library)
-
 import sys
 from pathlib import Path
 
+import locust  # noqa: F401  (first: gevent patches the standard library)
 from locust.env import Environment
 
 from .generator import SAMPLES_KEY, STOP_TIMEOUT_S, collect_samples, user_classes

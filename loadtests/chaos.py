@@ -29,15 +29,27 @@ SIMULATED_NODE_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"
 
 
 class BackgroundLoad:
-    """`modelfleet loadtest URL --payload ...` for `seconds`, started now; `finish()` waits and returns its summary.json."""
+    """`modelfleet loadtest URL --payload ...` for `seconds`, started now; `finish()` waits and returns its
+    summary.json."""
 
     def __init__(self, url: str, body: dict, folder: Path, seconds: float, users: int = 4, api_key: str | None = None):
         folder.mkdir(parents=True, exist_ok=True)
         payload, self.report, self.log = folder / "payload.json", folder / "report", folder / "loadtest.log"
         payload.write_text(json.dumps(body))
         command = [
-            sys.executable, "-m", "modelfleet", "loadtest", url, "--payload", str(payload), "--users", str(users),
-            "--duration", f"{seconds:g}s", "--report", str(self.report),
+            sys.executable,
+            "-m",
+            "modelfleet",
+            "loadtest",
+            url,
+            "--payload",
+            str(payload),
+            "--users",
+            str(users),
+            "--duration",
+            f"{seconds:g}s",
+            "--report",
+            str(self.report),
         ] + (["--api-key", api_key] if api_key else [])
         self.seconds = seconds
         with self.log.open("wb") as log:
@@ -55,7 +67,8 @@ class BackgroundLoad:
 
 
 def replica_pids(app: str, deployment: str, listening_on: int | None = None) -> list[int]:
-    """Processes of `deployment`'s replicas in Serve app `app` on this machine (Ray titles them ray::ServeReplica:APP:DEPLOYMENT).
+    """Processes of `deployment`'s replicas in Serve app `app` on this machine (Ray titles them
+    ray::ServeReplica:APP:DEPLOYMENT).
 
     `listening_on`: only those already listening on this TCP port (an ingress replica that has started its listener).
     """

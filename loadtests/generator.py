@@ -9,8 +9,6 @@ computed from the same raw samples, whatever the window.
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent patches the standard library before anything else uses it)
-
 import itertools
 import logging
 import os
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
+import locust  # noqa: F401  (first: gevent patches the standard library before anything else uses it)
 from locust import FastHttpUser, LoadTestShape, constant, task
 from locust.env import Environment
 from locust.runners import STATE_STOPPED, WORKER_REPORT_INTERVAL, MasterRunner
@@ -59,8 +58,12 @@ class _EndpointUser(FastHttpUser):
     @task
     def call(self) -> None:
         endpoint = self.endpoint
-        path = random.choices(endpoint.paths, cum_weights=self._cum_weights)[0] if self._cum_weights else endpoint.paths[0]
-        with self.client.post(path, data=next(self._bodies), headers=self.headers, name=endpoint.name, catch_response=True) as resp:
+        path = (
+            random.choices(endpoint.paths, cum_weights=self._cum_weights)[0] if self._cum_weights else endpoint.paths[0]
+        )
+        with self.client.post(
+            path, data=next(self._bodies), headers=self.headers, name=endpoint.name, catch_response=True
+        ) as resp:
             if resp.status_code != 200:
                 # Status and the start of the body: the error type, without per-request details that would split it.
                 text = (resp.text or "")[:100].replace("\n", " ") if resp.status_code else str(resp.error)
@@ -74,8 +77,14 @@ def user_classes(scenario: Scenario) -> list[type[FastHttpUser]]:
     smallest = min(e.weight for e in scenario.endpoints)
     return [
         type(
-            f"Endpoint{i}", (_EndpointUser,),
-            {"endpoint": e, "headers": scenario.headers, "host": scenario.base_url, "weight": max(1, round(10 * e.weight / smallest))},
+            f"Endpoint{i}",
+            (_EndpointUser,),
+            {
+                "endpoint": e,
+                "headers": scenario.headers,
+                "host": scenario.base_url,
+                "weight": max(1, round(10 * e.weight / smallest)),
+            },
         )
         for i, e in enumerate(scenario.endpoints)
     ]
@@ -115,14 +124,18 @@ def collect_samples(env: Environment, names: list[str], sink: list) -> None:
     env.events.request.add_listener(on_request)
 
 
-def _start_workers(env: Environment, scenario: Scenario, count: int, runner: MasterRunner, port: int) -> list[subprocess.Popen]:
+def _start_workers(
+    env: Environment, scenario: Scenario, count: int, runner: MasterRunner, port: int
+) -> list[subprocess.Popen]:
     """Locust worker processes on this machine, for when one generator process is the bottleneck."""
     spec = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
     spec.write(scenario.model_dump_json())
     spec.close()
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "loadtests._worker", str(port), spec.name], stdin=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "-m", "loadtests._worker", str(port), spec.name],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         for _ in range(count)
     ]
@@ -160,14 +173,18 @@ def generate(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> Measurements:
     """Run the stages against the scenario's endpoints and return every measurement; bounded by the last stage's end."""
-    env = Environment(user_classes=user_classes(scenario), shape_class=_StagedShape(stages), stop_timeout=STOP_TIMEOUT_S)
+    env = Environment(
+        user_classes=user_classes(scenario), shape_class=_StagedShape(stages), stop_timeout=STOP_TIMEOUT_S
+    )
     names = [e.name for e in scenario.endpoints]
     measured = Measurements(started=time.time(), endpoint_names=names)
     worker_procs: list[subprocess.Popen] = []
     if workers:
         port = free_port()
         runner = env.create_master_runner("127.0.0.1", port)  # loopback only: never listen beyond this machine
-        env.events.worker_report.add_listener(lambda client_id, data: measured.samples.extend(data.get(SAMPLES_KEY, ())))
+        env.events.worker_report.add_listener(
+            lambda client_id, data: measured.samples.extend(data.get(SAMPLES_KEY, ()))
+        )
         worker_procs = _start_workers(env, scenario, workers, runner, port)
     else:
         runner = env.create_local_runner()
@@ -187,11 +204,16 @@ def generate(
             measured.resources.append((t_s, *server_use, generator.sample()[0] or 0.0))
             total = runner.stats.total
             if on_progress:
-                on_progress(Progress(
-                    t_s, runner.user_count, total.current_rps,
-                    *(total.get_current_response_time_percentile(p) for p in (0.5, 0.95, 0.99)),
-                    total.num_failures, total.num_requests,
-                ))
+                on_progress(
+                    Progress(
+                        t_s,
+                        runner.user_count,
+                        total.current_rps,
+                        *(total.get_current_response_time_percentile(p) for p in (0.5, 0.95, 0.99)),
+                        total.num_failures,
+                        total.num_requests,
+                    )
+                )
             if runner.state == STATE_STOPPED and runner.shape_greenlet is None:
                 break
             if time.monotonic() > deadline:

@@ -9,7 +9,17 @@ rounded buckets); times (`t_s`) are seconds since the run started.
 
 from __future__ import annotations
 
+from enum import Enum
+
 from pydantic import BaseModel, Field
+
+
+class Protocol(str, Enum):
+    """The inference protocol the load's requests speak."""
+
+    v2 = "v2"  # Open Inference Protocol: POST /v2/models/NAME/infer
+    v1 = "v1"  # KServe V1: POST /v1/models/NAME:predict
+
 
 __all__ = [
     "EndpointResult",
@@ -96,7 +106,8 @@ class RunConfig(BaseModel):
 
 
 class RunRecord(Latencies):
-    """One load run. The top-level fields are `summary.json`'s contract: rps, p50_ms, p95_ms, p99_ms, requests, failures."""
+    """One load run. The top-level fields are `summary.json`'s contract: rps, p50_ms, p95_ms, p99_ms, requests,
+    failures."""
 
     config: RunConfig
     duration_s: float = Field(description="Measured: from the first request sent to the last answer received.")
@@ -107,9 +118,13 @@ class RunRecord(Latencies):
     replicas: list[ReplicaPoint] = Field(default_factory=list)
     resources: list[ResourcePoint] = Field(default_factory=list)
     generator_cpu_cores: float = Field(default=0.0, description="Mean cores the load generator itself used.")
-    server_cpu_cores: float | None = Field(default=None, description="Mean cores of the server's processes (when it ran here).")
+    server_cpu_cores: float | None = Field(
+        default=None, description="Mean cores of the server's processes (when it ran here)."
+    )
     server_memory_mb: float | None = Field(default=None, description="Peak resident memory of the server's processes.")
-    server_requests: int | None = Field(default=None, description="Requests the server counted over the run (its /metrics).")
+    server_requests: int | None = Field(
+        default=None, description="Requests the server counted over the run (its /metrics)."
+    )
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -120,12 +135,16 @@ class ModelKnobs(BaseModel):
     max_batch_size: int | None = Field(default=None, description="None: no dynamic batching.")
     batch_wait_timeout_s: float | None = None
     replicas: int
-    embedded: bool = Field(default=False, description="Run inside the ingress replicas (no handle hop); replicas then do not apply.")
+    embedded: bool = Field(
+        default=False, description="Run inside the ingress replicas (no handle hop); replicas then do not apply."
+    )
 
     def label(self) -> str:
         wait = f"/{self.batch_wait_timeout_s * 1000:g}ms" if self.batch_wait_timeout_s is not None else ""
         batch = f"batch {self.max_batch_size}{wait}" if self.max_batch_size else "no batching"
-        where = "embedded in the ingress" if self.embedded else f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
+        where = (
+            "embedded in the ingress" if self.embedded else f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
+        )
         return f"{where}, max_ongoing {self.max_ongoing_requests}, {batch}"
 
 
@@ -136,7 +155,9 @@ class Trial(BaseModel):
     knobs: dict[str, ModelKnobs]
     baseline: bool = Field(default=False, description="The spec's own configuration.")
     stages: list[StageResult] = Field(default_factory=list)
-    best_rps: float = Field(default=0.0, description="Highest stage throughput with p95 within the SLO and no failures (0: none).")
+    best_rps: float = Field(
+        default=0.0, description="Highest stage throughput with p95 within the SLO and no failures (0: none)."
+    )
     best_p95_ms: float | None = None
     best_users: int | None = None
     error: str | None = Field(default=None, description="Why the trial has no result (e.g. it did not deploy).")

@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from ._figures import run_figures, trials_figure, tradeoff_figure
+from ._figures import run_figures, tradeoff_figure, trials_figure
 from .records import ModelKnobs, RunRecord, TuneRecord
 
 __all__ = ["render_run_html", "render_tune_html", "write_run_report", "write_tune_report"]
@@ -27,7 +27,12 @@ REPLICAS_NOTE = "Replica counts are recorded when loadtest starts the app itself
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 # Non-breaking: a wrapped column head should not strand its unit.
 _P50, _P95, _P99 = "p50\u00a0ms", "p95\u00a0ms", "p99\u00a0ms"
-_RUN_PLOTS = {"throughput": "Throughput", "latency": "Latency percentiles", "replicas": "Running replicas", "cpu": "CPU in use"}
+_RUN_PLOTS = {
+    "throughput": "Throughput",
+    "latency": "Latency percentiles",
+    "replicas": "Running replicas",
+    "cpu": "CPU in use",
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,9 @@ def _render(
     link: tuple[str, str] | None = None,  # (label, relative href)
 ) -> str:
     template = _environment().get_template("report.html.j2")
-    return template.render(title=title, facts=facts, sections=sections, summary=summary, link=link, plotlyjs=_plotlyjs())
+    return template.render(
+        title=title, facts=facts, sections=sections, summary=summary, link=link, plotlyjs=_plotlyjs()
+    )
 
 
 def _headline(record: RunRecord) -> _Table:
@@ -165,7 +172,14 @@ def _trials_table(record: TuneRecord) -> _Table:
         tags = [tag for tag, on in (("baseline", trial.baseline), ("best", trial.number == record.best)) if on]
         number = f"{trial.number}" + (f" ({', '.join(tags)})" if tags else "")
         rows.append(
-            [number, trial.label(), _num(trial.best_rps), _num(trial.best_p95_ms), _num(trial.best_users), trial.error or ""]
+            [
+                number,
+                trial.label(),
+                _num(trial.best_rps),
+                _num(trial.best_p95_ms),
+                _num(trial.best_users),
+                trial.error or "",
+            ]
         )
     columns = ["trial", "settings", "best requests/s", "p95 ms at best", "users at best", "error"]
     return _Table(columns, rows, text_columns=frozenset({0, 1, 5}))
@@ -183,8 +197,16 @@ def render_tune_html(record: TuneRecord, best_run: RunRecord | None = None) -> s
     ]
     summary = record.summary or ("" if best else "No trial met the SLO.")
     sections = [
-        _Section("Throughput against p95 latency, per trial", plot_id="plot-tradeoff", plot=_plot(tradeoff_figure(record), "plot-tradeoff")),
-        _Section("Best throughput within the SLO, per trial", plot_id="plot-trials", plot=_plot(trials_figure(record), "plot-trials")),
+        _Section(
+            "Throughput against p95 latency, per trial",
+            plot_id="plot-tradeoff",
+            plot=_plot(tradeoff_figure(record), "plot-tradeoff"),
+        ),
+        _Section(
+            "Best throughput within the SLO, per trial",
+            plot_id="plot-trials",
+            plot=_plot(trials_figure(record), "plot-trials"),
+        ),
         _Section("Trials", table=_trials_table(record)),
     ]
     if best_run is not None:

@@ -43,7 +43,9 @@ class Endpoint(BaseModel):
     model: str | None = Field(default=None, description="The model it calls, for the per-model breakdown.")
     weight: float = Field(default=1.0, gt=0)
     paths: list[str] = Field(min_length=1, description="URL paths; a multiplexed family has one per model id.")
-    path_weights: list[float] | None = Field(default=None, description="Relative weights of `paths` (Zipf for a family).")
+    path_weights: list[float] | None = Field(
+        default=None, description="Relative weights of `paths` (Zipf for a family)."
+    )
     bodies: list[str] = Field(min_length=1, description="Request bodies, sent in turn.")
     expect: str | None = Field(default=None, description="A 200 whose body lacks this text counts as a failure.")
 
@@ -90,7 +92,12 @@ def _body(model: ModelSpec, protocol: str, rows: int, rng: np.random.Generator) 
     arrays = {t.name: _tensor(t, rows, rng) for t in model.inputs}
     if protocol == "v2":
         inputs = [
-            {"name": t.name, "datatype": t.datatype.value, "shape": list(arrays[t.name].shape), "data": arrays[t.name].ravel().tolist()}
+            {
+                "name": t.name,
+                "datatype": t.datatype.value,
+                "shape": list(arrays[t.name].shape),
+                "data": arrays[t.name].ravel().tolist(),
+            }
             for t in model.inputs
         ]
         return json.dumps({"inputs": inputs})
@@ -107,7 +114,13 @@ def family_ids(model: ModelSpec) -> list[str]:
         pattern = uri.removeprefix("file://")
         head, _, tail = pattern.partition(MODEL_ID_PLACEHOLDER)
         matcher = re.compile(re.escape(head) + r"([A-Za-z0-9][A-Za-z0-9_.-]*)" + re.escape(tail))
-        found = sorted({m.group(1) for path in glob.glob(pattern.replace(MODEL_ID_PLACEHOLDER, "*")) if (m := matcher.fullmatch(path))})
+        found = sorted(
+            {
+                m.group(1)
+                for path in glob.glob(pattern.replace(MODEL_ID_PLACEHOLDER, "*"))
+                if (m := matcher.fullmatch(path))
+            }
+        )
     if not found and model.multiplex and model.multiplex.example_id:
         found = [model.multiplex.example_id]
     return found
@@ -166,13 +179,22 @@ def from_app(
             paths, path_weights = [prefix + _route(model, protocol)], None
         endpoints.append(
             Endpoint(
-                name=f"{model.name} {protocol}", model=model.name, weight=(weights or {}).get(model.name, 1.0),
-                paths=paths, path_weights=path_weights,
+                name=f"{model.name} {protocol}",
+                model=model.name,
+                weight=(weights or {}).get(model.name, 1.0),
+                paths=paths,
+                path_weights=path_weights,
                 bodies=[_body(model, protocol, rows, rng) for _ in range(BODIES_PER_ENDPOINT)],
                 expect='"outputs"' if protocol == "v2" else '"predictions"',
             )
         )
-    return Scenario(base_url=base_url.rstrip("/"), endpoints=endpoints, headers=_headers(api_key), protocol=protocol, rows_per_request=rows)
+    return Scenario(
+        base_url=base_url.rstrip("/"),
+        endpoints=endpoints,
+        headers=_headers(api_key),
+        protocol=protocol,
+        rows_per_request=rows,
+    )
 
 
 def from_url(url: str, payload: Path, *, api_key: str | None = None) -> Scenario:
@@ -191,7 +213,14 @@ def from_url(url: str, payload: Path, *, api_key: str | None = None) -> Scenario
     match = re.search(r"/models/([^/:]+)", path)
     return Scenario(
         base_url=f"{parts.scheme}://{parts.netloc}",
-        endpoints=[Endpoint(name=f"POST {path}", model=match.group(1) if match else None, paths=[path + (f"?{parts.query}" if parts.query else "")], bodies=[body])],
+        endpoints=[
+            Endpoint(
+                name=f"POST {path}",
+                model=match.group(1) if match else None,
+                paths=[path + (f"?{parts.query}" if parts.query else "")],
+                bodies=[body],
+            )
+        ],
         headers=_headers(api_key),
         protocol="v2" if "/v2/" in path else "v1" if "/v1/" in path else "custom",
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,33 +17,11 @@ from pathlib import Path
 import httpx
 import psutil
 
+from groundwork.processes import free_port, session_processes
+
 __all__ = ["AppProcess", "AppStartFailed", "ProcessGroup", "free_port", "session_processes"]
 
 READY_PATH = "/v2/health/ready"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def session_processes(leader: int) -> list[psutil.Process]:
-    """The processes of the session `leader` leads (Ray's workers stay in it), plus its descendants that left it."""
-    found: dict[int, psutil.Process] = {}
-    try:
-        head = psutil.Process(leader)
-        found[leader] = head
-        found.update((p.pid, p) for p in head.children(recursive=True))
-    except psutil.NoSuchProcess:
-        pass
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == leader:
-                found.setdefault(proc.pid, proc)
-        except (ProcessLookupError, PermissionError):
-            continue
-    return list(found.values())
 
 
 class ProcessGroup:
@@ -94,7 +71,9 @@ class AppStartFailed(RuntimeError):
 class AppProcess:
     """`modelfleet run SPEC` on a free loopback port, in its own session; a context manager that always stops it."""
 
-    def __init__(self, spec_path: Path, log_path: Path, startup_timeout_s: float = 300, env: dict[str, str] | None = None):
+    def __init__(
+        self, spec_path: Path, log_path: Path, startup_timeout_s: float = 300, env: dict[str, str] | None = None
+    ):
         self.spec_path = spec_path
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
@@ -128,17 +107,33 @@ class AppProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "modelfleet", "run", str(self.spec_path), "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "modelfleet",
+            "run",
+            str(self.spec_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})},
             )
         deadline = time.monotonic() + self.startup_timeout_s
         with httpx.Client(timeout=5) as client:
             while True:
                 if self.proc.poll() is not None:
-                    raise AppStartFailed(f"modelfleet run exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
+                    raise AppStartFailed(
+                        f"modelfleet run exited ({self.proc.returncode}) while starting:\n{self.log_tail()}"
+                    )
                 match = re.search(r"^ray: (\S+)", self.log_path.read_text(errors="replace"), flags=re.M)
                 try:
                     # `run` prints its Ray address after the app answers: wait for both.
@@ -148,11 +143,14 @@ class AppProcess:
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise AppStartFailed(f"modelfleet run not ready after {self.startup_timeout_s:.0f}s:\n{self.log_tail()}")
+                    raise AppStartFailed(
+                        f"modelfleet run not ready after {self.startup_timeout_s:.0f}s:\n{self.log_tail()}"
+                    )
                 time.sleep(0.5)
 
     def stop(self, grace_s: float = 90) -> None:
-        """Ctrl-C (what `run` expects), then SIGTERM and SIGKILL if it hangs; then whatever of its session outlived it."""
+        """Ctrl-C (what `run` expects), then SIGTERM and SIGKILL if it hangs; then whatever of its session outlived
+        it."""
         if self.proc is None:
             return
         tree = [p for p in session_processes(self.proc.pid) if p.pid != self.proc.pid]

@@ -37,7 +37,8 @@ class ServerCounts:
             return {k: v - b.get(k, 0.0) for k, v in a.items()}
 
         return ServerCounts(
-            minus(self.requests, before.requests), minus(self.batch_rows_sum, before.batch_rows_sum),
+            minus(self.requests, before.requests),
+            minus(self.batch_rows_sum, before.batch_rows_sum),
             minus(self.batch_rows_count, before.batch_rows_count),
         )
 
@@ -81,8 +82,11 @@ def scrape(base_url: str, headers: dict[str, str], replicas: int = 1, attempts: 
         return None  # a replica never answered: a partial count would look like lost requests
     total = ServerCounts()
     for counts in seen.values():
-        for mine, theirs in ((total.requests, counts.requests), (total.batch_rows_sum, counts.batch_rows_sum),
-                             (total.batch_rows_count, counts.batch_rows_count)):
+        for mine, theirs in (
+            (total.requests, counts.requests),
+            (total.batch_rows_sum, counts.batch_rows_sum),
+            (total.batch_rows_count, counts.batch_rows_count),
+        ):
             for model, value in theirs.items():
                 mine[model] = mine.get(model, 0.0) + value
     return total
@@ -96,7 +100,10 @@ class ReplicaWatcher:
         with open(f"{out}.log", "wb") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "loadtests._replicas", ray_address, app_name, str(out), str(interval_s)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 

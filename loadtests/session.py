@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -52,8 +52,12 @@ def measure_run(
         started = None
         try:
             measured = generate(
-                scenario, stages, workers=workers, csv_prefix=report_dir / "locust" if report_dir else None,
-                server=app.group if app else None, on_progress=on_progress,
+                scenario,
+                stages,
+                workers=workers,
+                csv_prefix=report_dir / "locust" if report_dir else None,
+                server=app.group if app else None,
+                on_progress=on_progress,
             )
             started = measured.started
         finally:
@@ -68,7 +72,7 @@ def measure_run(
 
 def _add_server_counts(record: RunRecord, scenario: Scenario, seen: ServerCounts) -> None:
     """Per endpoint, what the ingress counted for its model; a mismatch with the generator's count is a warning."""
-    for result, endpoint in zip(record.endpoints, scenario.endpoints):
+    for result, endpoint in zip(record.endpoints, scenario.endpoints, strict=True):
         if endpoint.model is not None and endpoint.model in seen.requests:
             result.server_requests = int(seen.requests[endpoint.model])
             result.mean_batch_rows = seen.mean_batch_rows(endpoint.model)
@@ -94,7 +98,10 @@ def _deploy(spec_file: Path, ray_address: str, log: Path) -> str | None:
     """`modelfleet deploy` onto the run's Ray (a rolling update; a failed one leaves the previous version serving)."""
     result = subprocess.run(
         [sys.executable, "-m", "modelfleet", "deploy", str(spec_file), "--address", ray_address, "--timeout-s", "300"],
-        capture_output=True, text=True, timeout=420, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        stdin=subprocess.DEVNULL,
     )
     with log.open("a") as sink:
         sink.write(f"$ modelfleet deploy {spec_file}\n{result.stdout}{result.stderr}\n")
@@ -148,12 +155,23 @@ def tune(
             fresh_app = False
         if trial.error is None:
             config = RunConfig(
-                url=app.url, app=spec.name, shape="sweep", users=max_users, spawn_rate=float(max_users), duration_s=trial_s,
-                protocol=scenario.protocol, rows_per_request=scenario.rows_per_request,
-                endpoints={e.name: e.weight for e in scenario.endpoints}, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                url=app.url,
+                app=spec.name,
+                shape="sweep",
+                users=max_users,
+                spawn_rate=float(max_users),
+                duration_s=trial_s,
+                protocol=scenario.protocol,
+                rows_per_request=scenario.rows_per_request,
+                endpoints={e.name: e.weight for e in scenario.endpoints},
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
             run = measure_run(
-                scenario.model_copy(update={"base_url": app.url}), plan, config, app=app, ingress_replicas=spec.ingress.num_replicas,
+                scenario.model_copy(update={"base_url": app.url}),
+                plan,
+                config,
+                app=app,
+                ingress_replicas=spec.ingress.num_replicas,
                 on_progress=(lambda p, t=trial: on_progress(t, p)) if on_progress else None,
             )
             runs[trial.number] = run
@@ -176,9 +194,11 @@ def tune(
     if winner is not None:
         targets = {name: round(max(1.0, winner.best_users / k.replicas), 1) for name, k in winner.knobs.items()}
         header = (
-            f"{spec.name}, tuned by `modelfleet tune` for p95 <= {slo_p95_ms:g} ms on {datetime.now(timezone.utc):%Y-%m-%d}.\n"
-            f"{record.summary}\nMeasured {winner.best_rps:,.1f} req/s at p95 {winner.best_p95_ms} ms with {winner.best_users} concurrent requests; "
-            "models with deployments of their own autoscale from the tuned replica count, aiming at that load per replica."
+            f"{spec.name}, tuned by `modelfleet tune` for p95 <= {slo_p95_ms:g} ms on {datetime.now(UTC):%Y-%m-%d}.\n"
+            f"{record.summary}\nMeasured {winner.best_rps:,.1f} req/s at p95 {winner.best_p95_ms} ms with "
+            f"{winner.best_users} concurrent requests; "
+            "models with deployments of their own autoscale from the tuned replica count, aiming at that load per "
+            "replica."
         )
         tuned_yaml = tuned_spec_yaml(spec, winner.knobs, targets, header)
         record.tuned_spec = f"{spec.name}.tuned.yaml"

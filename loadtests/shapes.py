@@ -37,7 +37,11 @@ def stages(shape: Shape, users: int, duration_s: float, spawn_rate: float | None
         return [Stage(duration_s, users, rate)]
     if shape is Shape.spike:
         base = max(1, users // 4)
-        return [Stage(duration_s * 0.4, base, rate), Stage(duration_s * 0.6, users, rate), Stage(duration_s, base, rate)]
+        return [
+            Stage(duration_s * 0.4, base, rate),
+            Stage(duration_s * 0.6, users, rate),
+            Stage(duration_s, base, rate),
+        ]
     count = 10 if shape is Shape.ramp else max(1, min(steps, users))
     levels = sorted({max(1, round(users * (i + 1) / count)) for i in range(count)})
     return [Stage(duration_s * (i + 1) / len(levels), level, rate) for i, level in enumerate(levels)]

@@ -22,8 +22,17 @@ from serve_apps.spec import AppSpec, AutoscalingSpec, BatchingSpec, ModelFormat,
 from .records import ModelKnobs, StageResult, Trial
 
 __all__ = [
-    "ModelSpace", "Space", "apply_knobs", "baseline_knobs", "best_point", "default_space", "embeddable", "search", "tunable",
-    "tuned_spec_yaml", "verdict",
+    "ModelSpace",
+    "Space",
+    "apply_knobs",
+    "baseline_knobs",
+    "best_point",
+    "default_space",
+    "embeddable",
+    "search",
+    "tunable",
+    "tuned_spec_yaml",
+    "verdict",
 ]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -59,7 +68,8 @@ class Space:
     def cpus(self, knobs: dict[str, ModelKnobs]) -> float:
         """An embedded model's CPUs are added to each ingress replica's."""
         return self.fixed_cpus + sum(
-            (self.ingress_replicas if k.embedded else k.replicas) * self.models[name].num_cpus for name, k in knobs.items()
+            (self.ingress_replicas if k.embedded else k.replicas) * self.models[name].num_cpus
+            for name, k in knobs.items()
         )
 
     def fits(self, knobs: dict[str, ModelKnobs]) -> bool:
@@ -68,7 +78,7 @@ class Space:
     def grid(self) -> list[dict[str, ModelKnobs]]:
         """Every configuration that fits (for the exhaustive baseline in bench/)."""
         per_model = {name: list(_model_grid(space)) for name, space in self.models.items()}
-        configs = [dict(zip(per_model, combo)) for combo in itertools.product(*per_model.values())]
+        configs = [dict(zip(per_model, combo, strict=True)) for combo in itertools.product(*per_model.values())]
         return [c for c in configs if self.fits(c)]
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, ModelKnobs]:
@@ -79,7 +89,9 @@ class Space:
             embedded = trial.suggest_categorical(f"{name}.embedded", [False, True]) if space.embeddable else False
             knobs[name] = ModelKnobs(
                 max_ongoing_requests=trial.suggest_categorical(f"{name}.max_ongoing_requests", space.max_ongoing),
-                max_batch_size=batch or None, batch_wait_timeout_s=wait, embedded=embedded,
+                max_batch_size=batch or None,
+                batch_wait_timeout_s=wait,
+                embedded=embedded,
                 replicas=1 if embedded else trial.suggest_categorical(f"{name}.replicas", space.replicas),
             )
         return knobs
@@ -103,7 +115,11 @@ def _model_grid(space: ModelSpace):
     for mor, batch, (embedded, replicas) in itertools.product(space.max_ongoing, space.batch_sizes, placements):
         for wait in space.batch_waits_s if batch else [None]:
             yield ModelKnobs(
-                max_ongoing_requests=mor, max_batch_size=batch or None, batch_wait_timeout_s=wait, replicas=replicas, embedded=embedded,
+                max_ongoing_requests=mor,
+                max_batch_size=batch or None,
+                batch_wait_timeout_s=wait,
+                replicas=replicas,
+                embedded=embedded,
             )
 
 
@@ -113,7 +129,8 @@ def tunable(model: ModelSpec) -> bool:
 
 
 def embeddable(spec: AppSpec, model: ModelSpec) -> bool:
-    """What ModelSpec.embedded allows once autoscaling is dropped: no placement, no queue limit, no family, not a step."""
+    """What ModelSpec.embedded allows once autoscaling is dropped: no placement, no queue limit, no family, not a
+    step."""
     steps = {step.model for m in spec.models if m.pipeline for step in m.pipeline.steps}
     placed = any(getattr(model.resources, f) for f in ("pool", "num_gpus", "accelerator_type", "memory_mb"))
     return not (placed or model.multiplex or model.pipeline or model.max_queued_requests != -1 or model.name in steps)
@@ -125,12 +142,15 @@ def _start_replicas(model: ModelSpec) -> int:
 
 
 def baseline_knobs(spec: AppSpec, models: list[str]) -> dict[str, ModelKnobs]:
-    """The spec's own settings, as knobs (a model that may scale to zero is measured with the one replica a request wakes)."""
+    """The spec's own settings, as knobs (a model that may scale to zero is measured with the one replica a request
+    wakes)."""
     knobs = {}
     for name in models:
         m = spec.model(name)
         knobs[name] = ModelKnobs(
-            max_ongoing_requests=m.max_ongoing_requests, replicas=1 if m.embedded else _start_replicas(m), embedded=m.embedded,
+            max_ongoing_requests=m.max_ongoing_requests,
+            replicas=1 if m.embedded else _start_replicas(m),
+            embedded=m.embedded,
             max_batch_size=m.batching.max_batch_size if m.batching else None,
             batch_wait_timeout_s=m.batching.batch_wait_timeout_s if m.batching else None,
         )
@@ -142,10 +162,14 @@ def default_space(spec: AppSpec, models: list[str], total_cpus: float | None = N
     total = float(total_cpus or os.cpu_count() or 1)
     ingress = spec.ingress.num_replicas
     untuned = sum(
-        m.resources.num_cpus * (ingress if m.embedded else _start_replicas(m)) for m in spec.models if m.name not in models
+        m.resources.num_cpus * (ingress if m.embedded else _start_replicas(m))
+        for m in spec.models
+        if m.name not in models
     )
     base = baseline_knobs(spec, models)
-    space = Space(models={}, total_cpus=total, fixed_cpus=spec.ingress.num_cpus * ingress + untuned, ingress_replicas=ingress)
+    space = Space(
+        models={}, total_cpus=total, fixed_cpus=spec.ingress.num_cpus * ingress + untuned, ingress_replicas=ingress
+    )
     for name in models:
         m, b = spec.model(name), base[name]
         others = sum(spec.model(o).resources.num_cpus for o in models if o != name)
@@ -153,17 +177,23 @@ def default_space(spec: AppSpec, models: list[str], total_cpus: float | None = N
         fit = max(1, math.floor(room / m.resources.num_cpus + 1e-9)) if m.resources.num_cpus else max(REPLICAS)
         replicas = sorted({r for r in REPLICAS if r <= fit} | {b.replicas})
         if fit < max(REPLICAS):
-            space.notes.append(f"{name}: at most {fit} replica(s) of {m.resources.num_cpus:g} CPUs fit in {total:g} CPUs")
+            space.notes.append(
+                f"{name}: at most {fit} replica(s) of {m.resources.num_cpus:g} CPUs fit in {total:g} CPUs"
+            )
         space.models[name] = ModelSpace(
             max_ongoing=sorted(set(MAX_ONGOING) | {b.max_ongoing_requests}),
             batch_sizes=sorted(set(BATCH_SIZES) | {b.max_batch_size or 0}),
             batch_waits_s=sorted(set(BATCH_WAITS_S) | ({b.batch_wait_timeout_s} if b.batch_wait_timeout_s else set())),
-            replicas=replicas, num_cpus=m.resources.num_cpus, embeddable=embeddable(spec, m),
+            replicas=replicas,
+            num_cpus=m.resources.num_cpus,
+            embeddable=embeddable(spec, m),
         )
     return space
 
 
-def search(space: Space, baseline: dict[str, ModelKnobs], max_trials: int, seed: int = 0) -> Generator[dict[str, ModelKnobs], Trial, str]:
+def search(
+    space: Space, baseline: dict[str, ModelKnobs], max_trials: int, seed: int = 0
+) -> Generator[dict[str, ModelKnobs], Trial, str]:
     """Yield configurations, the baseline first; each is sent back measured. Returns why it stopped."""
     startup = min(4, max(1, max_trials // 3))  # random proposals before TPE models the results
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
@@ -207,17 +237,24 @@ def apply_knobs(spec: AppSpec, knobs: dict[str, ModelKnobs], *, fixed_replicas: 
     for name, k in knobs.items():
         model = copy.model(name)
         model.max_ongoing_requests = max(k.max_ongoing_requests, k.max_batch_size or 1)  # room for a full batch
-        model.batching = BatchingSpec(max_batch_size=k.max_batch_size, batch_wait_timeout_s=k.batch_wait_timeout_s) if k.max_batch_size else None
+        model.batching = (
+            BatchingSpec(max_batch_size=k.max_batch_size, batch_wait_timeout_s=k.batch_wait_timeout_s)
+            if k.max_batch_size
+            else None
+        )
         model.embedded = k.embedded
         if k.embedded:  # it scales with the ingress: its own autoscaling and queue limit do not apply
             model.autoscaling, model.max_queued_requests = AutoscalingSpec(), -1
         elif fixed_replicas:
-            model.autoscaling = model.autoscaling.model_copy(update={"min_replicas": k.replicas, "max_replicas": k.replicas, "initial_replicas": k.replicas})
+            model.autoscaling = model.autoscaling.model_copy(
+                update={"min_replicas": k.replicas, "max_replicas": k.replicas, "initial_replicas": k.replicas}
+            )
     return AppSpec.model_validate(copy.model_dump())
 
 
 def tuned_spec_yaml(spec: AppSpec, knobs: dict[str, ModelKnobs], targets: dict[str, float], header: str) -> str:
-    """The recommendation as an app spec: knobs set, autoscaling kept but started at the tuned count and aimed at the measured load."""
+    """The recommendation as an app spec: knobs set, autoscaling kept but started at the tuned count and aimed at the
+    measured load."""
     tuned = apply_knobs(spec, knobs, fixed_replicas=False)
     data = tuned.model_dump(mode="json", exclude_defaults=True)
     for model in data["models"]:
@@ -229,7 +266,9 @@ def tuned_spec_yaml(spec: AppSpec, knobs: dict[str, ModelKnobs], targets: dict[s
         if k.embedded:
             continue  # scales with the ingress (ingress.num_replicas)
         model["autoscaling"] = {
-            **original.model_dump(exclude_defaults=True), "min_replicas": original.min_replicas, "max_replicas": upper,
+            **original.model_dump(exclude_defaults=True),
+            "min_replicas": original.min_replicas,
+            "max_replicas": upper,
             "initial_replicas": min(max(k.replicas, original.min_replicas), upper),
             "target_ongoing_requests": targets.get(model["name"], original.target_ongoing_requests),
         }

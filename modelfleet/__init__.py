@@ -4,4 +4,6 @@ This package is the composition root only: `modelfleet.cli` ties
 `serve_apps`, `cluster`, `providers` and `loadtests` together.
 """
 
-__version__ = "0.1.0"
+from groundwork.version import VERSION as __version__
+
+__all__ = ["__version__"]

@@ -21,11 +21,7 @@ __all__ = [
     "serve_config",
 ]
 
-_LAZY = {
-    "build_app": "serve_apps.build",
-    "serve_config": "serve_apps.build",
-    "LocalServer": "serve_apps.runner",
-}
+_LAZY = {"build_app": "serve_apps.build", "serve_config": "serve_apps.build", "LocalServer": "serve_apps.runner"}
 
 
 def __getattr__(name: str) -> Any:

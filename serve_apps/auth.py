@@ -38,7 +38,9 @@ _SCOPE = re.compile(r"^(admin|invoke:(\*|[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?))$"
 
 MIN_KEY_CHARS = 32
 _MIN_DISTINCT_CHARS = 12  # "a" * 40 is long but not random
-_NEW_KEY_HINT = "generate one with `modelfleet keys create`, or use 32 or more random characters (`openssl rand -base64 32`)"
+_NEW_KEY_HINT = (
+    "generate one with `modelfleet keys create`, or use 32 or more random characters (`openssl rand -base64 32`)"
+)
 
 
 def weak_key_reason(key: str) -> str | None:
@@ -123,7 +125,9 @@ def _from_file(path: Path) -> list[ApiKey]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise KeysConfigError(f"{path}: keys file not found; create it with `modelfleet keys create --file {path}`") from None
+        raise KeysConfigError(
+            f"{path}: keys file not found; create it with `modelfleet keys create --file {path}`"
+        ) from None
     except yaml.YAMLError as exc:
         raise KeysConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys", []), list):
@@ -149,9 +153,15 @@ def _from_env(raw: str) -> list[ApiKey]:
         if weak:
             raise KeysConfigError(f"{ENV_VAR}: entry {i + 1}: the key is too weak to use ({weak}); {_NEW_KEY_HINT}")
         try:
-            keys.append(ApiKey(name=f"{ENV_VAR}[{i + 1}]", sha256=hash_key(key), scopes=tuple(s.strip() for s in scopes.split(","))))
+            keys.append(
+                ApiKey(
+                    name=f"{ENV_VAR}[{i + 1}]", sha256=hash_key(key), scopes=tuple(s.strip() for s in scopes.split(","))
+                )
+            )
         except ValidationError as exc:
-            raise KeysConfigError(f"{ENV_VAR}: entry {i + 1}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+            raise KeysConfigError(
+                f"{ENV_VAR}: entry {i + 1}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+            ) from None
     return keys
 
 

@@ -40,7 +40,9 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
     actor: dict[str, Any] = {"num_cpus": model.resources.num_cpus}
     num_gpus = model.resources.num_gpus
     if num_gpus and gpus_in_cluster is not None and gpus_in_cluster < num_gpus:
-        logger.warning("model %s asks for %s GPU(s) but this cluster has %s: it runs on CPU", model.name, num_gpus, gpus_in_cluster)
+        logger.warning(
+            "model %s asks for %s GPU(s) but this cluster has %s: it runs on CPU", model.name, num_gpus, gpus_in_cluster
+        )
         num_gpus = 0
     if num_gpus:
         actor["num_gpus"] = num_gpus
@@ -61,7 +63,10 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
 
 
 def build_app(
-    spec: AppSpec, gpus_in_cluster: float | None = None, keys: KeyRing | None = None, listen: tuple[str, int] | None = None,
+    spec: AppSpec,
+    gpus_in_cluster: float | None = None,
+    keys: KeyRing | None = None,
+    listen: tuple[str, int] | None = None,
 ) -> Application:
     """The Serve application: one deployment per model (embedded ones aside) behind one ingress.
 
@@ -79,13 +84,19 @@ def build_app(
         if model.name not in models:
             options = deployment_options(model, gpus_in_cluster)
             if model.pipeline is None:
-                models[model.name] = serve.deployment(ModelDeployment).options(**options).bind(model.model_dump(mode="json"))
+                models[model.name] = (
+                    serve.deployment(ModelDeployment).options(**options).bind(model.model_dump(mode="json"))
+                )
             else:
                 steps = [spec.model(s.model) for s in model.pipeline.steps]
-                models[model.name] = serve.deployment(PipelineDeployment).options(**options).bind(
-                    model.model_dump(mode="json"),
-                    {step.name: bind(step) for step in steps},
-                    {step.name: step.model_dump(mode="json") for step in steps},
+                models[model.name] = (
+                    serve.deployment(PipelineDeployment)
+                    .options(**options)
+                    .bind(
+                        model.model_dump(mode="json"),
+                        {step.name: bind(step) for step in steps},
+                        {step.name: step.model_dump(mode="json") for step in steps},
+                    )
                 )
         return models[model.name]
 
@@ -99,7 +110,9 @@ def build_app(
         # New ingress replicas start before old ones stop: under `modelfleet run` they hold the app's port,
         # and stopping first would leave it refusing connections while the new ones start (bench.faults).
         max_surge_percent=100,
-        ray_actor_options={"num_cpus": spec.ingress.num_cpus + sum(m.resources.num_cpus for m in spec.models if m.embedded)},
+        ray_actor_options={
+            "num_cpus": spec.ingress.num_cpus + sum(m.resources.num_cpus for m in spec.models if m.embedded)
+        },
     )
     address = {"host": listen[0], "port": listen[1]} if listen else None
     return ingress.bind(spec.model_dump(mode="json"), models, keys.hashes(), address)
@@ -111,7 +124,11 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 
 def serve_config(
-    spec: AppSpec, host: str = "127.0.0.1", port: int = 8000, keys: KeyRing | None = None, tls_files_in: str | None = None,
+    spec: AppSpec,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    keys: KeyRing | None = None,
+    tls_files_in: str | None = None,
 ) -> dict[str, Any]:
     """A ServeDeploySchema-compatible config that rebuilds this app from its (resolved) spec.
 
@@ -129,8 +146,10 @@ def serve_config(
     if tls is not None:
         if tls.client_ca_file:
             raise ValueError(
-                "ingress.tls.client_ca_file: Ray Serve's proxy, which serves a `serve deploy` config, cannot ask clients "
-                "for certificates; use `modelfleet run` (its ingress serves mutual TLS itself) or terminate mTLS in front"
+                "ingress.tls.client_ca_file: Ray Serve's proxy, which serves a `serve deploy` config, cannot ask "
+                "clients "
+                "for certificates; use `modelfleet run` (its ingress serves mutual TLS itself) or terminate mTLS in "
+                "front"
             )
         http_options |= {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}  # Serve's proxies serve HTTPS
     return {

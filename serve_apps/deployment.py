@@ -83,7 +83,9 @@ class ModelDeployment:
         async def load_variant(model_id: str) -> _Loaded:
             return _Loaded(await asyncio.to_thread(self._load, model_id), model_id, self._loaded)
 
-        self._variant = serve.multiplexed(max_num_models_per_replica=self.spec.multiplex.max_models_per_replica)(load_variant)
+        self._variant = serve.multiplexed(max_num_models_per_replica=self.spec.multiplex.max_models_per_replica)(
+            load_variant
+        )
 
     def _load(self, model_id: str | None) -> Model:
         started = time.perf_counter()
@@ -92,7 +94,9 @@ class ModelDeployment:
             path = fetch(self.spec.artifact_uri(model_id), sha256=self.spec.artifact.sha256)
         model = load_model(self.spec, path, self.device)
         label = f"{self.spec.name}:{model_id}" if model_id else self.spec.name
-        logger.info("model %s v%s loaded on %s in %.2fs", label, self.spec.version, self.device, time.perf_counter() - started)
+        logger.info(
+            "model %s v%s loaded on %s in %.2fs", label, self.spec.version, self.device, time.perf_counter() - started
+        )
         return model
 
     async def _model(self) -> Model:

@@ -46,7 +46,7 @@ def _fits(source: TensorSpec, target: TensorSpec) -> str | None:
     if source.datatype != target.datatype:
         return f"datatype {source.datatype.value} cannot feed {target.datatype.value}"
     if len(source.shape) != len(target.shape) or any(
-        s != t and -1 not in (s, t) for s, t in zip(source.shape[1:], target.shape[1:])
+        s != t and -1 not in (s, t) for s, t in zip(source.shape[1:], target.shape[1:], strict=True)
     ):
         return f"shape {source.shape} cannot feed {target.shape}"
     return None
@@ -78,7 +78,8 @@ class _Resolver:
             return found[0]
         if not found:
             raise ValueError(
-                f"{field}: nothing named {name!r} in the request or earlier steps' outputs; map it, e.g. {name}: <step>.<output>"
+                f"{field}: nothing named {name!r} in the request or earlier steps' outputs; map it, e.g. {name}: "
+                "<step>.<output>"
             )
         options = " or ".join(f"{s.step}.{s.tensor}" for s in found)
         raise ValueError(f"{field}: {name!r} is ambiguous; map it to {options}")
@@ -108,15 +109,21 @@ def plan_pipeline(pipeline: ModelSpec, models: dict[str, ModelSpec]) -> Plan:
         if model.name in resolver.steps:
             raise ValueError(f"{field}.model: {model.name!r} is already a step; call each model once")
         if model.multiplex is not None:
-            raise ValueError(f"{field}.model: {model.name!r} is a multiplexed family, which cannot be a pipeline step yet")
+            raise ValueError(
+                f"{field}.model: {model.name!r} is a multiplexed family, which cannot be a pipeline step yet"
+            )
         if model.embedded:
-            raise ValueError(f"{field}.model: {model.name!r} is embedded in the ingress, so no handle reaches it; remove its embedded: true")
+            raise ValueError(
+                f"{field}.model: {model.name!r} is embedded in the ingress, so no handle reaches it; remove its "
+                "embedded: true"
+            )
         declared = {t.name for t in model.inputs}
         unknown = sorted(set(step.inputs) - declared)
         if unknown:
             raise ValueError(f"{field}.inputs: {model.name!r} has no input(s) {unknown}; it takes {sorted(declared)}")
         inputs = {
-            t.name: resolver.resolve(t.name, t, step.inputs.get(t.name), f"{field}.inputs.{t.name}") for t in model.inputs
+            t.name: resolver.resolve(t.name, t, step.inputs.get(t.name), f"{field}.inputs.{t.name}")
+            for t in model.inputs
         }
         steps.append(Step(model.name, inputs))
         resolver.add_step(model)
@@ -137,7 +144,7 @@ def check_pipelines(models: list[ModelSpec]) -> None:
 
     def visit(name: str, path: list[str]) -> None:
         if name in path:
-            cycle = " -> ".join([*path[path.index(name):], name])
+            cycle = " -> ".join([*path[path.index(name) :], name])
             raise ValueError(f"models[{name}].pipeline: pipelines call each other in a cycle ({cycle}); break it")
         for callee in calls.get(name, []):
             visit(callee, [*path, name])

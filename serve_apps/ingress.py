@@ -11,7 +11,6 @@ own listener on the app's port (`listener.py`, `_front_door`). Models run in
 deployments of their own, one handle call away, or embedded in this process.
 """
 
-
 import asyncio
 import logging
 import os
@@ -35,7 +34,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Mount
 
-from .net import is_loopback_host
+from groundwork.net import is_loopback_host
+from groundwork.version import VERSION
+
 from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
@@ -59,7 +60,7 @@ logger = logging.getLogger("ray.serve")
 api = FastAPI(
     title="modelfleet",
     summary="KServe V1 and Open Inference Protocol V2 endpoints for the models of one modelfleet app.",
-    version="0.1.0",
+    version=VERSION,
 )
 
 
@@ -69,27 +70,41 @@ class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "modelfleet_requests", "Inference requests by model, protocol and HTTP status.",
-            ["model", "protocol", "status"], registry=self.registry,
+            "modelfleet_requests",
+            "Inference requests by model, protocol and HTTP status.",
+            ["model", "protocol", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "modelfleet_request_latency_seconds", "Inference latency seen by the ingress.",
-            ["model", "protocol"], registry=self.registry,
+            "modelfleet_request_latency_seconds",
+            "Inference latency seen by the ingress.",
+            ["model", "protocol"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.rows = Counter("modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry)
+        self.rows = Counter(
+            "modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry
+        )
         self.retries = Counter(
-            "modelfleet_replica_retries", "Inference calls retried because their replica died before answering.",
-            ["model"], registry=self.registry,
+            "modelfleet_replica_retries",
+            "Inference calls retried because their replica died before answering.",
+            ["model"],
+            registry=self.registry,
         )
         self.batch_rows = Histogram(
-            "modelfleet_batch_rows", "Rows in the model batch that served each request (dynamic batching at work).",
-            ["model"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            "modelfleet_batch_rows",
+            "Rows in the model batch that served each request (dynamic batching at work).",
+            ["model"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
         # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
-        Gauge("modelfleet_ingress_replica", "This ingress replica (each serves its own /metrics).", ["replica"], registry=self.registry).labels(
-            f"{socket.gethostname()}:{os.getpid()}"
-        ).set(1)
+        Gauge(
+            "modelfleet_ingress_replica",
+            "This ingress replica (each serves its own /metrics).",
+            ["replica"],
+            registry=self.registry,
+        ).labels(f"{socket.gethostname()}:{os.getpid()}").set(1)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -125,7 +140,8 @@ class _ModelFailed(Exception):
 async def _model_failed(_: Request, exc: _ModelFailed) -> JSONResponse:
     return _error(
         500,
-        f"model {exc.model!r} failed on this request; the server logs hold the traceback under request id {exc.request_id}",
+        f"model {exc.model!r} failed on this request; the server logs hold the traceback under request id "
+        f"{exc.request_id}",
         request_id=exc.request_id,
     )
 
@@ -140,7 +156,9 @@ def _request_id(request: Request) -> str:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = _request_id(request)
     logger.error("ingress error on request %s", request_id, exc_info=exc)
-    return _error(500, f"internal error; the server logs hold the traceback under request id {request_id}", request_id=request_id)
+    return _error(
+        500, f"internal error; the server logs hold the traceback under request id {request_id}", request_id=request_id
+    )
 
 
 def _json(payload: dict, request_id: str) -> Response:
@@ -187,14 +205,16 @@ def _refuse_by_origin(scope: dict, keyless: bool) -> RequestError | None:
     on_loopback = is_loopback_host(server[0] if server else None)
     if keyless and not on_loopback:
         return RequestError(
-            403, "this app has no API keys, so it answers on loopback only; configure keys "
+            403,
+            "this app has no API keys, so it answers on loopback only; configure keys "
             "(ingress.keys_file or MODELFLEET_API_KEYS) to serve other addresses",
         )
     if on_loopback:
         host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
         if host is not None and not _LOOPBACK_HOST_HEADER.fullmatch(host):
             return RequestError(
-                400, f"Host {host[:100]!r} is not a name of this loopback server; use 127.0.0.1, localhost or [::1] "
+                400,
+                f"Host {host[:100]!r} is not a name of this loopback server; use 127.0.0.1, localhost or [::1] "
                 "(other names are refused so web pages cannot reach it by DNS rebinding)",
             )
     return None
@@ -239,11 +259,14 @@ def _model_id(spec: ModelSpec, in_path: str | None, request: Request | None) -> 
     model_id = in_path if in_path is not None else header
     if not model_id:
         raise RequestError(
-            400, f"model {spec.name!r} is a family of models: name one, as /v2/models/{spec.name}:<model_id>/infer "
+            400,
+            f"model {spec.name!r} is a family of models: name one, as /v2/models/{spec.name}:<model_id>/infer "
             f"or with the {MULTIPLEX_HEADER} header",
         )
     if not valid_model_id(model_id):
-        raise RequestError(400, f"model id {model_id!r} is not valid: letters, digits, '_', '-' and '.', no '..', at most 128")
+        raise RequestError(
+            400, f"model id {model_id!r} is not valid: letters, digits, '_', '-' and '.', no '..', at most 128"
+        )
     return model_id
 
 
@@ -267,7 +290,10 @@ _V2_BODY = {
                 },
             },
         },
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}},
+        "outputs": {
+            "type": "array",
+            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        },
     },
 }
 _V1_BODY = {
@@ -340,7 +366,11 @@ class Ingress:
     """Routes requests to model deployments through Ray Serve handles."""
 
     def __init__(
-        self, app_spec: dict, models: dict[str, DeploymentHandle], keys: list[dict] | None = None, listen: dict | None = None,
+        self,
+        app_spec: dict,
+        models: dict[str, DeploymentHandle],
+        keys: list[dict] | None = None,
+        listen: dict | None = None,
     ):
         self.app_spec = AppSpec.model_validate(app_spec)
         self.keys = KeyRing.from_hashes(keys)
@@ -366,7 +396,9 @@ class Ingress:
             ingress = self.app_spec.ingress
             limits = Limits(ingress.header_timeout_s, ingress.body_timeout_s, ingress.max_connections)
             tls = Tls(ingress.tls.cert_file, ingress.tls.key_file, ingress.tls.client_ca_file) if ingress.tls else None
-            self.listener = Listener(_front_door(self, self.app_spec.route_prefix), listen["host"], listen["port"], limits, tls)
+            self.listener = Listener(
+                _front_door(self, self.app_spec.route_prefix), listen["host"], listen["port"], limits, tls
+            )
             self.listener.start(ready=lambda: serve.get_replica_context().servable_object is self)
 
     async def __del__(self) -> None:
@@ -387,7 +419,9 @@ class Ingress:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise RequestError(401, "missing API key: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"})
+            raise RequestError(
+                401, "missing API key: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"}
+            )
         key = self.keys.find(token.strip())
         if key is None:
             raise RequestError(401, "invalid API key", {"WWW-Authenticate": "Bearer"})
@@ -415,14 +449,17 @@ class Ingress:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _discard_rest(request)
             raise RequestError(
-                413, f"body of {declared} bytes exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)",
+                413,
+                f"body of {declared} bytes exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)",
                 {"Connection": "close"},
             )
         ctype = request.headers.get("content-type")
         if not _is_json(ctype):
             await _discard_rest(request)
             given = f"content type {ctype[:100]!r} is" if ctype else "a body without a Content-Type is"
-            raise RequestError(415, f"{given} not accepted; send Content-Type: application/json", {"Connection": "close"})
+            raise RequestError(
+                415, f"{given} not accepted; send Content-Type: application/json", {"Connection": "close"}
+            )
         body = bytearray()
         try:
             async for chunk in request.stream():  # enforce the limit when Content-Length lies or is absent
@@ -430,7 +467,9 @@ class Ingress:
                 if len(body) > self.max_body_bytes:
                     await _discard_rest(request)
                     raise RequestError(
-                        413, f"body exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)", {"Connection": "close"}
+                        413,
+                        f"body exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)",
+                        {"Connection": "close"},
                     )
         except ClientDisconnect:  # hung up, or cut off by the listener's body deadline: nobody reads the answer
             raise RequestError(400, "the client went away before its body arrived") from None
@@ -439,7 +478,9 @@ class Ingress:
         except orjson.JSONDecodeError as exc:
             raise RequestError(400, f"body is not valid JSON: {exc}") from None
 
-    async def _infer(self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str, model_id: str | None = None) -> dict:
+    async def _infer(
+        self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str, model_id: str | None = None
+    ) -> dict:
         started = time.perf_counter()
         status = 200
         try:
@@ -457,11 +498,13 @@ class Ingress:
                 raise _ModelFailed(spec.name, request_id) from None
             status = cause.status
             raise cause from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status = 503
             raise RequestError(
-                503, f"model {spec.name!r} did not answer within {self.request_timeout_s:g}s (ingress.request_timeout_s); "
-                "it may be starting or failing", {"Retry-After": "5"},
+                503,
+                f"model {spec.name!r} did not answer within {self.request_timeout_s:g}s (ingress.request_timeout_s); "
+                "it may be starting or failing",
+                {"Retry-After": "5"},
             ) from None
         except BackPressureError:
             status = 503
@@ -471,7 +514,9 @@ class Ingress:
         except (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError) as exc:
             status = 503
             raise RequestError(
-                503, f"model {spec.name!r} is unavailable ({exc.__class__.__name__}); retry shortly", {"Retry-After": "5"}
+                503,
+                f"model {spec.name!r} is unavailable ({exc.__class__.__name__}); retry shortly",
+                {"Retry-After": "5"},
             ) from None
         except Exception:
             status = 500
@@ -514,14 +559,16 @@ class Ingress:
         return _json(encode_v1(outputs, spec), request_id)
 
     @api.post(
-        "/v2/models/{name}/infer", summary="Open Inference Protocol V2 infer ({name} may be family:model_id)",
+        "/v2/models/{name}/infer",
+        summary="Open Inference Protocol V2 infer ({name} may be family:model_id)",
         openapi_extra=_json_body_doc(_V2_BODY),
     )
     async def infer_v2(self, name: str, request: Request) -> Response:
         return await self._infer_v2(name, self._authorized_model(request, name), request)
 
     @api.post(
-        "/v2/models/{name}/versions/{version}/infer", summary="Open Inference Protocol V2 infer (versioned)",
+        "/v2/models/{name}/versions/{version}/infer",
+        summary="Open Inference Protocol V2 infer (versioned)",
         openapi_extra=_json_body_doc(_V2_BODY),
     )
     async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
@@ -565,7 +612,10 @@ class Ingress:
     async def live(self) -> dict:
         return {"live": True}
 
-    @api.get("/v2/health/ready", summary="Server readiness: every model has a running replica (no model names: probes carry no key)")
+    @api.get(
+        "/v2/health/ready",
+        summary="Server readiness: every model has a running replica (no model names: probes carry no key)",
+    )
     async def ready(self) -> Response:
         ready = all(s == "HEALTHY" for s in (await self._model_states()).values())
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)

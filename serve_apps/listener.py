@@ -122,8 +122,8 @@ def _bounded_protocol(limits: Limits) -> type[HttpToolsProtocol]:
             if not self.transport.is_closing():
                 body = b'{"error":"' + reason.lower() + b'"}'
                 self.transport.write(
-                    b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-                    % (status, reason, len(body), body)
+                    b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: "
+                    b"close\r\n\r\n%s" % (status, reason, len(body), body)
                 )
                 self.transport.close()
 
@@ -174,7 +174,8 @@ class _Server(uvicorn.Server):
 
 
 class Listener:
-    """Binds and listens at once (so a taken port fails the replica's constructor); accepts once the replica is ready."""
+    """Binds and listens at once (so a taken port fails the replica's constructor); accepts once the replica is
+    ready."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, limits: Limits = Limits(), tls: Tls | None = None):
         self.host, self.port = host, port
@@ -198,8 +199,13 @@ class Listener:
             if tls.client_ca_file:
                 tls_options |= {"ssl_ca_certs": tls.client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
-            app, lifespan="off", access_log=False, log_config=None, log_level="warning",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, http=_bounded_protocol(limits),
+            app,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            http=_bounded_protocol(limits),
             **tls_options,
         )
         self.scheme = "https" if tls is not None else "http"

@@ -67,6 +67,8 @@ def preflight(spec: AppSpec, timeout_s: float = 600) -> None:
     try:
         problems = [p for p in ray.get(refs, timeout=timeout_s) if p]
     except ray.exceptions.GetTimeoutError:
-        raise PreflightFailed(f"models were not checked within {timeout_s:.0f}s (is the cluster out of capacity?)") from None
+        raise PreflightFailed(
+            f"models were not checked within {timeout_s:.0f}s (is the cluster out of capacity?)"
+        ) from None
     if problems:
         raise PreflightFailed("; ".join(problems))

@@ -9,21 +9,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from groundwork.net import is_loopback_host
+from groundwork.ray_env import LOOPBACK_ONLY_ENV, secure_ray_token, set_env_defaults
 from providers.storage import fetch
 
-from .net import is_loopback_host
 from .auth import KeyRing
 from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
 
-__all__ = ["DeployFailed", "DeploymentRow", "LocalServer", "RayTarget", "prefetch_artifacts", "secure_ray_token"]
+__all__ = ["DeployFailed", "DeploymentRow", "LocalServer", "RAY_SERVE_SPEED_ENV", "RayTarget", "prefetch_artifacts"]
 
 # Ray Serve's own throughput options (what RAY_SERVE_THROUGHPUT_OPTIMIZED turns on, minus its direct
 # ingress: the ingress has its own listener): gRPC between replicas, user code and router on the
@@ -37,44 +37,6 @@ RAY_SERVE_SPEED_ENV = {
     # Workers default to niceness 15; on a small box a co-located client starves them.
     "RAY_worker_niceness": "0",
 }
-# Ray's single-machine mode (named for laptops): the node's address is 127.0.0.1, so the GCS, raylet,
-# workers and agents listen on loopback only. Otherwise Ray swaps 127.0.0.1 for the machine's
-# reachable address and its gRPC servers listen on every interface.
-LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def _set_env_defaults(env: dict[str, str]) -> None:
-    """Before Ray (and Serve) are imported, which read these once; a value already set wins."""
-    for name, value in env.items():
-        os.environ.setdefault(name, value)
-
-
-def secure_ray_token(*also: Path) -> None:
-    """Ray's auth token readable by its owner only: the file 0600, its folder 0700.
-
-    Ray 2.60 writes ~/.ray/auth_token 0644 in a 0755 ~/.ray, yet whoever reads it may call every Ray
-    gRPC server, Serve replicas' included, which unpickle request metadata. Ray reads the token from
-    RAY_AUTH_TOKEN_PATH if set, else ~/.ray/auth_token, and writes one it generates (in ray.init or
-    `ray start --head`) to the latter. Call this before Ray starts, so that a token Ray writes lands in
-    a private folder, and after. A folder others share (sticky, like /tmp), or not ours, keeps its mode.
-    `also`: other token files (a cluster spec's auth_token_file, which the launcher copies to nodes as is).
-    """
-    default = Path.home() / ".ray" / "auth_token"
-    for token in {default, *(Path(p).expanduser() for p in (os.environ.get("RAY_AUTH_TOKEN_PATH"), *also) if p)}:
-        try:
-            if token == default:
-                default.parent.mkdir(mode=0o700, exist_ok=True)
-            elif not token.parent.is_dir():
-                continue  # nothing there to protect
-            if token.exists():
-                os.chmod(token, 0o600)
-            folder = token.parent.stat()
-            if folder.st_uid == os.geteuid() and not folder.st_mode & stat.S_ISVTX and token.parent != Path.home():
-                os.chmod(token.parent, 0o700)
-        except OSError as exc:
-            logging.getLogger("modelfleet").warning(f"cannot make Ray's token file {token} private ({exc.strerror or exc}); chmod 600 it")
-
-
 StatusCallback = Callable[[str, dict[str, str]], None]
 # Replicas log model loads and errors (with request ids); per-request access logs would drown them.
 APP_LOGGING = {"enable_access_log": False, "log_level": "INFO"}
@@ -89,7 +51,9 @@ class DeployFailed(Exception):
     """The application did not reach RUNNING; the message carries Serve's reason."""
 
 
-def prefetch_artifacts(spec: AppSpec, progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Path]:
+def prefetch_artifacts(
+    spec: AppSpec, progress: Callable[[str, int, int | None], None] | None = None
+) -> dict[str, Path]:
     """Fetch every artifact into the local cache before Ray starts.
 
     Replicas on this machine then load from the cache at once, and download
@@ -112,7 +76,10 @@ def _last_error_line(message: str) -> str:
     text = " ".join(lines)
     if "Traceback (most recent call last)" in text:  # a rolling update's message carries it on one line
         summary = text.split(" Error: ", 1)[0]
-        cause = re.findall(r"\b([A-Za-z_]\w*(?:Error|Exception): .*?)(?=$| \S+:\s|$)", text.rsplit("Traceback (most recent call last)", 1)[1])
+        cause = re.findall(
+            r"\b([A-Za-z_]\w*(?:Error|Exception): .*?)(?=$| \S+:\s|$)",
+            text.rsplit("Traceback (most recent call last)", 1)[1],
+        )
         return f"{summary} Cause: {cause[-1] if cause else 'see the replica log'} (full traceback in the replica's log)"
     return text
 
@@ -191,13 +158,15 @@ class RayTarget:
         # Ray 2.60 heads enable token auth by default; a client must opt in to send the token,
         # and before `import ray`, which reads the mode once.
         named = os.environ.get("RAY_AUTH_TOKEN_PATH")
-        token_available = os.environ.get("RAY_AUTH_TOKEN") or (Path(named) if named else Path.home() / ".ray" / "auth_token").exists()
+        token_available = (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path(named) if named else Path.home() / ".ray" / "auth_token").exists()
+        )
         if token_available and "RAY_AUTH_MODE" not in os.environ:
             os.environ["RAY_AUTH_MODE"] = "token"
         if is_loopback(address):
             # A loopback cluster (`modelfleet run`, local-sim) runs in Ray's single-machine mode; a driver
             # must too, or it looks for a raylet at the machine's other address and waits forever.
-            _set_env_defaults(LOOPBACK_ONLY_ENV)
+            set_env_defaults(LOOPBACK_ONLY_ENV)
         import ray
 
         ray.init(address=address, logging_level="WARNING")
@@ -211,7 +180,11 @@ class RayTarget:
         return ray.get_runtime_context().gcs_address
 
     def deploy(
-        self, spec: AppSpec, keys: KeyRing | None = None, on_status: StatusCallback | None = None, timeout_s: float = 600,
+        self,
+        spec: AppSpec,
+        keys: KeyRing | None = None,
+        on_status: StatusCallback | None = None,
+        timeout_s: float = 600,
         listen: Listen | None = None,
     ) -> None:
         """Deploy (or update) and wait until RUNNING; raise DeployFailed with Serve's reason otherwise.
@@ -233,7 +206,9 @@ class RayTarget:
                 raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
             previous = _describe(spec.name)
         # The running ingress reports {"host", "port"}: an update keeps listening where it does.
-        previous_listen = (previous["listen"]["host"], previous["listen"]["port"]) if previous and previous.get("listen") else None
+        previous_listen = (
+            (previous["listen"]["host"], previous["listen"]["port"]) if previous and previous.get("listen") else None
+        )
         gpus = float(ray.cluster_resources().get("GPU", 0)) if self.gpus_known else None
         _apply(spec, keys, gpus, listen or previous_listen)
         try:
@@ -242,7 +217,9 @@ class RayTarget:
             if previous is None:
                 raise
             # Put the last version that ran back, rather than leave the app dark.
-            _apply(AppSpec.model_validate(previous["spec"]), KeyRing.from_hashes(previous["keys"]), gpus, previous_listen)
+            _apply(
+                AppSpec.model_validate(previous["spec"]), KeyRing.from_hashes(previous["keys"]), gpus, previous_listen
+            )
             try:
                 self._wait_running(spec.name, None, timeout_s)
             except DeployFailed as again:
@@ -266,7 +243,9 @@ class RayTarget:
                     raise DeployFailed(_reasons(status) or status.message or status.status.value)
             if time.monotonic() > deadline:
                 why = _reasons(status) if status else ""
-                raise DeployFailed(f"application {name!r} not running after {timeout_s:.0f}s" + (f" ({why})" if why else ""))
+                raise DeployFailed(
+                    f"application {name!r} not running after {timeout_s:.0f}s" + (f" ({why})" if why else "")
+                )
             time.sleep(0.5)
 
     def status(self) -> list[DeploymentRow]:
@@ -276,7 +255,11 @@ class RayTarget:
         for app_name, app in sorted(serve.status().applications.items()):
             for name, dep in sorted(app.deployments.items()):
                 replicas = {_text(state): count for state, count in dep.replica_states.items() if count}
-                rows.append(DeploymentRow(app_name, _text(app.status), name, _text(dep.status), replicas, _last_error_line(dep.message)))
+                rows.append(
+                    DeploymentRow(
+                        app_name, _text(app.status), name, _text(dep.status), replicas, _last_error_line(dep.message)
+                    )
+                )
         return rows
 
     def disconnect(self) -> None:
@@ -305,8 +288,10 @@ class LocalServer(RayTarget):
         """Start Ray; this one node advertises every pool in `pools`, so placement holds locally too."""
         # Before Serve is imported: it reads these once, and this process builds the handles the ingress uses.
         if "ray.serve" in sys.modules:
-            logging.getLogger("modelfleet").warning("Ray Serve was imported before LocalServer.start: handles keep its defaults")
-        _set_env_defaults({**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV})
+            logging.getLogger("modelfleet").warning(
+                "Ray Serve was imported before LocalServer.start: handles keep its defaults"
+            )
+        set_env_defaults({**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV})
         import ray
         from ray import serve
 
@@ -327,7 +312,13 @@ class LocalServer(RayTarget):
             logging_config={"enable_access_log": False, "log_level": "WARNING"},  # controller and proxy chatter
         )
 
-    def deploy(self, spec: AppSpec, keys: KeyRing | None = None, on_status: StatusCallback | None = None, timeout_s: float = 600) -> None:
+    def deploy(
+        self,
+        spec: AppSpec,
+        keys: KeyRing | None = None,
+        on_status: StatusCallback | None = None,
+        timeout_s: float = 600,
+    ) -> None:
         """The app `run` serves: its ingress listens on host:port itself."""
         super().deploy(spec, keys, on_status, timeout_s, listen=(self.host, self.port))
 

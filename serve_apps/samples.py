@@ -27,7 +27,14 @@ def sample_v2(model: ModelSpec, rows: int = 1) -> dict:
     inputs = []
     for t in model.inputs:
         shape = example_shape(t, rows)
-        inputs.append({"name": t.name, "shape": shape, "datatype": t.datatype.value, "data": [_VALUES[t.datatype]] * math.prod(shape)})
+        inputs.append(
+            {
+                "name": t.name,
+                "shape": shape,
+                "datatype": t.datatype.value,
+                "data": [_VALUES[t.datatype]] * math.prod(shape),
+            }
+        )
     return {"inputs": inputs}
 
 
@@ -39,4 +46,8 @@ def sample_v1(model: ModelSpec, rows: int = 1) -> dict:
     if len(model.inputs) == 1:
         t = model.inputs[0]
         return {"instances": _nest(_VALUES[t.datatype], example_shape(t, rows))}
-    return {"instances": [{t.name: _nest(_VALUES[t.datatype], example_shape(t, 1)[1:]) for t in model.inputs} for _ in range(rows)]}
+    return {
+        "instances": [
+            {t.name: _nest(_VALUES[t.datatype], example_shape(t, 1)[1:]) for t in model.inputs} for _ in range(rows)
+        ]
+    }

@@ -12,8 +12,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from groundwork.specs import Strict
 from providers.storage import UnsupportedScheme, resolve_uri, scheme_of
 
 __all__ = [
@@ -45,10 +46,6 @@ MODEL_ID_PLACEHOLDER = "{model_id}"
 def valid_model_id(model_id: str) -> bool:
     """A multiplexed model id goes into a URL and into an artifact URI: no '/', no '..', no braces."""
     return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", model_id)) and ".." not in model_id
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Datatype(str, Enum):
@@ -89,14 +86,13 @@ _CONVERSION_HINT = (
 )
 
 
-class TensorSpec(_Strict):
+class TensorSpec(Strict):
     """One named input or output tensor, as in the Open Inference Protocol."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="Tensor name, as sent in V2 `inputs[].name`.")
     datatype: Datatype = Field(description="OIP V2 datatype: BOOL, INT32, INT64, FP32, FP64 or BYTES (strings).")
     shape: list[int] = Field(
-        min_length=1,
-        description="Shape; -1 marks a free dimension. The first dimension is the batch dimension.",
+        min_length=1, description="Shape; -1 marks a free dimension. The first dimension is the batch dimension."
     )
 
     @field_validator("shape")
@@ -108,7 +104,7 @@ class TensorSpec(_Strict):
         return shape
 
 
-class ArtifactSpec(_Strict):
+class ArtifactSpec(Strict):
     """Where a model's weights come from."""
 
     uri: str = Field(
@@ -141,7 +137,7 @@ class ArtifactSpec(_Strict):
         return uri
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(Strict):
     """What one replica needs, and which node pool it runs on."""
 
     pool: str | None = Field(
@@ -168,7 +164,7 @@ class ResourcesSpec(_Strict):
         return self
 
 
-class AutoscalingSpec(_Strict):
+class AutoscalingSpec(Strict):
     """Ray Serve's autoscaling config, field for field (see ray.serve.config.AutoscalingConfig)."""
 
     min_replicas: int = Field(default=1, ge=0, description="Lower bound; 0 allows scale to zero.")
@@ -176,7 +172,9 @@ class AutoscalingSpec(_Strict):
     initial_replicas: int | None = Field(default=None, ge=0, description="Replicas at deploy time.")
     target_ongoing_requests: float = Field(default=2.0, gt=0, description="Per-replica load the autoscaler aims for.")
     upscale_delay_s: float = Field(default=30.0, ge=0, description="How long load must stay high before scaling up.")
-    downscale_delay_s: float = Field(default=600.0, ge=0, description="How long load must stay low before scaling down.")
+    downscale_delay_s: float = Field(
+        default=600.0, ge=0, description="How long load must stay low before scaling down."
+    )
     metrics_interval_s: float | None = Field(default=None, gt=0, description="How often replicas report load.")
     look_back_period_s: float | None = Field(default=None, gt=0, description="Window the load is averaged over.")
 
@@ -195,14 +193,14 @@ class AutoscalingSpec(_Strict):
         return self
 
 
-class BatchingSpec(_Strict):
+class BatchingSpec(Strict):
     """Dynamic batching with Ray Serve's @serve.batch."""
 
     max_batch_size: int = Field(default=16, ge=1, description="Largest batch (in rows) handed to the model.")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="How long to wait for a batch to fill.")
 
 
-class MultiplexSpec(_Strict):
+class MultiplexSpec(Strict):
     """A family of same-architecture models in one deployment (Ray Serve model multiplexing).
 
     Each request names a model id; a replica loads that id's artifact (the
@@ -215,7 +213,9 @@ class MultiplexSpec(_Strict):
     )
     example_id: str | None = Field(
         default=None,
-        description="An id whose artifact exists: used for the deploy preflight check and the printed example requests.",
+        description=(
+            "An id whose artifact exists: used for the deploy preflight check and the printed example requests."
+        ),
     )
 
     @field_validator("example_id")
@@ -226,7 +226,7 @@ class MultiplexSpec(_Strict):
         return model_id
 
 
-class PipelineStep(_Strict):
+class PipelineStep(Strict):
     """One call of a pipeline: a model of the same app, and where each of its inputs comes from."""
 
     model: str = Field(pattern=_NAME, description="The model (of this app) to call.")
@@ -239,17 +239,20 @@ class PipelineStep(_Strict):
     )
 
 
-class PipelineSpec(_Strict):
-    """A model that calls other models over Ray Serve handles; steps that do not depend on each other run concurrently."""
+class PipelineSpec(Strict):
+    """A model that calls other models over Ray Serve handles; steps that do not depend on each other run
+    concurrently."""
 
     steps: list[PipelineStep] = Field(min_length=1, description="Calls, each after the steps it takes inputs from.")
     outputs: dict[str, str] = Field(
         default_factory=dict,
-        description="Pipeline output -> source ('<step>.<output>' or a request input); left out: found by name as for inputs.",
+        description=(
+            "Pipeline output -> source ('<step>.<output>' or a request input); left out: found by name as for inputs."
+        ),
     )
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """One model: an autoscaling Ray Serve deployment."""
 
     name: str = Field(pattern=_NAME, description="Model name in URLs (/v2/models/{name}); lowercase, digits, - and _.")
@@ -324,7 +327,9 @@ class ModelSpec(_Strict):
         if fmt in (ModelFormat.safetensors, ModelFormat.builtin, ModelFormat.python) and not self.module:
             hint = "a builtin name, e.g. echo" if fmt is ModelFormat.builtin else "'package.module:Class'"
             raise ValueError(f"format {fmt.value!r} needs module: {hint}")
-        if fmt in (ModelFormat.safetensors, ModelFormat.python) and not re.fullmatch(r"[\w.]+:[\w.]+", self.module or ""):
+        if fmt in (ModelFormat.safetensors, ModelFormat.python) and not re.fullmatch(
+            r"[\w.]+:[\w.]+", self.module or ""
+        ):
             raise ValueError(f"module {self.module!r} must look like 'package.module:Class'")
         for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
             names = [t.name for t in tensors]
@@ -352,7 +357,9 @@ class ModelSpec(_Strict):
                 "e.g. s3://bucket/merchants/{model_id}/model.safetensors"
             )
         if templated and self.multiplex is None:
-            raise ValueError(f"artifact.uri contains {MODEL_ID_PLACEHOLDER}: add multiplex: {{max_models_per_replica: N}}")
+            raise ValueError(
+                f"artifact.uri contains {MODEL_ID_PLACEHOLDER}: add multiplex: {{max_models_per_replica: N}}"
+            )
         if templated and self.artifact.sha256:
             raise ValueError("one sha256 cannot match every model of a multiplexed family; remove artifact.sha256")
         return self
@@ -388,7 +395,11 @@ class ModelSpec(_Strict):
         if self.pipeline is not None or self.multiplex is not None:
             kind = "a pipeline" if self.pipeline is not None else "a multiplexed family"
             raise ValueError(f"embedded: {kind} needs a deployment of its own; remove embedded: true")
-        placed = [f"resources.{f}" for f in ("pool", "num_gpus", "accelerator_type", "memory_mb") if getattr(self.resources, f)]
+        placed = [
+            f"resources.{f}"
+            for f in ("pool", "num_gpus", "accelerator_type", "memory_mb")
+            if getattr(self.resources, f)
+        ]
         # Compared with the defaults, not model_fields_set: a spec must survive a model_dump/validate round trip.
         defaults = {"autoscaling": AutoscalingSpec(), "max_queued_requests": -1}
         scaled = [f for f, default in defaults.items() if getattr(self, f) != default]
@@ -410,18 +421,17 @@ class ModelSpec(_Strict):
         return self.artifact.uri.replace(MODEL_ID_PLACEHOLDER, model_id)
 
 
-class TlsSpec(_Strict):
+class TlsSpec(Strict):
     """HTTPS for the app's port: keys then never cross the network in cleartext."""
 
     cert_file: str = Field(description="PEM certificate chain (relative to the spec).")
     key_file: str = Field(description="PEM private key (relative to the spec); keep it mode 0600.")
     client_ca_file: str | None = Field(
-        default=None,
-        description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).",
+        default=None, description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
     )
 
 
-class IngressSpec(_Strict):
+class IngressSpec(Strict):
     """The HTTP front door shared by all models of the app."""
 
     max_body_mb: float = Field(default=16.0, gt=0, description="Larger request bodies get 413.")
@@ -439,11 +449,15 @@ class IngressSpec(_Strict):
     )
     tls: TlsSpec | None = Field(default=None, description="Serve HTTPS (and optionally mutual TLS) instead of HTTP.")
     header_timeout_s: float = Field(
-        default=10.0, gt=0, description="A request's line and headers must arrive within this; slower or silent clients are cut off.",
+        default=10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this; slower or silent clients are cut off.",
     )
-    body_timeout_s: float = Field(default=60.0, gt=0, description="A request's body must arrive within this once its headers have.")
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="A request's body must arrive within this once its headers have."
+    )
     max_connections: int = Field(
-        default=1024, ge=1, description="Open connections per ingress replica; beyond it new ones are closed at once.",
+        default=1024, ge=1, description="Open connections per ingress replica; beyond it new ones are closed at once."
     )
     retry_on_replica_death: bool = Field(
         default=True,
@@ -454,7 +468,7 @@ class IngressSpec(_Strict):
     )
 
 
-class AppSpec(_Strict):
+class AppSpec(Strict):
     """An application: models served together behind one HTTP ingress."""
 
     name: str = Field(pattern=_NAME, description="Application name (the Ray Serve application).")

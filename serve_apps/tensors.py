@@ -72,14 +72,19 @@ def valid_request_id(request_id: object) -> bool:
 
 
 def _shape_matches(declared: list[int], actual: tuple[int, ...]) -> bool:
-    return len(declared) == len(actual) and all(d == -1 or d == a for d, a in zip(declared, actual))
+    return len(declared) == len(actual) and all(d == -1 or d == a for d, a in zip(declared, actual, strict=True))
 
 
 def _kind(cell_type: type) -> str:
     """What a value is, in the words of an error message (bool before int: a bool is an int in Python)."""
     for kind, types in (
-        ("booleans", (bool, np.bool_)), ("integers", (int, np.integer)), ("floats", (float, np.floating)),
-        ("strings", (str, bytes)), ("null", (type(None),)), ("objects", (dict,)), ("nested lists", (list, tuple)),
+        ("booleans", (bool, np.bool_)),
+        ("integers", (int, np.integer)),
+        ("floats", (float, np.floating)),
+        ("strings", (str, bytes)),
+        ("null", (type(None),)),
+        ("objects", (dict,)),
+        ("nested lists", (list, tuple)),
     ):
         if issubclass(cell_type, types):
             return kind
@@ -138,7 +143,9 @@ def _to_array(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
 
 def _check_shape(array: np.ndarray, spec: TensorSpec, where: str) -> None:
     if not _shape_matches(spec.shape, array.shape):
-        raise RequestError(422, f"{where}: shape {list(array.shape)} does not match the model's {spec.shape} (-1 = any)")
+        raise RequestError(
+            422, f"{where}: shape {list(array.shape)} does not match the model's {spec.shape} (-1 = any)"
+        )
     if array.shape[0] == 0:
         raise RequestError(422, f"{where}: the batch is empty; send at least one row")
 
@@ -172,14 +179,19 @@ def decode_v2(body: Any, model: ModelSpec) -> tuple[dict[str, np.ndarray], str, 
             raise RequestError(422, f"{where}: input {name!r} is given twice")
         spec, where = declared[name], f"input {name!r}"
         if tensor["datatype"] != spec.datatype.value:
-            raise RequestError(422, f"{where}: datatype {tensor['datatype']!r} given, the model takes {spec.datatype.value}")
+            raise RequestError(
+                422, f"{where}: datatype {tensor['datatype']!r} given, the model takes {spec.datatype.value}"
+            )
         shape = tensor["shape"]
         if not (
-            isinstance(shape, list) and len(shape) <= MAX_DIMS
+            isinstance(shape, list)
+            and len(shape) <= MAX_DIMS
             and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)
         ):
             raise RequestError(
-                422, f"{where}: shape must be a list of at most {MAX_DIMS} integers in [0, {MAX_DIM}], got {str(shape)[:200]}"
+                422,
+                f"{where}: shape must be a list of at most {MAX_DIMS} integers in [0, {MAX_DIM}], got "
+                f"{str(shape)[:200]}",
             )
         data = tensor["data"]
         if not isinstance(data, list):
@@ -196,7 +208,9 @@ def decode_v2(body: Any, model: ModelSpec) -> tuple[dict[str, np.ndarray], str, 
     _check_same_rows(arrays)
     request_id = body.get("id")
     if request_id is not None and not valid_request_id(request_id):
-        raise RequestError(422, '"id" must be a string of 1 to 256 printable ASCII characters (it is echoed in a header)')
+        raise RequestError(
+            422, '"id" must be a string of 1 to 256 printable ASCII characters (it is echoed in a header)'
+        )
     return arrays, request_id or uuid.uuid4().hex, _requested_outputs(body, model)
 
 
@@ -229,7 +243,9 @@ def decode_v1(body: Any, model: ModelSpec) -> dict[str, np.ndarray]:
     else:
         names = [t.name for t in model.inputs]
         if not all(isinstance(inst, dict) and sorted(inst) == sorted(names) for inst in instances):
-            raise RequestError(422, f"model {model.name!r} has several inputs: each instance must be an object with keys {names}")
+            raise RequestError(
+                422, f"model {model.name!r} has several inputs: each instance must be an object with keys {names}"
+            )
         columns = {n: [inst[n] for inst in instances] for n in names}
     arrays = {}
     for spec in model.inputs:
@@ -244,11 +260,17 @@ def decode_v1(body: Any, model: ModelSpec) -> dict[str, np.ndarray]:
 def check_inputs(inputs: Any, model: ModelSpec) -> dict[str, np.ndarray]:
     """Python callers' `{name: array or nested list}` -> checked inputs, as strict as over HTTP."""
     if not isinstance(inputs, dict):
-        raise RequestError(422, f"inputs must be a dict of input name -> array; model {model.name!r} takes {[t.name for t in model.inputs]}")
+        raise RequestError(
+            422,
+            f"inputs must be a dict of input name -> array; model {model.name!r} takes "
+            f"{[t.name for t in model.inputs]}",
+        )
     declared = {t.name: t for t in model.inputs}
     unknown, absent = sorted(set(inputs) - set(declared)), sorted(set(declared) - set(inputs))
     if unknown or absent:
-        raise RequestError(422, f"model {model.name!r} takes inputs {sorted(declared)}; unknown {unknown}, missing {absent}")
+        raise RequestError(
+            422, f"model {model.name!r} takes inputs {sorted(declared)}; unknown {unknown}, missing {absent}"
+        )
     arrays = {}
     for name, spec in declared.items():
         array = _to_array(inputs[name], spec, f"input {name!r}")

@@ -10,18 +10,31 @@ from typer.testing import CliRunner
 
 from modelfleet.cli import app
 from serve_apps.auth import KeyRing, KeysConfigError, hash_key, new_key
-from tests.conftest import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port
+from tests.helpers import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port
 
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
 DIGITS = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {ADMIN_KEY}"},
-                                     {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Bearer {ADMIN_KEY}x"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Basic {ADMIN_KEY}"},
+        {"Authorization": "Bearer not-a-key"},
+        {"Authorization": f"Bearer {ADMIN_KEY}x"},
+    ],
+)
 def test_no_valid_key_is_401(fleet: Fleet, headers: dict) -> None:
     with fleet.client(key=None) as client:
-        for method, path, body in (("POST", "/v2/models/echo/infer", ECHO), ("POST", "/v1/models/echo:predict", {"instances": [[1.0]]}),
-                                   ("GET", "/v2/models/echo", None), ("GET", "/v2", None), ("GET", "/metrics", None)):
+        for method, path, body in (
+            ("POST", "/v2/models/echo/infer", ECHO),
+            ("POST", "/v1/models/echo:predict", {"instances": [[1.0]]}),
+            ("GET", "/v2/models/echo", None),
+            ("GET", "/v2", None),
+            ("GET", "/metrics", None),
+        ):
             response = client.request(method, path, json=body, headers=headers)
             assert response.status_code == 401, (path, response.text)
             assert response.headers["www-authenticate"] == "Bearer" and "API key" in response.json()["error"]
@@ -69,12 +82,16 @@ def test_keys_file_and_environment_merge(tmp_path: Path) -> None:
     assert all(k.sha256 != k2 for k in ring.keys)  # only hashes are held
 
 
-@pytest.mark.parametrize("raw,message", [
-    ("secret-one", "must look like"), ("secret-two=", "must look like"),
-    ("secret-three-0123456789-abcdefghijklm=root", "unknown scope"),
-    ("secret=admin", "too weak"),  # unsalted sha256 of a guessable key is as good as the key
-    ("secret" * 8 + "=admin", "too weak"),  # long but not random
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ("secret-one", "must look like"),
+        ("secret-two=", "must look like"),
+        ("secret-three-0123456789-abcdefghijklm=root", "unknown scope"),
+        ("secret=admin", "too weak"),  # unsalted sha256 of a guessable key is as good as the key
+        ("secret" * 8 + "=admin", "too weak"),  # long but not random
+    ],
+)
 def test_bad_environment_keys_are_explained_without_echoing_the_key(raw: str, message: str) -> None:
     with pytest.raises(KeysConfigError, match=message) as info:
         KeyRing.load(None, env={"MODELFLEET_API_KEYS": raw})
@@ -83,7 +100,9 @@ def test_bad_environment_keys_are_explained_without_echoing_the_key(raw: str, me
 
 def test_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
-    result = CliRunner().invoke(app, ["keys", "create", "--file", str(path), "--name", "ci", "--scope", "invoke:digits"])
+    result = CliRunner().invoke(
+        app, ["keys", "create", "--file", str(path), "--name", "ci", "--scope", "invoke:digits"]
+    )
     assert result.exit_code == 0, result.output
     key = result.stdout.strip()
     assert key.startswith("mf_") and key not in path.read_text()
@@ -96,12 +115,16 @@ def test_a_spec_with_a_broken_keys_file_exits_2(tmp_path: Path) -> None:
     spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
     spec["ingress"] = {"keys_file": "keys.yaml"}
     (tmp_path / "app.yaml").write_text(yaml.safe_dump(spec))
-    (tmp_path / "keys.yaml").write_text(yaml.safe_dump({"keys": [{"name": "x", "sha256": "nothex", "scopes": ["admin"]}]}))
+    (tmp_path / "keys.yaml").write_text(
+        yaml.safe_dump({"keys": [{"name": "x", "sha256": "nothex", "scopes": ["admin"]}]})
+    )
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "app.yaml")])
     assert result.exit_code == 2 and "keys[0].sha256" in result.stderr
 
 
 def test_run_refuses_to_expose_models_without_keys(monkeypatch) -> None:
     monkeypatch.delenv("MODELFLEET_API_KEYS", raising=False)
-    result = CliRunner().invoke(app, ["run", str(ROOT / "examples/echo/app.yaml"), "--host", "0.0.0.0", "--port", str(free_port())])
+    result = CliRunner().invoke(
+        app, ["run", str(ROOT / "examples/echo/app.yaml"), "--host", "0.0.0.0", "--port", str(free_port())]
+    )
     assert result.exit_code == 2 and "without API keys" in result.stderr

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import MAX_BODY_MB, Fleet
+from tests.helpers import MAX_BODY_MB, Fleet
 
 PIX = [0.0] * 64
 TYPES_OK = [
@@ -40,14 +40,26 @@ CORPUS = [
     ("wrong-method", "GET", V2_DIGITS, None, 405),
     ("not-json", "POST", V2_DIGITS, b"this is not json", 400),
     ("empty-body", "POST", V2_DIGITS, b"", 400),
-    ("nan-literal", "POST", V2_DIGITS, b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,1],"data":[NaN]}]}', 400),
+    (
+        "nan-literal",
+        "POST",
+        V2_DIGITS,
+        b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,1],"data":[NaN]}]}',
+        400,
+    ),
     ("deep-nesting", "POST", V2_DIGITS, b"[" * 100_000 + b"]" * 100_000, 400),
     ("json-array", "POST", V2_DIGITS, [], 422),
     ("no-inputs", "POST", V2_DIGITS, {}, 422),
     ("inputs-not-list", "POST", V2_DIGITS, {"inputs": {"pixels": PIX}}, 422),
     ("inputs-empty", "POST", V2_DIGITS, {"inputs": []}, 422),
     ("input-not-object", "POST", V2_DIGITS, {"inputs": [1]}, 422),
-    ("input-missing-data", "POST", V2_DIGITS, {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64]}]}, 422),
+    (
+        "input-missing-data",
+        "POST",
+        V2_DIGITS,
+        {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64]}]},
+        422,
+    ),
     ("unknown-input", "POST", V2_DIGITS, _pixels(name="pixel"), 422),
     ("wrong-datatype", "POST", V2_DIGITS, _pixels(datatype="FP64"), 422),
     ("shape-mismatch", "POST", V2_DIGITS, _pixels(shape=[1, 63], data=PIX[:63]), 422),
@@ -98,7 +110,9 @@ def test_oversized_body_is_413_with_or_without_content_length(client) -> None:
     big = b'{"inputs": [' + b" " * int(MAX_BODY_MB * 1024 * 1024 + 10) + b"]}"
     declared = client.post(V2_DIGITS, content=big, headers={"content-type": "application/json"})
     assert declared.status_code == 413 and "max_body_mb" in declared.json()["error"]
-    streamed = client.post(V2_DIGITS, content=iter([big[:1000], big[1000:]]), headers={"content-type": "application/json"})
+    streamed = client.post(
+        V2_DIGITS, content=iter([big[:1000], big[1000:]]), headers={"content-type": "application/json"}
+    )
     assert streamed.status_code == 413
 
 

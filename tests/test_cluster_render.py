@@ -1,4 +1,5 @@
-"""Cluster specs -> Ray cluster YAML: every example renders and passes Ray's own validator; bad specs exit 2 in one line."""
+"""Cluster specs -> Ray cluster YAML: every example renders and passes Ray's own validator; bad specs exit 2 in one
+line."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cluster.render import TEMPLATED, render, validate_with_ray
 from cluster.spec import ClusterSpec, Provider, load_cluster_spec
 from modelfleet.cli import app
 from providers.compute import POOL_DEMAND, catalog, clouds, pool_resource
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 EXAMPLES = ROOT / "examples" / "clusters"
 RENDERED = sorted(p for p in EXAMPLES.glob("*.yaml") if load_cluster_spec(p).provider.type in TEMPLATED)
@@ -55,10 +56,17 @@ def test_examples_cover_every_rendered_provider() -> None:
 def test_onprem_renders_every_host_with_its_pool() -> None:
     config = _rendered(EXAMPLES / "onprem.yaml")
     spec = load_cluster_spec(EXAMPLES / "onprem.yaml")
-    assert config["provider"] == {"type": "local", "head_ip": spec.head.host, "worker_ips": [h for p in spec.pools for h in p.hosts]}
+    assert config["provider"] == {
+        "type": "local",
+        "head_ip": spec.head.host,
+        "worker_ips": [h for p in spec.pools for h in p.hosts],
+    }
     start = " ".join(config["worker_start_ray_commands"])
     for pool in spec.pools:  # each machine's start command finds its own pool's resource by its addresses
-        assert "|".join(f'*" {h} "*' for h in pool.hosts) + f""") echo '{{"{pool_resource(pool.name)}": 1000}}';;""" in start
+        assert (
+            "|".join(f'*" {h} "*' for h in pool.hosts) + f""") echo '{{"{pool_resource(pool.name)}": 1000}}';;"""
+            in start
+        )
     prepared = validate_with_ray(config)
     assert prepared["max_workers"] == len(config["provider"]["worker_ips"])
 
@@ -114,7 +122,9 @@ def test_spot_is_each_clouds_own_setting(provider: str, spot_setting) -> None:
 
 def test_gcp_attaches_t4s_to_n1_machines(tmp_path: Path) -> None:
     spec = yaml.safe_load((EXAMPLES / "gcp.yaml").read_text())
-    spec["pools"].append({"name": "t4", "instance_type": "n1-standard-8", "accelerator": "T4", "gpus": 2, "max_workers": 1})
+    spec["pools"].append(
+        {"name": "t4", "instance_type": "n1-standard-8", "accelerator": "T4", "gpus": 2, "max_workers": 1}
+    )
     path = tmp_path / "gcp.yaml"
     path.write_text(yaml.safe_dump(spec))
     node = _rendered(path)["available_node_types"]["t4"]
@@ -126,7 +136,9 @@ def test_gcp_attaches_t4s_to_n1_machines(tmp_path: Path) -> None:
 def test_a_pool_may_ask_for_a_shape_and_get_the_smallest_type_that_fits() -> None:
     spec = ClusterSpec.model_validate(
         {
-            "name": "c", "provider": {"type": "aws", "region": "us-east-1"}, "network": NETWORK,
+            "name": "c",
+            "provider": {"type": "aws", "region": "us-east-1"},
+            "network": NETWORK,
             "pools": [{"name": "g", "gpus": 1, "accelerator": "L4", "max_workers": 1}],
         }
     )
@@ -156,7 +168,14 @@ def test_cli_renders_to_a_file(tmp_path: Path) -> None:
 def test_one_spec_renders_for_another_cloud_when_it_says_where(tmp_path: Path) -> None:
     spec = {
         "name": "portable",
-        "provider": {"type": "aws", "region": "us-central1", "zone": "us-central1-a", "project": "p", "location": "westus2", "resource_group": "rg"},
+        "provider": {
+            "type": "aws",
+            "region": "us-central1",
+            "zone": "us-central1-a",
+            "project": "p",
+            "location": "westus2",
+            "resource_group": "rg",
+        },
         "pools": [{"name": "cpu", "cpus": 8, "memory_gb": 32, "max_workers": 2}],
         "network": NETWORK,
     }
@@ -185,28 +204,65 @@ ONPREM = "name: c\nprovider: {type: onprem}\nhead: {host: 10.0.0.1}\nnetwork: {a
 @pytest.mark.parametrize(
     "text, says",
     [
-        (AWS + "pools: [{name: cpu, max_workers: 2, instance_typ: m5.large}]\n", "pools[0:cpu].instance_typ: unknown key; did you mean 'instance_type'"),
-        (AWS + "pools: [{name: cpu, instance_type: m5.xlage, max_workers: 2}]\n", "pools[0:cpu].instance_type: aws has no instance type 'm5.xlage'; did you mean m5.xlarge"),
-        (AWS + "pools: [{name: cpu, instance_type: m5.large, min_workers: 3, max_workers: 2}]\n", "min_workers 3 > max_workers 2"),
-        (AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: TPU, max_workers: 1}]\n", "pools[0:g].accelerator: aws offers no 'TPU' GPUs"),
-        (AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: T4, max_workers: 1}]\n", "g5.xlarge has A10G GPUs, not T4"),
+        (
+            AWS + "pools: [{name: cpu, max_workers: 2, instance_typ: m5.large}]\n",
+            "pools[0:cpu].instance_typ: unknown key; did you mean 'instance_type'",
+        ),
+        (
+            AWS + "pools: [{name: cpu, instance_type: m5.xlage, max_workers: 2}]\n",
+            "pools[0:cpu].instance_type: aws has no instance type 'm5.xlage'; did you mean m5.xlarge",
+        ),
+        (
+            AWS + "pools: [{name: cpu, instance_type: m5.large, min_workers: 3, max_workers: 2}]\n",
+            "min_workers 3 > max_workers 2",
+        ),
+        (
+            AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: TPU, max_workers: 1}]\n",
+            "pools[0:g].accelerator: aws offers no 'TPU' GPUs",
+        ),
+        (
+            AWS + "pools: [{name: g, instance_type: g5.xlarge, accelerator: T4, max_workers: 1}]\n",
+            "g5.xlarge has A10G GPUs, not T4",
+        ),
         (
             "name: c\nprovider: {type: gcp, region: us-central1}\nnetwork: {allowed_source_ranges: [203.0.113.0/24]}\n"
-            "pools: [{name: cpu, instance_type: n2-standard-8, max_workers: 1}]\n", "provider: gcp needs project, zone",
+            "pools: [{name: cpu, instance_type: n2-standard-8, max_workers: 1}]\n",
+            "provider: gcp needs project, zone",
         ),
         (AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}\n", "not valid YAML"),
         ("- just\n- a list\n", "expected a mapping with name:, provider: and pools:"),
-        (AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}, {name: cpu, instance_type: m5.large, max_workers: 1}]\n", "names must be unique"),
-        (ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1, spot: true}]\n", "pools[0:cpu].spot: onprem has no spot capacity"),
-        (ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], instance_type: m5.large, max_workers: 1}]\n", "pools[0:cpu].instance_type: onprem has no instance types"),
+        (
+            AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}, {name: cpu, instance_type: m5.large, "
+            "max_workers: 1}]\n",
+            "names must be unique",
+        ),
+        (
+            ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1, spot: true}]\n",
+            "pools[0:cpu].spot: onprem has no spot capacity",
+        ),
+        (
+            ONPREM + "pools: [{name: cpu, hosts: [10.0.0.2], instance_type: m5.large, max_workers: 1}]\n",
+            "pools[0:cpu].instance_type: onprem has no instance types",
+        ),
         (
             "name: c\nprovider: {type: onprem}\nnetwork: {allowed_source_ranges: [10.0.0.0/8]}\n"
-            "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1}]\n", "head.host: on-prem needs",
+            "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1}]\n",
+            "head.host: on-prem needs",
         ),
     ],
     ids=[
-        "unknown-key", "unknown-instance-type", "min-above-max", "unknown-accelerator", "wrong-accelerator", "missing-location",
-        "not-yaml", "not-a-mapping", "duplicate-pool", "onprem-spot", "onprem-instance-type", "onprem-no-head",
+        "unknown-key",
+        "unknown-instance-type",
+        "min-above-max",
+        "unknown-accelerator",
+        "wrong-accelerator",
+        "missing-location",
+        "not-yaml",
+        "not-a-mapping",
+        "duplicate-pool",
+        "onprem-spot",
+        "onprem-instance-type",
+        "onprem-no-head",
     ],
 )
 def test_bad_cluster_specs_exit_2_in_one_line(tmp_path: Path, text: str, says: str) -> None:
@@ -228,7 +284,10 @@ def test_kuberay_renders_a_raycluster_with_a_group_per_pool() -> None:
     cluster = manifest["spec"]
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == spec.idle_timeout_minutes * 60
-    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0" and cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    assert (
+        cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        and cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    )
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert set(groups) == {p.name for p in spec.pools}
     gpu = groups["gpu"]
@@ -251,8 +310,11 @@ def test_kuberay_with_an_app_renders_a_rayservice_serve_accepts(tmp_path: Path) 
     from ray.serve.schema import ServeDeploySchema
 
     result = CliRunner().invoke(
-        app, ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(ROOT / "examples/fraud/app.yaml")],
-        env={"MODELFLEET_API_KEYS": "mf_render_test_key_0123456789abcdefghij=admin"},  # a RayService's proxies listen on the pods' network
+        app,
+        ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(ROOT / "examples/fraud/app.yaml")],
+        env={
+            "MODELFLEET_API_KEYS": "mf_render_test_key_0123456789abcdefghij=admin"
+        },  # a RayService's proxies listen on the pods' network
     )
     assert result.exit_code == 0, result.stderr
     manifest = next(doc for doc in yaml.safe_load_all(result.stdout) if doc["kind"] == "RayService")
@@ -268,11 +330,14 @@ def test_kuberay_serves_an_https_app_with_its_certificate_from_a_secret(tmp_path
     from cluster.render import KUBERAY_TLS_DIR
 
     spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
-    spec["ingress"] = {"tls": {"cert_file": str(certificates / "server.pem"), "key_file": str(certificates / "server.pem")}}
+    spec["ingress"] = {
+        "tls": {"cert_file": str(certificates / "server.pem"), "key_file": str(certificates / "server.pem")}
+    }
     path = tmp_path / "https.yaml"
     path.write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(
-        app, ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(path)],
+        app,
+        ["cluster", "render", str(EXAMPLES / "kuberay.yaml"), "--app", str(path)],
         env={"MODELFLEET_API_KEYS": "mf_render_test_key_0123456789abcdefghij=admin"},
     )
     assert result.exit_code == 0, result.stderr
@@ -282,14 +347,20 @@ def test_kuberay_serves_an_https_app_with_its_certificate_from_a_secret(tmp_path
     cluster = manifest["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
     for pod in pods:  # every pod runs a Serve proxy
-        assert pod["volumes"] == [{"name": "serve-tls", "secret": {"secretName": "modelfleet-k8s-serve-tls", "defaultMode": 0o440}}]
-        assert pod["containers"][0]["volumeMounts"] == [{"name": "serve-tls", "mountPath": KUBERAY_TLS_DIR, "readOnly": True}]
+        assert pod["volumes"] == [
+            {"name": "serve-tls", "secret": {"secretName": "modelfleet-k8s-serve-tls", "defaultMode": 0o440}}
+        ]
+        assert pod["containers"][0]["volumeMounts"] == [
+            {"name": "serve-tls", "mountPath": KUBERAY_TLS_DIR, "readOnly": True}
+        ]
     assert str(certificates) not in result.stdout, "the operator's file paths are not the pods'"
     assert f"create secret tls modelfleet-k8s-serve-tls --cert={certificates / 'server.pem'}" in result.stderr
 
 
 def test_app_is_only_for_kuberay(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["cluster", "render", str(EXAMPLES / "aws.yaml"), "--app", str(ROOT / "examples/echo/app.yaml")])
+    result = CliRunner().invoke(
+        app, ["cluster", "render", str(EXAMPLES / "aws.yaml"), "--app", str(ROOT / "examples/echo/app.yaml")]
+    )
     assert result.exit_code == 2 and "--app" in result.stderr
 
 
@@ -314,9 +385,16 @@ def test_local_sim_needs_no_network() -> None:
 @pytest.mark.parametrize(
     "ranges, says",
     [
-        ("[203.0.113.5/24]", "network.allowed_source_ranges[0]: '203.0.113.5/24' has host bits set; did you mean 203.0.113.0/24"),
+        (
+            "[203.0.113.5/24]",
+            "network.allowed_source_ranges[0]: '203.0.113.5/24' has host bits set; did you mean 203.0.113.0/24",
+        ),
         ("[203.0.113.0/24, office]", "network.allowed_source_ranges[1]: 'office' is not an address range"),
-        ("[203.0.113.7]", "network.allowed_source_ranges[0]: '203.0.113.7' is not an address range; write it with its prefix length, e.g. 203.0.113.7/32"),
+        (
+            "[203.0.113.7]",
+            "network.allowed_source_ranges[0]: '203.0.113.7' is not an address range; write it with its prefix length, "
+            "e.g. 203.0.113.7/32",
+        ),
         ("[]", "network.allowed_source_ranges"),
     ],
     ids=["host-bits", "not-an-address", "no-prefix", "empty"],
@@ -416,6 +494,42 @@ def test_the_token_file_is_private_on_a_docker_hosts_mount_and_in_the_container(
     config = _rendered(path)
     # Ray's launcher copies file mounts to /tmp/ray_tmp_mount/<cluster>/ on the host, then bind-mounts them.
     mount = "/tmp/ray_tmp_mount/modelfleet-aws"
-    assert config["initialization_commands"][0] == f"chmod 600 {mount}/~/.ray/auth_token && chmod 700 {mount}/~/.ray {mount}"
-    assert config["setup_commands"][0] == "chmod 600 ~/.ray/auth_token && { chmod 700 ~/.ray || sudo -n chmod 700 ~/.ray; }"
+    assert (
+        config["initialization_commands"][0]
+        == f"chmod 600 {mount}/~/.ray/auth_token && chmod 700 {mount}/~/.ray {mount}"
+    )
+    assert (
+        config["setup_commands"][0]
+        == "chmod 600 ~/.ray/auth_token && { chmod 700 ~/.ray || sudo -n chmod 700 ~/.ray; }"
+    )
     validate_with_ray(config)
+
+
+BREAKAGES = {
+    "no-policy": lambda docs: docs[:1],
+    "not-a-policy": lambda docs: [docs[0], {**docs[1], "kind": "Service"}],
+    "not-ray": lambda docs: [{**docs[0], "kind": "Deployment"}, docs[1]],
+}
+
+
+def test_a_malformed_kuberay_manifest_is_refused_even_under_python_O() -> None:
+    """The checks are not `assert`s, which `python -O` drops: here, and in a `python -O` subprocess."""
+    import subprocess
+    import sys
+
+    from cluster.render import RenderError, validate_kuberay
+
+    docs = list(yaml.safe_load_all(render(load_cluster_spec(EXAMPLES / "kuberay.yaml"))))
+    broken = {name: breakage(docs) for name, breakage in BREAKAGES.items()}
+    for manifests in broken.values():
+        with pytest.raises(RenderError, match="the rendered KubeRay manifest is malformed"):
+            validate_kuberay(manifests)
+    code = (
+        "import json, sys; from cluster.render import RenderError, validate_kuberay\n"
+        "for name, manifests in json.load(sys.stdin).items():\n"
+        "    try:\n        validate_kuberay(manifests)\n    except RenderError:\n        print(name, 'refused')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", code], input=json.dumps(broken), capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.stdout.split() == [word for name in BREAKAGES for word in (name, "refused")], done.stdout + done.stderr

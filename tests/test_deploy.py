@@ -10,7 +10,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Fleet, delete_app, run_cli as _cli
+from tests.helpers import ROOT, Fleet, delete_app
+from tests.helpers import run_cli as _cli
 
 EXTRA = "extra"  # an app deployed next to the fleet, on its own route prefix
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
@@ -58,26 +59,34 @@ def test_a_failed_update_leaves_the_previous_version_serving(fleet: Fleet, ray_a
     spec = _write_extra(extra_app, {"format": "torchscript", "module": None, "artifact": pinned})
     result = _cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "180")
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
-    assert "not a TorchScript archive" in result.stderr and "failed its preflight, so it was not deployed" in result.stderr
+    assert (
+        "not a TorchScript archive" in result.stderr and "failed its preflight, so it was not deployed" in result.stderr
+    )
     still = httpx.post(f"{fleet.proxy_url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
     assert still.status_code == 200 and still.json()["outputs"][0]["data"] == [1.0, 2.0]
 
 
 def test_unreachable_cluster_is_a_clear_failure() -> None:
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     result = _cli("status", "--address", f"127.0.0.1:{free_port()}", timeout=120)
     assert result.returncode == 1 and "cannot connect to Ray" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_an_update_that_cannot_start_is_rolled_back(fleet: Fleet, ray_address: str, extra_app: Path) -> None:
     """It passes preflight (it loads fine) but can never be scheduled: deploy puts the old version back."""
     spec = _write_extra(extra_app, {"resources": {"num_cpus": 64}})
     result = _cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "20")
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
-    assert "not running after 20s" in result.stderr and "rolled back to the previous version, which is serving" in result.stderr
+    assert (
+        "not running after 20s" in result.stderr
+        and "rolled back to the previous version, which is serving" in result.stderr
+    )
     after = httpx.post(f"{fleet.proxy_url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
     assert after.status_code == 200 and after.json()["outputs"][0]["data"] == [1.0, 2.0]
-    rows = {(r["app"], r["deployment"]): r for r in json.loads(_cli("status", "--address", ray_address, "--json").stdout)}
+    rows = {
+        (r["app"], r["deployment"]): r for r in json.loads(_cli("status", "--address", ray_address, "--json").stdout)
+    }
     assert rows[(EXTRA, "echo")]["status"] == "HEALTHY"

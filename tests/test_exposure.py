@@ -17,17 +17,20 @@ import pytest
 import yaml
 
 from serve_apps.ingress import _refuse_by_origin
-from tests.conftest import DIGITS_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port
+from tests.helpers import DIGITS_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port
 
 ECHO = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}'
 
 
-@pytest.mark.parametrize("headers", [
-    {"content-type": "application/x-www-form-urlencoded"},  # what an HTML form posts, with no CORS preflight
-    {"content-type": "text/plain"},  # what fetch(..., {mode: "no-cors"}) may post
-    {"content-type": "multipart/form-data; boundary=x"},
-    {},  # no Content-Type at all
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "application/x-www-form-urlencoded"},  # what an HTML form posts, with no CORS preflight
+        {"content-type": "text/plain"},  # what fetch(..., {mode: "no-cors"}) may post
+        {"content-type": "multipart/form-data; boundary=x"},
+        {},  # no Content-Type at all
+    ],
+)
 @pytest.mark.parametrize("path", ["/v2/models/echo/infer", "/v1/models/echo:predict"])
 def test_inference_needs_application_json(client, path: str, headers: dict) -> None:
     body = ECHO if "v2" in path else b'{"instances": [[1.0]]}'
@@ -47,7 +50,9 @@ def test_a_loopback_server_answers_loopback_host_names_only(client, host: str, p
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost:8000", "LOCALHOST", "127.0.0.2:1"])
 def test_loopback_host_names_are_served(client, host: str) -> None:
-    response = client.post("/v2/models/echo/infer", content=ECHO, headers={"host": host, "content-type": "application/json"})
+    response = client.post(
+        "/v2/models/echo/infer", content=ECHO, headers={"host": host, "content-type": "application/json"}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -79,7 +84,7 @@ def test_a_v2_id_with_cr_lf_is_422_not_a_header(client) -> None:
 
 def test_a_client_that_sends_a_whole_oversized_body_before_reading_gets_the_413(fleet: Fleet) -> None:
     """Before: the server answered early and closed with the body unread, so the client saw ECONNRESET."""
-    from tests.conftest import ADMIN_KEY
+    from tests.helpers import ADMIN_KEY
 
     size = 64 * 1024 * 1024
     host, port = fleet.url.removeprefix("http://").split(":")
@@ -101,21 +106,26 @@ def test_a_client_that_sends_a_whole_oversized_body_before_reading_gets_the_413(
     assert answer.startswith(b"HTTP/1.1 413") and b'"error"' in answer, answer[:300]
 
 
-@pytest.mark.parametrize(("server", "keyless", "host", "refused"), [
-    (("127.0.0.1", 8000), True, "127.0.0.1:8000", None),
-    (("10.0.0.5", 8000), True, "10.0.0.5:8000", 403),  # keyless, reached beyond loopback
-    (("10.0.0.5", 8000), False, "models.example.com", None),  # keys on: any address, any name
-    (("::1", 8000), False, "[::1]:8000", None),
-    (("127.0.0.1", 8000), False, "attacker.example", 400),  # rebinding
-    (None, True, None, 403),  # no local address known: not provably loopback
-])
+@pytest.mark.parametrize(
+    ("server", "keyless", "host", "refused"),
+    [
+        (("127.0.0.1", 8000), True, "127.0.0.1:8000", None),
+        (("10.0.0.5", 8000), True, "10.0.0.5:8000", 403),  # keyless, reached beyond loopback
+        (("10.0.0.5", 8000), False, "models.example.com", None),  # keys on: any address, any name
+        (("::1", 8000), False, "[::1]:8000", None),
+        (("127.0.0.1", 8000), False, "attacker.example", 400),  # rebinding
+        (None, True, None, 403),  # no local address known: not provably loopback
+    ],
+)
 def test_refusal_by_where_a_request_arrived(server, keyless: bool, host: str | None, refused: int | None) -> None:
     scope = {"type": "http", "server": server, "headers": [(b"host", host.encode())] if host else []}
     refusal = _refuse_by_origin(scope, keyless)
     assert (refusal.status if refusal else None) == refused
 
 
-def test_an_app_with_tls_serves_https_on_its_own_port(fleet: Fleet, ray_address: str, certificates: Path, tmp_path: Path) -> None:
+def test_an_app_with_tls_serves_https_on_its_own_port(
+    fleet: Fleet, ray_address: str, certificates: Path, tmp_path: Path
+) -> None:
     """The spec's ingress.tls reaches the ingress replicas' listener: HTTPS, and no cleartext, on the app's port."""
     spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
     pem = str(certificates / "server.pem")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelfleet.cli import app
 from serve_apps.listener import Listener
-from tests.conftest import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, listening_addresses, not_on_loopback, run_cli
+from tests.helpers import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, listening_addresses, not_on_loopback, run_cli
 
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 
@@ -73,13 +73,20 @@ def test_a_taken_port_fails_the_listener_with_the_address() -> None:
             Listener(_hello, "127.0.0.1", port)
 
 
-def test_stopping_a_listener_that_never_became_ready_returns() -> None:
+def test_stopping_a_listener_that_never_became_ready_returns_and_frees_its_port() -> None:
+    """A replica stopped while still starting: stop() must neither hang (TimeoutError) nor leave the port bound."""
+    port = free_port()
+
     async def scenario() -> None:
-        listener = Listener(_hello, "127.0.0.1", free_port())
+        listener = Listener(_hello, "127.0.0.1", port)
         listener.start(lambda: False)
         await asyncio.wait_for(listener.stop(), 5)
 
     asyncio.run(scenario())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    with socket.socket() as again:  # and the port can be bound afresh
+        again.bind(("127.0.0.1", port))
 
 
 # ---- embedded: the spec's rules ---------------------------------------------
@@ -133,7 +140,9 @@ def test_a_pipeline_step_cannot_be_embedded(tmp_path) -> None:
 
 
 def _listening_process(port: int) -> psutil.Process:
-    owners = {c.pid for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    owners = {
+        c.pid for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
     assert len(owners) == 1, owners
     return psutil.Process(owners.pop())
 
@@ -173,7 +182,9 @@ def test_the_run_prints_both_doors(fleet: Fleet) -> None:
 
 def test_run_refuses_a_proxy_port_equal_to_the_app_port() -> None:
     port = free_port()
-    result = CliRunner().invoke(app, ["run", str(ROOT / "examples/echo/app.yaml"), "--port", str(port), "--proxy-port", str(port)])
+    result = CliRunner().invoke(
+        app, ["run", str(ROOT / "examples/echo/app.yaml"), "--port", str(port), "--proxy-port", str(port)]
+    )
     assert result.exit_code == 2 and "--proxy-port" in result.stderr
 
 
@@ -188,11 +199,17 @@ def test_run_refuses_a_proxy_port_equal_to_the_app_port() -> None:
         ("/v2/models/echo/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1]}]}, {}, 422),
         ("/v2/models/echo/infer", ECHO, {"Authorization": "Bearer wrong"}, 401),
         ("/v2/models/echo/infer", ECHO, {"Authorization": f"Bearer {DIGITS_KEY}"}, 403),
-        ("/v2/models/faulty/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [-1, 0, 0, 0]}]}, {}, 500),
+        (
+            "/v2/models/faulty/infer",
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [-1, 0, 0, 0]}]},
+            {},
+            500,
+        ),
     ],
 )
 def test_the_listener_answers_as_rays_proxy_does(fleet: Fleet, path: str, body, headers: dict, status: int) -> None:
-    """The listener takes the inference routes past FastAPI's router: same answers, errors included, as through the proxy."""
+    """The listener takes the inference routes past FastAPI's router: same answers, errors included, as through the
+    proxy."""
     answers = []
     for url in (fleet.url, fleet.proxy_url):
         sent = {"Authorization": f"Bearer {ADMIN_KEY}", **headers}

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from loadtests.chaos import BackgroundLoad, ReplicaKiller, replica_pids
-from tests.conftest import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port, run_cli, wait_until
+from tests.helpers import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
 
@@ -33,12 +33,15 @@ INGRESS_REPLICAS = 2  # rolling's ingress replicas share its port (SO_REUSEPORT)
 def _retries(fleet: Fleet, model: str) -> float:
     with fleet.client() as client:
         text = client.get("/metrics").text
-    lines = [l for l in text.splitlines() if l.startswith(f'modelfleet_replica_retries_total{{model="{model}"}}')]
+    lines = [
+        line for line in text.splitlines() if line.startswith(f'modelfleet_replica_retries_total{{model="{model}"}}')
+    ]
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
 def test_killed_replicas_lose_no_request(fleet: Fleet, tmp_path: Path) -> None:
-    """`sturdy` has 2 replicas; one is SIGKILLed every 4 s (when both are up) while 4 users call it. Serve restarts them;
+    """`sturdy` has 2 replicas; one is SIGKILLed every 4 s (when both are up) while 4 users call it. Serve restarts
+    them;
     a call whose replica died before answering is retried once on the other."""
     load = BackgroundLoad(f"{fleet.url}/v2/models/sturdy/infer", ECHO, tmp_path, KILL_LOAD_S, api_key=ADMIN_KEY)
     killer = ReplicaKiller("fleet", "sturdy", every_s=4, min_running=2, duration_s=KILL_LOAD_S - 2).start()
@@ -46,8 +49,10 @@ def test_killed_replicas_lose_no_request(fleet: Fleet, tmp_path: Path) -> None:
         summary = load.finish()
     finally:
         killer.stop()
-    print(f"\nreplica kills: {killer.kills}; {summary['requests']} requests, {summary['failures']} failed, "
-          f"{_retries(fleet, 'sturdy'):g} retried")
+    print(
+        f"\nreplica kills: {killer.kills}; {summary['requests']} requests, {summary['failures']} failed, "
+        f"{_retries(fleet, 'sturdy'):g} retried"
+    )
     assert killer.kills, "no replica was killed: Serve never had both replicas up"
     assert summary["requests"] > 100 and summary["failures"] == 0, summary
 
@@ -56,7 +61,10 @@ def _rolling_spec(tmp: Path, version: str, model: dict | None = None) -> Path:
     spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
     spec.update(name=ROLLING, route_prefix=f"/{ROLLING}", ingress={"num_cpus": 0.05, "num_replicas": INGRESS_REPLICAS})
     spec["models"][0].update(
-        version=version, resources={"num_cpus": 0.05}, autoscaling={"min_replicas": 1, "max_replicas": 1}, **(model or {}),
+        version=version,
+        resources={"num_cpus": 0.05},
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
+        **(model or {}),
     )
     path = tmp / f"{ROLLING}-{version}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -94,18 +102,32 @@ def test_killed_ingress_replicas_refuse_no_connection(rolling_app: Rolling) -> N
     """
     users = 4
     load = BackgroundLoad(rolling_app.url, ECHO, rolling_app.folder / "ingress-kills", LOAD_S, users=users)
-    killer = ReplicaKiller(ROLLING, "ingress", every_s=4, min_running=INGRESS_REPLICAS, duration_s=LOAD_S - 2,
-                           listening_on=rolling_app.port).start()
+    killer = ReplicaKiller(
+        ROLLING,
+        "ingress",
+        every_s=4,
+        min_running=INGRESS_REPLICAS,
+        duration_s=LOAD_S - 2,
+        listening_on=rolling_app.port,
+    ).start()
     try:
         summary = load.finish()
     finally:
         killer.stop()
-    print(f"\ningress kills: {killer.kills}; {summary['requests']} requests, {summary['failures']} failed: {summary['errors']}")
+    print(
+        f"\ningress kills: {killer.kills}; {summary['requests']} requests, {summary['failures']} failed: "
+        f"{summary['errors']}"
+    )
     assert killer.kills, "no ingress replica was killed: Serve never had both listening"
     assert summary["requests"] > 100 and summary["failures"] <= users * len(killer.kills), summary
     assert not [e for e in summary["errors"] if "refused" in e.lower()], summary["errors"]
-    wait_until(lambda: len(replica_pids(ROLLING, "ingress", rolling_app.port)) == INGRESS_REPLICAS, 60,
-               "Serve to replace the killed ingress replicas", None, load.log)
+    wait_until(
+        lambda: len(replica_pids(ROLLING, "ingress", rolling_app.port)) == INGRESS_REPLICAS,
+        60,
+        "Serve to replace the killed ingress replicas",
+        None,
+        load.log,
+    )
     _served_version(rolling_app)
 
 
@@ -117,22 +139,34 @@ def test_rolling_updates_under_load_lose_no_request(ray_address: str, rolling_ap
     started = time.monotonic()
     time.sleep(3)  # the load is on before the first update
     for n in range(2, 2 + updates):
-        result = run_cli("deploy", str(_rolling_spec(rolling_app.folder, str(n))), "--address", ray_address, "--timeout-s", "180")
+        result = run_cli(
+            "deploy", str(_rolling_spec(rolling_app.folder, str(n))), "--address", ray_address, "--timeout-s", "180"
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert _served_version(rolling_app) == str(n)
     updated_s = time.monotonic() - started
     summary = load.finish()
-    print(f"\n{updates} rolling updates in {updated_s:.0f} s: {summary['requests']} requests, {summary['failures']} failed")
+    print(
+        f"\n{updates} rolling updates in {updated_s:.0f} s: {summary['requests']} requests, {summary['failures']} "
+        "failed"
+    )
     assert updated_s < load.seconds, "the updates outlasted the load: raise budget_s"
     assert summary["requests"] > 100 and summary["failures"] == 0, summary
 
 
-def test_a_version_that_crashes_on_its_first_request_is_refused_under_load(ray_address: str, rolling_app: Rolling) -> None:
+def test_a_version_that_crashes_on_its_first_request_is_refused_under_load(
+    ray_address: str, rolling_app: Rolling
+) -> None:
     before = _served_version(rolling_app)
     load = BackgroundLoad(rolling_app.url, ECHO, rolling_app.folder / "crash-load", LOAD_S)
     crashing = {"format": "python", "module": "tests.fixtures.tiny:CrashOnRequest"}
     result = run_cli(
-        "deploy", str(_rolling_spec(rolling_app.folder, "crashes", crashing)), "--address", ray_address, "--timeout-s", "180",
+        "deploy",
+        str(_rolling_spec(rolling_app.folder, "crashes", crashing)),
+        "--address",
+        ray_address,
+        "--timeout-s",
+        "180",
     )
     summary = load.finish()
     assert result.returncode == 1 and "crashes on its first request" in result.stderr, result.stderr[-3000:]
@@ -142,7 +176,8 @@ def test_a_version_that_crashes_on_its_first_request_is_refused_under_load(ray_a
 
 
 class _DyingStorage(ThreadingHTTPServer):
-    """An artifact server that promises 1 MiB and drops the connection after 64 KiB, every time: an outage mid-download."""
+    """An artifact server that promises 1 MiB and drops the connection after 64 KiB, every time: an outage
+    mid-download."""
 
     def __init__(self) -> None:
         class Handler(BaseHTTPRequestHandler):
@@ -166,19 +201,23 @@ class _DyingStorage(ThreadingHTTPServer):
 
 
 def test_a_storage_outage_mid_deploy_leaves_the_running_version_and_a_clean_cache(
-    fleet: Fleet, ray_address: str, rolling_app: Rolling,
+    fleet: Fleet, ray_address: str, rolling_app: Rolling
 ) -> None:
     before = _served_version(rolling_app)
     storage = _DyingStorage()
     try:
         uri = f"http://127.0.0.1:{storage.server_address[1]}/models/echo/9/blob.bin"
         model = {"format": "python", "module": "tests.fixtures.tiny:EchoWithArtifact", "artifact": {"uri": uri}}
-        result = run_cli("deploy", str(_rolling_spec(rolling_app.folder, "9", model)), "--address", ray_address, "--timeout-s", "180")
+        result = run_cli(
+            "deploy", str(_rolling_spec(rolling_app.folder, "9", model)), "--address", ray_address, "--timeout-s", "180"
+        )
     finally:
         storage.shutdown()
         storage.server_close()
     assert result.returncode == 1 and "not deployed" in result.stderr, result.stderr[-3000:]
-    assert "ended after 65536 of 1048576 bytes" in result.stderr or "interrupted" in result.stderr, result.stderr[-3000:]
+    assert "ended after 65536 of 1048576 bytes" in result.stderr or "interrupted" in result.stderr, result.stderr[
+        -3000:
+    ]
     assert _served_version(rolling_app) == before
     cache = fleet.spec_path.parent / "cache"  # the fleet's MODELFLEET_CACHE_DIR, shared by its Ray workers
     assert not [p for p in (cache / "tmp").iterdir()], "a partial download was left in the cache"

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from examples.fraud.data import FEATURE_NAMES, INPUTS, MERCHANTS, generate
-from tests.conftest import ROOT, Fleet, delete_app, ray_driver, run_cli
+from tests.helpers import ROOT, Fleet, delete_app, ray_driver, run_cli
 
 APP = "fraud_test"
 PREFIX = f"/{APP}"
@@ -30,7 +30,8 @@ def _v2(inputs: dict[str, np.ndarray]) -> dict:
     types = {"f": "FP32", "i": "INT64", "b": "BOOL"}
     return {
         "inputs": [
-            {"name": n, "datatype": types[a.dtype.kind], "shape": list(a.shape), "data": a.tolist()} for n, a in inputs.items()
+            {"name": n, "datatype": types[a.dtype.kind], "shape": list(a.shape), "data": a.tolist()}
+            for n, a in inputs.items()
         ]
     }
 
@@ -41,7 +42,8 @@ def _outputs(response: httpx.Response) -> dict[str, np.ndarray]:
 
 
 def _test_spec(tmp: Path) -> Path:
-    """The example with absolute paths and small CPU claims (the fleet holds most CPUs), plus a two-branch rendezvous pipeline."""
+    """The example with absolute paths and small CPU claims (the fleet holds most CPUs), plus a two-branch rendezvous
+    pipeline."""
     spec = yaml.safe_load(SPEC.read_text())
     spec.update(name=APP, route_prefix=PREFIX, ingress={"num_cpus": 0.02, "request_timeout_s": 60})
     for model in spec["models"]:
@@ -55,19 +57,36 @@ def _test_spec(tmp: Path) -> Path:
             model["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
     meet = tmp / "meet"
     meet.mkdir()
-    branch = {"format": "python", "module": "tests.fixtures.tiny:Rendezvous", "resources": {"num_cpus": 0.02},
-              "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}]}
+    branch = {
+        "format": "python",
+        "module": "tests.fixtures.tiny:Rendezvous",
+        "resources": {"num_cpus": 0.02},
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+    }
     for me, peer in (("a", "b"), ("b", "a")):
         config = tmp / f"{me}.json"
         config.write_text(json.dumps({"dir": str(meet), "me": me, "peer": peer}))
-        spec["models"].append({**branch, "name": f"branch_{me}", "artifact": {"uri": str(config)},
-                               "outputs": [{"name": me, "datatype": "FP32", "shape": [-1]}]})
-    spec["models"].append({
-        "name": "both", "format": "pipeline", "resources": {"num_cpus": 0.02},
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
-        "outputs": [{"name": "a", "datatype": "FP32", "shape": [-1]}, {"name": "b", "datatype": "FP32", "shape": [-1]}],
-        "pipeline": {"steps": [{"model": "branch_a"}, {"model": "branch_b"}]},
-    })
+        spec["models"].append(
+            {
+                **branch,
+                "name": f"branch_{me}",
+                "artifact": {"uri": str(config)},
+                "outputs": [{"name": me, "datatype": "FP32", "shape": [-1]}],
+            }
+        )
+    spec["models"].append(
+        {
+            "name": "both",
+            "format": "pipeline",
+            "resources": {"num_cpus": 0.02},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+            "outputs": [
+                {"name": "a", "datatype": "FP32", "shape": [-1]},
+                {"name": "b", "datatype": "FP32", "shape": [-1]},
+            ],
+            "pipeline": {"steps": [{"model": "branch_a"}, {"model": "branch_b"}]},
+        }
+    )
     path = tmp / "fraud.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -100,7 +119,11 @@ def _in_process(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         mlp = nets["scorer_mlp"](features).numpy()
         lr, contributions = (t.numpy() for t in nets["scorer_lr"](features))
     ensemble = Ensemble(ARTIFACTS / "ensemble" / "1" / "model.safetensors", "cpu")
-    return {"mlp_score": mlp, "lr_score": lr, **ensemble.predict({"mlp_score": mlp, "lr_score": lr, "contributions": contributions})}
+    return {
+        "mlp_score": mlp,
+        "lr_score": lr,
+        **ensemble.predict({"mlp_score": mlp, "lr_score": lr, "contributions": contributions}),
+    }
 
 
 def test_fraud_pipeline_answers_v2_with_probability_scores_and_contributions(fraud: str) -> None:
@@ -130,9 +153,30 @@ def test_fraud_pipeline_answers_v1(fraud: str) -> None:
 
 
 def test_a_risky_transaction_scores_higher_than_a_routine_one(fraud: str) -> None:
-    risky = {"amount": [2400.0], "hour": [3], "category": [6], "distance_km": [850.0], "txn_24h": [7], "card_present": [False], "foreign": [True]}
-    routine = {"amount": [12.5], "hour": [14], "category": [0], "distance_km": [2.0], "txn_24h": [1], "card_present": [True], "foreign": [False]}
-    body = {n: np.array(risky[n] + routine[n], dtype={"f": np.float32, "i": np.int64, "b": bool}[np.array(risky[n]).dtype.kind]) for n in INPUTS}
+    risky = {
+        "amount": [2400.0],
+        "hour": [3],
+        "category": [6],
+        "distance_km": [850.0],
+        "txn_24h": [7],
+        "card_present": [False],
+        "foreign": [True],
+    }
+    routine = {
+        "amount": [12.5],
+        "hour": [14],
+        "category": [0],
+        "distance_km": [2.0],
+        "txn_24h": [1],
+        "card_present": [True],
+        "foreign": [False],
+    }
+    body = {
+        n: np.array(
+            risky[n] + routine[n], dtype={"f": np.float32, "i": np.int64, "b": bool}[np.array(risky[n]).dtype.kind]
+        )
+        for n in INPUTS
+    }
     got = _outputs(httpx.post(f"{fraud}/v2/models/fraud/infer", json=_v2(body), timeout=60))
     assert got["fraud_probability"][0] > 0.5 > got["fraud_probability"][1]
     assert "log_amount" in got["top_features"][0]
@@ -169,13 +213,24 @@ def test_each_merchant_id_gets_its_own_model(fraud: str) -> None:
     scores = {}
     for merchant in ("m001", "m002", "m049"):
         got = _outputs(httpx.post(f"{fraud}/v2/models/merchant:{merchant}/infer", json=_v2(inputs), timeout=60))
-        np.testing.assert_allclose(got["score"], _merchant_score(merchant, inputs), rtol=1e-4, atol=1e-6, err_msg=merchant)
+        np.testing.assert_allclose(
+            got["score"], _merchant_score(merchant, inputs), rtol=1e-4, atol=1e-6, err_msg=merchant
+        )
         scores[merchant] = got["score"]
     assert not np.allclose(scores["m001"], scores["m002"])  # different merchants, different models
-    by_header = httpx.post(f"{fraud}/v2/models/merchant/infer", json=_v2(inputs), headers={"serve_multiplexed_model_id": "m002"}, timeout=60)
+    by_header = httpx.post(
+        f"{fraud}/v2/models/merchant/infer",
+        json=_v2(inputs),
+        headers={"serve_multiplexed_model_id": "m002"},
+        timeout=60,
+    )
     np.testing.assert_allclose(_outputs(by_header)["score"], scores["m002"], rtol=1e-6)
     assert by_header.json()["model_name"] == "merchant:m002"
-    v1 = httpx.post(f"{fraud}/v1/models/merchant:m049:predict", json={"instances": [{n: inputs[n][0].item() for n in INPUTS}]}, timeout=60)
+    v1 = httpx.post(
+        f"{fraud}/v1/models/merchant:m049:predict",
+        json={"instances": [{n: inputs[n][0].item() for n in INPUTS}]},
+        timeout=60,
+    )
     assert v1.status_code == 200 and v1.json()["predictions"][0] == pytest.approx(float(scores["m049"][0]), rel=1e-5)
 
 

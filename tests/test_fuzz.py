@@ -25,7 +25,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import ADMIN_KEY, HEADER_TIMEOUT_S, Fleet
+from tests.helpers import ADMIN_KEY, HEADER_TIMEOUT_S, Fleet
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 SAFE_MODELS = ["echo", "types", "digits", "embeddings"]  # not `faulty` (a 500 by design) or `slow` (a 503 by design)
@@ -55,7 +55,9 @@ def test_openapi_routes_never_answer_5xx(fleet: Fleet) -> None:
 
     for operation in operations:
 
-        @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        @settings(
+            max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
         @given(case=operation.as_strategy())
         def route(case) -> None:
             responses = [case.call(base_url=fleet.url, headers=AUTH, timeout=30)]
@@ -64,7 +66,10 @@ def test_openapi_routes_never_answer_5xx(fleet: Fleet) -> None:
                 responses.append(case.call(base_url=fleet.url, headers=AUTH, timeout=30))
             for response in responses:
                 if not _acceptable(response):
-                    failures.append(f"{response.request.method} {response.request.url} -> {response.status_code}: {response.text[:300]}")
+                    failures.append(
+                        f"{response.request.method} {response.request.url} -> {response.status_code}: "
+                        f"{response.text[:300]}"
+                    )
 
         route()
     assert not failures, "\n".join(failures[:20])
@@ -73,7 +78,10 @@ def test_openapi_routes_never_answer_5xx(fleet: Fleet) -> None:
 
 # ---- raw bytes -------------------------------------------------------------
 
-def _request(body: bytes, *, path: str = "/v2/models/echo/infer", headers: str = "", content_type: str = "application/json") -> bytes:
+
+def _request(
+    body: bytes, *, path: str = "/v2/models/echo/infer", headers: str = "", content_type: str = "application/json"
+) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_KEY}\r\n"
         f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
@@ -113,7 +121,9 @@ def _generated_cases() -> dict[str, bytes]:
         "duplicate-authorization": _request(_GOOD, headers="Authorization: Bearer nope\r\n"),
         "duplicate-content-type": _request(_GOOD, headers="Content-Type: text/plain\r\n"),
         "negative-content-length": _request(_GOOD).replace(b"Content-Length: ", b"Content-Length: -"),
-        "huge-content-length": _request(_GOOD).replace(f"Content-Length: {len(_GOOD)}".encode(), b"Content-Length: 99999999999999999999"),
+        "huge-content-length": _request(_GOOD).replace(
+            f"Content-Length: {len(_GOOD)}".encode(), b"Content-Length: 99999999999999999999"
+        ),
         "content-length-and-chunked": _request(_GOOD, headers="Transfer-Encoding: chunked\r\n"),
         "chunked-bad-size": _chunked(b"zz\r\n" + _GOOD + b"\r\n0\r\n\r\n"),
         "chunked-size-too-big": _chunked(b"ffffffffffffffffff\r\n" + _GOOD + b"\r\n0\r\n\r\n"),
@@ -122,14 +132,24 @@ def _generated_cases() -> dict[str, bytes]:
         "chunked-ok": _chunked(b"%x\r\n" % len(_GOOD) + _GOOD + b"\r\n0\r\n\r\n"),
         "truncated-body": _request(_GOOD)[:-20],
         "truncated-headers": _request(_GOOD)[:40],
-        "invalid-utf8-json": _request(b'{"inputs": [{"name": "\xff\xfe", "datatype": "FP32", "shape": [1], "data": [1]}]}'),
+        "invalid-utf8-json": _request(
+            b'{"inputs": [{"name": "\xff\xfe", "datatype": "FP32", "shape": [1], "data": [1]}]}'
+        ),
         "invalid-utf8-string": _request(_TYPES_BYTES % b"\xc3\x28", path="/v2/models/types/infer"),
         "lone-surrogate": _request(_TYPES_BYTES % b"\\ud800", path="/v2/models/types/infer"),
         "nul-in-string": _request(_TYPES_BYTES % b"a\\u0000b", path="/v2/models/types/infer"),
         "deep-json-arrays": _request(b"[" * 100_000 + b"]" * 100_000),
         "deep-json-objects": _request(b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
-        "deep-data": _request(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}]}"),
-        "numbers-overflow": _request(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1e999999]}]}'),
+        "deep-data": _request(
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": '
+            + b"[" * 5000
+            + b"1"
+            + b"]" * 5000
+            + b"}]}"
+        ),
+        "numbers-overflow": _request(
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1e999999]}]}'
+        ),
         "bom-prefix": _request(b"\xef\xbb\xbf" + _GOOD),
         "json-not-object": _request(b'"inputs"'),
         "empty-body": _request(b""),
@@ -145,15 +165,18 @@ def _generated_cases() -> dict[str, bytes]:
             if choice < 0.5:
                 raw[at] = rng.randrange(256)
             elif choice < 0.75:
-                del raw[at: at + rng.randint(1, 16)]
+                del raw[at : at + rng.randint(1, 16)]
             else:
-                raw[at:at] = raw[at: at + rng.randint(1, 64)]
+                raw[at:at] = raw[at : at + rng.randint(1, 64)]
         cases[f"mutation-{i:02d}"] = bytes(raw)
     return cases
 
 
 def _corpus_cases() -> dict[str, bytes]:
-    return {f"corpus/{path.name}": path.read_bytes().replace(b"%ADMIN_KEY%", ADMIN_KEY.encode()) for path in sorted(CORPUS.glob("*.http"))}
+    return {
+        f"corpus/{path.name}": path.read_bytes().replace(b"%ADMIN_KEY%", ADMIN_KEY.encode())
+        for path in sorted(CORPUS.glob("*.http"))
+    }
 
 
 CASES = {**_generated_cases(), **_corpus_cases()}
@@ -188,7 +211,9 @@ def _exchange(url: str, payload: bytes, wait_s: float) -> bytes:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_raw_requests_get_no_5xx_and_no_hang(fleet: Fleet, name: str) -> None:
     answer = _exchange(fleet.url, CASES[name], wait_s=HEADER_TIMEOUT_S + 20)
-    statuses = [int(line.split()[1]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.") and len(line.split()) > 1]
+    statuses = [
+        int(line.split()[1]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.") and len(line.split()) > 1
+    ]
     server_errors = [s for s in statuses if s >= 500 and not (s == 503 and b"retry-after" in answer.lower())]
     assert not server_errors, f"{name}: {answer[:500]!r}"
     expected = Path(name).name.split("-", 1)[0]

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cluster.launch import session_pids
+from groundwork.processes import session_pids
 from modelfleet.cli import app
-from tests.conftest import ROOT, Fleet, free_port, run_cli
+from tests.helpers import ROOT, Fleet, free_port, run_cli
 
 ECHO = ROOT / "examples" / "echo" / "app.yaml"
 KUBERAY = ROOT / "examples" / "clusters" / "kuberay.yaml"
@@ -59,7 +59,9 @@ def _world_readable_token(folder: Path) -> Path:
 
 def test_deploy_makes_rays_token_file_private_before_connecting(tmp_path: Path) -> None:
     token = _world_readable_token(tmp_path / "home" / ".ray")
-    result = run_cli("deploy", str(ECHO), "--address", _nothing_listens(), env=_env(HOME=str(tmp_path / "home")), timeout=60)
+    result = run_cli(
+        "deploy", str(ECHO), "--address", _nothing_listens(), env=_env(HOME=str(tmp_path / "home")), timeout=60
+    )
     assert result.returncode == 1 and "cannot connect" in result.stderr, result.stderr
     assert (_mode(token), _mode(token.parent)) == (0o600, 0o700)
 
@@ -75,8 +77,10 @@ def test_a_token_file_named_by_ray_auth_token_path_is_made_private_too(tmp_path:
     assert _mode(tmp_path / "home" / ".ray") == 0o700
 
 
-def test_a_shared_folder_keeps_its_mode_but_the_token_in_it_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from serve_apps.runner import secure_ray_token
+def test_a_shared_folder_keeps_its_mode_but_the_token_in_it_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from groundwork.ray_env import secure_ray_token
 
     shared = tmp_path / "shared"
     token = _world_readable_token(shared)
@@ -100,7 +104,9 @@ def _busy_port() -> socket.socket:
 def test_run_refuses_ray_without_token_auth_before_starting_anything(tmp_path: Path) -> None:
     with _busy_port() as busy:  # were the refusal late, `run` would stop at this port instead
         port = str(busy.getsockname()[1])
-        result = run_cli("run", str(ECHO), "--port", port, env=_env(RAY_AUTH_MODE="disabled", HOME=str(tmp_path)), timeout=60)
+        result = run_cli(
+            "run", str(ECHO), "--port", port, env=_env(RAY_AUTH_MODE="disabled", HOME=str(tmp_path)), timeout=60
+        )
     assert result.returncode == 2, result.stderr
     line = _one_line(result.stderr)
     assert "RAY_AUTH_MODE=disabled" in line and "unpickle" in line and "--insecure-no-ray-auth" in line
@@ -108,7 +114,12 @@ def test_run_refuses_ray_without_token_auth_before_starting_anything(tmp_path: P
 
 def test_deploy_refuses_ray_without_token_auth(tmp_path: Path) -> None:
     result = run_cli(
-        "deploy", str(ECHO), "--address", _nothing_listens(), env=_env(RAY_AUTH_MODE="disabled", HOME=str(tmp_path)), timeout=60,
+        "deploy",
+        str(ECHO),
+        "--address",
+        _nothing_listens(),
+        env=_env(RAY_AUTH_MODE="disabled", HOME=str(tmp_path)),
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     line = _one_line(result.stderr)
@@ -120,8 +131,12 @@ def test_insecure_no_ray_auth_lets_the_operator_go_on(tmp_path: Path) -> None:
     with _busy_port() as busy:
         port = str(busy.getsockname()[1])
         ran = run_cli("run", str(ECHO), "--port", port, "--insecure-no-ray-auth", env=env, timeout=60)
-    assert ran.returncode == 2 and f"--port {port}: cannot listen there" in ran.stderr, ran.stderr  # past the auth check
-    deployed = run_cli("deploy", str(ECHO), "--address", _nothing_listens(), "--insecure-no-ray-auth", env=env, timeout=60)
+    assert ran.returncode == 2 and f"--port {port}: cannot listen there" in ran.stderr, (
+        ran.stderr
+    )  # past the auth check
+    deployed = run_cli(
+        "deploy", str(ECHO), "--address", _nothing_listens(), "--insecure-no-ray-auth", env=env, timeout=60
+    )
     assert deployed.returncode == 1 and "cannot connect" in deployed.stderr, deployed.stderr
 
 

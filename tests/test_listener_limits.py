@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from serve_apps.listener import Limits, Listener, Tls
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 DEADLINE_S = 1.0
 
@@ -36,7 +36,9 @@ async def _length_app(scope, receive, send) -> None:
         if not message.get("more_body"):
             break
     payload = str(len(body)).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(payload)).encode())]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(payload)).encode())]}
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -138,10 +140,18 @@ def test_slow_drip_body_is_cut_off(port: int) -> None:
         assert sent < 100 or _closed_by_server(sock, within_s=2)
 
 
-@pytest.mark.parametrize(("request_bytes", "status"), [
-    (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 1000) for i in range(100)) + b"\r\n", 431),
-])
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 1000) for i in range(100))
+            + b"\r\n",
+            431,
+        ),
+    ],
+)
 def test_oversized_request_heads_get_a_status_not_a_hang(port: int, request_bytes: bytes, status: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(request_bytes)
@@ -192,7 +202,9 @@ def _read_response(sock: socket.socket) -> bytes:
         assert chunk, f"the server closed the connection instead of answering (after {data[:100]!r})"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
     while len(body) < length:
         body += sock.recv(4096)
     return head + b"\r\n\r\n" + body

@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 
 from serve_apps.loaders import LoadError, known_formats, load_model, pick_device
 from serve_apps.spec import ModelSpec, TensorSpec
-from tests.conftest import ROOT
 from tests.fixtures.tiny import OtherNet, TinyNet
+from tests.helpers import ROOT
 
 X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
 
@@ -31,17 +31,19 @@ def _spec(fmt: str, pin: Path | None = None, **extra) -> ModelSpec:
     artifact = {"uri": "unused"}
     if pin is not None:
         artifact["sha256"] = hashlib.sha256(pin.read_bytes()).hexdigest()
-    return ModelSpec.model_validate({
-        "name": "tiny",
-        "format": fmt,
-        "artifact": artifact if fmt != "builtin" else None,
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [
-            {"name": "scores", "datatype": "FP32", "shape": [-1, 3]},
-            {"name": "label", "datatype": "INT32", "shape": [-1]},  # argmax is INT64: the loader casts
-        ],
-        **extra,
-    })
+    return ModelSpec.model_validate(
+        {
+            "name": "tiny",
+            "format": fmt,
+            "artifact": artifact if fmt != "builtin" else None,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [
+                {"name": "scores", "datatype": "FP32", "shape": [-1, 3]},
+                {"name": "label", "datatype": "INT32", "shape": [-1]},  # argmax is INT64: the loader casts
+            ],
+            **extra,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +79,16 @@ def test_python_format_builds_the_class_with_artifact_and_device(tmp_path: Path)
 
     config = tmp_path / "me.json"
     config.write_text(json.dumps({"dir": str(tmp_path), "me": "a", "peer": "a"}))  # its own peer: answers at once
-    spec = ModelSpec.model_validate({
-        "name": "meet", "format": "python", "module": "tests.fixtures.tiny:Rendezvous", "artifact": {"uri": str(config)},
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}], "outputs": [{"name": "a", "datatype": "FP32", "shape": [-1]}],
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "name": "meet",
+            "format": "python",
+            "module": "tests.fixtures.tiny:Rendezvous",
+            "artifact": {"uri": str(config)},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+            "outputs": [{"name": "a", "datatype": "FP32", "shape": [-1]}],
+        }
+    )
     model = load_model(spec, config, "cpu")
     assert isinstance(model, Rendezvous) and model.predict({"x": np.array([1.0])})["a"].tolist() == [2.0]
 
@@ -94,10 +102,15 @@ def test_python_format_builds_the_class_with_artifact_and_device(tmp_path: Path)
     ],
 )
 def test_python_format_errors_name_the_class(module: str, message: str) -> None:
-    spec = ModelSpec.model_validate({
-        "name": "custom", "format": "python", "module": module,
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "name": "custom",
+            "format": "python",
+            "module": module,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+        }
+    )
     with pytest.raises(LoadError, match="custom") as caught:
         load_model(spec, None, "cpu")
     assert message in str(caught.value)
@@ -123,22 +136,35 @@ def test_torch_export(net, tmp_path: Path) -> None:
 
 
 def test_builtin_echo_returns_its_inputs() -> None:
-    spec = ModelSpec.model_validate({
-        "name": "echo", "format": "builtin", "module": "echo",
-        "inputs": [{"name": "a", "datatype": "FP64", "shape": [-1]}, {"name": "b", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "c", "datatype": "FP64", "shape": [-1]}, {"name": "d", "datatype": "BYTES", "shape": [-1]}],
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "name": "echo",
+            "format": "builtin",
+            "module": "echo",
+            "inputs": [
+                {"name": "a", "datatype": "FP64", "shape": [-1]},
+                {"name": "b", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "outputs": [
+                {"name": "c", "datatype": "FP64", "shape": [-1]},
+                {"name": "d", "datatype": "BYTES", "shape": [-1]},
+            ],
+        }
+    )
     words = np.array(["x", "y"], dtype=object)
     out = load_model(spec, None, "cpu").predict({"a": np.array([1.5, 2.5]), "b": words})
     assert out["c"].tolist() == [1.5, 2.5] and out["d"].tolist() == ["x", "y"]
 
 
-@pytest.mark.parametrize("fmt,artifact,message", [
-    ("torchscript", None, "needs an artifact file, got none"),
-    ("torchscript", "absent.pt", "absent.pt does not exist"),
-    ("safetensors", ".", "takes a single file, but .* is a folder"),
-    ("sentence_transformers", "file.txt", "takes a folder, but .*file.txt is a file; end artifact.uri with '/'"),
-])
+@pytest.mark.parametrize(
+    "fmt,artifact,message",
+    [
+        ("torchscript", None, "needs an artifact file, got none"),
+        ("torchscript", "absent.pt", "absent.pt does not exist"),
+        ("safetensors", ".", "takes a single file, but .* is a folder"),
+        ("sentence_transformers", "file.txt", "takes a folder, but .*file.txt is a file; end artifact.uri with '/'"),
+    ],
+)
 def test_artifacts_of_the_wrong_kind(tmp_path: Path, fmt: str, artifact: str | None, message: str) -> None:
     (tmp_path / "file.txt").write_text("not a model")
     # No artifact file to pin (none, or an absent one): the cases are about the path, so they opt out of the pin.
@@ -154,12 +180,15 @@ def test_unknown_builtin_lists_the_known_ones() -> None:
         load_model(_spec("builtin", module="nope"), None, "cpu")
 
 
-@pytest.mark.parametrize("module,message", [
-    ("tests.fixtures.absent:TinyNet", "cannot import 'tests.fixtures.absent'"),
-    ("tests.fixtures.tiny:Absent", "has no 'Absent'"),
-    ("datetime:date", r"datetime:date\(\) failed \(TypeError.*must build with no arguments"),
-    ("collections:OrderedDict", "collections:OrderedDict is not a torch.nn.Module"),
-])
+@pytest.mark.parametrize(
+    "module,message",
+    [
+        ("tests.fixtures.absent:TinyNet", "cannot import 'tests.fixtures.absent'"),
+        ("tests.fixtures.tiny:Absent", "has no 'Absent'"),
+        ("datetime:date", r"datetime:date\(\) failed \(TypeError.*must build with no arguments"),
+        ("collections:OrderedDict", "collections:OrderedDict is not a torch.nn.Module"),
+    ],
+)
 def test_bad_module_or_class_is_a_clear_load_error(net, tmp_path: Path, module: str, message: str) -> None:
     path = tmp_path / "tiny.safetensors"
     save_file(net.state_dict(), str(path))
@@ -174,12 +203,12 @@ def test_weights_that_do_not_fit_the_class(tmp_path: Path) -> None:
         load_model(_spec("safetensors", module="tests.fixtures.tiny:TinyNet"), path, "cpu")
 
 
-
-
 def test_torch_formats_refuse_string_tensors(net, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.script(net), str(path))
-    spec = _spec("torchscript", pin=path).model_copy(update={"inputs": [TensorSpec(name="x", datatype="BYTES", shape=[-1])]})
+    spec = _spec("torchscript", pin=path).model_copy(
+        update={"inputs": [TensorSpec(name="x", datatype="BYTES", shape=[-1])]}
+    )
     with pytest.raises(LoadError, match=r"\['x'\] are BYTES"):
         load_model(spec, path, "cpu")
 
@@ -213,7 +242,9 @@ class _RunsCode:
 def _rewrite_pt2(good: Path, bad: Path, replace: dict[str, bytes]) -> None:
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
         for info in src.infolist():
-            dst.writestr(info, next((v for k, v in replace.items() if info.filename.endswith(k)), None) or src.read(info))
+            dst.writestr(
+                info, next((v for k, v in replace.items() if info.filename.endswith(k)), None) or src.read(info)
+            )
         for name, data in replace.items():
             if not any(i.filename.endswith(name) for i in src.infolist()):
                 dst.writestr(f"{src.namelist()[0].split('/')[0]}/{name}", data)
@@ -245,10 +276,14 @@ def test_pt2_opaque_objects_are_found_the_way_torch_finds_them(net, tmp_path: Pa
     torch.export.save(torch.export.export(net, (torch.from_numpy(X),)), str(good))
     evil = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
     upper = tmp_path / "upper.pt2"
-    _rewrite_pt2(good, upper, {
-        "data/constants/model_constants_config.json": json.dumps({"config": {"evil": evil}}).encode(),
-        "data/constants/OPAQUE_OBJ_0": pickle.dumps(_RunsCode(marker)),
-    })
+    _rewrite_pt2(
+        good,
+        upper,
+        {
+            "data/constants/model_constants_config.json": json.dumps({"config": {"evil": evil}}).encode(),
+            "data/constants/OPAQUE_OBJ_0": pickle.dumps(_RunsCode(marker)),
+        },
+    )
     with pytest.raises(LoadError, match=r"holds pickled opaque objects \(.*evil.*\).*safetensors.torch.save_file"):
         load_model(_spec("torch_export", pin=upper), upper, "cpu")
     assert not marker.exists(), "loading the crafted .pt2 ran its payload"
@@ -269,7 +304,8 @@ def _shared_library(tmp_path: Path, marker: Path) -> bytes:
     source, library = tmp_path / "payload.c", tmp_path / "payload.so"
     source.write_text(
         "#include <stdio.h>\n"
-        f'__attribute__((constructor)) static void ran(void) {{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
+        "__attribute__((constructor)) static void ran(void) "
+        f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
     )
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
     return library.read_bytes()
@@ -279,29 +315,37 @@ def test_pt2_archives_cannot_carry_native_code(net, tmp_path: Path) -> None:
     # torch.export.load dlopens an AOTInductor library found under data/aotinductor/: native code on load.
     good, bad, marker = tmp_path / "good.pt2", tmp_path / "aoti.pt2", tmp_path / "code-ran"
     torch.export.save(torch.export.export(net, (torch.from_numpy(X),)), str(good))
-    _rewrite_pt2(good, bad, {
-        "data/aotinductor/model/model.wrapper_metadata.json": b'{"AOTI_DEVICE_KEY": "cpu"}',
-        "data/aotinductor/model/model.wrapper.so": _shared_library(tmp_path, marker),
-    })
-    with pytest.raises(LoadError, match=r"holds AOTInductor native code \(.*data/aotinductor/model/.*\).*torch.export.save"):
+    _rewrite_pt2(
+        good,
+        bad,
+        {
+            "data/aotinductor/model/model.wrapper_metadata.json": b'{"AOTI_DEVICE_KEY": "cpu"}',
+            "data/aotinductor/model/model.wrapper.so": _shared_library(tmp_path, marker),
+        },
+    )
+    with pytest.raises(
+        LoadError, match=r"holds AOTInductor native code \(.*data/aotinductor/model/.*\).*torch.export.save"
+    ):
         load_model(_spec("torch_export", pin=bad), bad, "cpu")
     assert not marker.exists(), "loading the crafted .pt2 loaded its library"
 
 
-def test_sentence_transformers_matches_in_process_encode() -> None:
-    import os
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
+def test_sentence_transformers_matches_in_process_encode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the weights are local; never reach for a hub
     from sentence_transformers import SentenceTransformer
 
     from examples.embeddings.prepare import prepare
 
     folder = prepare()
-    spec = ModelSpec.model_validate({
-        "name": "embeddings", "format": "sentence_transformers", "artifact": {"uri": str(folder) + "/"},
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "name": "embeddings",
+            "format": "sentence_transformers",
+            "artifact": {"uri": str(folder) + "/"},
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+        }
+    )
     texts = ["the quick brown fox", "modelfleet serves models", "ünïcödé"]
     got = load_model(spec, folder, "cpu").predict({"text": np.array(texts, dtype=object)})["embedding"]
     expected = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True)
@@ -310,13 +354,15 @@ def test_sentence_transformers_matches_in_process_encode() -> None:
     assert np.abs(got - expected).max() <= 1e-5
 
 
-def test_sentence_transformers_folders_cannot_pick_code_to_import(tmp_path: Path) -> None:
+def test_sentence_transformers_folders_cannot_pick_code_to_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # modules.json names each module's class; sentence-transformers < 6 imported any of them from a local folder.
     import sys
 
     from examples.embeddings.prepare import prepare
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source, folder = prepare(), tmp_path / "model"
     folder.mkdir()
     for entry in source.iterdir():
@@ -326,11 +372,15 @@ def test_sentence_transformers_folders_cannot_pick_code_to_import(tmp_path: Path
     modules[-1]["type"] = "tabnanny.NannyNag"  # a standard module nothing else imports: importing it shows
     (folder / "modules.json").write_text(json.dumps(modules))
     assert "tabnanny" not in sys.modules
-    spec = ModelSpec.model_validate({
-        "name": "embeddings", "format": "sentence_transformers", "artifact": {"uri": str(folder) + "/"},
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "name": "embeddings",
+            "format": "sentence_transformers",
+            "artifact": {"uri": str(folder) + "/"},
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+        }
+    )
     with pytest.raises(LoadError, match="did not load as a SentenceTransformer.*trust_remote_code"):
         load_model(spec, folder, "cpu")
     assert "tabnanny" not in sys.modules, "the folder's modules.json chose code that was imported"
@@ -359,18 +409,24 @@ def _unsafe_torch_loads(source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "torch.serialization.load"):
-            safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                       for k in node.keywords)
+            safe = any(
+                k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                for k in node.keywords
+            )
             if not safe:
                 found.append(f"line {node.lineno}: {ast.unparse(node)}")
     return found
 
 
 def test_the_torch_load_check_can_fail() -> None:
-    assert _unsafe_torch_loads("import torch\ntorch.load(f)\ntorch.load(f, weights_only=False)\n"
-                               "torch.serialization.load(f, map_location=torch.device('cpu'))") == [
-        "line 2: torch.load(f)", "line 3: torch.load(f, weights_only=False)",
-        "line 4: torch.serialization.load(f, map_location=torch.device('cpu'))"]
+    assert _unsafe_torch_loads(
+        "import torch\ntorch.load(f)\ntorch.load(f, weights_only=False)\n"
+        "torch.serialization.load(f, map_location=torch.device('cpu'))"
+    ) == [
+        "line 2: torch.load(f)",
+        "line 3: torch.load(f, weights_only=False)",
+        "line 4: torch.serialization.load(f, map_location=torch.device('cpu'))",
+    ]
     assert _unsafe_torch_loads("torch.load(f, map_location=torch.device('cpu'), weights_only=True)") == []
 
 

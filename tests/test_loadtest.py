@@ -19,11 +19,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtests.records import ModelKnobs, StageResult, Trial
 from loadtests.scenario import ZIPF_EXPONENT, from_app
 from loadtests.shapes import Shape, stages
-from loadtests.tuner import Space, apply_knobs, baseline_knobs, best_point, default_space, search, tuned_spec_yaml, verdict
+from loadtests.tuner import (
+    Space,
+    apply_knobs,
+    baseline_knobs,
+    best_point,
+    default_space,
+    search,
+    tuned_spec_yaml,
+    verdict,
+)
 from serve_apps.spec import load_app_spec
 from serve_apps.tensors import decode_v1, decode_v2
-from tests.conftest import ADMIN_KEY, ROOT, run_cli
 from tests.fixtures.browser import assert_drawn
+from tests.helpers import ADMIN_KEY, ROOT, run_cli
 
 FRAUD = ROOT / "examples" / "fraud" / "app.yaml"
 RUN_PLOTS = {"plot-throughput": "scatter", "plot-latency": "scatter", "plot-replicas": "scatter", "plot-cpu": "scatter"}
@@ -55,7 +64,7 @@ def test_a_multiplexed_family_draws_its_ids_zipf_weighted() -> None:
     assert ids == on_disk and len(ids) == 50
     weights = merchant.path_weights
     assert weights[0] / weights[1] == pytest.approx(2**ZIPF_EXPONENT)
-    assert all(a > b for a, b in zip(weights, weights[1:]))
+    assert all(a > b for a, b in zip(weights, weights[1:], strict=False))
 
 
 @pytest.mark.parametrize("shape", list(Shape))
@@ -63,7 +72,7 @@ def test_shapes_are_bounded_and_reach_the_users(shape: Shape) -> None:
     plan = stages(shape, users=20, duration_s=30)
     assert plan[-1].until_s == pytest.approx(30)
     assert max(s.users for s in plan) == 20
-    assert all(a.until_s < b.until_s for a, b in zip(plan, plan[1:]))
+    assert all(a.until_s < b.until_s for a, b in zip(plan, plan[1:], strict=False))
     if shape in (Shape.ramp, Shape.step):
         assert [s.users for s in plan] == sorted(s.users for s in plan) and plan[0].users < 20
     if shape is Shape.spike:
@@ -94,7 +103,11 @@ def test_search_starts_from_the_spec_and_never_measures_a_configuration_twice() 
 
     def score(knobs):  # a landscape with one best corner: batching and more replicas pay
         k = knobs["digits"]
-        return 100.0 * k.replicas + (200.0 if k.max_batch_size and k.max_batch_size >= 32 else 0.0) + k.max_ongoing_requests
+        return (
+            100.0 * k.replicas
+            + (200.0 if k.max_batch_size and k.max_batch_size >= 32 else 0.0)
+            + k.max_ongoing_requests
+        )
 
     trials, why = _drive(space, baseline, 12, score)
     assert trials[0].knobs == baseline
@@ -114,13 +127,20 @@ def test_the_tuned_spec_loads_with_the_chosen_knobs(tmp_path: Path) -> None:
     spec = load_app_spec(ROOT / "examples" / "digits" / "app.yaml")
     knobs = {"digits": ModelKnobs(max_ongoing_requests=8, max_batch_size=64, batch_wait_timeout_s=0.002, replicas=2)}
     trial_spec = apply_knobs(spec, knobs)
-    assert trial_spec.model("digits").autoscaling.max_replicas == 2 and trial_spec.model("digits").max_ongoing_requests == 64
+    assert (
+        trial_spec.model("digits").autoscaling.max_replicas == 2
+        and trial_spec.model("digits").max_ongoing_requests == 64
+    )
     path = tmp_path / "digits.tuned.yaml"
     path.write_text(tuned_spec_yaml(spec, knobs, {"digits": 6.0}, "a header\nof two lines"))
     tuned = load_app_spec(path).model("digits")
     assert (tuned.batching.max_batch_size, tuned.batching.batch_wait_timeout_s) == (64, 0.002)
     assert tuned.max_ongoing_requests == 64  # room for a full batch
-    assert (tuned.autoscaling.min_replicas, tuned.autoscaling.initial_replicas, tuned.autoscaling.max_replicas) == (1, 2, 2)
+    assert (tuned.autoscaling.min_replicas, tuned.autoscaling.initial_replicas, tuned.autoscaling.max_replicas) == (
+        1,
+        2,
+        2,
+    )
     assert tuned.autoscaling.target_ongoing_requests == 6.0
     assert run_cli("validate", str(path)).returncode == 0
 
@@ -138,14 +158,19 @@ def test_embedding_a_model_in_the_ingress_is_a_knob(tmp_path: Path) -> None:
     assert tuned.embedded and tuned.autoscaling.max_replicas == 1  # it scales with the ingress now
     fraud = load_app_spec(FRAUD)
     fraud_space = default_space(fraud, ["featurizer", "scorer_mlp", "ensemble", "merchant"], total_cpus=8)
-    assert not any(m.embeddable for m in fraud_space.models.values()), "pipeline steps, pools and families stay deployments"
+    assert not any(m.embeddable for m in fraud_space.models.values()), (
+        "pipeline steps, pools and families stay deployments"
+    )
 
 
 def test_best_point_and_verdict() -> None:
     def stage(users, rps, p95, failures=0):
         return StageResult(users=users, start_s=0, end_s=1, requests=100, failures=failures, rps=rps, p95_ms=p95)
 
-    assert best_point([stage(1, 50, 5), stage(4, 180, 40), stage(8, 200, 120), stage(16, 300, 20, failures=1)], 100).users == 4
+    assert (
+        best_point([stage(1, 50, 5), stage(4, 180, 40), stage(8, 200, 120), stage(16, 300, 20, failures=1)], 100).users
+        == 4
+    )
     knobs = {"m": ModelKnobs(max_ongoing_requests=8, replicas=1)}
     base, best = Trial(number=0, knobs=knobs, baseline=True, best_rps=100), Trial(number=3, knobs=knobs, best_rps=230)
     assert "2.3x the requests/s of the current config" in verdict(best, base, 100, 5)
@@ -161,7 +186,7 @@ def test_best_point_and_verdict() -> None:
     [
         (["loadtest", "examples/echo/app.yaml", "--duration", "soon"], "--duration 'soon'"),
         (["loadtest", "examples/echo/app.yaml", "--duration", "30h"], "runs are bounded"),
-        (["loadtest", "examples/echo/app.yaml", "--shape", "zigzag"], "--shape 'zigzag'"),
+        (["loadtest", "examples/echo/app.yaml", "--shape", "zigzag"], "'--shape': 'zigzag' is not one of 'constant'"),
         (["loadtest", "http://127.0.0.1:9/v2/models/echo/infer"], "needs --payload"),
         (["loadtest", "examples/echo/app.yaml", "--weight", "echo"], "--weight 'echo'"),
         (["loadtest", "examples/echo/app.yaml", "--model", "nope"], "model 'nope' is not in app 'echo'"),
@@ -180,14 +205,18 @@ def _served_count(fleet, model: str) -> float:
     """What the fleet's ingress counted for `model`, from its own /metrics."""
     text = httpx.get(f"{fleet.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10).text
     return sum(
-        s.value for family in text_string_to_metric_families(text) for s in family.samples
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
         if s.name == "modelfleet_requests_total" and s.labels.get("model") == model
     )
 
 
 def _echo_payload(tmp_path: Path) -> Path:
     payload = tmp_path / "echo.json"
-    payload.write_text(json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}))
+    payload.write_text(
+        json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    )
     return payload
 
 
@@ -196,8 +225,20 @@ def test_the_request_count_matches_what_the_server_counted(fleet, tmp_path: Path
     """Trust in the numbers: the run's reported requests are within 5% of the ingress's own counter."""
     before = _served_count(fleet, "echo")
     result = run_cli(
-        "loadtest", f"{fleet.url}/v2/models/echo/infer", "--payload", str(_echo_payload(tmp_path)), "--api-key", ADMIN_KEY,
-        "--users", "4", "--duration", "6s", "--report", str(tmp_path / "out"), *extra, timeout=180,
+        "loadtest",
+        f"{fleet.url}/v2/models/echo/infer",
+        "--payload",
+        str(_echo_payload(tmp_path)),
+        "--api-key",
+        ADMIN_KEY,
+        "--users",
+        "4",
+        "--duration",
+        "6s",
+        "--report",
+        str(tmp_path / "out"),
+        *extra,
+        timeout=180,
     )
     assert result.returncode == 0, result.stderr
     served = _served_count(fleet, "echo") - before
@@ -209,10 +250,13 @@ def test_the_request_count_matches_what_the_server_counted(fleet, tmp_path: Path
         assert [s["users"] for s in summary["stages"]] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
     """The acceptance command: starts digits on its own embedded Ray, measures, stops it, writes the report."""
     out = tmp_path / "out"
-    result = run_cli("loadtest", "examples/digits/app.yaml", "--duration", "10s", "--users", "8", "--report", str(out), timeout=400)
+    result = run_cli(
+        "loadtest", "examples/digits/app.yaml", "--duration", "10s", "--users", "8", "--report", str(out), timeout=400
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == 0 and summary["requests"] > 0
@@ -229,11 +273,23 @@ def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
     assert_drawn(browser, out / "index.html", RUN_PLOTS)
 
 
+@pytest.mark.slow
 def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, browser) -> None:
     out = tmp_path / "out"
     result = run_cli(
-        "tune", "examples/echo/app.yaml", "--slo-p95-ms", "200", "--max-trials", "3", "--report", str(out),
-        "--users", "16", "--trial-duration", "10s", timeout=800,
+        "tune",
+        "examples/echo/app.yaml",
+        "--slo-p95-ms",
+        "200",
+        "--max-trials",
+        "3",
+        "--report",
+        str(out),
+        "--users",
+        "16",
+        "--trial-duration",
+        "10s",
+        timeout=800,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     with open(out / "trials.csv", newline="") as trials:
@@ -251,3 +307,15 @@ def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, brow
     assert model.get("embedded", False) == knobs["embedded"]
     assert (model.get("batching") or {}).get("max_batch_size") == knobs["max_batch_size"]
     assert_drawn(browser, out / "index.html", {"plot-tradeoff": "scatter", "plot-trials": "bar"})
+
+
+def test_tune_without_a_configuration_in_the_slo_is_a_result_not_a_failure() -> None:
+    from loadtests.records import Trial, TuneRecord
+    from modelfleet.cli.load import NO_CONFIGURATION_MET_THE_SLO, tune_exit_code
+
+    measured = Trial(number=0, knobs={}, baseline=True, best_rps=0.0)
+    broken = Trial(number=1, knobs={}, error="did not deploy")
+    record = TuneRecord(app="echo", slo_p95_ms=1, max_trials=2, trials=[measured, broken])
+    assert tune_exit_code(record) == NO_CONFIGURATION_MET_THE_SLO == 3
+    assert tune_exit_code(record.model_copy(update={"trials": [broken]})) == 1  # nothing was measured: a failure
+    assert tune_exit_code(record.model_copy(update={"best": 0})) == 0

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import httpx
-
 import pytest
 import yaml
 
-from cluster.launch import session_pids
+from groundwork.processes import session_pids
 from loadtests.chaos import BackgroundLoad, kill_node, node_of, replica_pids
-from tests.conftest import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
+from tests.helpers import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
 
 GPU_TASK = """
 @ray.remote(num_cpus=1, num_gpus=1, resources={"pool:gpu": 0.001})
@@ -85,6 +84,7 @@ def test_a_gpu_pool_node_is_added_on_demand_and_removed_when_idle(cluster) -> No
     wait_until(released, 180, "the idle gpu node to be removed", None, Path(state["log"]))
 
 
+@pytest.mark.slow
 def test_up_twice_is_refused_while_it_runs(cluster) -> None:
     path, env, _ = cluster
     again = run_cli("cluster", "up", str(path), env=env, timeout=120)
@@ -103,7 +103,8 @@ REPLICA_NODES = """
 from ray.util.state import list_actors
 gpu_nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("pool:gpu")]
 actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-print(json.dumps({"gpu_nodes": gpu_nodes, "replicas": {a.class_name: a.node_id for a in actors if a.class_name.startswith("ServeReplica:fraud:")}}))
+replicas = {a.class_name: a.node_id for a in actors if a.class_name.startswith("ServeReplica:fraud:")}
+print(json.dumps({"gpu_nodes": gpu_nodes, "replicas": replicas}))
 """
 
 
@@ -115,12 +116,24 @@ def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
 
     path, env, state = cluster
     started = time.monotonic()
-    deploy = run_cli("deploy", str(ROOT / "examples/fraud/app.yaml"), "--address", state["address"], "--timeout-s", "300", env=env, timeout=420)
+    deploy = run_cli(
+        "deploy",
+        str(ROOT / "examples/fraud/app.yaml"),
+        "--address",
+        state["address"],
+        "--timeout-s",
+        "300",
+        env=env,
+        timeout=420,
+    )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr[-3000:]
     inputs, _ = generate(4, seed=5)
     got = _outputs(httpx.post(f"{state['serve_url']}/v2/models/fraud/infer", json=_v2(inputs), timeout=120))
     first_answer_s = time.monotonic() - started
-    assert got["fraud_probability"].shape == (4,) and ((got["fraud_probability"] >= 0) & (got["fraud_probability"] <= 1)).all()
+    assert (
+        got["fraud_probability"].shape == (4,)
+        and ((got["fraud_probability"] >= 0) & (got["fraud_probability"] <= 1)).all()
+    )
     print(f"local-sim: deploy to first fraud answer {first_answer_s:.1f}s")  # BENCHMARKS.md records this
 
     placed = ray_driver(state["address"], "import json\n" + REPLICA_NODES, timeout=120)
@@ -130,7 +143,13 @@ def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
     assert _status(path, env)["pools"]["gpu"]["nodes"] == 1
 
     delete_app(state["address"], "fraud")
-    wait_until(lambda: _status(path, env)["pools"]["gpu"]["nodes"] == 0, 180, "the gpu node to go once fraud is removed", None, Path(state["log"]))
+    wait_until(
+        lambda: _status(path, env)["pools"]["gpu"]["nodes"] == 0,
+        180,
+        "the gpu node to go once fraud is removed",
+        None,
+        Path(state["log"]),
+    )
 
 
 SIM_APP = "sturdy-sim"
@@ -151,13 +170,17 @@ def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_else
     path, env, state = cluster
     spec = yaml.safe_load((ROOT / "examples/echo/app.yaml").read_text())
     spec.update(name=SIM_APP, route_prefix=f"/{SIM_APP}", ingress={"num_cpus": 0.1})
-    spec["models"][0].update(resources={"pool": "cpu", "num_cpus": 1}, autoscaling={"min_replicas": 2, "max_replicas": 2})
+    spec["models"][0].update(
+        resources={"pool": "cpu", "num_cpus": 1}, autoscaling={"min_replicas": 2, "max_replicas": 2}
+    )
     app = tmp_path / "sturdy-sim.yaml"
     app.write_text(yaml.safe_dump(spec))
     deploy = run_cli("deploy", str(app), "--address", state["address"], "--timeout-s", "300", env=env, timeout=420)
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr[-3000:]
     before = _replica_nodes()
-    assert len(before) == 2 and None not in before.values() and len(set(before.values())) == 2, before  # one per cpu node
+    assert len(before) == 2 and None not in before.values() and len(set(before.values())) == 2, (
+        before
+    )  # one per cpu node
     url = f"{state['serve_url']}/{SIM_APP}/v2/models/echo/infer"
 
     during = BackgroundLoad(url, ECHO, tmp_path / "during", 30)  # ends before, or as, the replacement comes
@@ -174,9 +197,11 @@ def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_else
     recovered_s = time.monotonic() - lost_at
     during_summary = during.finish()
     after = BackgroundLoad(url, ECHO, tmp_path / "after", 5).finish()
-    print(f"\nlocal-sim node loss: {sorted(killed.values())} of node {lost[-5:]} killed, replica back on another node in "
-          f"{recovered_s:.0f} s; during: {during_summary['requests']} requests, {during_summary['failures']} failed; "
-          f"after: {after['requests']} requests, {after['failures']} failed")
+    print(
+        f"\nlocal-sim node loss: {sorted(killed.values())} of node {lost[-5:]} killed, replica back on another node in "
+        f"{recovered_s:.0f} s; during: {during_summary['requests']} requests, {during_summary['failures']} failed; "
+        f"after: {after['requests']} requests, {after['failures']} failed"
+    )
     assert during_summary["requests"] > 100 and during_summary["failures"] == 0, during_summary
     assert after["requests"] > 20 and after["failures"] == 0, after
     delete_app(state["address"], SIM_APP)

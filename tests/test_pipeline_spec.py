@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modelfleet.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 FRAUD = ROOT / "examples" / "fraud" / "app.yaml"
 
@@ -90,7 +90,10 @@ CASES = [
     (_unknown_step, "models[fraud].pipeline.steps[4].model: no model 'nowhere' in this app"),
     (_ambiguous, "steps[3].inputs.mlp_score: nothing named 'mlp_score'"),
     (_wrong_dtype, "steps[3].inputs.mlp_score: 'hour' does not fit (datatype INT64 cannot feed FP32)"),
-    (_later_step, "steps[1].inputs.features: 'scorer_lr.contributions' is neither a request input nor an earlier step's output"),
+    (
+        _later_step,
+        "steps[1].inputs.features: 'scorer_lr.contributions' is neither a request input nor an earlier step's output",
+    ),
     (_cycle, "models[fraud].pipeline: pipelines call each other in a cycle (fraud -> outer -> fraud); break it"),
     (_pipeline_with_artifact, "do not apply to it"),
     (_step_family, "'merchant' is a multiplexed family, which cannot be a pipeline step yet"),
@@ -123,5 +126,10 @@ def test_the_fraud_example_validates_and_plans_concurrent_scorers() -> None:
     spec = load_app_spec(FRAUD)
     plan = plan_pipeline(spec.model("fraud"), {m.name: m for m in spec.models})
     deps = {step.model: step.depends_on() for step in plan.steps}
-    assert deps == {"featurizer": set(), "scorer_mlp": {"featurizer"}, "scorer_lr": {"featurizer"}, "ensemble": {"scorer_mlp", "scorer_lr"}}
+    assert deps == {
+        "featurizer": set(),
+        "scorer_mlp": {"featurizer"},
+        "scorer_lr": {"featurizer"},
+        "ensemble": {"scorer_mlp", "scorer_lr"},
+    }
     assert plan.outputs["mlp_score"].step == "scorer_mlp" and plan.outputs["fraud_probability"].step == "ensemble"

@@ -19,8 +19,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, run_cli, wait_until
+from tests.helpers import ROOT, free_port, run_cli, wait_until
 
+pytestmark = pytest.mark.slow  # a Ray head of its own: `make test-fast` leaves it out
 PIXELS = [0.0] * 64
 
 
@@ -39,13 +40,32 @@ def head(tmp_path_factory) -> Head:
     gcs, dashboard, serve_port = free_port(), free_port(), free_port()
     log = tmp / "ray-start.log"
     ray = Path(sys.executable).parent / "ray"
-    # Loopback only, as every local Ray of ours (serve_apps.runner.LOOPBACK_ONLY_ENV).
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # Loopback only, as every local Ray of ours (groundwork.ray_env.LOOPBACK_ONLY_ENV).
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(ray), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=1", "--disable-usage-stats"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True,
+            [
+                str(ray),
+                "start",
+                "--head",
+                "--block",
+                f"--port={gcs}",
+                "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                "--num-cpus=1",
+                "--disable-usage-stats",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp,
+            start_new_session=True,
         )
     head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{serve_port}", log, process)
     try:
@@ -83,7 +103,10 @@ def test_build_output_runs_under_serve_deploy(head: Head, tmp_path: Path) -> Non
     assert built.returncode == 0, built.stderr
     serve = Path(sys.executable).parent / "serve"
     deployed = subprocess.run(
-        [str(serve), "deploy", str(config), "--address", head.dashboard], capture_output=True, text=True, timeout=120,
+        [str(serve), "deploy", str(config), "--address", head.dashboard],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "RAY_AUTH_MODE": "token"},
     )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -105,4 +128,3 @@ def test_modelfleet_deploy_and_status_on_the_same_head(head: Head, tmp_path: Pat
     assert status.returncode == 0, status.stderr[-3000:]
     apps = {row["app"] for row in json.loads(status.stdout)}
     assert {"second"} <= apps, apps
-

@@ -66,12 +66,25 @@ def full_run() -> RunRecord:
         for t in range(20)
     ]
     stages = [
-        StageResult(users=10, start_s=0, end_s=10, requests=960, failures=0, rps=96.0, p50_ms=9.0, p95_ms=22.0, p99_ms=38.0),
-        StageResult(users=20, start_s=10, end_s=20, requests=1850, failures=1, rps=185.0, p50_ms=11.0, p95_ms=29.0, p99_ms=50.0),
+        StageResult(
+            users=10, start_s=0, end_s=10, requests=960, failures=0, rps=96.0, p50_ms=9.0, p95_ms=22.0, p99_ms=38.0
+        ),
+        StageResult(
+            users=20, start_s=10, end_s=20, requests=1850, failures=1, rps=185.0, p50_ms=11.0, p95_ms=29.0, p99_ms=50.0
+        ),
     ]
     endpoints = [
-        EndpointResult(name="digits", requests=2108, failures=1, rps=105.4, p50_ms=9.5, p95_ms=25.0, p99_ms=44.0,
-                       server_requests=2108, mean_batch_rows=6.3),
+        EndpointResult(
+            name="digits",
+            requests=2108,
+            failures=1,
+            rps=105.4,
+            p50_ms=9.5,
+            p95_ms=25.0,
+            p99_ms=44.0,
+            server_requests=2108,
+            mean_batch_rows=6.3,
+        ),
         EndpointResult(name="fraud", requests=702, failures=0, rps=35.1, p50_ms=10.1, p95_ms=27.5, p99_ms=47.0),
     ]
     replicas = [
@@ -79,7 +92,9 @@ def full_run() -> RunRecord:
         for t in range(0, 20, 2)
     ]
     resources = [
-        ResourcePoint(t_s=float(t), server_cpu_cores=1.2 + t * 0.05, server_memory_mb=900 + t * 3, generator_cpu_cores=0.4)
+        ResourcePoint(
+            t_s=float(t), server_cpu_cores=1.2 + t * 0.05, server_memory_mb=900 + t * 3, generator_cpu_cores=0.4
+        )
         for t in range(20)
     ]
     return RunRecord(
@@ -109,13 +124,26 @@ def full_run() -> RunRecord:
 def bare_url_run() -> RunRecord:
     """A run against someone else's URL: no replicas, no server CPU, one stage, a second without answers."""
     timeline = [
-        TimePoint(t_s=float(t), users=5, rps=40.0 if t != 3 else 0.0, failures_per_s=0.0,
-                  p50_ms=None if t == 3 else 12.0, p95_ms=None if t == 3 else 30.0, p99_ms=None if t == 3 else 41.0)
+        TimePoint(
+            t_s=float(t),
+            users=5,
+            rps=40.0 if t != 3 else 0.0,
+            failures_per_s=0.0,
+            p50_ms=None if t == 3 else 12.0,
+            p95_ms=None if t == 3 else 30.0,
+            p99_ms=None if t == 3 else 41.0,
+        )
         for t in range(8)
     ]
     return RunRecord(
-        config=_config(url="https://models.example.com", app=None, shape="constant", users=5, duration_s=8.0,
-                       endpoints={"digits": 1.0}),
+        config=_config(
+            url="https://models.example.com",
+            app=None,
+            shape="constant",
+            users=5,
+            duration_s=8.0,
+            endpoints={"digits": 1.0},
+        ),
         duration_s=8.0,
         requests=280,
         rps=35.0,
@@ -123,7 +151,9 @@ def bare_url_run() -> RunRecord:
         p95_ms=30.0,
         p99_ms=41.0,
         endpoints=[EndpointResult(name="digits", requests=280, rps=35.0, p50_ms=12.0, p95_ms=30.0, p99_ms=41.0)],
-        stages=[StageResult(users=5, start_s=0, end_s=8, requests=280, rps=35.0, p50_ms=12.0, p95_ms=30.0, p99_ms=41.0)],
+        stages=[
+            StageResult(users=5, start_s=0, end_s=8, requests=280, rps=35.0, p50_ms=12.0, p95_ms=30.0, p99_ms=41.0)
+        ],
         timeline=timeline,
         resources=[ResourcePoint(t_s=float(t), generator_cpu_cores=0.2) for t in range(8)],
         generator_cpu_cores=0.2,
@@ -135,35 +165,67 @@ def empty_run() -> RunRecord:
 
 
 def _knobs(ongoing: int, batch: int | None, replicas: int) -> dict[str, ModelKnobs]:
-    digits = ModelKnobs(max_ongoing_requests=ongoing, max_batch_size=batch,
-                        batch_wait_timeout_s=0.01 if batch else None, replicas=replicas)
+    digits = ModelKnobs(
+        max_ongoing_requests=ongoing,
+        max_batch_size=batch,
+        batch_wait_timeout_s=0.01 if batch else None,
+        replicas=replicas,
+    )
     return {"digits": digits, "fraud": ModelKnobs(max_ongoing_requests=8, replicas=1)}
 
 
 def _sweep(*points: tuple[int, float, float]) -> list[StageResult]:
-    return [StageResult(users=u, start_s=i * 10, end_s=i * 10 + 10, requests=int(rps * 10), rps=rps, p95_ms=p95)
-            for i, (u, rps, p95) in enumerate(points)]
+    return [
+        StageResult(users=u, start_s=i * 10, end_s=i * 10 + 10, requests=int(rps * 10), rps=rps, p95_ms=p95)
+        for i, (u, rps, p95) in enumerate(points)
+    ]
 
 
 def tune_record() -> TuneRecord:
     trials = [
-        Trial(number=0, knobs=_knobs(5, None, 1), baseline=True,
-              stages=_sweep((4, 80, 20), (8, 110, 45), (16, 120, 95)), best_rps=110, best_p95_ms=45, best_users=8),
+        Trial(
+            number=0,
+            knobs=_knobs(5, None, 1),
+            baseline=True,
+            stages=_sweep((4, 80, 20), (8, 110, 45), (16, 120, 95)),
+            best_rps=110,
+            best_p95_ms=45,
+            best_users=8,
+        ),
         Trial(number=1, knobs=_knobs(16, 32, 4), error="deployment failed: replicas did not start <in 60 s>"),
-        Trial(number=2, knobs=_knobs(16, 16, 2),
-              stages=_sweep((4, 90, 12), (8, 170, 21), (16, 260, 38), (32, 290, 80)), best_rps=260, best_p95_ms=38, best_users=16),
-        Trial(number=3, knobs=_knobs(8, 8, 2),
-              stages=_sweep((4, 85, 15), (8, 150, 30), (16, 200, 62)), best_rps=150, best_p95_ms=30, best_users=8),
+        Trial(
+            number=2,
+            knobs=_knobs(16, 16, 2),
+            stages=_sweep((4, 90, 12), (8, 170, 21), (16, 260, 38), (32, 290, 80)),
+            best_rps=260,
+            best_p95_ms=38,
+            best_users=16,
+        ),
+        Trial(
+            number=3,
+            knobs=_knobs(8, 8, 2),
+            stages=_sweep((4, 85, 15), (8, 150, 30), (16, 200, 62)),
+            best_rps=150,
+            best_p95_ms=30,
+            best_users=8,
+        ),
     ]
     return TuneRecord(
-        app="fleet", slo_p95_ms=50.0, max_trials=8, trials=trials, best=2,
-        stopped_because="two trials in a row gained less than 5%", tuned_spec="fleet.tuned.yaml",
+        app="fleet",
+        slo_p95_ms=50.0,
+        max_trials=8,
+        trials=trials,
+        best=2,
+        stopped_because="two trials in a row gained less than 5%",
+        tuned_spec="fleet.tuned.yaml",
         summary="digits with 2 replicas and batches of 16 serves 260 requests/s within p95 50 ms, 2.4x the spec's 110.",
     )
 
 
 def all_failed_tune() -> TuneRecord:
-    trials = [Trial(number=n, knobs=_knobs(4, None, 1), baseline=n == 0, error=f"trial {n} did not deploy") for n in range(2)]
+    trials = [
+        Trial(number=n, knobs=_knobs(4, None, 1), baseline=n == 0, error=f"trial {n} did not deploy") for n in range(2)
+    ]
     return TuneRecord(app="fleet", slo_p95_ms=50.0, max_trials=2, trials=trials, stopped_because="max trials reached")
 
 
@@ -178,14 +240,22 @@ def pages(tmp_path_factory) -> dict[str, tuple[Path, dict[str, str]]]:
     return {
         "run": (write_run_report(full_run(), root / "run"), full),
         "bare": (write_run_report(bare_url_run(), root / "bare"), full | {"plot-replicas": "note"}),
-        "empty-run": (write_run_report(empty_run(), root / "empty-run"),
-                      {"plot-throughput": "svg", "plot-latency": "svg", "plot-replicas": "note", "plot-cpu": "svg"}),
-        "tune": (write_tune_report(tune_record(), root / "tune", best_run=full_run()),
-                 {"plot-tradeoff": "scatter", "plot-trials": "bar"} | {f"best-{plot}": "scatter" for plot in RUN_PLOTS}),
-        "empty-tune": (write_tune_report(TuneRecord(app="fleet", slo_p95_ms=50.0, max_trials=4), root / "empty-tune"),
-                       {"plot-tradeoff": "svg", "plot-trials": "svg"}),
-        "failed-tune": (write_tune_report(all_failed_tune(), root / "failed-tune"),
-                        {"plot-tradeoff": "svg", "plot-trials": "scatter"}),
+        "empty-run": (
+            write_run_report(empty_run(), root / "empty-run"),
+            {"plot-throughput": "svg", "plot-latency": "svg", "plot-replicas": "note", "plot-cpu": "svg"},
+        ),
+        "tune": (
+            write_tune_report(tune_record(), root / "tune", best_run=full_run()),
+            {"plot-tradeoff": "scatter", "plot-trials": "bar"} | {f"best-{plot}": "scatter" for plot in RUN_PLOTS},
+        ),
+        "empty-tune": (
+            write_tune_report(TuneRecord(app="fleet", slo_p95_ms=50.0, max_trials=4), root / "empty-tune"),
+            {"plot-tradeoff": "svg", "plot-trials": "svg"},
+        ),
+        "failed-tune": (
+            write_tune_report(all_failed_tune(), root / "failed-tune"),
+            {"plot-tradeoff": "svg", "plot-trials": "scatter"},
+        ),
     }
 
 

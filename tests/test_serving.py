@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import Fleet
+from tests.helpers import Fleet
 
 
 def _v2(client, model: str, inputs: list[dict], **extra) -> dict:
@@ -21,7 +21,11 @@ def test_digits_held_out_accuracy_over_v2(client) -> None:
     predicted = []
     for start in range(0, len(x_test), 50):  # several requests, several rows each
         rows = x_test[start : start + 50].astype(np.float32)
-        body = _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}])
+        body = _v2(
+            client,
+            "digits",
+            [{"name": "pixels", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}],
+        )
         (out,) = body["outputs"]
         assert out["name"] == "probabilities" and out["datatype"] == "FP32" and out["shape"] == [len(rows), 10]
         probs = np.asarray(out["data"]).reshape(out["shape"])
@@ -38,14 +42,16 @@ def test_digits_v1_agrees_with_v2(client) -> None:
     rows = x_test[:8].astype(np.float32)
     v1 = client.post("/v1/models/digits:predict", json={"instances": rows.tolist()})
     assert v1.status_code == 200, v1.text
-    v2 = _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": [8, 64], "data": rows.ravel().tolist()}])
-    assert np.allclose(np.asarray(v1.json()["predictions"]), np.asarray(v2["outputs"][0]["data"]).reshape(8, 10), atol=1e-6)
+    v2 = _v2(
+        client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": [8, 64], "data": rows.ravel().tolist()}]
+    )
+    assert np.allclose(
+        np.asarray(v1.json()["predictions"]), np.asarray(v2["outputs"][0]["data"]).reshape(8, 10), atol=1e-6
+    )
 
 
-def test_embeddings_equal_in_process_encode(client, fleet: Fleet) -> None:
-    import os
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
+def test_embeddings_equal_in_process_encode(client, fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the weights are local; never reach for a hub
     from sentence_transformers import SentenceTransformer
 
     from examples.embeddings.prepare import MODEL_DIR
@@ -84,15 +90,18 @@ def test_every_datatype_round_trips(client) -> None:
 
 
 def test_requested_outputs_subset(client) -> None:
-    inputs = [{"name": f"in_{t.lower()}", "datatype": t, "shape": [1, 1], "data": [v]}
-              for t, v in (("FP32", 1.0), ("FP64", 1.0), ("INT32", 1), ("INT64", 1), ("BOOL", True), ("BYTES", "x"))]
+    inputs = [
+        {"name": f"in_{t.lower()}", "datatype": t, "shape": [1, 1], "data": [v]}
+        for t, v in (("FP32", 1.0), ("FP64", 1.0), ("INT32", 1), ("INT64", 1), ("BOOL", True), ("BYTES", "x"))
+    ]
     body = _v2(client, "types", inputs, outputs=[{"name": "out_bytes"}])
     assert [o["name"] for o in body["outputs"]] == ["out_bytes"]
 
 
 def test_versioned_route_and_metadata(client) -> None:
     response = client.post(
-        "/v2/models/echo/versions/1/infer", json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+        "/v2/models/echo/versions/1/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]},
     )
     assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0]
     meta = client.get("/v2/models/digits").json()
@@ -120,8 +129,9 @@ def test_docs_and_openapi(client) -> None:
 def test_metrics_count_requests(client) -> None:
     def served() -> float:
         text = client.get("/metrics").text
-        line = [l for l in text.splitlines() if l.startswith('modelfleet_requests_total{model="echo",protocol="v1",status="200"}')]
-        return float(line[0].split()[-1]) if line else 0.0
+        series = 'modelfleet_requests_total{model="echo",protocol="v1",status="200"}'
+        found = [line for line in text.splitlines() if line.startswith(series)]
+        return float(found[0].split()[-1]) if found else 0.0
 
     before = served()
     for _ in range(3):
@@ -134,7 +144,7 @@ def _digits_in_process(rows: np.ndarray) -> np.ndarray:
     from safetensors.torch import load_file
 
     from examples.digits.model import DigitsNet
-    from tests.conftest import FLEET_SPEC
+    from tests.helpers import FLEET_SPEC
 
     net = DigitsNet()
     net.load_state_dict(load_file(FLEET_SPEC.parent / "digits/artifacts/digits/1/model.safetensors"))
@@ -156,7 +166,11 @@ def test_batched_model_answers_each_caller_its_own_rows(client, rows: int) -> No
 
     def call(offset: int) -> tuple[int, np.ndarray]:
         chunk = x_test[offset : offset + rows]
-        body = _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": list(chunk.shape), "data": chunk.ravel().tolist()}])
+        body = _v2(
+            client,
+            "digits",
+            [{"name": "pixels", "datatype": "FP32", "shape": list(chunk.shape), "data": chunk.ravel().tolist()}],
+        )
         return offset, np.asarray(body["outputs"][0]["data"]).reshape(rows, 10)
 
     with ThreadPoolExecutor(callers) as pool:
@@ -196,7 +210,7 @@ def test_a_full_queue_is_a_503_with_retry_after_never_a_hang(fleet: Fleet) -> No
 
 
 def test_a_model_past_the_deadline_is_a_503_not_a_hang(client) -> None:
-    from tests.conftest import REQUEST_TIMEOUT_S
+    from tests.helpers import REQUEST_TIMEOUT_S
 
     heavy = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [100.0]}]}  # SlowNet: 8 s
     response = client.post("/v2/models/slow/infer", json=heavy)
@@ -208,14 +222,25 @@ def test_pool_and_accelerator_become_ray_resources() -> None:
     from serve_apps.build import deployment_options
     from serve_apps.spec import ModelSpec
 
-    spec = ModelSpec.model_validate({
-        "name": "m", "format": "builtin", "module": "echo",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
-        "resources": {"pool": "gpu", "num_gpus": 0.5, "accelerator_type": "L4", "memory_mb": 512},
-        "max_queued_requests": 10,
-    })
+    spec = ModelSpec.model_validate(
+        {
+            "name": "m",
+            "format": "builtin",
+            "module": "echo",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+            "resources": {"pool": "gpu", "num_gpus": 0.5, "accelerator_type": "L4", "memory_mb": 512},
+            "max_queued_requests": 10,
+        }
+    )
     actor = deployment_options(spec)["ray_actor_options"]
-    assert actor == {"num_cpus": 1.0, "num_gpus": 0.5, "accelerator_type": "L4", "resources": {"pool:gpu": 0.001}, "memory": 512 * 2**20}
+    assert actor == {
+        "num_cpus": 1.0,
+        "num_gpus": 0.5,
+        "accelerator_type": "L4",
+        "resources": {"pool:gpu": 0.001},
+        "memory": 512 * 2**20,
+    }
     assert deployment_options(spec)["max_queued_requests"] == 10
     on_cpu = deployment_options(spec, gpus_in_cluster=0)["ray_actor_options"]
     assert "num_gpus" not in on_cpu and "accelerator_type" not in on_cpu and on_cpu["resources"] == {"pool:gpu": 0.001}
@@ -244,7 +269,11 @@ def test_batch_sizes_are_observable_and_show_callers_sharing_batches(client) -> 
 
     def call(rows: int) -> None:
         chunk = x_test[:rows].astype(np.float32)
-        _v2(client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": list(chunk.shape), "data": chunk.ravel().tolist()}])
+        _v2(
+            client,
+            "digits",
+            [{"name": "pixels", "datatype": "FP32", "shape": list(chunk.shape), "data": chunk.ravel().tolist()}],
+        )
 
     count0, sum0 = _batch_rows(client, "digits")
     call(7)

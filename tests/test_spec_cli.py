@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from modelfleet.cli import app
 from serve_apps.spec import AppSpec
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,22 +42,49 @@ BAD_SPECS = [
     ("unknown-model-key", _spec(replicas=3), "models[0:echo].replicas: unknown key"),
     ("missing-models", yaml.safe_dump({"name": "app"}), "models: required field is missing"),
     ("wrong-type", _spec(max_ongoing_requests="many"), "models[0:echo].max_ongoing_requests"),
-    ("min-gt-max", _spec(autoscaling={"min_replicas": 3, "max_replicas": 1}), "min_replicas (3) is greater than max_replicas (1)"),
+    (
+        "min-gt-max",
+        _spec(autoscaling={"min_replicas": 3, "max_replicas": 1}),
+        "min_replicas (3) is greater than max_replicas (1)",
+    ),
     ("unknown-format", _spec(format="onnx"), "models[0:echo].format: got 'onnx'; expected one of"),
     ("pickle-refused", _spec(format="pickle", artifact={"uri": "m.pkl"}), "safetensors.torch.save_file"),
     ("unknown-scheme", _spec(format="torchscript", artifact={"uri": "ftp://host/m.pt"}), "unknown scheme 'ftp'"),
     ("artifact-required", _spec(format="torchscript"), "needs an artifact"),
     # No file to pin: the case is about the missing file, so it opts out of the pin.
-    ("artifact-missing", _spec(format="torchscript", artifact={"uri": "nowhere/model.pt", "allow_unpinned_code": True}),
-     "does not exist"),
-    ("bad-sha", _spec(format="torchscript", artifact={"uri": "m.pt", "sha256": "abc"}), "models[0:echo].artifact.sha256"),
-    ("bad-shape", _spec(inputs=[{"name": "x", "datatype": "FP32", "shape": [0, 3]}]), "models[0:echo].inputs[0:x].shape: dimensions must be positive"),
-    ("bad-datatype", _spec(inputs=[{"name": "x", "datatype": "FLOAT", "shape": [-1]}]), "inputs[0:x].datatype: got 'FLOAT'"),
+    (
+        "artifact-missing",
+        _spec(format="torchscript", artifact={"uri": "nowhere/model.pt", "allow_unpinned_code": True}),
+        "does not exist",
+    ),
+    (
+        "bad-sha",
+        _spec(format="torchscript", artifact={"uri": "m.pt", "sha256": "abc"}),
+        "models[0:echo].artifact.sha256",
+    ),
+    (
+        "bad-shape",
+        _spec(inputs=[{"name": "x", "datatype": "FP32", "shape": [0, 3]}]),
+        "models[0:echo].inputs[0:x].shape: dimensions must be positive",
+    ),
+    (
+        "bad-datatype",
+        _spec(inputs=[{"name": "x", "datatype": "FLOAT", "shape": [-1]}]),
+        "inputs[0:x].datatype: got 'FLOAT'",
+    ),
     ("bad-name", _spec(name="Digits!"), "models[0:Digits!].name: got 'Digits!'; names use lowercase"),
-    ("module-malformed", _spec(format="safetensors", module="not a module", artifact={"uri": "m.safetensors"}), "package.module:Class"),
+    (
+        "module-malformed",
+        _spec(format="safetensors", module="not a module", artifact={"uri": "m.safetensors"}),
+        "package.module:Class",
+    ),
     ("dup-models", yaml.safe_dump({"name": "app", "models": [GOOD_MODEL, GOOD_MODEL]}), "model names must be unique"),
     ("negative-cpus", _spec(resources={"num_cpus": -1}), "models[0:echo].resources.num_cpus"),
-    ("accelerator-without-gpu", _spec(resources={"accelerator_type": "T4"}), "accelerator_type 'T4' needs num_gpus > 0"),
+    (
+        "accelerator-without-gpu",
+        _spec(resources={"accelerator_type": "T4"}),
+        "accelerator_type 'T4' needs num_gpus > 0",
+    ),
     ("bad-pool-name", _spec(resources={"pool": "GPU pool"}), "models[0:echo].resources.pool"),
     ("bad-queue", _spec(max_queued_requests=-5), "models[0:echo].max_queued_requests"),
 ]
@@ -74,7 +102,9 @@ def test_bad_spec_exits_2_with_one_clear_line(tmp_path: Path, text: str, expecte
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("fmt,program", [("torchscript", "a TorchScript program"), ("torch_export", "an exported program")])
+@pytest.mark.parametrize(
+    "fmt,program", [("torchscript", "a TorchScript program"), ("torch_export", "an exported program")]
+)
 def test_formats_carrying_code_need_a_pin_or_an_explicit_opt_out(tmp_path: Path, fmt: str, program: str) -> None:
     artifact = tmp_path / "model.bin"
     artifact.write_bytes(b"stands in for the model")
@@ -84,7 +114,9 @@ def test_formats_carrying_code_need_a_pin_or_an_explicit_opt_out(tmp_path: Path,
     assert result.exit_code == 2, result.output
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert f"{path}: models[0:echo]: format '{fmt}' carries code ({program} can call any ATen op" in line, line
-    assert "aten::from_file" in line and "`sha256sum model.bin`" in line and "artifact.allow_unpinned_code: true" in line
+    assert (
+        "aten::from_file" in line and "`sha256sum model.bin`" in line and "artifact.allow_unpinned_code: true" in line
+    )
 
     pin = hashlib.sha256(artifact.read_bytes()).hexdigest()
     for fixed in ({"uri": "model.bin", "sha256": pin}, {"uri": "model.bin", "allow_unpinned_code": True}):
@@ -130,7 +162,13 @@ def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["examples/fleet.yaml", "examples/digits/app.yaml", "examples/embeddings/app.yaml", "examples/echo/app.yaml", "examples/fraud/app.yaml"],
+    [
+        "examples/fleet.yaml",
+        "examples/digits/app.yaml",
+        "examples/embeddings/app.yaml",
+        "examples/echo/app.yaml",
+        "examples/fraud/app.yaml",
+    ],
 )
 def test_examples_validate(spec: str) -> None:
     result = CliRunner().invoke(app, ["validate", str(ROOT / spec)])
@@ -179,3 +217,35 @@ def test_batching_leaves_room_for_a_full_batch_unless_told_otherwise() -> None:
     batched["models"][0]["max_ongoing_requests"] = 8  # the user's explicit choice stands
     assert AppSpec.model_validate(batched).models[0].max_ongoing_requests == 8
     assert AppSpec.model_validate(yaml.safe_load(_spec())).models[0].max_ongoing_requests == 16
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            ["cluster", "render", "examples/clusters/aws.yaml", "--provider", "mars"],
+            "'--provider': 'mars' is not one of",
+        ),
+        (["loadtest", "examples/echo/app.yaml", "--protocol", "v3"], "'--protocol': 'v3' is not one of 'v2', 'v1'"),
+        (["run", "examples/echo/app.yaml", "--port", "eighty"], "Invalid value for '--port'"),
+        (["deploy", "examples/echo/app.yaml"], "Missing option '--address'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], says: str) -> None:
+    """As a bad spec: one line saying what and where, exit 2 (not click's usage box, and no traceback)."""
+    result = run_cli(*args, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and says in lines[0], result.stderr
+
+
+def test_choices_are_listed_in_help() -> None:
+    result = run_cli("loadtest", "--help", timeout=60)
+    assert result.returncode == 0 and "constant|ramp|step|spike" in result.stdout and "v2|v1" in result.stdout
+
+
+def test_version_is_the_distributions() -> None:
+    from importlib.metadata import version
+
+    result = run_cli("--version", timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"modelfleet {version('modelfleet')}"

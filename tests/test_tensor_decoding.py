@@ -17,7 +17,9 @@ from serve_apps.tensors import RequestError, check_inputs, decode_v1, decode_v2
 
 def _model(datatype: str, shape: list[int]) -> ModelSpec:
     return ModelSpec(
-        name="m", format="builtin", module="echo",
+        name="m",
+        format="builtin",
+        module="echo",
         inputs=[{"name": "x", "datatype": datatype, "shape": shape}],
         outputs=[{"name": "y", "datatype": datatype, "shape": shape}],
     )
@@ -72,22 +74,25 @@ def test_v1_decoding_costs_a_small_multiple_of_the_body() -> None:
     assert whole < PARSE_AND_DECODE_BOUND * len(body), whole
 
 
-@pytest.mark.parametrize(("data", "datatype", "shape", "message"), [
-    ([1, "2"], "FP32", [-1], "cannot hold strings"),
-    (["1.5"], "FP64", [-1], "cannot hold strings"),
-    ([True, 1], "INT32", [-1], "cannot hold booleans"),
-    ([1.5], "INT64", [-1], "cannot hold floats"),
-    ([1, 2], "BYTES", [-1], "cannot hold integers"),
-    ([1, None], "FP32", [-1], "cannot hold null"),
-    ([[1, 2], [3]], "FP32", [-1, -1], "not a rectangular array"),
-    ([[1, 2], [3, [4]]], "FP32", [-1, -1], "not a rectangular array"),
-    ([{"a": 1}], "FP32", [-1], "cannot hold objects"),
-    ([2**31], "INT32", [-1], "must lie in"),
-    ([2**63], "INT64", [-1], "must lie in"),
-    ([-(2**70)], "INT64", [-1], "must lie in"),
-    ([10**400], "FP64", [-1], "finite"),
-    ([1e39], "FP32", [-1], "finite"),
-])
+@pytest.mark.parametrize(
+    ("data", "datatype", "shape", "message"),
+    [
+        ([1, "2"], "FP32", [-1], "cannot hold strings"),
+        (["1.5"], "FP64", [-1], "cannot hold strings"),
+        ([True, 1], "INT32", [-1], "cannot hold booleans"),
+        ([1.5], "INT64", [-1], "cannot hold floats"),
+        ([1, 2], "BYTES", [-1], "cannot hold integers"),
+        ([1, None], "FP32", [-1], "cannot hold null"),
+        ([[1, 2], [3]], "FP32", [-1, -1], "not a rectangular array"),
+        ([[1, 2], [3, [4]]], "FP32", [-1, -1], "not a rectangular array"),
+        ([{"a": 1}], "FP32", [-1], "cannot hold objects"),
+        ([2**31], "INT32", [-1], "must lie in"),
+        ([2**63], "INT64", [-1], "must lie in"),
+        ([-(2**70)], "INT64", [-1], "must lie in"),
+        ([10**400], "FP64", [-1], "finite"),
+        ([1e39], "FP32", [-1], "finite"),
+    ],
+)
 def test_wrong_values_are_422_naming_the_problem(data: list, datatype: str, shape: list[int], message: str) -> None:
     model = _model(datatype, shape)
     with pytest.raises(RequestError) as caught:
@@ -111,14 +116,17 @@ def test_request_ids_that_would_reach_headers_or_logs_raw_are_422(request_id: st
     assert caught.value.status == 422 and '"id"' in str(caught.value)
 
 
-@pytest.mark.parametrize(("datatype", "data", "dtype"), [
-    ("FP32", [[1, 2.5], [3, 4]], np.float32),
-    ("FP64", [1, 2.5], np.float64),
-    ("INT32", [-(2**31), 2**31 - 1], np.int32),
-    ("INT64", [2**63 - 1, -(2**63)], np.int64),
-    ("BOOL", [True, False], np.bool_),
-    ("BYTES", ["a", "é", ""], object),
-])
+@pytest.mark.parametrize(
+    ("datatype", "data", "dtype"),
+    [
+        ("FP32", [[1, 2.5], [3, 4]], np.float32),
+        ("FP64", [1, 2.5], np.float64),
+        ("INT32", [-(2**31), 2**31 - 1], np.int32),
+        ("INT64", [2**63 - 1, -(2**63)], np.int64),
+        ("BOOL", [True, False], np.bool_),
+        ("BYTES", ["a", "é", ""], object),
+    ],
+)
 def test_good_values_decode_to_the_declared_dtype(datatype: str, data: list, dtype) -> None:
     shape = [-1, 2] if isinstance(data[0], list) else [-1]
     decoded = decode_v1({"instances": data}, _model(datatype, shape))["x"]

@@ -1,6 +1,6 @@
 """Train DigitsNet on the bundled digits (seeded, CPU, seconds) and save safetensors weights.
 
-    python -m examples.digits.train [--out PATH] [--force]
+python -m examples.digits.train [--out PATH] [--force]
 """
 
 from __future__ import annotations

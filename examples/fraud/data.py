@@ -16,9 +16,15 @@ __all__ = ["CATEGORIES", "FEATURE_NAMES", "INPUTS", "MERCHANTS", "generate"]
 CATEGORIES = ["grocery", "fuel", "restaurant", "travel", "electronics", "online", "jewelry", "atm"]
 _RISKY = {"electronics": 0.8, "online": 0.7, "jewelry": 1.0, "atm": 0.5}
 FEATURE_NAMES = [
-    "log_amount", "night", "hour_sin", "hour_cos",
+    "log_amount",
+    "night",
+    "hour_sin",
+    "hour_cos",
     *(f"category={c}" for c in CATEGORIES),
-    "log_distance", "txn_24h", "card_present", "foreign",
+    "log_distance",
+    "txn_24h",
+    "card_present",
+    "foreign",
 ]
 # The raw fields a transaction carries: the request of the `fraud` pipeline and of each merchant model.
 INPUTS = ["amount", "hour", "category", "distance_km", "txn_24h", "card_present", "foreign"]
@@ -47,18 +53,27 @@ def generate(n: int, seed: int = 0, merchant: str | None = None) -> tuple[dict[s
     night = hour < 6
     risky = np.array([_RISKY.get(c, 0.0) for c in CATEGORIES])[category]
     logit = (
-        -4.6 + shift
+        -4.6
+        + shift
         + amount_sensitivity * np.log(amount / 50.0)
-        + 1.1 * night + risky
+        + 1.1 * night
+        + risky
         + 0.5 * np.log1p(distance / 10.0)
         + 0.35 * (txn_24h - 2)
-        - 1.0 * card_present + 1.3 * foreign
-        + 1.8 * (night & foreign) + 1.2 * (~card_present & (txn_24h >= 5))
+        - 1.0 * card_present
+        + 1.3 * foreign
+        + 1.8 * (night & foreign)
+        + 1.2 * (~card_present & (txn_24h >= 5))
     )
     fraud = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
     inputs = {
-        "amount": amount, "hour": hour, "category": category, "distance_km": distance,
-        "txn_24h": txn_24h, "card_present": card_present, "foreign": foreign,
+        "amount": amount,
+        "hour": hour,
+        "category": category,
+        "distance_km": distance,
+        "txn_24h": txn_24h,
+        "card_present": card_present,
+        "foreign": foreign,
     }
     return inputs, fraud.astype(np.int64)
 

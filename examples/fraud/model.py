@@ -37,8 +37,14 @@ class Featurizer(nn.Module):
         onehot = nn.functional.one_hot(category.clamp(0, len(CATEGORIES) - 1), len(CATEGORIES)).float() * known[:, None]
         return torch.cat(
             [
-                scaled[:, :1], ((hour % 24) < 6).float()[:, None], torch.sin(angle)[:, None], torch.cos(angle)[:, None],
-                onehot, scaled[:, 1:], card_present.float()[:, None], foreign.float()[:, None],
+                scaled[:, :1],
+                ((hour % 24) < 6).float()[:, None],
+                torch.sin(angle)[:, None],
+                torch.cos(angle)[:, None],
+                onehot,
+                scaled[:, 1:],
+                card_present.float()[:, None],
+                foreign.float()[:, None],
             ],
             1,
         )

@@ -26,7 +26,9 @@ def _columns(inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
     return [torch.from_numpy(inputs[name]) for name in INPUTS]
 
 
-def _fit(logits, params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int | None = None, seed: int = 0) -> None:
+def _fit(
+    logits, params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int | None = None, seed: int = 0
+) -> None:
     """Minimise binary cross-entropy of `logits(x)` against y with Adam (full batch, or minibatches of `batch`)."""
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -99,7 +101,9 @@ def train_merchant(merchant: str, featurizer: Featurizer, seed: int = 0) -> tupl
 
 def artifact_paths(out: Path) -> list[Path]:
     parts = ["featurizer", "scorer_mlp", "scorer_lr", "ensemble"]
-    return [out / p / "1" / "model.safetensors" for p in parts] + [out / "merchants" / m / "model.safetensors" for m in MERCHANTS]
+    return [out / p / "1" / "model.safetensors" for p in parts] + [
+        out / "merchants" / m / "model.safetensors" for m in MERCHANTS
+    ]
 
 
 def ensure_trained(out: Path = DEFAULT_OUT, force: bool = False) -> Path:
@@ -112,14 +116,19 @@ def ensure_trained(out: Path = DEFAULT_OUT, force: bool = False) -> Path:
     if metrics["auc_ensemble"] < MIN_AUC:
         raise SystemExit(f"ensemble AUC {metrics['auc_ensemble']:.3f} is below {MIN_AUC}; not saving")
     for name, model in models.items():
-        save_weights({"stack": model} if isinstance(model, torch.Tensor) else model, out / name / "1" / "model.safetensors")
+        save_weights(
+            {"stack": model} if isinstance(model, torch.Tensor) else model, out / name / "1" / "model.safetensors"
+        )
     merchant_aucs = {}
     for merchant in MERCHANTS:
         model, merchant_aucs[merchant] = train_merchant(merchant, models["featurizer"])
         save_weights(model, out / "merchants" / merchant / "model.safetensors")
     metrics["auc_merchants_median"] = float(np.median(list(merchant_aucs.values())))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"wrote {len(artifact_paths(out))} models under {out} (merchant AUC median {metrics['auc_merchants_median']:.3f})")
+    print(
+        f"wrote {len(artifact_paths(out))} models under {out} (merchant AUC median "
+        f"{metrics['auc_merchants_median']:.3f})"
+    )
     return out
 
 

@@ -76,7 +76,11 @@ class Catalog:
         found = self.instance_types.get(name)
         if found is None:
             close = difflib.get_close_matches(name, list(self.instance_types), n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"known types include {', '.join(list(self.instance_types)[:6])}, ..."
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else f"known types include {', '.join(list(self.instance_types)[:6])}, ..."
+            )
             raise CatalogError(f"{self.provider} has no instance type {name!r}; {hint}", "instance_type")
         return found
 
@@ -84,26 +88,44 @@ class Catalog:
         if accelerator not in self.accelerators:
             close = difflib.get_close_matches(accelerator, self.accelerators, n=2, cutoff=0.4)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise CatalogError(f"{self.provider} offers no {accelerator!r} GPUs; {hint}it has {', '.join(self.accelerators)}", "accelerator")
+            raise CatalogError(
+                f"{self.provider} offers no {accelerator!r} GPUs; {hint}it has {', '.join(self.accelerators)}",
+                "accelerator",
+            )
 
     def check_spot(self, instance: InstanceType) -> None:
         if not self.spot:
             raise CatalogError(f"{self.provider} has no spot capacity; set spot: false", "spot")
         if not instance.spot:
-            raise CatalogError(f"{self.provider} does not sell {instance.name} as spot capacity; set spot: false or pick another type", "spot")
+            raise CatalogError(
+                f"{self.provider} does not sell {instance.name} as spot capacity; set spot: false or pick another type",
+                "spot",
+            )
 
-    def smallest(self, cpus: int = 0, memory_gb: float = 0, gpus: int = 0, accelerator: str | None = None) -> InstanceType:
+    def smallest(
+        self, cpus: int = 0, memory_gb: float = 0, gpus: int = 0, accelerator: str | None = None
+    ) -> InstanceType:
         """The cheapest-looking type (fewest GPUs, vCPUs, then memory) that meets the request."""
         if accelerator:
             self.check_accelerator(accelerator)
         fits = [
-            t for t in self.instance_types.values()
-            if t.vcpus >= cpus and t.memory_gb >= memory_gb and t.gpus >= gpus
-            and (accelerator is None or t.accelerator == accelerator) and (gpus > 0 or t.gpus == 0)
+            t
+            for t in self.instance_types.values()
+            if t.vcpus >= cpus
+            and t.memory_gb >= memory_gb
+            and t.gpus >= gpus
+            and (accelerator is None or t.accelerator == accelerator)
+            and (gpus > 0 or t.gpus == 0)
         ]
         if not fits:
-            want = ", ".join(f"{k}={v}" for k, v in (("cpus", cpus), ("memory_gb", memory_gb), ("gpus", gpus), ("accelerator", accelerator)) if v)
-            raise CatalogError(f"no {self.provider} instance type has {want}; ask for less or name an instance_type", "cpus")
+            want = ", ".join(
+                f"{k}={v}"
+                for k, v in (("cpus", cpus), ("memory_gb", memory_gb), ("gpus", gpus), ("accelerator", accelerator))
+                if v
+            )
+            raise CatalogError(
+                f"no {self.provider} instance type has {want}; ask for less or name an instance_type", "cpus"
+            )
         return min(fits, key=lambda t: (t.gpus, t.vcpus, t.memory_gb, t.name))
 
 
@@ -115,7 +137,9 @@ def clouds() -> list[str]:
 def catalog(provider: str) -> Catalog:
     path = CATALOGS / f"{provider}.yaml"
     if not path.exists():
-        raise CatalogError(f"no instance catalog for {provider!r}; catalogs exist for {', '.join(clouds())}", "instance_type")
+        raise CatalogError(
+            f"no instance catalog for {provider!r}; catalogs exist for {', '.join(clouds())}", "instance_type"
+        )
     data = yaml.safe_load(path.read_text())
     types = {name: InstanceType(name=name, **fields) for name, fields in data["instance_types"].items()}
     return Catalog(

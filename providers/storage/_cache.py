@@ -73,19 +73,23 @@ def _private_root(root: Path) -> Path:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise StorageError(str(root), f"cannot create the cache folder ({exc}); set MODELFLEET_CACHE_DIR to a folder of yours") from None
+        raise StorageError(
+            str(root), f"cannot create the cache folder ({exc}); set MODELFLEET_CACHE_DIR to a folder of yours"
+        ) from None
     st = root.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeCacheDir(str(root), "the cache path is not a folder; set MODELFLEET_CACHE_DIR to a folder")
     if st.st_uid != os.getuid():
         raise UnsafeCacheDir(
-            str(root), f"the cache folder belongs to uid {st.st_uid}, not to you (uid {os.getuid()}), so its entries "
-            f"can't be trusted; chown -R {os.getuid()} {root}, or set MODELFLEET_CACHE_DIR to a folder of your own"
+            str(root),
+            f"the cache folder belongs to uid {st.st_uid}, not to you (uid {os.getuid()}), so its entries "
+            f"can't be trusted; chown -R {os.getuid()} {root}, or set MODELFLEET_CACHE_DIR to a folder of your own",
         )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafeCacheDir(
-            str(root), f"the cache folder has mode {stat.S_IMODE(st.st_mode):o}, so other users can plant entries "
-            f"in it; chmod 700 {root}"
+            str(root),
+            f"the cache folder has mode {stat.S_IMODE(st.st_mode):o}, so other users can plant entries "
+            f"in it; chmod 700 {root}",
         )
     return root
 
@@ -114,7 +118,9 @@ def _file_sha256(path: Path) -> str:
 def directory_sha256(path: Path | str) -> str:
     """The sha256 to declare for a directory artifact (hash of its sorted file manifest)."""
     root = Path(path)
-    return _manifest_digest({file.relative_to(root).as_posix(): _file_sha256(file) for file in artifact_files(root, str(root))})
+    return _manifest_digest(
+        {file.relative_to(root).as_posix(): _file_sha256(file) for file in artifact_files(root, str(root))}
+    )
 
 
 class _Sink:
@@ -125,7 +131,9 @@ class _Sink:
     never stops sending cannot fill the disk.
     """
 
-    def __init__(self, path: Path, on_bytes: Callable[[int], None], *, uri: str, rel: str, declared: int | None, budget: int):
+    def __init__(
+        self, path: Path, on_bytes: Callable[[int], None], *, uri: str, rel: str, declared: int | None, budget: int
+    ):
         self.file = path.open("wb")
         self.digest = hashlib.sha256()
         self.size = 0
@@ -135,8 +143,9 @@ class _Sink:
     def write(self, chunk: bytes) -> int:
         if self.declared is not None and self.size + len(chunk) > self.declared:
             raise ArtifactTooLarge(
-                self.uri, f"{self.rel} sent more than the {self.declared} bytes it declared; "
-                "the object changed during the download or the server misbehaves; fetch it again"
+                self.uri,
+                f"{self.rel} sent more than the {self.declared} bytes it declared; "
+                "the object changed during the download or the server misbehaves; fetch it again",
             )
         if self.size + len(chunk) > self.budget:
             raise _over_cap(self.uri)
@@ -152,8 +161,9 @@ class _Sink:
 
 def _over_cap(uri: str) -> ArtifactTooLarge:
     return ArtifactTooLarge(
-        uri, f"the artifact is larger than MODELFLEET_MAX_ARTIFACT_MB ({_max_artifact_bytes() / MIB:g} MB); "
-        "raise that setting if an artifact this large is expected"
+        uri,
+        f"the artifact is larger than MODELFLEET_MAX_ARTIFACT_MB ({_max_artifact_bytes() / MIB:g} MB); "
+        "raise that setting if an artifact this large is expected",
     )
 
 
@@ -220,7 +230,9 @@ def fetch(
             if _intact(entry, sha256):
                 return _only_child(entry)
             corrupt = next(entry.iterdir(), entry) if entry.is_dir() else entry
-            log.warning("%s no longer hashes to sha256 %s (disk fault or tampering); downloading %s again", corrupt, sha256, uri)
+            log.warning(
+                "%s no longer hashes to sha256 %s (disk fault or tampering); downloading %s again", corrupt, sha256, uri
+            )
             with _lock(root, sha256):
                 if _intact(entry, sha256):  # another process replaced it while we hashed
                     return _only_child(entry)
@@ -231,8 +243,9 @@ def fetch(
         if corrupt is None or isinstance(exc, ChecksumMismatch):
             raise
         raise ChecksumMismatch(
-            uri, f"the cached copy {corrupt} no longer hashes to sha256 {sha256} and was removed, and downloading it "
-            f"again failed ({exc.__class__.__name__}: {exc}); restore access to the artifact and fetch again"
+            uri,
+            f"the cached copy {corrupt} no longer hashes to sha256 {sha256} and was removed, and downloading it "
+            f"again failed ({exc.__class__.__name__}: {exc}); restore access to the artifact and fetch again",
         ) from exc
 
 
@@ -272,8 +285,9 @@ def _fill(root: Path, uri: str, parsed: ParsedURI, sha256: str | None, progress:
                 actual = hashes[name]
             if sha256 and actual != sha256:
                 raise ChecksumMismatch(
-                    uri, f"expected sha256 {sha256} but the downloaded bytes hash to {actual}; "
-                    "re-publish the artifact or fix artifact.sha256"
+                    uri,
+                    f"expected sha256 {sha256} but the downloaded bytes hash to {actual}; "
+                    "re-publish the artifact or fix artifact.sha256",
                 )
             os.rename(folder, entry)
         finally:

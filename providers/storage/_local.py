@@ -20,7 +20,9 @@ def artifact_files(folder: Path, uri: str) -> list[Path]:
     for path in sorted(folder.rglob("*")):
         if path.is_symlink():
             raise SymlinkInArtifact(
-                uri, f"{path} is a symlink (to {os.readlink(path)}); replace it with a copy of its target (cp -L) or remove it"
+                uri,
+                f"{path} is a symlink (to {os.readlink(path)}); replace it with a copy of its target (cp -L) or remove "
+                "it",
             )
         if path.is_file():
             files.append(path)

@@ -37,7 +37,9 @@ def check_redirect(uri: str, start: httpx.URL, current: httpx.URL, target: httpx
     """Raise UnsafeRedirect unless following `current` -> `target` is safe for a fetch that began at `start`."""
 
     def refuse(why: str) -> UnsafeRedirect:
-        return UnsafeRedirect(uri, f"refusing the redirect to {target}: {why}; point the artifact URI at the final location")
+        return UnsafeRedirect(
+            uri, f"refusing the redirect to {target}: {why}; point the artifact URI at the final location"
+        )
 
     if target.scheme not in ("http", "https"):
         raise refuse(f"{target.scheme}:// is not HTTP")
@@ -52,4 +54,6 @@ def check_redirect(uri: str, start: httpx.URL, current: httpx.URL, target: httpx
     internal = sorted({info[4][0] for info in infos if _internal(info[4][0])})
     if internal:
         own = f"{start.scheme}://{start.netloc.decode('ascii')}"
-        raise refuse(f"{target.host} is an internal address ({', '.join(internal)}) outside the artifact's origin {own}")
+        raise refuse(
+            f"{target.host} is an internal address ({', '.join(internal)}) outside the artifact's origin {own}"
+        )

@@ -21,8 +21,9 @@ def _translate(uri: ParsedURI, exc: Exception) -> StorageError:
     if isinstance(exc, azexc.ClientAuthenticationError) or getattr(exc, "status_code", None) == 403:
         return AccessDenied(str(uri), "access denied; check AZURE_STORAGE_CONNECTION_STRING (account key or SAS)")
     return StorageUnavailable(
-        str(uri), f"cannot reach Azure Blob ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-        "check the endpoint in AZURE_STORAGE_CONNECTION_STRING and the network"
+        str(uri),
+        f"cannot reach Azure Blob ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        "check the endpoint in AZURE_STORAGE_CONNECTION_STRING and the network",
     )
 
 
@@ -31,7 +32,9 @@ class Provider:
     def service(self) -> BlobServiceClient:
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         if not conn:
-            raise AccessDenied("az://", "set AZURE_STORAGE_CONNECTION_STRING to the storage account's connection string")
+            raise AccessDenied(
+                "az://", "set AZURE_STORAGE_CONNECTION_STRING to the storage account's connection string"
+            )
         return BlobServiceClient.from_connection_string(conn, retry_total=1, connection_timeout=5)
 
     def _blob(self, uri: ParsedURI):
@@ -52,7 +55,7 @@ class Provider:
             blobs = list(self.service.get_container_client(uri.bucket).list_blobs(name_starts_with=uri.key))
         except azexc.AzureError as exc:
             raise _translate(uri, exc) from None
-        found = [(b.name[len(uri.key):], ObjectInfo(b.size, str(b.etag))) for b in blobs if not b.name.endswith("/")]
+        found = [(b.name[len(uri.key) :], ObjectInfo(b.size, str(b.etag))) for b in blobs if not b.name.endswith("/")]
         if not found:
             raise ArtifactNotFound(str(uri), "no blobs under this prefix; check the container and prefix")
         return found

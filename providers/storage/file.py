@@ -25,7 +25,9 @@ class Provider:
 
     def _guard(self, uri: ParsedURI, exc: OSError):
         if isinstance(exc, FileNotFoundError):
-            return ArtifactNotFound(str(uri), "no such file; check the path (plain paths are relative to the spec's folder)")
+            return ArtifactNotFound(
+                str(uri), "no such file; check the path (plain paths are relative to the spec's folder)"
+            )
         if isinstance(exc, PermissionError):
             return AccessDenied(str(uri), "permission denied; check the file's permissions")
         return StorageUnavailable(str(uri), f"cannot read it ({exc})")

@@ -23,7 +23,9 @@ def _translate(uri: ParsedURI, exc: Exception) -> StorageError:
     if isinstance(exc, (gexc.Forbidden, gexc.Unauthorized)):
         return AccessDenied(str(uri), "access denied; check the service account's roles on the bucket")
     if isinstance(exc, DefaultCredentialsError):
-        return AccessDenied(str(uri), "no Google credentials; set GOOGLE_APPLICATION_CREDENTIALS (or STORAGE_EMULATOR_HOST)")
+        return AccessDenied(
+            str(uri), "no Google credentials; set GOOGLE_APPLICATION_CREDENTIALS (or STORAGE_EMULATOR_HOST)"
+        )
     return StorageUnavailable(
         str(uri), f"cannot reach GCS ({exc.__class__.__name__}: {exc}); check STORAGE_EMULATOR_HOST and the network"
     )
@@ -38,7 +40,9 @@ class Provider:
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             from google.auth.credentials import AnonymousCredentials
 
-            return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "modelfleet"), credentials=AnonymousCredentials())
+            return storage.Client(
+                project=os.environ.get("GOOGLE_CLOUD_PROJECT", "modelfleet"), credentials=AnonymousCredentials()
+            )
         return storage.Client()
 
     def is_dir(self, uri: ParsedURI) -> bool:
@@ -58,7 +62,11 @@ class Provider:
             blobs = list(self.client.list_blobs(uri.bucket, prefix=uri.key))
         except _ERRORS as exc:
             raise _translate(uri, exc) from None
-        found = [(b.name[len(uri.key):], ObjectInfo(b.size, str(b.generation or b.etag))) for b in blobs if not b.name.endswith("/")]
+        found = [
+            (b.name[len(uri.key) :], ObjectInfo(b.size, str(b.generation or b.etag)))
+            for b in blobs
+            if not b.name.endswith("/")
+        ]
         if not found:
             raise ArtifactNotFound(str(uri), "no objects under this prefix; check the bucket and prefix")
         return found

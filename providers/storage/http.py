@@ -48,11 +48,15 @@ class Provider:
             response.close()
             check_redirect(str(uri), start, request.url, response.next_request.url)
             request = response.next_request
-        raise StorageError(str(uri), f"more than {MAX_REDIRECTS} redirects; point the artifact URI at the final location")
+        raise StorageError(
+            str(uri), f"more than {MAX_REDIRECTS} redirects; point the artifact URI at the final location"
+        )
 
     def is_dir(self, uri: ParsedURI) -> bool:
         if uri.is_dir:
-            raise StorageError(str(uri), "HTTP has no folder listing: publish a single file (e.g. a .pt2 or .safetensors)")
+            raise StorageError(
+                str(uri), "HTTP has no folder listing: publish a single file (e.g. a .pt2 or .safetensors)"
+            )
         return False
 
     def stat(self, uri: ParsedURI) -> ObjectInfo:
@@ -80,7 +84,9 @@ class Provider:
                 for chunk in response.iter_raw(CHUNK_BYTES):
                     sink.write(chunk)
         except httpx.HTTPError as exc:  # includes a body cut short (RemoteProtocolError)
-            raise StorageUnavailable(str(uri), f"download interrupted ({exc.__class__.__name__}: {exc}); retry") from None
+            raise StorageUnavailable(
+                str(uri), f"download interrupted ({exc.__class__.__name__}: {exc}); retry"
+            ) from None
 
     def upload(self, local: Path, uri: ParsedURI) -> None:
         raise StorageError(str(uri), "https:// is read-only here; publish to s3://, gs://, az:// or a file path")

@@ -20,7 +20,9 @@ _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
 
 def _translate(uri: ParsedURI, exc: Exception) -> StorageError:
     if isinstance(exc, NoCredentialsError):
-        return AccessDenied(str(uri), "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+        return AccessDenied(
+            str(uri), "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        )
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in _NOT_FOUND:
@@ -37,7 +39,9 @@ class Provider:
     @cached_property
     def client(self):
         # We retry whole downloads ourselves; keep botocore's own retries short so errors surface.
-        return boto3.client("s3", config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60))
+        return boto3.client(
+            "s3", config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+        )
 
     def is_dir(self, uri: ParsedURI) -> bool:
         return uri.is_dir
@@ -55,7 +59,7 @@ class Provider:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.key):
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):
-                        found.append((obj["Key"][len(uri.key):], ObjectInfo(obj["Size"], obj["ETag"])))
+                        found.append((obj["Key"][len(uri.key) :], ObjectInfo(obj["Size"], obj["ETag"])))
         except (BotoCoreError, ClientError) as exc:
             raise _translate(uri, exc) from None
         if not found:

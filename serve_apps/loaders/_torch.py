@@ -40,7 +40,9 @@ class TorchModel:
         if isinstance(result, dict):
             missing = [t.name for t in self.spec.outputs if t.name not in result]
             if missing:
-                raise ValueError(f"model {self.spec.name!r} returned keys {sorted(result)}, the spec also declares {missing}")
+                raise ValueError(
+                    f"model {self.spec.name!r} returned keys {sorted(result)}, the spec also declares {missing}"
+                )
             values = [result[t.name] for t in self.spec.outputs]
         elif isinstance(result, (tuple, list)):
             values = list(result)
@@ -51,5 +53,5 @@ class TorchModel:
             raise ValueError(f"model {self.spec.name!r} returned {len(values)} tensor(s), the spec declares {declared}")
         return {
             t.name: v.detach().cpu().numpy().astype(NUMPY_DTYPES[t.datatype], copy=False)
-            for t, v in zip(self.spec.outputs, values)
+            for t, v in zip(self.spec.outputs, values, strict=False)
         }

@@ -19,7 +19,9 @@ class Echo:
     inline = True  # a thread hop would cost more than the copy-free cast
 
     def __init__(self, spec: ModelSpec):
-        self.pairs = [(i.name, o.name, NUMPY_DTYPES[o.datatype]) for i, o in zip(spec.inputs, spec.outputs)]
+        self.pairs = [
+            (i.name, o.name, NUMPY_DTYPES[o.datatype]) for i, o in zip(spec.inputs, spec.outputs, strict=False)
+        ]
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {out: inputs[inp].astype(dtype, copy=False) for inp, out, dtype in self.pairs}

@@ -24,7 +24,9 @@ def load(spec: ModelSpec, path: Path | None, device: str):
     except LoadError:
         raise
     except Exception as exc:  # whatever the user's constructor raises
-        raise LoadError(f"model {spec.name!r}: {spec.module}(artifact_path, device) failed ({exc.__class__.__name__}: {exc})") from None
+        raise LoadError(
+            f"model {spec.name!r}: {spec.module}(artifact_path, device) failed ({exc.__class__.__name__}: {exc})"
+        ) from None
     if not callable(getattr(model, "predict", None)):
         raise LoadError(f"model {spec.name!r}: {spec.module} has no predict(inputs) method")
     return model

@@ -23,7 +23,9 @@ def _build(spec: ModelSpec, path: Path):
             f"it must build with no arguments to receive the weights in {path}"
         ) from None
     if not isinstance(net, torch.nn.Module):
-        raise LoadError(f"model {spec.name!r}: {spec.module} is not a torch.nn.Module, so it cannot take the weights in {path}")
+        raise LoadError(
+            f"model {spec.name!r}: {spec.module} is not a torch.nn.Module, so it cannot take the weights in {path}"
+        )
     return net
 
 

@@ -26,7 +26,11 @@ class SentenceEncoder:
         texts = [t.decode() if isinstance(t, bytes) else str(t) for t in inputs[self.text_input].reshape(-1)]
         with torch.inference_mode():
             vectors = self.model.encode(
-                texts, batch_size=max(len(texts), 1), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                texts,
+                batch_size=max(len(texts), 1),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
         return {self.vector_output: vectors.astype(self.dtype, copy=False)}
 
@@ -35,7 +39,9 @@ def load(spec: ModelSpec, path: Path, device: str) -> SentenceEncoder:
     if spec.inputs[0].datatype is not Datatype.BYTES:
         raise LoadError(f"model {spec.name!r}: a sentence_transformers model takes BYTES (strings) as its first input")
     if not (Path(path) / "config.json").exists() and not (Path(path) / "modules.json").exists():
-        raise LoadError(f"model {spec.name!r}: {path} is not a SentenceTransformer folder (no modules.json or config.json)")
+        raise LoadError(
+            f"model {spec.name!r}: {path} is not a SentenceTransformer folder (no modules.json or config.json)"
+        )
     os.environ["HF_HUB_OFFLINE"] = "1"  # a replica never reaches for a hub, whatever the caller's environment says
     from sentence_transformers import SentenceTransformer
 

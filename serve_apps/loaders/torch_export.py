@@ -81,7 +81,8 @@ def _as_torch_reads_it(spec: ModelSpec, path: Path) -> tuple[list[str], list[str
                 "save the program again with torch.export.save"
             ) from None
         opaque += [
-            f"{config_name}: {fqn} -> {name}" for fqn, name in path_names.items()
+            f"{config_name}: {fqn} -> {name}"
+            for fqn, name in path_names.items()
             if name.lower().startswith(pt2.OPAQUE_OBJ_FILENAME_PREFIX.lower())
         ]
     return records, opaque
@@ -117,9 +118,13 @@ def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
             module = program.module() if device == "cpu" else None  # a malformed graph fails here, not in load()
     except pickle.UnpicklingError as exc:
         first = str(exc).splitlines()[0]
-        raise LoadError(f"model {spec.name!r}: {path} holds pickled objects beyond tensors ({first}): {PICKLE_HINT}") from None
+        raise LoadError(
+            f"model {spec.name!r}: {path} holds pickled objects beyond tensors ({first}): {PICKLE_HINT}"
+        ) from None
     except Exception as exc:  # torch raises several unrelated types for a bad archive
-        raise LoadError(f"model {spec.name!r}: {path} is not a torch.export program ({exc.__class__.__name__}: {exc})") from None
+        raise LoadError(
+            f"model {spec.name!r}: {path} is not a torch.export program ({exc.__class__.__name__}: {exc})"
+        ) from None
     if device != "cpu":
         # .to() on the module would miss devices baked into the graph; the pass rewrites those too.
         from torch.export.passes import move_to_device_pass

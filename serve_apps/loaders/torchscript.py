@@ -18,5 +18,7 @@ def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
     try:
         module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as exc:
-        raise LoadError(f"model {spec.name!r}: {path} is not a TorchScript archive ({str(exc).splitlines()[0]})") from None
+        raise LoadError(
+            f"model {spec.name!r}: {path} is not a TorchScript archive ({str(exc).splitlines()[0]})"
+        ) from None
     return TorchModel(spec, module.eval(), device)

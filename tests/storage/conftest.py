@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 BIN = Path(sys.executable).parent  # the venv running the tests has the emulators
 AZURITE = ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -83,7 +83,11 @@ def _stop(process: subprocess.Popen) -> None:
 def s3_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _start([_require(BIN / "moto_server", "moto_server"), "-H", "127.0.0.1", "-p", str(port)], url, tmp_path_factory.mktemp("s3"))
+    process = _start(
+        [_require(BIN / "moto_server", "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        url,
+        tmp_path_factory.mktemp("s3"),
+    )
     yield url
     _stop(process)
 
@@ -93,7 +97,11 @@ def gcs_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     exe = _require(BIN / "gcp-storage-emulator", "gcp-storage-emulator")
-    process = _start([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"], url, tmp_path_factory.mktemp("gcs"))
+    process = _start(
+        [exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
+        url,
+        tmp_path_factory.mktemp("gcs"),
+    )
     yield url
     _stop(process)
 
@@ -103,7 +111,18 @@ def azure_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     tmp = tmp_path_factory.mktemp("azurite")
     exe = _require(AZURITE, "Azurite (npm)")
-    args = [exe, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(tmp), "--silent", "--skipApiVersionCheck", "--loose"]
+    args = [
+        exe,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--location",
+        str(tmp),
+        "--silent",
+        "--skipApiVersionCheck",
+        "--loose",
+    ]
     process = _start(args, f"http://127.0.0.1:{port}/devstoreaccount1", tmp)
     yield (
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"

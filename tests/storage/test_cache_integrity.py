@@ -54,7 +54,8 @@ def test_tampered_directory_entry_is_downloaded_again(tmp_path: Path, cache: Pat
     (cached / "weights" / "extra.py").write_text("import os")  # an added file changes the manifest too
     again = fetch(f"{folder}/", sha256=digest, cache_dir=cache)
     assert sorted(p.relative_to(again).as_posix() for p in again.rglob("*") if p.is_file()) == [
-        "config.json", "weights/part-0.bin"
+        "config.json",
+        "weights/part-0.bin",
     ]
 
 

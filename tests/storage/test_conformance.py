@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -50,61 +50,75 @@ def _file_backend(root: Path) -> Backend:
 
 def _http_backend(url: str, root: Path) -> Backend:
     file = _file_backend(root)
-    return Backend("http", lambda key: f"{url}/{key}", file.put, file.delete, supports_dirs=False, supports_upload=False)
+    return Backend(
+        "http", lambda key: f"{url}/{key}", file.put, file.delete, supports_dirs=False, supports_upload=False
+    )
 
 
-def _s3_backend(endpoint: str) -> Backend:
+def _s3_backend(endpoint: str, env: pytest.MonkeyPatch) -> Backend:
     import boto3
 
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    for name, value in dict(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    ).items():
+        env.setenv(name, value)
     client = boto3.client("s3")
     client.create_bucket(Bucket="models")
     return Backend(
-        "s3", lambda key: f"s3://models/{key}",
+        "s3",
+        lambda key: f"s3://models/{key}",
         lambda key, data: client.put_object(Bucket="models", Key=key, Body=data),
         lambda key: client.delete_object(Bucket="models", Key=key),
     )
 
 
-def _gcs_backend(endpoint: str) -> Backend:
+def _gcs_backend(endpoint: str, env: pytest.MonkeyPatch) -> Backend:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+    env.setenv("STORAGE_EMULATOR_HOST", endpoint)
     client = storage.Client(project="modelfleet", credentials=AnonymousCredentials())
     bucket = client.create_bucket("models")
     return Backend(
-        "gs", lambda key: f"gs://models/{key}",
+        "gs",
+        lambda key: f"gs://models/{key}",
         lambda key, data: bucket.blob(key).upload_from_string(data),
         lambda key: bucket.blob(key).delete(),
     )
 
 
-def _azure_backend(connection_string: str) -> Backend:
+def _azure_backend(connection_string: str, env: pytest.MonkeyPatch) -> Backend:
     from azure.storage.blob import BlobServiceClient
 
-    os.environ["AZURE_STORAGE_CONNECTION_STRING"] = connection_string
+    env.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string)
     container = BlobServiceClient.from_connection_string(connection_string).create_container("models")
     return Backend(
-        "az", lambda key: f"az://models/{key}",
+        "az",
+        lambda key: f"az://models/{key}",
         lambda key, data: container.upload_blob(key, data, overwrite=True),
         lambda key: container.delete_blob(key),
     )
 
 
 @pytest.fixture(scope="session", params=["file", "http", "s3", "gs", "az"])
-def backend(request, tmp_path_factory) -> Backend:
+def backend(request, tmp_path_factory) -> Iterator[Backend]:
+    """Each provider on its emulator; the SDKs find their endpoints in the environment, restored afterwards."""
     name = request.param
-    if name == "file":
-        return _file_backend(tmp_path_factory.mktemp("files"))
-    if name == "http":
-        url, root, _ = request.getfixturevalue("http_server")
-        return _http_backend(url, root)
-    if name == "s3":
-        return _s3_backend(request.getfixturevalue("s3_server"))
-    if name == "gs":
-        return _gcs_backend(request.getfixturevalue("gcs_server"))
-    return _azure_backend(request.getfixturevalue("azure_server"))
+    with pytest.MonkeyPatch.context() as env:
+        if name == "file":
+            yield _file_backend(tmp_path_factory.mktemp("files"))
+        elif name == "http":
+            url, root, _ = request.getfixturevalue("http_server")
+            yield _http_backend(url, root)
+        elif name == "s3":
+            yield _s3_backend(request.getfixturevalue("s3_server"), env)
+        elif name == "gs":
+            yield _gcs_backend(request.getfixturevalue("gcs_server"), env)
+        else:
+            yield _azure_backend(request.getfixturevalue("azure_server"), env)
 
 
 _counter = iter(range(10**9))
@@ -172,7 +186,9 @@ class TestStorageConformance:
         assert backend.uri(key) in str(info.value)
         assert cache_files(cache) == []
 
-    def test_interrupted_download_leaves_the_cache_clean_and_a_retry_succeeds(self, backend: Backend, cache: Path) -> None:
+    def test_interrupted_download_leaves_the_cache_clean_and_a_retry_succeeds(
+        self, backend: Backend, cache: Path
+    ) -> None:
         key = _key("model.bin")
         backend.put(key, PAYLOAD)
 
@@ -220,7 +236,9 @@ class TestStorageConformance:
         folder = fetch(backend.uri(prefix + "/"), sha256=digest, cache_dir=cache)
         assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
         with pytest.raises(ChecksumMismatch):
-            fetch(backend.uri(prefix + "/"), sha256=hashlib.sha256(b"x").hexdigest(), cache_dir=tmp_path / "other-cache")
+            fetch(
+                backend.uri(prefix + "/"), sha256=hashlib.sha256(b"x").hexdigest(), cache_dir=tmp_path / "other-cache"
+            )
         assert cache_files(tmp_path / "other-cache") == []
 
     def test_upload_then_fetch(self, backend: Backend, cache: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from providers.storage import (
     parse_uri,
 )
 from providers.storage._cache import ATTEMPTS
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 from tests.storage.conftest import cache_files
 
 
@@ -108,14 +108,29 @@ def test_large_artifact_streams_without_being_held_in_memory(scheme, large_file,
         import boto3
 
         endpoint = request.getfixturevalue("s3_server")
-        env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+        env.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         client.create_bucket(Bucket="large")
         client.upload_file(str(path), "large", "large.bin")
         uri = "s3://large/large.bin"
     proc = subprocess.run(
         [sys.executable, "-c", _MEASURE, uri, sha, str(tmp_path / "cache")],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -9,26 +9,33 @@ from __future__ import annotations
 import re
 import tempfile
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from .cli import _bad_input, _failed, _load, app, err, out
+from loadtests.records import Protocol
+from loadtests.shapes import Shape
+
+from .console import bad_input, err, failed, load_app, out
+
+__all__ = ["loadtest", "tune"]
 
 MAX_DURATION_S = 6 * 3600
+# `tune` ran, and no configuration met the SLO: a result (verdict and report written), not a failure.
+NO_CONFIGURATION_MET_THE_SLO = 3
 
 
 def _seconds(text: str, option: str) -> float:
     """'20s', '2m', '1h' or a plain number of seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     if not match:
-        _bad_input(f"{option} {text!r}: expected a duration such as 20s, 2m or 1h")
+        bad_input(f"{option} {text!r}: expected a duration such as 20s, 2m or 1h")
     seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
     if not 1 <= seconds <= MAX_DURATION_S:
-        _bad_input(f"{option} {text!r}: runs are bounded; pick between 1s and {MAX_DURATION_S // 3600}h")
+        bad_input(f"{option} {text!r}: runs are bounded; pick between 1s and {MAX_DURATION_S // 3600}h")
     return seconds
 
 
@@ -37,7 +44,7 @@ def _model_ids(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         family, sep, listed = item.partition("=")
         if not sep or not family or not listed:
-            _bad_input(f"--model-ids {item!r}: expected FAMILY=ID1,ID2,...")
+            bad_input(f"--model-ids {item!r}: expected FAMILY=ID1,ID2,...")
         ids[family] = [i for i in listed.split(",") if i]
     return ids
 
@@ -65,7 +72,11 @@ def _interrupted() -> None:
 
 def _progress_line(total_s: float):
     def show(p) -> str:
-        pct = " ".join(f"{name} {value:.0f}" for name, value in (("p50", p.p50_ms), ("p95", p.p95_ms), ("p99", p.p99_ms)) if value is not None)
+        pct = " ".join(
+            f"{name} {value:.0f}"
+            for name, value in (("p50", p.p50_ms), ("p95", p.p95_ms), ("p99", p.p99_ms))
+            if value is not None
+        )
         return (
             f"{p.elapsed_s:5.0f}s/{total_s:.0f}s  {p.users} users  {p.rps:7.1f} req/s  {pct or '-'} ms  "
             f"{p.requests} requests, {p.failures} failed"
@@ -75,78 +86,119 @@ def _progress_line(total_s: float):
 
 
 def _print_run(record) -> None:
-    pct = f"p50 {record.p50_ms} ms, p95 {record.p95_ms} ms, p99 {record.p99_ms} ms" if record.requests else "no requests answered"
-    out.print(f"{record.requests} requests in {record.duration_s:.1f}s: {record.rps:.1f} req/s, {pct}, {record.failures} failed")
+    pct = (
+        f"p50 {record.p50_ms} ms, p95 {record.p95_ms} ms, p99 {record.p99_ms} ms"
+        if record.requests
+        else "no requests answered"
+    )
+    out.print(
+        f"{record.requests} requests in {record.duration_s:.1f}s: {record.rps:.1f} req/s, {pct}, {record.failures} "
+        "failed"
+    )
     if record.server_requests is not None:
         out.print(f"the server counted {record.server_requests} requests")
-    out.print(f"generator CPU {record.generator_cpu_cores:.2f} cores" + (
-        f", server CPU {record.server_cpu_cores:.2f} cores, peak memory {record.server_memory_mb:.0f} MB" if record.server_cpu_cores is not None else ""
-    ))
+    out.print(
+        f"generator CPU {record.generator_cpu_cores:.2f} cores"
+        + (
+            f", server CPU {record.server_cpu_cores:.2f} cores, peak memory {record.server_memory_mb:.0f} MB"
+            if record.server_cpu_cores is not None
+            else ""
+        )
+    )
     for error, count in list(record.errors.items())[:5]:
         err.print(f"  [red]{count}x[/red] {escape(error)}", soft_wrap=True)
     for warning in record.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
 
 
-@app.command()
 def loadtest(
-    target: Annotated[str, typer.Argument(help="An app spec (started here on an embedded Ray, then stopped) or a URL to POST to.", show_default=False)],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="An app spec (started here on an embedded Ray, then stopped) or a URL to POST to.", show_default=False
+        ),
+    ],
     users: Annotated[int, typer.Option(min=1, help="Concurrent users (each keeps one request in flight).")] = 10,
     spawn_rate: Annotated[float | None, typer.Option(help="Users started per second (default: all at once).")] = None,
     duration: Annotated[str, typer.Option(help="How long: 20s, 2m, 1h.")] = "60s",
-    shape: Annotated[str, typer.Option(help="constant, ramp, step or spike.")] = "constant",
-    workers: Annotated[int, typer.Option(min=0, help="Locust worker processes (when one generator process is the bottleneck).")] = 0,
-    report: Annotated[Path | None, typer.Option(help="Write summary.json, Locust's CSVs and index.html (plots) here.")] = None,
-    protocol: Annotated[str, typer.Option(help="v2 (Open Inference Protocol) or v1 (KServe).")] = "v2",
+    shape: Annotated[Shape, typer.Option(help="How the users come and go over the run.")] = Shape.constant,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Locust worker processes (when one generator process is the bottleneck).")
+    ] = 0,
+    report: Annotated[
+        Path | None, typer.Option(help="Write summary.json, Locust's CSVs and index.html (plots) here.")
+    ] = None,
+    protocol: Annotated[Protocol, typer.Option(help="v2 (Open Inference Protocol) or v1 (KServe).")] = Protocol.v2,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 1,
     model: Annotated[list[str] | None, typer.Option(help="Only these models of the app (repeatable).")] = None,
-    weight: Annotated[list[str] | None, typer.Option(help="MODEL=WEIGHT: share of users per model (repeatable).")] = None,
-    model_ids: Annotated[list[str] | None, typer.Option(help="FAMILY=ID1,ID2: ids of a multiplexed family (Zipf-weighted).")] = None,
+    weight: Annotated[
+        list[str] | None, typer.Option(help="MODEL=WEIGHT: share of users per model (repeatable).")
+    ] = None,
+    model_ids: Annotated[
+        list[str] | None, typer.Option(help="FAMILY=ID1,ID2: ids of a multiplexed family (Zipf-weighted).")
+    ] = None,
     payload: Annotated[Path | None, typer.Option(help="With a URL: the JSON body to POST.")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")
+    ] = None,
 ) -> None:
-    """Load-test an app (started here) or a URL with Locust, headless, with a live progress line and an optional report."""
+    """Load-test an app (started here) or a URL with Locust, headless: a live progress line, an optional report."""
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
     from loadtests.records import RunConfig
     from loadtests.scenario import ScenarioError, from_app, from_url, parse_weights
     from loadtests.server import AppStartFailed
     from loadtests.session import measure_run
-    from loadtests.shapes import Shape, stages
+    from loadtests.shapes import stages
 
     seconds = _seconds(duration, "--duration")
-    try:
-        load_shape = Shape(shape)
-    except ValueError:
-        _bad_input(f"--shape {shape!r}: expected one of {[s.value for s in Shape]}")
-    plan = stages(load_shape, users, seconds, spawn_rate)
+    plan = stages(shape, users, seconds, spawn_rate)
     is_spec = target.endswith((".yaml", ".yml")) and "://" not in target
-    spec = _load(Path(target)) if is_spec else None
+    spec = load_app(Path(target)) if is_spec else None
     try:
         if spec is None:
             if payload is None:
-                _bad_input(f"{target}: a URL needs --payload FILE (the JSON body to POST); or give an app spec")
+                bad_input(f"{target}: a URL needs --payload FILE (the JSON body to POST); or give an app spec")
             scenario = from_url(target, payload, api_key=api_key)
         else:
             scenario = from_app(
-                spec, "http://127.0.0.1:0", protocol=protocol, rows=batch_size, models=model,
-                weights=parse_weights(weight or []), model_ids=_model_ids(model_ids or []), api_key=api_key,
+                spec,
+                "http://127.0.0.1:0",
+                protocol=protocol.value,
+                rows=batch_size,
+                models=model,
+                weights=parse_weights(weight or []),
+                model_ids=_model_ids(model_ids or []),
+                api_key=api_key,
             )
     except ScenarioError as exc:
-        _bad_input(str(exc))
+        bad_input(str(exc))
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
 
     def run(base_url: str, app_process=None):
         config = RunConfig(
-            url=base_url, app=spec.name if spec else None, shape=load_shape.value, users=users, spawn_rate=plan[0].spawn_rate,
-            duration_s=seconds, workers=workers, protocol=scenario.protocol, rows_per_request=scenario.rows_per_request,
-            endpoints={e.name: e.weight for e in scenario.endpoints}, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            url=base_url,
+            app=spec.name if spec else None,
+            shape=shape.value,
+            users=users,
+            spawn_rate=plan[0].spawn_rate,
+            duration_s=seconds,
+            workers=workers,
+            protocol=scenario.protocol,
+            rows_per_request=scenario.rows_per_request,
+            endpoints={e.name: e.weight for e in scenario.endpoints},
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         show = _progress_line(seconds)
         with err.status(f"load-testing {base_url}…") as line:
             return measure_run(
-                scenario.model_copy(update={"base_url": base_url}), plan, config, app=app_process,
-                ingress_replicas=spec.ingress.num_replicas if spec else 1, workers=workers, report_dir=report,
+                scenario.model_copy(update={"base_url": base_url}),
+                plan,
+                config,
+                app=app_process,
+                ingress_replicas=spec.ingress.num_replicas if spec else 1,
+                workers=workers,
+                report_dir=report,
                 on_progress=lambda p: line.update(show(p)),
             )
 
@@ -154,12 +206,14 @@ def loadtest(
         if spec is None:
             record = run(scenario.base_url)
         else:
-            with _app_under_test(spec.name, Path(target), report or Path(tempfile.mkdtemp(prefix="modelfleet-loadtest-"))) as app_process:
+            with _app_under_test(
+                spec.name, Path(target), report or Path(tempfile.mkdtemp(prefix="modelfleet-loadtest-"))
+            ) as app_process:
                 record = run(app_process.url, app_process)
     except AppStartFailed as exc:
-        _failed(str(exc))
+        failed(str(exc))
     except RuntimeError as exc:  # Locust workers that never connected
-        _failed(str(exc))
+        failed(str(exc))
     except KeyboardInterrupt:
         _interrupted()
     _print_run(record)
@@ -170,21 +224,32 @@ def loadtest(
         out.print(f"report: {index}   (summary.json, locust_*.csv next to it)")
 
 
-@app.command()
 def tune(
     spec_path: Annotated[Path, typer.Argument(help="The app spec (YAML) to tune.", show_default=False)],
     slo_p95_ms: Annotated[float, typer.Option("--slo-p95-ms", min=0.1, help="Latency budget: p95 in milliseconds.")],
-    max_trials: Annotated[int, typer.Option(min=1, max=200, help="Configurations to measure, the spec's own included.")] = 12,
-    report: Annotated[Path | None, typer.Option(help="Folder for index.html, trials.csv and <app>.tuned.yaml (default: ./<app>-tune).")] = None,
-    users: Annotated[int, typer.Option(min=1, help="Most concurrent requests in each trial's sweep (it doubles up to this).")] = 32,
+    max_trials: Annotated[
+        int, typer.Option(min=1, max=200, help="Configurations to measure, the spec's own included.")
+    ] = 12,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Folder for index.html, trials.csv and <app>.tuned.yaml (default: ./<app>-tune)."),
+    ] = None,
+    users: Annotated[
+        int, typer.Option(min=1, help="Most concurrent requests in each trial's sweep (it doubles up to this).")
+    ] = 32,
     trial_duration: Annotated[str, typer.Option(help="Length of each trial's sweep: 20s, 1m.")] = "25s",
-    model: Annotated[list[str] | None, typer.Option(help="Tune only these models (repeatable); default: every model with a deployment.")] = None,
-    protocol: Annotated[str, typer.Option(help="v2 or v1 requests.")] = "v2",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Tune only these models (repeatable); default: every model with a deployment."),
+    ] = None,
+    protocol: Annotated[Protocol, typer.Option(help="v2 (Open Inference Protocol) or v1 (KServe).")] = Protocol.v2,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the search (same seed, same proposals).")] = 0,
-    api_key: Annotated[str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")
+    ] = None,
 ) -> None:
-    """Find the serving settings with the most throughput at p95 within the SLO: deploy, sweep, keep the best; write a tuned spec."""
+    """Find the settings with the most throughput at p95 within the SLO: deploy, sweep, keep the best, write a spec."""
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
     from loadtests.report import write_tune_report
     from loadtests.scenario import ScenarioError, from_app
@@ -193,18 +258,21 @@ def tune(
     from loadtests.tuner import default_space, tunable
 
     trial_s = _seconds(trial_duration, "--trial-duration")
-    spec = _load(spec_path)
+    spec = load_app(spec_path)
     names = model or [m.name for m in spec.models if tunable(m)]
     unknown = [n for n in names if n not in {m.name for m in spec.models}]
     if unknown:
-        _bad_input(f"--model {unknown[0]!r}: not a model of {spec_path}; its models are {[m.name for m in spec.models]}")
+        bad_input(f"--model {unknown[0]!r}: not a model of {spec_path}; its models are {[m.name for m in spec.models]}")
     fixed = [n for n in names if not tunable(spec.model(n))]
     if fixed or not names:
-        _bad_input(f"{spec_path}: {fixed or 'no model'} has no deployment of its own to tune (pipelines and embedded models scale with the ingress)")
+        bad_input(
+            f"{spec_path}: {fixed or 'no model'} has no deployment of its own to tune (pipelines and embedded models "
+            "scale with the ingress)"
+        )
     try:
-        scenario = from_app(spec, "http://127.0.0.1:0", protocol=protocol, rows=batch_size, api_key=api_key)
+        scenario = from_app(spec, "http://127.0.0.1:0", protocol=protocol.value, rows=batch_size, api_key=api_key)
     except ScenarioError as exc:
-        _bad_input(str(exc))
+        bad_input(str(exc))
     space = default_space(spec, names)
     directory = report or Path(f"{spec.name}-tune")
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,18 +281,34 @@ def tune(
     show = _progress_line(trial_s)
 
     def announce(trial) -> None:
-        result = f"{trial.best_rps:,.1f} req/s at p95 {trial.best_p95_ms} ms ({trial.best_users} users)" if trial.best_rps else "no stage met the SLO"
-        out.print(f"trial {trial.number}{' (current config)' if trial.baseline else ''}: {trial.label()} -> {trial.error or result}")
+        result = (
+            f"{trial.best_rps:,.1f} req/s at p95 {trial.best_p95_ms} ms ({trial.best_users} users)"
+            if trial.best_rps
+            else "no stage met the SLO"
+        )
+        out.print(
+            f"trial {trial.number}{' (current config)' if trial.baseline else ''}: {trial.label()} -> "
+            f"{trial.error or result}"
+        )
 
     try:
         with _app_under_test(spec.name, spec_path, directory) as app_process, err.status("tuning…") as line:
             outcome = run_tuner(
-                spec, app_process, scenario, space, slo_p95_ms=slo_p95_ms, max_trials=max_trials, max_users=users,
-                trial_s=trial_s, work_dir=directory, seed=seed, on_trial=announce,
+                spec,
+                app_process,
+                scenario,
+                space,
+                slo_p95_ms=slo_p95_ms,
+                max_trials=max_trials,
+                max_users=users,
+                trial_s=trial_s,
+                work_dir=directory,
+                seed=seed,
+                on_trial=announce,
                 on_progress=lambda t, p: line.update(f"trial {t.number}: " + show(p)),
             )
     except AppStartFailed as exc:
-        _failed(str(exc))
+        failed(str(exc))
     except KeyboardInterrupt:
         _interrupted()
     record = outcome.record
@@ -235,5 +319,14 @@ def tune(
     if record.tuned_spec:
         out.print(f"tuned spec: {directory / record.tuned_spec}")
     out.print(f"report: {index}   (trials.csv next to it)")
-    if record.best is None:
-        raise typer.Exit(1)
+    code = tune_exit_code(record)
+    if code == 1:
+        failed(f"every trial failed to run; the first said: {record.trials[0].error}")
+    raise typer.Exit(code)
+
+
+def tune_exit_code(record) -> int:
+    """0: a recommendation; 3: the trials ran and none met the SLO (a result); 1: no trial ran at all."""
+    if record.best is not None:
+        return 0
+    return 1 if record.trials and all(t.error for t in record.trials) else NO_CONFIGURATION_MET_THE_SLO

@@ -1,0 +1,77 @@
+"""What every command shares: the two consoles, modelfleet's log lines, and the two ways a command fails.
+
+Exit codes: 0 success, 2 bad input (one line: file, field, fix), 1 a real
+component failed (with its cause). No tracebacks for either.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from groundwork import SpecError, is_loopback_host
+from serve_apps.auth import KeyRing, KeysConfigError
+from serve_apps.spec import AppSpec, check_artifacts_exist, load_app_spec
+
+__all__ = ["AppPath", "app_keys", "bad_input", "err", "failed", "keys_for_host", "load_app", "log", "out"]
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # URLs and curl lines must stay pasteable
+
+
+class _ConsoleHandler(logging.Handler):
+    """modelfleet's own warnings, one readable line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]{record.levelname.lower()}:[/yellow] {escape(record.getMessage())}", soft_wrap=True)
+
+
+log = logging.getLogger("modelfleet")
+log.addHandler(_ConsoleHandler())
+log.setLevel(logging.INFO)
+log.propagate = False
+
+AppPath = Annotated[Path, typer.Argument(help="The app spec (YAML).", show_default=False)]
+
+
+def bad_input(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def failed(message: str) -> NoReturn:
+    err.print(f"[red]failed:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def load_app(path: Path, *, artifacts: bool = True) -> AppSpec:
+    try:
+        spec = load_app_spec(path)
+        if artifacts:
+            check_artifacts_exist(spec, path)
+        return spec
+    except SpecError as exc:
+        bad_input(str(exc))
+
+
+def app_keys(spec: AppSpec) -> KeyRing:
+    try:
+        return KeyRing.load(spec.keys_path())
+    except KeysConfigError as exc:
+        bad_input(str(exc))
+
+
+def keys_for_host(spec: AppSpec, spec_path: Path, host: str, refusal: str | None = None) -> KeyRing:
+    """The app's keys; exit 2 if it would listen on `host`, beyond loopback, without any (`refusal` says where)."""
+    keys = app_keys(spec)
+    if not keys.enabled and not is_loopback_host(host):
+        bad_input(
+            f"{refusal or f'--host {host}: refusing to expose models beyond this machine'} without API keys; "
+            f"set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or MODELFLEET_API_KEYS"
+        )
+    return keys

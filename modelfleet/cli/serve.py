@@ -1,0 +1,290 @@
+"""The serving commands: validate, schema, build, run (an embedded Ray), deploy (onto a cluster), status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+import yaml
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from providers.storage import StorageError
+from serve_apps.auth import ENV_VAR as KEYS_ENV_VAR
+from serve_apps.auth import KeyRing
+from serve_apps.spec import AppSpec, ModelSpec
+
+from .console import AppPath, app_keys, bad_input, err, failed, keys_for_host, load_app, log, out
+
+__all__ = ["build", "deploy", "run", "schema", "status", "validate"]
+
+
+def _forget_plaintext_keys() -> None:
+    """Once read (and hashed), the plaintext keys leave the environment, so Ray's processes never inherit them."""
+    os.environ.pop(KEYS_ENV_VAR, None)
+
+
+InsecureNoRayAuth = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-ray-auth",
+        help="Allow RAY_AUTH_MODE=disabled: anyone who reaches Ray's ports (Serve replicas' gRPC included) runs code.",
+    ),
+]
+
+
+def _require_ray_auth(insecure: bool, on_what: str) -> None:
+    """Exit 2 when Ray's token auth is off, unless the operator said --insecure-no-ray-auth (before Ray starts)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None or mode.lower() == "token":  # unset: Ray 2.60 turns token auth on for the Ray we start or join
+        return
+    why = (
+        f"RAY_AUTH_MODE={mode}: refusing to run Ray without token auth, since every Serve replica runs a gRPC server "
+        f"that unpickles request metadata and anyone who reaches it runs code {on_what}"
+    )
+    if not insecure:
+        bad_input(f"{why}; unset RAY_AUTH_MODE (or set it to token), or pass --insecure-no-ray-auth to accept that")
+    log.warning(
+        f"--insecure-no-ray-auth: Ray runs without token auth; anyone who reaches its ports runs code {on_what}"
+    )
+
+
+def validate(spec_path: AppPath) -> None:
+    """Check an app spec (schema and semantics) without starting anything."""
+    spec = load_app(spec_path)
+    app_keys(spec)
+    out.print(f"{spec_path}: ok — app {spec.name!r}, models: {', '.join(m.name for m in spec.models)}")
+
+
+def schema() -> None:
+    """Print the JSON schema of the app spec (for editors and CI)."""
+    out.print_json(json.dumps(AppSpec.model_json_schema()))
+
+
+def build(
+    spec_path: AppPath,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    host: Annotated[
+        str, typer.Option(help="HTTP host for the Serve proxies; non-loopback exposes the models (needs API keys).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port for the Serve proxies.")] = 8000,
+) -> None:
+    """Write a Ray Serve config that `serve deploy` accepts."""
+    from serve_apps.build import serve_config
+
+    spec = load_app(spec_path)
+    keys = keys_for_host(spec, spec_path, host)
+    try:
+        text = yaml.safe_dump(serve_config(spec, host=host, port=port, keys=keys), sort_keys=False)
+    except ValueError as exc:  # what a Serve config cannot express (e.g. asking clients for certificates)
+        bad_input(f"{spec_path}: {exc}")
+    if output is None:
+        out.print(text, end="", markup=False)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}")
+
+
+def _print_endpoints(spec: AppSpec, base: str) -> None:
+    from serve_apps.samples import sample_v1, sample_v2
+
+    def route(model: ModelSpec) -> str:  # a multiplexed family is addressed as family:model_id
+        return f"{model.name}:{model.multiplex.example_id or '<model_id>'}" if model.multiplex else model.name
+
+    out.print(f"\n[bold green]serving[/bold green] app {spec.name!r} at {base}   (docs: {base}/docs)")
+    for model in spec.models:
+        name = route(model)
+        out.print(f"  {name:<16} V1 {base}/v1/models/{name}:predict   V2 {base}/v2/models/{name}/infer")
+    # The app's first model, unless its sample is too long to read (then the shortest).
+    runnable = [m for m in spec.models if not m.multiplex or m.multiplex.example_id] or spec.models
+    first = next((m for m in runnable if len(json.dumps(sample_v2(m))) <= 600), None)
+    first = first or min(runnable, key=lambda m: len(json.dumps(sample_v2(m))))
+    for label, url, body in (
+        ("V2", f"{base}/v2/models/{route(first)}/infer", sample_v2(first)),
+        ("V1", f"{base}/v1/models/{route(first)}:predict", sample_v1(first)),
+    ):
+        curl = f"curl -s {url} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
+        out.print(f"\n# try it ({label}):\n{curl}", markup=False, soft_wrap=True)
+    out.print("\nCtrl-C stops the server.")
+
+
+def _prefetch(spec: AppSpec) -> None:
+    from serve_apps.runner import prefetch_artifacts
+
+    with Progress(
+        TextColumn("fetching [bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        prefetch_artifacts(spec, progress)
+
+
+def _check_port_free(host: str, port: int, option: str) -> int:
+    """Fail in a second, not after a replica gives up on a busy port; port 0 becomes a free one."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            bad_input(
+                f"--host {host} {option} {port}: cannot listen there ({exc.strerror}); pick another {option} or stop "
+                "what uses it"
+            )
+        return probe.getsockname()[1]
+
+
+def _connect(address: str):
+    from serve_apps.runner import RayTarget
+
+    try:
+        return RayTarget.connect(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
+
+
+def _deploy_with_progress(target, spec: AppSpec, keys: KeyRing, label: str, timeout_s: float = 600) -> None:
+    """Deploy, showing each model's state on one live status line until the app runs."""
+    with err.status(label) as line:
+
+        def show(app_state: str, states: dict[str, str]) -> None:
+            line.update(
+                f"deploying {spec.name}: {app_state} — " + ", ".join(f"{n} {s}" for n, s in sorted(states.items()))
+            )
+
+        target.deploy(spec, keys=keys, on_status=show, timeout_s=timeout_s)
+
+
+def _interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def run(
+    spec_path: AppPath,
+    host: Annotated[str, typer.Option(help="Interface for HTTP; non-loopback exposes the models.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="HTTP port of the app (its ingress replicas listen on it themselves).")
+    ] = 8000,
+    proxy_port: Annotated[
+        int,
+        typer.Option(help="HTTP port of Ray Serve's proxy, for apps later deployed onto this Ray; 0 picks a free one."),
+    ] = 0,
+    insecure_no_ray_auth: InsecureNoRayAuth = False,
+) -> None:
+    """Serve an app on an embedded local Ray until Ctrl-C."""
+    from serve_apps.runner import DeployFailed, LocalServer
+
+    _require_ray_auth(insecure_no_ray_auth, "on this machine")
+    spec = load_app(spec_path)
+    keys = keys_for_host(spec, spec_path, host)
+    _forget_plaintext_keys()
+    _check_port_free(host, port, "--port")
+    if proxy_port == port:
+        bad_input(f"--proxy-port {proxy_port}: the app listens on --port {port}; pick another, or 0 for a free one")
+    proxy_port = _check_port_free(host, proxy_port, "--proxy-port")
+    try:
+        _prefetch(spec)
+    except StorageError as exc:
+        failed(f"fetching artifacts: {exc}")
+
+    server = LocalServer(host=host, port=port, proxy_port=proxy_port)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignored SIGINT
+    try:
+        with err.status("starting Ray (loopback only)…"):
+            server.start(pools={m.resources.pool for m in spec.models if m.resources.pool})
+        # After ray.init, which installs its own SIGTERM handler: SIGTERM stops as cleanly as Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
+        _deploy_with_progress(server, spec, keys, f"deploying {spec.name}…")
+        display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        scheme = "https" if spec.ingress.tls else "http"
+        _print_endpoints(spec, f"{scheme}://{display_host}:{port}{spec.route_prefix.rstrip('/')}")
+        out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
+        out.print(
+            f"proxy: http://{display_host}:{proxy_port}   (Ray Serve's proxy: every app on this Ray, by route prefix)"
+        )
+        sys.stdout.flush()
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        err.print("\nstopping…")
+    except DeployFailed as exc:
+        failed(f"deploying {spec.name!r}: {exc}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
+        server.stop()
+    err.print("stopped.")
+
+
+def deploy(
+    spec_path: AppPath,
+    address: Annotated[
+        str, typer.Option(help="Ray cluster address (host:port of the GCS), as `cluster up` prints it.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="HTTP host for Serve's proxies, if Serve is not running there yet.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port for Serve's proxies, if Serve is not running there yet.")] = 8000,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="How long to wait for the app to run.")] = 600,
+    insecure_no_ray_auth: InsecureNoRayAuth = False,
+) -> None:
+    """Deploy (or update) an app on a running Ray cluster. A failed update leaves the previous version serving."""
+    from serve_apps.runner import DeployFailed
+
+    _require_ray_auth(insecure_no_ray_auth, "on the cluster's nodes")
+    spec = load_app(spec_path)
+    keys = keys_for_host(spec, spec_path, host)
+    _forget_plaintext_keys()
+    target = _connect(address)
+    try:
+        from ray import serve
+
+        serve.start(http_options={"host": host, "port": port})  # no-op when Serve already runs there
+        _deploy_with_progress(target, spec, keys, f"deploying {spec.name} to {address}…", timeout_s)
+        out.print(f"deployed {spec.name!r} to {address} (route prefix {spec.route_prefix})")
+    except DeployFailed as exc:
+        failed(f"deploying {spec.name!r}: {exc}")
+    finally:
+        target.disconnect()
+
+
+def status(
+    address: Annotated[
+        str, typer.Option(help="Ray cluster address; default: RAY_ADDRESS or the local cluster.")
+    ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Applications, deployments, replica counts and states on a Ray cluster."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    target = _connect(address)
+    try:
+        rows = target.status()
+    finally:
+        target.disconnect()
+    if as_json:
+        out.print_json(json.dumps([asdict(r) for r in rows]))
+        return
+    table = Table("app", "app status", "deployment", "status", "replicas", "message")
+    for r in rows:
+        replicas = ", ".join(f"{n} {state.lower()}" for state, n in sorted(r.replicas.items())) or "0"
+        table.add_row(r.app, r.app_status, r.deployment, r.status, replicas, escape(r.message))
+    out.print(table if rows else "no Serve applications on this cluster")
