@@ -26,6 +26,7 @@ from groundwork.processes import alive, free_port, stop_session
 from groundwork.ray_env import LOOPBACK_ONLY_ENV, secure_ray_token
 from providers.compute import pool_resource
 
+from ._drivers import ANSWER
 from .render import render
 from .spec import ClusterSpec, Provider
 
@@ -96,12 +97,8 @@ def _wait_for_gcs(address: str, process: subprocess.Popen, log: Path) -> None:
 def _start_serve(address: str, serve_port: int) -> None:
     """Serve's proxy on the head's loopback, so `modelfleet deploy` finds it running and the app answers at
     serve_url."""
-    code = (
-        "import sys, ray; from ray import serve; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-        "serve.start(proxy_location='HeadOnly', http_options={'host': '127.0.0.1', 'port': int(sys.argv[2])})"
-    )
     result = subprocess.run(
-        [sys.executable, "-c", code, address, str(serve_port)],
+        [sys.executable, "-m", "cluster._drivers", "start-serve", address, str(serve_port)],
         env=_ray_env(),
         capture_output=True,
         text=True,
@@ -192,17 +189,15 @@ def down(name: str) -> ClusterState | None:
 
 def status(state: ClusterState, spec: ClusterSpec) -> dict:
     """DESIGN.md's `cluster status --json`: address, serve_url, and per pool its alive node count."""
-    # A driver's stdout also carries Ray's autoscaler events: the answer is the line after the marker.
-    marker = "MODELFLEET_NODES="
-    code = (
-        "import sys, json, ray; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
-        f"print({marker!r} + json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]), flush=True)"
-    )
     env = {**_ray_env(), "RAY_SCHEDULER_EVENTS": "0"}
     result = subprocess.run(
-        [sys.executable, "-c", code, state.address], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cluster._drivers", "nodes", state.address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    answer = [line.removeprefix(marker) for line in result.stdout.splitlines() if line.startswith(marker)]
+    answer = [line.removeprefix(ANSWER) for line in result.stdout.splitlines() if line.startswith(ANSWER)]
     if result.returncode != 0 or not answer:
         raise LaunchError(f"cannot read the cluster's nodes: {result.stderr.strip().splitlines()[-1:]}")
     nodes = json.loads(answer[-1])
