@@ -8,6 +8,7 @@ names, and cross-field checks quote the offending value.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from groundwork.specs import Strict
 from providers.storage import UnsupportedScheme, resolve_uri, scheme_of
+
+from .loaders import refusal, traits
 
 __all__ = [
     "AppSpec",
@@ -60,7 +63,7 @@ class Datatype(str, Enum):
 
 
 class ModelFormat(str, Enum):
-    """How an artifact becomes a model. Each value has a loader in `serve_apps.loaders`."""
+    """How an artifact becomes a model. Each value has a record of what it needs: `serve_apps.loaders.traits`."""
 
     safetensors = "safetensors"
     torchscript = "torchscript"
@@ -71,19 +74,8 @@ class ModelFormat(str, Enum):
     pipeline = "pipeline"
 
 
-# Formats people try first and that we refuse on purpose: unpickling runs code.
-_REFUSED_FORMATS = {
-    "pickle": "pickle runs arbitrary code when loaded",
-    "pkl": "pickle runs arbitrary code when loaded",
-    "joblib": "joblib files are pickles and run arbitrary code when loaded",
-    "torch": "a torch.save() pickle runs arbitrary code when loaded",
-    "pt": "a torch.save() pickle runs arbitrary code when loaded",
-}
-_CONVERSION_HINT = (
-    "convert it once, where you trust it: "
-    "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') and use format: safetensors "
-    "with module: pkg.mod:Class, or torch.jit.save(torch.jit.script(model), 'model.pt') and use format: torchscript"
-)
+# How an error names what `module:` should hold, by FormatTraits.module.
+_MODULE_HINTS = {"class": "'package.module:Class'", "builtin": "a builtin name, e.g. echo"}
 
 
 class TensorSpec(Strict):
@@ -257,7 +249,10 @@ class ModelSpec(Strict):
 
     name: str = Field(pattern=_NAME, description="Model name in URLs (/v2/models/{name}); lowercase, digits, - and _.")
     version: str = Field(default="1", pattern=r"^[A-Za-z0-9._-]+$", description="Model version, reported in V2.")
-    artifact: ArtifactSpec | None = Field(default=None, description="Weights. Required except for format: builtin.")
+    artifact: ArtifactSpec | None = Field(
+        default=None,
+        description="Weights: builtin and pipeline take none, python's are optional, every other format needs them.",
+    )
     format: ModelFormat = Field(description="How the artifact is loaded; one loader per format.")
     module: str | None = Field(
         default=None,
@@ -308,8 +303,9 @@ class ModelSpec(Strict):
     @field_validator("format", mode="before")
     @classmethod
     def _refuse_pickle(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.lower() in _REFUSED_FORMATS:
-            raise ValueError(f"format {value!r} is refused: {_REFUSED_FORMATS[value.lower()]}; {_CONVERSION_HINT}")
+        why = refusal(value) if isinstance(value, str) else None
+        if why:
+            raise ValueError(why)
         return value
 
     @model_validator(mode="after")
@@ -321,16 +317,17 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _format_needs(self) -> ModelSpec:
-        fmt = self.format
-        if fmt not in (ModelFormat.builtin, ModelFormat.python, ModelFormat.pipeline) and self.artifact is None:
-            raise ValueError(f"format {fmt.value!r} needs an artifact: add artifact: {{uri: ...}}")
-        if fmt in (ModelFormat.safetensors, ModelFormat.builtin, ModelFormat.python) and not self.module:
-            hint = "a builtin name, e.g. echo" if fmt is ModelFormat.builtin else "'package.module:Class'"
-            raise ValueError(f"format {fmt.value!r} needs module: {hint}")
-        if fmt in (ModelFormat.safetensors, ModelFormat.python) and not re.fullmatch(
-            r"[\w.]+:[\w.]+", self.module or ""
-        ):
+        fmt, needs = self.format.value, traits(self.format.value)
+        if needs.artifact_required and self.artifact is None:
+            raise ValueError(f"format {fmt!r} needs an artifact: add artifact: {{uri: ...}}")
+        if needs.needs_module and not self.module:
+            raise ValueError(f"format {fmt!r} needs module: {_MODULE_HINTS[needs.module]}")
+        if needs.module == "class" and not re.fullmatch(r"[\w.]+:[\w.]+", self.module or ""):
             raise ValueError(f"module {self.module!r} must look like 'package.module:Class'")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_tensor_names(self) -> ModelSpec:
         for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
             names = [t.name for t in tensors]
             dupes = sorted({n for n in names if names.count(n) > 1})
@@ -340,7 +337,7 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _pipeline_fields(self) -> ModelSpec:
-        if (self.format is ModelFormat.pipeline) != (self.pipeline is not None):
+        if traits(self.format.value).calls_models != (self.pipeline is not None):
             raise ValueError("format: pipeline and a pipeline: section go together; set both or neither")
         if self.pipeline is not None:
             extra = [f for f in ("artifact", "module", "batching", "multiplex") if getattr(self, f) is not None]
@@ -366,15 +363,12 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _code_is_pinned(self) -> ModelSpec:
-        # These artifacts are programs: any ATen op, aten::from_file included, runs on load or on predict.
-        # format: python is left out on purpose: its code is the installed module (trusted as any installed
-        # package is), and its artifact is only data handed to that module.
-        programs = {ModelFormat.torchscript: "a TorchScript program", ModelFormat.torch_export: "an exported program"}
-        artifact = self.artifact
-        if self.format not in programs or artifact is None or artifact.sha256 or artifact.allow_unpinned_code:
+        # A program's every ATen op, aten::from_file included, runs on load or on predict.
+        program, artifact = traits(self.format.value).program, self.artifact
+        if program is None or artifact is None or artifact.sha256 or artifact.allow_unpinned_code:
             return self
         why = (
-            f"format {self.format.value!r} carries code ({programs[self.format]} can call any ATen op, "
+            f"format {self.format.value!r} carries code ({program} can call any ATen op, "
             "e.g. aten::from_file reads any file), so whoever can replace the artifact runs code in the replica"
         )
         if self.multiplex is not None:
@@ -390,11 +384,20 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _embedded_fields(self) -> ModelSpec:
-        if not self.embedded:
-            return self
-        if self.pipeline is not None or self.multiplex is not None:
-            kind = "a pipeline" if self.pipeline is not None else "a multiplexed family"
-            raise ValueError(f"embedded: {kind} needs a deployment of its own; remove embedded: true")
+        why = self.why_not_embeddable() if self.embedded else None
+        if why:
+            raise ValueError(why)
+        return self
+
+    def why_not_embeddable(self, ignore: Collection[str] = ()) -> str | None:
+        """Why this model cannot run inside the ingress (`embedded: true`); None when it can.
+
+        `ignore`: fields the caller resets when it embeds the model (the tuner resets autoscaling).
+        A pipeline step cannot be embedded either, an app-wide rule that `graph.py` checks.
+        """
+        if not traits(self.format.value).may_embed or self.multiplex is not None:
+            kind = "a multiplexed family" if self.multiplex is not None else f"a {self.format.value}"
+            return f"embedded: {kind} needs a deployment of its own; remove embedded: true"
         placed = [
             f"resources.{f}"
             for f in ("pool", "num_gpus", "accelerator_type", "memory_mb")
@@ -403,12 +406,13 @@ class ModelSpec(Strict):
         # Compared with the defaults, not model_fields_set: a spec must survive a model_dump/validate round trip.
         defaults = {"autoscaling": AutoscalingSpec(), "max_queued_requests": -1}
         scaled = [f for f, default in defaults.items() if getattr(self, f) != default]
-        if placed or scaled:
-            raise ValueError(
+        fields = [f for f in placed + scaled if f not in ignore]
+        if fields:
+            return (
                 f"embedded: the model runs inside the ingress, which sets where it runs and how it scales; "
-                f"remove {placed + scaled} or embedded: true"
+                f"remove {fields} or embedded: true"
             )
-        return self
+        return None
 
     def artifact_uri(self, model_id: str | None = None) -> str | None:
         """The artifact URI, with a multiplexed family's `{model_id}` filled in."""
