@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import optuna
 import yaml
 
-from serve_apps.spec import AppSpec, AutoscalingSpec, BatchingSpec, ModelFormat, ModelSpec
+from serve_apps.loaders import traits
+from serve_apps.spec import AppSpec, AutoscalingSpec, BatchingSpec, ModelSpec
 
 from .records import ModelKnobs, StageResult, Trial
 
@@ -125,15 +126,13 @@ def _model_grid(space: ModelSpace):
 
 def tunable(model: ModelSpec) -> bool:
     """Pipelines only route: their steps are the models to tune."""
-    return model.format is not ModelFormat.pipeline
+    return not traits(model.format.value).calls_models
 
 
 def embeddable(spec: AppSpec, model: ModelSpec) -> bool:
-    """What ModelSpec.embedded allows once autoscaling is dropped: no placement, no queue limit, no family, not a
-    step."""
+    """What ModelSpec.embedded allows once apply_knobs has reset autoscaling, for a model no pipeline calls."""
     steps = {step.model for m in spec.models if m.pipeline for step in m.pipeline.steps}
-    placed = any(getattr(model.resources, f) for f in ("pool", "num_gpus", "accelerator_type", "memory_mb"))
-    return not (placed or model.multiplex or model.pipeline or model.max_queued_requests != -1 or model.name in steps)
+    return model.name not in steps and model.why_not_embeddable(ignore={"autoscaling"}) is None
 
 
 def _start_replicas(model: ModelSpec) -> int:

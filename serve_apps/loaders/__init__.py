@@ -1,19 +1,39 @@
 """Model formats -> models with one `predict(inputs) -> outputs` method.
 
 One module per format, found through `_FORMATS` and imported only when used
-(so sentence-transformers loads only for the models that need it). A new
-format is one module plus one line below.
+(so sentence-transformers loads only for the models that need it). Each
+declares what it needs from a spec in `TRAITS`, which `traits()` reads
+for the spec's checks, the loaders' and the tuner's. A new format is one
+module plus one line below (and its value in `ModelFormat`).
+
+This package imports nothing heavy and not the spec, because the spec
+imports it.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..spec import ModelSpec
-from ._base import LoadError, Model, pick_device, runs_inline
+from ._base import CONVERSION_HINT, PICKLE_HINT, FormatTraits, LoadError, Model, pick_device, runs_inline
 
-__all__ = ["LoadError", "Model", "known_formats", "load_model", "pick_device", "runs_inline"]
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+__all__ = [
+    "CONVERSION_HINT",
+    "PICKLE_HINT",
+    "FormatTraits",
+    "LoadError",
+    "Model",
+    "known_formats",
+    "load_model",
+    "pick_device",
+    "refusal",
+    "runs_inline",
+    "traits",
+]
 
 _FORMATS: dict[str, str] = {
     "safetensors": "serve_apps.loaders.safetensors",
@@ -24,28 +44,57 @@ _FORMATS: dict[str, str] = {
     "python": "serve_apps.loaders.python",
 }
 
+# Formats without a loader. A pipeline loads nothing: it calls the app's other models over handles
+# (serve_apps/pipeline.py), each in a deployment a handle can reach, so it needs one of its own too.
+_WITHOUT_LOADER: dict[str, FormatTraits] = {
+    "pipeline": FormatTraits(artifact="none", artifact_required=False, calls_models=True, may_embed=False)
+}
+
+# Formats people try first and that we refuse on purpose: unpickling runs code.
+_REFUSED: dict[str, str] = {
+    "pickle": "pickle runs arbitrary code when loaded",
+    "pkl": "pickle runs arbitrary code when loaded",
+    "joblib": "joblib files are pickles and run arbitrary code when loaded",
+    "torch": "a torch.save() pickle runs arbitrary code when loaded",
+    "pt": "a torch.save() pickle runs arbitrary code when loaded",
+}
+
 
 def known_formats() -> list[str]:
+    """The formats with a loader."""
     return sorted(_FORMATS)
+
+
+def traits(format_name: str) -> FormatTraits:
+    """What format `format_name` needs from a spec (KeyError for a name that is no format)."""
+    if format_name in _WITHOUT_LOADER:
+        return _WITHOUT_LOADER[format_name]
+    return importlib.import_module(_FORMATS[format_name]).TRAITS
+
+
+def refusal(format_name: str) -> str | None:
+    """Why `format_name` is refused on purpose and how to convert such a model; None when it is not."""
+    why = _REFUSED.get(format_name.lower())
+    return None if why is None else f"format {format_name!r} is refused: {why}; {CONVERSION_HINT}"
 
 
 def load_model(spec: ModelSpec, artifact_path: Path | None, device: str) -> Model:
     """Load `spec`'s model from its fetched artifact onto `device` ("cpu" or "cuda")."""
     module = importlib.import_module(_FORMATS[spec.format.value])
-    _check_artifact(spec, artifact_path, module.ARTIFACT)
+    _check_artifact(spec, artifact_path, module.TRAITS)
     return module.load(spec, artifact_path, device)
 
 
-def _check_artifact(spec: ModelSpec, path: Path | None, kind: str | None) -> None:
+def _check_artifact(spec: ModelSpec, path: Path | None, needs: FormatTraits) -> None:
+    if not needs.artifact_required:
+        return  # none, or an optional one that is whatever the model's own code reads (format: python)
     where = f"model {spec.name!r} (format {spec.format.value})"
-    if kind is None:
-        return
     if path is None:
-        raise LoadError(f"{where} needs an artifact {kind}, got none; set artifact: {{uri: ...}} in the spec")
+        raise LoadError(f"{where} needs an artifact {needs.artifact}, got none; set artifact: {{uri: ...}} in the spec")
     path = Path(path)
     if not path.exists():
         raise LoadError(f"{where}: artifact {path} does not exist; fetch it first or fix artifact.uri")
-    if kind == "file" and not path.is_file():
+    if needs.artifact == "file" and not path.is_file():
         raise LoadError(f"{where} takes a single file, but {path} is a folder; point artifact.uri at the file")
-    if kind == "folder" and not path.is_dir():
+    if needs.artifact == "folder" and not path.is_dir():
         raise LoadError(f"{where} takes a folder, but {path} is a file; end artifact.uri with '/' for a folder")

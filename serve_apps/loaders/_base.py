@@ -1,22 +1,66 @@
-"""What every loader returns, and the errors they raise."""
+"""What every loader declares and returns, and the errors they raise.
+
+Reading a loader's `TRAITS` must stay cheap (the spec asks them while it
+validates, with no model library loaded), so loader modules import numpy,
+torch and the rest inside the functions that need them.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Protocol
-
-import numpy as np
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..spec import ModelSpec
 
-__all__ = ["LoadError", "Model", "import_class", "pick_device", "refuse_pickle", "runs_inline"]
+__all__ = [
+    "CONVERSION_HINT",
+    "PICKLE_HINT",
+    "FormatTraits",
+    "LoadError",
+    "Model",
+    "import_class",
+    "pick_device",
+    "refuse_pickle",
+    "runs_inline",
+]
 
-PICKLE_HINT = (
-    "unpickling runs arbitrary code, so modelfleet never loads pickles; convert the model once where you trust it: "
+CONVERSION_HINT = (
+    "convert the model once where you trust it: "
     "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') (format: safetensors, module: pkg.mod:Class) "
     "or torch.jit.save(torch.jit.script(model), 'model.pt') (format: torchscript)"
 )
+PICKLE_HINT = f"unpickling runs arbitrary code, so modelfleet never loads pickles; {CONVERSION_HINT}"
+
+
+@dataclass(frozen=True)
+class FormatTraits:
+    """What a model format needs from its spec; the spec, the loaders and the tuner ask this, not the format's name."""
+
+    artifact: Literal["file", "folder", "any", "none"]  # what load() is given
+    artifact_required: bool
+    # What `module:` names: 'package.module:Class' to import, one of modelfleet's builtins by name, or nothing.
+    module: Literal["class", "builtin", "none"] = "none"
+    # The artifact is a program (named so in messages): whoever can replace it runs code in the replica, so the
+    # spec wants a sha256 pin or allow_unpinned_code. None: the artifact is data.
+    program: str | None = None
+    calls_models: bool = False  # a pipeline: it runs no model of its own, it calls the app's other models
+    may_embed: bool = True  # may run inside the ingress (ModelSpec.embedded) rather than in a deployment of its own
+
+    def __post_init__(self) -> None:
+        if self.artifact == "none" and self.artifact_required:
+            raise ValueError("a format that takes no artifact cannot require one")
+
+    @property
+    def needs_module(self) -> bool:
+        return self.module != "none"
+
+    @property
+    def carries_code(self) -> bool:
+        return self.program is not None
 
 
 class Model(Protocol):

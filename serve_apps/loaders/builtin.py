@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..spec import ModelSpec
-from ..tensors import NUMPY_DTYPES
-from ._base import LoadError
+from ._base import FormatTraits, LoadError
 
-ARTIFACT = None  # what load() is given: a file, a folder, or nothing
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["BUILTINS", "TRAITS", "Echo", "load"]
+
+TRAITS = FormatTraits(artifact="none", artifact_required=False, module="builtin")
 
 
 class Echo:
@@ -19,6 +22,8 @@ class Echo:
     inline = True  # a thread hop would cost more than the copy-free cast
 
     def __init__(self, spec: ModelSpec):
+        from ..tensors import NUMPY_DTYPES  # here, not at import: reading TRAITS stays light (see _base)
+
         self.pairs = [
             (i.name, o.name, NUMPY_DTYPES[o.datatype]) for i, o in zip(spec.inputs, spec.outputs, strict=False)
         ]

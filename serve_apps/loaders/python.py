@@ -12,9 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..spec import ModelSpec
-from ._base import LoadError, import_class
+from ._base import FormatTraits, LoadError, import_class
 
-ARTIFACT = None  # optional: a file or a folder, whatever the class reads
+__all__ = ["TRAITS", "load"]
+
+# The artifact is optional, a file or a folder: whatever the class reads. It is data, never code: the code is the
+# installed module, trusted as any installed package is, so no sha256 pin is asked for.
+TRAITS = FormatTraits(artifact="any", artifact_required=False, module="class")
 
 
 def load(spec: ModelSpec, path: Path | None, device: str):

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..spec import ModelSpec
-from ._base import LoadError, import_class, refuse_pickle
-from ._torch import TorchModel
+from ._base import FormatTraits, LoadError, import_class, refuse_pickle
 
-ARTIFACT = "file"  # what load() is given: a file, a folder, or nothing
+if TYPE_CHECKING:
+    from ._torch import TorchModel
+
+__all__ = ["TRAITS", "load"]
+
+TRAITS = FormatTraits(artifact="file", artifact_required=True, module="class")
 
 
 def _build(spec: ModelSpec, path: Path):
@@ -32,6 +37,8 @@ def _build(spec: ModelSpec, path: Path):
 def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from ._torch import TorchModel  # here, not at import: reading TRAITS stays light (see _base)
 
     refuse_pickle(path, "a safetensors file")
     net = _build(spec, path)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..spec import Datatype, ModelSpec
-from ..tensors import NUMPY_DTYPES
-from ._base import LoadError
+from ._base import FormatTraits, LoadError
 
-ARTIFACT = "folder"  # what load() is given: a file, a folder, or nothing
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["TRAITS", "SentenceEncoder", "load"]
+
+TRAITS = FormatTraits(artifact="folder", artifact_required=True)
 
 
 class SentenceEncoder:
     def __init__(self, spec: ModelSpec, model):
+        from ..tensors import NUMPY_DTYPES  # here, not at import: reading TRAITS stays light (see _base)
+
         self.spec, self.model = spec, model
         self.text_input, self.vector_output = spec.inputs[0].name, spec.outputs[0].name
         self.dtype = NUMPY_DTYPES[spec.outputs[0].datatype]

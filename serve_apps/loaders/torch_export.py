@@ -18,12 +18,17 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..spec import ModelSpec
-from ._base import PICKLE_HINT, LoadError, refuse_pickle
-from ._torch import TorchModel
+from ._base import PICKLE_HINT, FormatTraits, LoadError, refuse_pickle
 
-ARTIFACT = "file"  # what load() is given: a file, a folder, or nothing
+if TYPE_CHECKING:
+    from ._torch import TorchModel
+
+__all__ = ["TRAITS", "load"]
+
+TRAITS = FormatTraits(artifact="file", artifact_required=True, program="an exported program")
 
 _ENV_LOCK = threading.Lock()
 
@@ -109,6 +114,8 @@ def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
     import pickle
 
     import torch
+
+    from ._torch import TorchModel  # here, not at import: reading TRAITS stays light (see _base)
 
     refuse_pickle(path, "a torch.export program")
     _refuse_code_in_archive(spec, path)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..spec import ModelSpec
-from ._base import LoadError, refuse_pickle
-from ._torch import TorchModel
+from ._base import FormatTraits, LoadError, refuse_pickle
 
-ARTIFACT = "file"  # what load() is given: a file, a folder, or nothing
+if TYPE_CHECKING:
+    from ._torch import TorchModel
+
+__all__ = ["TRAITS", "load"]
+
+TRAITS = FormatTraits(artifact="file", artifact_required=True, program="a TorchScript program")
 
 
 def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
     import torch
+
+    from ._torch import TorchModel  # here, not at import: reading TRAITS stays light (see _base)
 
     refuse_pickle(path, "a TorchScript archive")
     try:
