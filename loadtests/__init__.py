@@ -12,21 +12,23 @@ tuner.py        the search space, the search (optuna), tuned specs, the verdict
 report.py       records -> summary.json, trials.csv, one self-contained index.html
 """
 
+from groundwork.lazy import lazy_exports
+
 # Exported lazily: the CLI imports `loadtests.shapes` for its option types without paying for numpy or Locust.
-_EXPORTS = {
-    **dict.fromkeys(
-        ["ModelKnobs", "Protocol", "RunConfig", "RunRecord", "StageResult", "TimePoint", "Trial", "TuneRecord"],
-        "records",
-    ),
-    **dict.fromkeys(["Endpoint", "Scenario", "ScenarioError", "from_app", "from_url"], "scenario"),
-    **dict.fromkeys(["Shape", "Stage", "stages"], "shapes"),
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "records": [
+            "ModelKnobs",
+            "Protocol",
+            "RunConfig",
+            "RunRecord",
+            "StageResult",
+            "TimePoint",
+            "Trial",
+            "TuneRecord",
+        ],
+        "scenario": ["Endpoint", "Scenario", "ScenarioError", "from_app", "from_url"],
+        "shapes": ["Shape", "Stage", "stages"],
+    },
+)

@@ -6,22 +6,19 @@ workers included) can be measured and, whatever happens, stopped by pid.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 
 from groundwork.processes import free_port, session_processes
 
 __all__ = ["AppProcess", "AppStartFailed", "ProcessGroup", "free_port", "session_processes"]
-
-READY_PATH = "/v2/health/ready"
 
 
 class ProcessGroup:
@@ -76,6 +73,7 @@ class AppProcess:
     ):
         self.spec_path = spec_path
         self.log_path = log_path
+        self.ready_path = log_path.with_name(log_path.stem + ".ready.json")  # `run --ready-file`: its address, once up
         self.startup_timeout_s = startup_timeout_s
         self.env = env
         self.port = free_port()
@@ -117,7 +115,10 @@ class AppProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--ready-file",
+            str(self.ready_path),
         ]
+        self.ready_path.unlink(missing_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -128,25 +129,17 @@ class AppProcess:
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})},
             )
         deadline = time.monotonic() + self.startup_timeout_s
-        with httpx.Client(timeout=5) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    raise AppStartFailed(
-                        f"modelfleet run exited ({self.proc.returncode}) while starting:\n{self.log_tail()}"
-                    )
-                match = re.search(r"^ray: (\S+)", self.log_path.read_text(errors="replace"), flags=re.M)
-                try:
-                    # `run` prints its Ray address after the app answers: wait for both.
-                    if match and client.get(self.url + READY_PATH).status_code == 200:
-                        self.ray_address = match.group(1)
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AppStartFailed(
-                        f"modelfleet run not ready after {self.startup_timeout_s:.0f}s:\n{self.log_tail()}"
-                    )
-                time.sleep(0.5)
+        while not self.ready_path.exists():  # `run` writes it once the app answers, whole (an atomic rename)
+            if self.proc.poll() is not None:
+                raise AppStartFailed(
+                    f"modelfleet run exited ({self.proc.returncode}) while starting:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise AppStartFailed(
+                    f"modelfleet run not ready after {self.startup_timeout_s:.0f}s:\n{self.log_tail()}"
+                )
+            time.sleep(0.5)
+        self.ray_address = json.loads(self.ready_path.read_text())["ray_address"]
 
     def stop(self, grace_s: float = 90) -> None:
         """Ctrl-C (what `run` expects), then SIGTERM and SIGKILL if it hangs; then whatever of its session outlived

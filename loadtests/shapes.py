@@ -33,18 +33,34 @@ def stages(shape: Shape, users: int, duration_s: float, spawn_rate: float | None
     if users < 1 or duration_s <= 0:
         raise ValueError(f"a load shape needs users >= 1 and a positive duration, got {users} users for {duration_s}s")
     rate = spawn_rate or float(users)  # default: everyone within a second, so stages measure their user count
-    if shape is Shape.constant:
-        return [Stage(duration_s, users, rate)]
-    if shape is Shape.spike:
-        base = max(1, users // 4)
-        return [
-            Stage(duration_s * 0.4, base, rate),
-            Stage(duration_s * 0.6, users, rate),
-            Stage(duration_s, base, rate),
-        ]
-    count = 10 if shape is Shape.ramp else max(1, min(steps, users))
+    return _PLANS[shape](users, duration_s, rate, steps)
+
+
+def _constant(users: int, duration_s: float, rate: float, _steps: int) -> list[Stage]:
+    return [Stage(duration_s, users, rate)]
+
+
+def _spike(users: int, duration_s: float, rate: float, _steps: int) -> list[Stage]:
+    base = max(1, users // 4)
+    return [Stage(duration_s * 0.4, base, rate), Stage(duration_s * 0.6, users, rate), Stage(duration_s, base, rate)]
+
+
+def _levels(users: int, duration_s: float, rate: float, count: int) -> list[Stage]:
+    """`count` even steps up to `users`, each held for an equal share of the run."""
     levels = sorted({max(1, round(users * (i + 1) / count)) for i in range(count)})
     return [Stage(duration_s * (i + 1) / len(levels), level, rate) for i, level in enumerate(levels)]
+
+
+def _ramp(users: int, duration_s: float, rate: float, _steps: int) -> list[Stage]:
+    return _levels(users, duration_s, rate, 10)
+
+
+def _step(users: int, duration_s: float, rate: float, steps: int) -> list[Stage]:
+    return _levels(users, duration_s, rate, max(1, min(steps, users)))
+
+
+# A new shape: one Shape member and one function here.
+_PLANS = {Shape.constant: _constant, Shape.ramp: _ramp, Shape.step: _step, Shape.spike: _spike}
 
 
 def doubling(max_users: int, start: int = 1) -> list[int]:

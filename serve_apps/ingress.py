@@ -7,236 +7,51 @@ model is the server's fault: a 500 that carries a request id to find the
 traceback in the logs. Every other error is a 4xx with `{"error": ...}`.
 
 Requests reach it through Ray's proxy, or (under `modelfleet run`) through its
-own listener on the app's port (`listener.py`, `_front_door`). Models run in
+own listener on the app's port (`listener.py`, `_http.front_door`). Models run in
 deployments of their own, one handle call away, or embedded in this process.
 """
 
 import asyncio
 import logging
-import os
-import re
-import socket
 import time
 import uuid
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Mount
 
 from groundwork.net import is_loopback_host
-from groundwork.version import VERSION
 
+from ._http import (
+    V1_BODY,
+    V2_BODY,
+    ModelFailed,
+    api,
+    discard_rest,
+    front_door,
+    is_json,
+    json_body_doc,
+    json_response,
+    request_id_of,
+)
+from ._ingress_metrics import IngressMetrics
 from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
 from .spec import AppSpec, ModelSpec, valid_model_id
-from .tensors import (
-    RequestError,
-    check_inputs,
-    decode_v1,
-    decode_v2,
-    encode_v1,
-    encode_v2,
-    rows_of,
-    tensor_metadata,
-    valid_request_id,
-)
+from .tensors import RequestError, check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
 
 __all__ = ["Ingress", "api"]
 
 logger = logging.getLogger("ray.serve")
 
-api = FastAPI(
-    title="modelfleet",
-    summary="KServe V1 and Open Inference Protocol V2 endpoints for the models of one modelfleet app.",
-    version=VERSION,
-)
-
-
-class _Metrics:
-    """Per-ingress-replica Prometheus metrics (each replica exposes its own /metrics)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "modelfleet_requests",
-            "Inference requests by model, protocol and HTTP status.",
-            ["model", "protocol", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "modelfleet_request_latency_seconds",
-            "Inference latency seen by the ingress.",
-            ["model", "protocol"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        self.rows = Counter(
-            "modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry
-        )
-        self.retries = Counter(
-            "modelfleet_replica_retries",
-            "Inference calls retried because their replica died before answering.",
-            ["model"],
-            registry=self.registry,
-        )
-        self.batch_rows = Histogram(
-            "modelfleet_batch_rows",
-            "Rows in the model batch that served each request (dynamic batching at work).",
-            ["model"],
-            registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-        )
-        # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
-        Gauge(
-            "modelfleet_ingress_replica",
-            "This ingress replica (each serves its own /metrics).",
-            ["replica"],
-            registry=self.registry,
-        ).labels(f"{socket.gethostname()}:{os.getpid()}").set(1)
-
-
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
-
-
-@api.exception_handler(RequestError)
-async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    response = _error(exc.status, str(exc))
-    response.headers.update(exc.headers or {})
-    return response
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    message = {404: "no such route; see /docs", 405: "method not allowed for this route; see /docs"}
-    return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
-
-
-class _ModelFailed(Exception):
-    def __init__(self, model: str, request_id: str):
-        self.model, self.request_id = model, request_id
-
-
-@api.exception_handler(_ModelFailed)
-async def _model_failed(_: Request, exc: _ModelFailed) -> JSONResponse:
-    return _error(
-        500,
-        f"model {exc.model!r} failed on this request; the server logs hold the traceback under request id "
-        f"{exc.request_id}",
-        request_id=exc.request_id,
-    )
-
-
-def _request_id(request: Request) -> str:
-    """The caller's x-request-id if it is safe to echo in a header and a log line, else a new one."""
-    given = request.headers.get("x-request-id")
-    return given if valid_request_id(given) else uuid.uuid4().hex
-
-
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    request_id = _request_id(request)
-    logger.error("ingress error on request %s", request_id, exc_info=exc)
-    return _error(
-        500, f"internal error; the server logs hold the traceback under request id {request_id}", request_id=request_id
-    )
-
-
-def _json(payload: dict, request_id: str) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json", headers={"x-request-id": request_id})
-
-
-# Only JSON: a web page can send a form or text/plain to a local server without a CORS preflight,
-# but not application/json. (curl -d sends a form type unless told -H 'Content-Type: application/json'.)
-def _is_json(content_type: str | None) -> bool:
-    media = (content_type or "").split(";")[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
-# A client that sent a too-large body before reading our answer gets a connection reset instead of
-# the 413 if we close with its bytes unread; read and drop them first, within bounds (nginx's lingering close).
-LINGER_MAX_BYTES = 256 * 1024 * 1024
-LINGER_MAX_S = 10.0
-
-
-async def _discard_rest(request: Request) -> None:
-    read = 0
-    try:
-        async with asyncio.timeout(LINGER_MAX_S):
-            async for chunk in request.stream():
-                read += len(chunk)
-                if read > LINGER_MAX_BYTES:
-                    return
-    except Exception:  # a client that hangs up or stalls (TimeoutError): nothing more to save
-        return
-
-
-_LOOPBACK_HOST_HEADER = re.compile(r"(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?", re.IGNORECASE)
-
-
-def _refuse_by_origin(scope: dict, keyless: bool) -> RequestError | None:
-    """Why a request must not be served from where it arrived, or None.
-
-    `scope["server"]` is the local address the connection came in on. A
-    keyless app answers only there on loopback; and on loopback, only to a
-    loopback Host name, so a web page that rebinds its own domain to
-    127.0.0.1 cannot read from the local server.
-    """
-    server = scope.get("server")
-    on_loopback = is_loopback_host(server[0] if server else None)
-    if keyless and not on_loopback:
-        return RequestError(
-            403,
-            "this app has no API keys, so it answers on loopback only; configure keys "
-            "(ingress.keys_file or MODELFLEET_API_KEYS) to serve other addresses",
-        )
-    if on_loopback:
-        host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
-        if host is not None and not _LOOPBACK_HOST_HEADER.fullmatch(host):
-            return RequestError(
-                400,
-                f"Host {host[:100]!r} is not a name of this loopback server; use 127.0.0.1, localhost or [::1] "
-                "(other names are refused so web pages cannot reach it by DNS rebinding)",
-            )
-    return None
-
-
-class _OriginGuard:
-    """ASGI middleware applying `_refuse_by_origin` on Ray's proxy path (the listener applies it itself)."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            ingress = serve.get_replica_context().servable_object
-            refusal = _refuse_by_origin(scope, keyless=not ingress.keys.enabled) if ingress is not None else None
-            if refusal is not None:
-                await _error(refusal.status, str(refusal))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-api.add_middleware(_OriginGuard)
 MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # Ray Serve's own header name for model multiplexing
 STATES_TTL_S = 1.0  # how stale readiness may be: probes must not each cost a controller round trip
 
@@ -270,95 +85,6 @@ def _model_id(spec: ModelSpec, in_path: str | None, request: Request | None) -> 
     return model_id
 
 
-# The bodies the inference routes read themselves, described for /docs and for API fuzzers (schemathesis).
-_V2_BODY = {
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "id": {"type": "string", "description": "Echoed in the response and its x-request-id header."},
-        "inputs": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["name", "shape", "datatype", "data"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                    "datatype": {"type": "string", "enum": ["BOOL", "INT32", "INT64", "FP32", "FP64", "BYTES"]},
-                    "data": {"type": "array", "description": "Row-major values, flat or nested."},
-                },
-            },
-        },
-        "outputs": {
-            "type": "array",
-            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
-        },
-    },
-}
-_V1_BODY = {
-    "type": "object",
-    "required": ["instances"],
-    "properties": {"instances": {"type": "array", "minItems": 1, "description": "One row per instance."}},
-}
-
-
-def _json_body_doc(schema: dict) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-_INFER_ROUTES = (  # the two hot routes, as FastAPI matches them (uvicorn has already percent-decoded the path)
-    (re.compile(r"/v2/models/([^/]+)/infer"), "infer_v2"),
-    (re.compile(r"/v1/models/([^/]+):predict"), "predict_v1"),
-)
-
-
-async def _error_response(request: Request, exc: Exception) -> Response:
-    """What `api`'s exception handlers answer, for requests that bypass its router."""
-    if isinstance(exc, RequestError):
-        return await _request_error(request, exc)
-    if isinstance(exc, _ModelFailed):
-        return await _model_failed(request, exc)
-    return await _unexpected(request, exc)
-
-
-def _front_door(ingress: Any, prefix: str) -> Any:
-    """The ASGI app the ingress's own listener serves: `api` at the app's route prefix, as Ray's proxy mounts it.
-
-    POSTs to the two inference routes go straight to their handlers: FastAPI's
-    router, dependency solving and middleware cost more than the echo itself
-    (bench.ingress). Every other route, and anything unusual, takes FastAPI's path.
-    """
-    base = prefix.rstrip("/")
-
-    async def not_found(request: Request, _: Exception) -> JSONResponse:
-        return _error(404, f"no route {request.url.path}; this app is under {prefix}")
-
-    mounted = api if not base else Starlette(routes=[Mount(base, app=api)], exception_handlers={404: not_found})
-
-    async def app(scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(base + "/"):
-            for pattern, handler in _INFER_ROUTES:
-                match = pattern.fullmatch(path, len(base))
-                if match:
-                    # Every other route passes `api`'s _OriginGuard; these two skip `api`, so check here.
-                    refusal = _refuse_by_origin(scope, keyless=not ingress.keys.enabled)
-                    if refusal is not None:
-                        await _error(refusal.status, str(refusal))(scope, receive, send)
-                        return
-                    request = Request(scope, receive)
-                    try:
-                        response = await getattr(ingress, handler)(match.group(1), request)
-                    except Exception as exc:
-                        response = await _error_response(request, exc)
-                    await response(scope, receive, send)
-                    return
-        await mounted(scope, receive, send)
-
-    return app
-
-
 # serve.ingress() freezes `api` and this class when it decorates: every handler
 # and helper they use must be defined above this line.
 @serve.ingress(api)
@@ -380,7 +106,7 @@ class Ingress:
         self.embedded = {m.name: ModelDeployment(m.model_dump(mode="json")) for m in self.app_spec.models if m.embedded}
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
         self.request_timeout_s = self.app_spec.ingress.request_timeout_s
-        self.metrics = _Metrics()
+        self.metrics = IngressMetrics()
         self.listen = listen
         self.listener: Listener | None = None
         self._states: dict[str, str] = {}
@@ -397,7 +123,7 @@ class Ingress:
             limits = Limits(ingress.header_timeout_s, ingress.body_timeout_s, ingress.max_connections)
             tls = Tls(ingress.tls.cert_file, ingress.tls.key_file, ingress.tls.client_ca_file) if ingress.tls else None
             self.listener = Listener(
-                _front_door(self, self.app_spec.route_prefix), listen["host"], listen["port"], limits, tls
+                front_door(self, self.app_spec.route_prefix), listen["host"], listen["port"], limits, tls
             )
             self.listener.start(ready=lambda: serve.get_replica_context().servable_object is self)
 
@@ -447,15 +173,15 @@ class Ingress:
     async def _json_body(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _discard_rest(request)
+            await discard_rest(request)
             raise RequestError(
                 413,
                 f"body of {declared} bytes exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)",
                 {"Connection": "close"},
             )
         ctype = request.headers.get("content-type")
-        if not _is_json(ctype):
-            await _discard_rest(request)
+        if not is_json(ctype):
+            await discard_rest(request)
             given = f"content type {ctype[:100]!r} is" if ctype else "a body without a Content-Type is"
             raise RequestError(
                 415, f"{given} not accepted; send Content-Type: application/json", {"Connection": "close"}
@@ -465,7 +191,7 @@ class Ingress:
             async for chunk in request.stream():  # enforce the limit when Content-Length lies or is absent
                 body += chunk
                 if len(body) > self.max_body_bytes:
-                    await _discard_rest(request)
+                    await discard_rest(request)
                     raise RequestError(
                         413,
                         f"body exceeds the {self.max_body_bytes}-byte limit (ingress.max_body_mb)",
@@ -495,7 +221,7 @@ class Ingress:
             if not isinstance(cause, RequestError):
                 status = 500
                 logger.error("model %s failed on request %s: %s", spec.name, request_id, exc)
-                raise _ModelFailed(spec.name, request_id) from None
+                raise ModelFailed(spec.name, request_id) from None
             status = cause.status
             raise cause from None
         except TimeoutError:
@@ -521,7 +247,7 @@ class Ingress:
         except Exception:
             status = 500
             logger.exception("model %s failed on request %s", spec.name, request_id)
-            raise _ModelFailed(spec.name, request_id) from None
+            raise ModelFailed(spec.name, request_id) from None
         finally:
             self.metrics.requests.labels(spec.name, protocol, str(status)).inc()
             self.metrics.latency.labels(spec.name, protocol).observe(time.perf_counter() - started)
@@ -549,19 +275,19 @@ class Ingress:
 
     # ---- inference --------------------------------------------------------
 
-    @api.post("/v1/models/{name}:predict", summary="KServe V1 predict", openapi_extra=_json_body_doc(_V1_BODY))
+    @api.post("/v1/models/{name}:predict", summary="KServe V1 predict", openapi_extra=json_body_doc(V1_BODY))
     async def predict_v1(self, name: str, request: Request) -> Response:
         spec = self._authorized_model(request, name)
         model_id = _model_id(spec, _family_and_id(name)[1], request)
         inputs = decode_v1(await self._json_body(request), spec)
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         outputs = await self._infer(spec, inputs, "v1", request_id, model_id)
-        return _json(encode_v1(outputs, spec), request_id)
+        return json_response(encode_v1(outputs, spec), request_id, spec.version)
 
     @api.post(
         "/v2/models/{name}/infer",
         summary="Open Inference Protocol V2 infer ({name} may be family:model_id)",
-        openapi_extra=_json_body_doc(_V2_BODY),
+        openapi_extra=json_body_doc(V2_BODY),
     )
     async def infer_v2(self, name: str, request: Request) -> Response:
         return await self._infer_v2(name, self._authorized_model(request, name), request)
@@ -569,7 +295,7 @@ class Ingress:
     @api.post(
         "/v2/models/{name}/versions/{version}/infer",
         summary="Open Inference Protocol V2 infer (versioned)",
-        openapi_extra=_json_body_doc(_V2_BODY),
+        openapi_extra=json_body_doc(V2_BODY),
     )
     async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
         return await self._infer_v2(name, self._authorized_model(request, name, version), request)
@@ -581,7 +307,7 @@ class Ingress:
         payload = encode_v2(outputs, spec, request_id, only)
         if model_id is not None:
             payload["model_name"] = f"{spec.name}:{model_id}"
-        return _json(payload, request_id)
+        return json_response(payload, request_id, spec.version)
 
     # ---- Python callers ---------------------------------------------------
 

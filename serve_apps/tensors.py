@@ -106,9 +106,18 @@ def _cells(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
     if "nested lists" in kinds:
         raise RequestError(422, f"{where}: data is not a rectangular array (rows of different lengths or depths)")
     refused = sorted(kinds - _ACCEPTED_KINDS[spec.datatype])
+    if refused == ["floats"] and spec.datatype in _INT_RANGE and all(map(_integer_beyond_int64, cells.flat)):
+        # JSON parsers turn an integer literal beyond 64 bits into a float: say what is wrong with it.
+        info = _INT_RANGE[spec.datatype]
+        raise RequestError(422, f"{where}: values must lie in [{info.min}, {info.max}] for {spec.datatype.value}")
     if refused:
         raise RequestError(422, f"{where}: datatype {spec.datatype.value} cannot hold {', '.join(refused)}")
     return cells
+
+
+def _integer_beyond_int64(value: Any) -> bool:
+    """True for what is not a float, and for a whole float no int64 holds (how an oversized integer arrives)."""
+    return not isinstance(value, float) or (value.is_integer() and abs(value) >= 2**63)
 
 
 def _to_array(data: Any, spec: TensorSpec, where: str) -> np.ndarray:

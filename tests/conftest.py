@@ -9,13 +9,11 @@ raises on negative input, to prove a model error is a 500 and not an outage).
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -28,6 +26,7 @@ from tests.helpers import (
     MAX_BODY_MB,
     REQUEST_TIMEOUT_S,
     ROOT,
+    TYPES_MODEL,
     Fleet,
     free_port,
     wait_until,
@@ -44,9 +43,6 @@ def _write_faulty_model(path: Path) -> None:
             return x * 2
 
     torch.jit.save(torch.jit.script(Faulty()), str(path))
-
-
-_TYPES = ["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES"]
 
 
 def _test_fleet(tmp: Path) -> Path:
@@ -66,11 +62,7 @@ def _test_fleet(tmp: Path) -> Path:
     tiny = {"num_cpus": 0.1}
     spec["models"] += [
         {
-            "name": "types",
-            "format": "builtin",
-            "module": "echo",
-            "inputs": [{"name": f"in_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in _TYPES],
-            "outputs": [{"name": f"out_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in _TYPES],
+            **TYPES_MODEL,
             "resources": tiny,
             "embedded": True,  # answered inside the ingress: every datatype through the in-process path too
         },
@@ -124,7 +116,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     tmp = tmp_path_factory.mktemp("fleet")
     spec_path = _test_fleet(tmp)
     port = free_port()
-    log_path = tmp / "modelfleet-run.log"
+    log_path, ready_path = tmp / "modelfleet-run.log", tmp / "ready.json"
     env = {
         **os.environ,
         "MODELFLEET_CACHE_DIR": str(tmp / "cache"),
@@ -135,25 +127,29 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", "run", str(spec_path), "--host", "127.0.0.1", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "modelfleet",
+                "run",
+                str(spec_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ready-file",
+                str(ready_path),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=tmp,
             start_new_session=True,
         )
-    fleet = Fleet(f"http://127.0.0.1:{port}", spec_path, log_path, process)
+    fleet = Fleet(f"http://127.0.0.1:{port}", spec_path, log_path, process, ready_path)
     try:
-        wait_until(
-            # Ready, and done printing (the ingress can answer before `run` prints its last line).
-            lambda: (
-                httpx.get(f"{fleet.url}/v2/health/ready", timeout=5).status_code == 200 and "\nproxy: " in fleet.log()
-            ),
-            300,
-            "modelfleet run",
-            process,
-            log_path,
-        )
+        wait_until(ready_path.exists, 300, "modelfleet run", process, log_path)  # written once serving
+        assert fleet.ready()["url"] == fleet.url and fleet.ready()["pid"] == process.pid
         yield fleet
     finally:
         if process.poll() is None:
@@ -166,6 +162,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     # Ctrl-C must stop Serve and Ray cleanly: a failure here errors the session.
     assert process.returncode == 0, f"modelfleet run exited {process.returncode} on Ctrl-C:\n{fleet.log()[-4000:]}"
     assert "stopped." in fleet.log()
+    assert not fleet.ready_path.exists(), "run removes its ready file when it stops"
 
 
 @pytest.fixture()
@@ -176,10 +173,8 @@ def client(fleet: Fleet):
 
 @pytest.fixture(scope="session")
 def ray_address(fleet: Fleet) -> str:
-    """The Ray head `modelfleet run` started for this session (it prints `ray: ADDRESS`)."""
-    match = re.search(r"^ray: (\S+)", fleet.log(), flags=re.M)
-    assert match, "modelfleet run prints its Ray address"
-    return match.group(1)
+    """The Ray head `modelfleet run` started for this session (from its --ready-file)."""
+    return fleet.ready()["ray_address"]
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@ waiting, and what a session's processes listen on. (Fixtures live in conftest.py
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_BODY_MB",
     "REQUEST_TIMEOUT_S",
     "ROOT",
+    "TYPES_MODEL",
     "Fleet",
     "delete_app",
     "deploy_listening",
@@ -43,6 +44,15 @@ REQUEST_TIMEOUT_S = 5.0
 HEADER_TIMEOUT_S = 3.0
 BODY_TIMEOUT_S = 5.0
 # The fleet runs with API keys on, as production would: tests call it with the admin key.
+DATATYPES = ["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES"]
+# `types`: a builtin echo over every datatype, in the test fleet (tests/conftest.py) and the decoder's unit tests.
+TYPES_MODEL = {
+    "name": "types",
+    "format": "builtin",
+    "module": "echo",
+    "inputs": [{"name": f"in_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in DATATYPES],
+    "outputs": [{"name": f"out_{t.lower()}", "datatype": t, "shape": [-1, -1]} for t in DATATYPES],
+}
 ADMIN_KEY = "mf_test_admin_key_0123456789_abcdefghijklmnop"
 DIGITS_KEY = "mf_test_digits_only_key_9876543210_qrstuvwxyz"
 
@@ -53,16 +63,18 @@ class Fleet:
     spec_path: Path
     log_path: Path
     process: subprocess.Popen
+    ready_path: Path  # `run --ready-file`: {app, url, proxy_url, ray_address, pid} once serving
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def ready(self) -> dict:
+        return json.loads(self.ready_path.read_text())
+
     @property
     def proxy_url(self) -> str:
-        """Ray Serve's proxy on the run's Ray, where apps deployed onto it answer (`run` prints `proxy: URL`)."""
-        match = re.search(r"^proxy: (\S+)", self.log(), flags=re.M)
-        assert match, "modelfleet run prints its proxy URL"
-        return match.group(1)
+        """Ray Serve's proxy on the run's Ray, where apps deployed onto it answer."""
+        return self.ready()["proxy_url"]
 
     def client(self, key: str | None = ADMIN_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

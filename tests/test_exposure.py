@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_apps.ingress import _refuse_by_origin
+from serve_apps._http import refuse_by_origin as _refuse_by_origin
 from tests.helpers import DIGITS_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port
 
 ECHO = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}'

@@ -39,9 +39,10 @@ def cluster(tmp_path_factory):
     path = tmp / "local-sim.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**{k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}, "MODELFLEET_HOME": str(tmp / "home")}
-    result = run_cli("cluster", "up", str(path), env=env, timeout=300)
+    result = run_cli("cluster", "up", str(path), "--json", env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    state = json.loads((tmp / "home/clusters/mf-test-sim/state.json").read_text())
+    state = json.loads(result.stdout)  # what `up --json` prints is what it records
+    assert state == json.loads((tmp / "home/clusters/mf-test-sim/state.json").read_text())
     try:
         yield path, env, state
     finally:

@@ -11,7 +11,9 @@ from tests.helpers import Fleet
 def _v2(client, model: str, inputs: list[dict], **extra) -> dict:
     response = client.post(f"/v2/models/{model}/infer", json={"inputs": inputs, **extra})
     assert response.status_code == 200, response.text
-    return response.json()
+    body = response.json()
+    assert response.headers["x-modelfleet-model-version"] == body["model_version"]  # header and body agree
+    return body
 
 
 def test_digits_held_out_accuracy_over_v2(client) -> None:
@@ -42,6 +44,7 @@ def test_digits_v1_agrees_with_v2(client) -> None:
     rows = x_test[:8].astype(np.float32)
     v1 = client.post("/v1/models/digits:predict", json={"instances": rows.tolist()})
     assert v1.status_code == 200, v1.text
+    assert v1.headers["x-modelfleet-model-version"] == "1"  # V1 bodies cannot say which version answered
     v2 = _v2(
         client, "digits", [{"name": "pixels", "datatype": "FP32", "shape": [8, 64], "data": rows.ravel().tolist()}]
     )

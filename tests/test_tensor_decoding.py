@@ -141,3 +141,13 @@ def test_python_callers_numpy_arrays_keep_their_fast_path() -> None:
         check_inputs({"x": np.array([["a", "b", "c"]])}, model)
     strings = check_inputs({"x": np.array([["a", "b", "c"]], dtype=object)}, _model("BYTES", [-1, 3]))["x"]
     assert strings.tolist() == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("literal", [b"18446744073709551616", b"-18446744073709551617", b"1e30"])
+def test_an_integer_too_big_for_int64_is_named_as_such_though_json_made_it_a_float(literal: bytes) -> None:
+    """orjson turns integer literals beyond 64 bits into floats; 'cannot hold floats' would blame the wrong thing."""
+    body = b'{"inputs":[{"name":"x","datatype":"INT64","shape":[1,1],"data":[' + literal + b"]}]}"
+    with pytest.raises(RequestError, match=r"values must lie in \[-9223372036854775808, 9223372036854775807\]"):
+        decode_v2(orjson.loads(body), _model("INT64", [-1, 1]))
+    with pytest.raises(RequestError, match="cannot hold floats"):  # a fraction is still a float
+        decode_v2(orjson.loads(body.replace(literal, b"2.5")), _model("INT64", [-1, 1]))

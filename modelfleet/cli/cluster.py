@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -161,6 +162,9 @@ def cluster_up(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the rendered config and the command; launch nothing.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="local-sim: print the cluster's state (address, serve_url, ...) as JSON.")
+    ] = False,
 ) -> None:
     """Launch a cluster: local-sim here, or render and hand to `ray up` (aws, gcp, azure, onprem)."""
     from cluster.launch import LaunchError, up
@@ -173,6 +177,9 @@ def cluster_up(
             state = up(spec, str(spec_path))
     except LaunchError as exc:
         failed(str(exc))
+    if as_json:
+        out.print_json(json.dumps(asdict(state)))
+        return
     out.print(f"cluster {spec.name!r} is up (head pid {state.pid})")
     out.print(f"address: {state.address}   (modelfleet deploy APP.yaml --address {state.address})")
     out.print(f"serve_url: {state.serve_url}")

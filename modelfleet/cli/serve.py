@@ -187,6 +187,14 @@ def run(
         typer.Option(help="HTTP port of Ray Serve's proxy, for apps later deployed onto this Ray; 0 picks a free one."),
     ] = 0,
     insecure_no_ray_auth: InsecureNoRayAuth = False,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ready-file",
+            help="Once serving, write {app, url, proxy_url, ray_address, pid} here as JSON (removed on exit): "
+            "for scripts, instead of reading the printed lines.",
+        ),
+    ] = None,
 ) -> None:
     """Serve an app on an embedded local Ray until Ctrl-C."""
     from serve_apps.runner import DeployFailed, LocalServer
@@ -214,12 +222,23 @@ def run(
         _deploy_with_progress(server, spec, keys, f"deploying {spec.name}…")
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         scheme = "https" if spec.ingress.tls else "http"
-        _print_endpoints(spec, f"{scheme}://{display_host}:{port}{spec.route_prefix.rstrip('/')}")
-        out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
-        out.print(
-            f"proxy: http://{display_host}:{proxy_port}   (Ray Serve's proxy: every app on this Ray, by route prefix)"
+        url, proxy_url = (
+            f"{scheme}://{display_host}:{port}{spec.route_prefix.rstrip('/')}",
+            f"http://{display_host}:{proxy_port}",
         )
+        _print_endpoints(spec, url)
+        out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
+        out.print(f"proxy: {proxy_url}   (Ray Serve's proxy: every app on this Ray, by route prefix)")
         sys.stdout.flush()
+        if ready_file is not None:
+            ready = {
+                "app": spec.name,
+                "url": url,
+                "proxy_url": proxy_url,
+                "ray_address": server.address,
+                "pid": os.getpid(),
+            }
+            _write_atomically(ready_file, json.dumps(ready) + "\n")
         threading.Event().wait()
     except KeyboardInterrupt:
         err.print("\nstopping…")
@@ -228,8 +247,17 @@ def run(
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # no longer serving: a script must not find a stale address
         server.stop()
     err.print("stopped.")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Whoever polls for `path` reads it whole or not at all."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def deploy(

@@ -1,0 +1,53 @@
+"""The ingress's Prometheus metrics: each ingress replica keeps and serves its own."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["IngressMetrics"]
+
+
+class IngressMetrics:
+    """Per-ingress-replica Prometheus metrics (each replica exposes its own /metrics)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelfleet_requests",
+            "Inference requests by model, protocol and HTTP status.",
+            ["model", "protocol", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelfleet_request_latency_seconds",
+            "Inference latency seen by the ingress.",
+            ["model", "protocol"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.rows = Counter(
+            "modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry
+        )
+        self.retries = Counter(
+            "modelfleet_replica_retries",
+            "Inference calls retried because their replica died before answering.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "modelfleet_batch_rows",
+            "Rows in the model batch that served each request (dynamic batching at work).",
+            ["model"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
+        # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
+        Gauge(
+            "modelfleet_ingress_replica",
+            "This ingress replica (each serves its own /metrics).",
+            ["replica"],
+            registry=self.registry,
+        ).labels(f"{socket.gethostname()}:{os.getpid()}").set(1)
