@@ -58,6 +58,7 @@ lint: setup
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/ruff check --quiet .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 test: setup artifacts $(CHROMIUM) lint
 	$(BIN)/pytest

@@ -8,6 +8,7 @@ threads and its connection to the head until it exits).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 # A driver's stdout also carries Ray's autoscaler events: the answer is the line after this marker.
@@ -19,7 +20,7 @@ def start_serve(address: str, port: int) -> None:
     import ray
     from ray import serve
 
-    ray.init(address=address, logging_level="ERROR")
+    ray.init(address=address, logging_level=logging.ERROR)
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
 
 
@@ -27,7 +28,7 @@ def alive_node_resources(address: str) -> list[dict[str, float]]:
     """The resources of every alive node (custom `pool:<name>` resources included)."""
     import ray
 
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 

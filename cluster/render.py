@@ -206,7 +206,7 @@ def _attached_gpu(provider: Provider, spec: ClusterSpec, node: InstanceType) -> 
     cloud = catalog("gcp")
     if node.name not in cloud.attachable_gpus.get(node.accelerator or "", ()):
         return None
-    return cloud.gpu_type_names[node.accelerator]
+    return cloud.gpu_type_names[node.accelerator or ""]
 
 
 def node_types(spec: ClusterSpec, provider: Provider) -> list[NodeType]:

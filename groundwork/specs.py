@@ -9,6 +9,7 @@ and the fix; the CLI prints it and exits 2.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +53,7 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts)
 
 
-def _explain(err: dict[str, Any], known_keys: list[str], schema_command: str) -> str:
+def _explain(err: Mapping[str, Any], known_keys: list[str], schema_command: str) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(err["loc"][-1]), known_keys, n=1)

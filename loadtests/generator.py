@@ -23,9 +23,9 @@ from pathlib import Path
 
 import gevent
 import locust  # noqa: F401  (first: gevent patches the standard library before anything else uses it)
-from locust import FastHttpUser, LoadTestShape, constant, task
+from locust import FastHttpUser, LoadTestShape, User, constant, task
 from locust.env import Environment
-from locust.runners import STATE_STOPPED, WORKER_REPORT_INTERVAL, MasterRunner
+from locust.runners import STATE_STOPPED, WORKER_REPORT_INTERVAL, LocalRunner, MasterRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
 
 from .measure import Measurements
@@ -72,7 +72,7 @@ class _EndpointUser(FastHttpUser):
                 resp.failure(f"HTTP 200 without {endpoint.expect}")
 
 
-def user_classes(scenario: Scenario) -> list[type[FastHttpUser]]:
+def user_classes(scenario: Scenario) -> list[type[User]]:
     """One small user class per endpoint; Locust splits users among them by weight."""
     smallest = min(e.weight for e in scenario.endpoints)
     return [
@@ -179,6 +179,7 @@ def generate(
     names = [e.name for e in scenario.endpoints]
     measured = Measurements(started=time.time(), endpoint_names=names)
     worker_procs: list[subprocess.Popen] = []
+    runner: MasterRunner | LocalRunner
     if workers:
         port = free_port()
         runner = env.create_master_runner("127.0.0.1", port)  # loopback only: never listen beyond this machine
@@ -204,14 +205,10 @@ def generate(
             measured.resources.append((t_s, *server_use, generator.sample()[0] or 0.0))
             total = runner.stats.total
             if on_progress:
+                p50, p95, p99 = (total.get_current_response_time_percentile(p) for p in (0.5, 0.95, 0.99))
                 on_progress(
                     Progress(
-                        t_s,
-                        runner.user_count,
-                        total.current_rps,
-                        *(total.get_current_response_time_percentile(p) for p in (0.5, 0.95, 0.99)),
-                        total.num_failures,
-                        total.num_requests,
+                        t_s, runner.user_count, total.current_rps, p50, p95, p99, total.num_failures, total.num_requests
                     )
                 )
             if runner.state == STATE_STOPPED and runner.shape_greenlet is None:
@@ -227,7 +224,7 @@ def generate(
         measured.errors = {f"{e.name}: {e.error}": e.occurrences for e in runner.stats.errors.values()}
         runner.quit()
         _stop_workers(worker_procs)
-        if writer_greenlet:
+        if writer is not None and writer_greenlet is not None:
             writer_greenlet.kill()
             writer.close_files()
     return measured

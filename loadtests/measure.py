@@ -140,7 +140,7 @@ def summarize(measured: Measurements, stages: list[Stage], config: RunConfig) ->
         timeline=_timeline(t, ms, failed, measured.users),
         resources=resources,
         generator_cpu_cores=round(generator, 2),
-        server_cpu_cores=_round(np.mean(server)) if server else None,
+        server_cpu_cores=_round(float(np.mean(server))) if server else None,
         server_memory_mb=_round(max(memory), 1) if memory else None,
         warnings=warnings,
     )

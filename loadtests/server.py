@@ -86,6 +86,8 @@ class AppProcess:
 
     @property
     def group(self) -> ProcessGroup:
+        if self.proc is None:
+            raise RuntimeError("the app is not started")
         return ProcessGroup(session_leader=self.proc.pid)
 
     def __enter__(self) -> AppProcess:

@@ -51,7 +51,7 @@ def _parse(text: str) -> tuple[str | None, ServerCounts]:
     replica, counts = None, ServerCounts()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            model = sample.labels.get("model")
+            model = sample.labels.get("model", "")
             if sample.name == "modelfleet_ingress_replica":
                 replica = sample.labels.get("replica")
             elif sample.name == "modelfleet_requests_total":

@@ -5,6 +5,7 @@ Used by `modelfleet loadtest` for one run and by the tuner for each trial.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import tempfile
@@ -151,7 +152,7 @@ def tune(
             spec_file = trials_dir / f"trial-{trial.number:02d}.yaml"
             trial_spec = spec.resolved() if trial.baseline else apply_knobs(spec, knobs)
             spec_file.write_text(yaml.safe_dump(trial_spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
-            trial.error = _deploy(spec_file, app.ray_address, work_dir / "deploys.log")
+            trial.error = _deploy(spec_file, app.ray_address or "", work_dir / "deploys.log")  # set once started
             fresh_app = False
         if trial.error is None:
             config = RunConfig(
@@ -172,7 +173,7 @@ def tune(
                 config,
                 app=app,
                 ingress_replicas=spec.ingress.num_replicas,
-                on_progress=(lambda p, t=trial: on_progress(t, p)) if on_progress else None,
+                on_progress=functools.partial(on_progress, trial) if on_progress else None,
             )
             runs[trial.number] = run
             trial.stages = run.stages
@@ -192,7 +193,7 @@ def tune(
     record.summary = verdict(winner, record.baseline, slo_p95_ms, len(record.trials))
     tuned_yaml = None
     if winner is not None:
-        targets = {name: round(max(1.0, winner.best_users / k.replicas), 1) for name, k in winner.knobs.items()}
+        targets = {name: round(max(1.0, (winner.best_users or 1) / k.replicas), 1) for name, k in winner.knobs.items()}
         header = (
             f"{spec.name}, tuned by `modelfleet tune` for p95 <= {slo_p95_ms:g} ms on {datetime.now(UTC):%Y-%m-%d}.\n"
             f"{record.summary}\nMeasured {winner.best_rps:,.1f} req/s at p95 {winner.best_p95_ms} ms with "

@@ -238,7 +238,7 @@ def apply_knobs(spec: AppSpec, knobs: dict[str, ModelKnobs], *, fixed_replicas: 
         model.max_ongoing_requests = max(k.max_ongoing_requests, k.max_batch_size or 1)  # room for a full batch
         model.batching = (
             BatchingSpec(max_batch_size=k.max_batch_size, batch_wait_timeout_s=k.batch_wait_timeout_s)
-            if k.max_batch_size
+            if k.max_batch_size and k.batch_wait_timeout_s is not None  # a batch size always comes with its wait
             else None
         )
         model.embedded = k.embedded

@@ -183,7 +183,7 @@ class _OriginGuard:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            ingress = serve.get_replica_context().servable_object
+            ingress: Any = serve.get_replica_context().servable_object  # the Ingress, once Serve has built it
             refusal = refuse_by_origin(scope, keyless=not ingress.keys.enabled) if ingress is not None else None
             if refusal is not None:
                 await error(refusal.status, str(refusal))(scope, receive, send)

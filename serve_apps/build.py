@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from providers.compute import POOL_DEMAND, pool_resource
 
@@ -62,6 +62,11 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
     }
 
 
+def _deployment(cls: type) -> Deployment:
+    """`serve.deployment(cls)`: Ray's type hints cover only its decorator forms, not this plain call."""
+    return serve.deployment(cls)  # type: ignore[return-value]
+
+
 def build_app(
     spec: AppSpec,
     gpus_in_cluster: float | None = None,
@@ -84,13 +89,11 @@ def build_app(
         if model.name not in models:
             options = deployment_options(model, gpus_in_cluster)
             if model.pipeline is None:
-                models[model.name] = (
-                    serve.deployment(ModelDeployment).options(**options).bind(model.model_dump(mode="json"))
-                )
+                models[model.name] = _deployment(ModelDeployment).options(**options).bind(model.model_dump(mode="json"))
             else:
                 steps = [spec.model(s.model) for s in model.pipeline.steps]
                 models[model.name] = (
-                    serve.deployment(PipelineDeployment)
+                    _deployment(PipelineDeployment)
                     .options(**options)
                     .bind(
                         model.model_dump(mode="json"),
@@ -103,7 +106,7 @@ def build_app(
     for model in spec.models:
         if not model.embedded:
             bind(model)
-    ingress = serve.deployment(Ingress).options(
+    ingress = _deployment(Ingress).options(
         name=INGRESS_NAME,
         num_replicas=spec.ingress.num_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,

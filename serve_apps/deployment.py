@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -71,13 +73,14 @@ class ModelDeployment:
         self.device = pick_device(self.spec.resources.num_gpus)
         batching = self.spec.batching
         if batching is not None:
-            self._batched.set_max_batch_size(batching.max_batch_size)
-            self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+            batched: Any = self._batched  # serve.batch's wrapper, which typing sees as the plain method
+            batched.set_max_batch_size(batching.max_batch_size)
+            batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.model: Model | None = None
         if self.spec.multiplex is None:
             self.model = self._load(None)
             return
-        self._paths: dict[str, object] = {}  # model id -> fetched artifact (ids are few: the family's size)
+        self._paths: dict[str, Path] = {}  # model id -> fetched artifact (ids are few: the family's size)
         self._loaded: set[str] = set()
 
         async def load_variant(model_id: str) -> _Loaded:
@@ -100,7 +103,7 @@ class ModelDeployment:
         return model
 
     async def _model(self) -> Model:
-        if self.spec.multiplex is None:
+        if self.model is not None:  # not a family: loaded with the replica
             return self.model
         model_id = serve.get_multiplexed_model_id()
         if model_id not in self._paths:

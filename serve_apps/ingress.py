@@ -106,7 +106,7 @@ class Ingress:
         self.embedded = {m.name: ModelDeployment(m.model_dump(mode="json")) for m in self.app_spec.models if m.embedded}
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
         self.request_timeout_s = self.app_spec.ingress.request_timeout_s
-        self.metrics = IngressMetrics()
+        self.meters = IngressMetrics()  # not `metrics`: that name is the /metrics route
         self.listen = listen
         self.listener: Listener | None = None
         self._states: dict[str, str] = {}
@@ -212,7 +212,7 @@ class Ingress:
         try:
             async with asyncio.timeout(self.request_timeout_s):  # no extra task per request, unlike wait_for
                 outputs, batch_rows = await self._call(spec, inputs, model_id)
-            self.metrics.batch_rows.labels(spec.name).observe(batch_rows)
+            self.meters.batch_rows.labels(spec.name).observe(batch_rows)
             return outputs
         except (RequestError, RayTaskError) as exc:
             # A replica refusing the request (e.g. an unknown model id) raises a RequestError; Ray
@@ -249,10 +249,10 @@ class Ingress:
             logger.exception("model %s failed on request %s", spec.name, request_id)
             raise ModelFailed(spec.name, request_id) from None
         finally:
-            self.metrics.requests.labels(spec.name, protocol, str(status)).inc()
-            self.metrics.latency.labels(spec.name, protocol).observe(time.perf_counter() - started)
+            self.meters.requests.labels(spec.name, protocol, str(status)).inc()
+            self.meters.latency.labels(spec.name, protocol).observe(time.perf_counter() - started)
             if status == 200:
-                self.metrics.rows.labels(spec.name).inc(rows_of(inputs))
+                self.meters.rows.labels(spec.name).inc(rows_of(inputs))
 
     async def _call(self, spec: ModelSpec, inputs: dict, model_id: str | None) -> tuple[dict, int]:
         local = self.embedded.get(spec.name)
@@ -269,7 +269,7 @@ class Ingress:
             # The replica died (or became unreachable) before it answered. Inference is a pure function
             # of its inputs, so asking again, once, of a replica Serve still holds live is safe; a
             # second failure is the caller's 503 (see _infer).
-            self.metrics.retries.labels(spec.name).inc()
+            self.meters.retries.labels(spec.name).inc()
             logger.warning("model %s: a replica died before answering; retrying once on another", spec.name)
             return await handle.infer.remote(inputs)
 
@@ -375,7 +375,7 @@ class Ingress:
     @api.get("/metrics", summary="Prometheus metrics of this ingress replica")
     async def metrics(self, request: Request) -> Response:
         self._authorize(request, None)
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.meters.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _model_states(self) -> dict[str, str]:
         """Each model's state, asked of Serve's controller at most once a second however often probes come."""

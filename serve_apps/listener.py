@@ -29,6 +29,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -193,7 +194,7 @@ class Listener:
             self.sock.close()
             raise RuntimeError(f"the ingress cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         # log_config=None: uvicorn must not reconfigure the logging of the Ray worker it lives in.
-        tls_options = {}
+        tls_options: dict[str, Any] = {}
         if tls is not None:
             tls_options = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
             if tls.client_ca_file:

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +169,7 @@ class RayTarget:
             set_env_defaults(LOOPBACK_ONLY_ENV)
         import ray
 
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(address=address, logging_level=logging.WARNING)
         secure_ray_token()
         return cls(gpus_known=False)
 
@@ -284,7 +284,7 @@ class LocalServer(RayTarget):
     def __post_init__(self) -> None:
         super().__init__(gpus_known=True)
 
-    def start(self, pools: set[str] = frozenset()) -> None:
+    def start(self, pools: Set[str] = frozenset()) -> None:
         """Start Ray; this one node advertises every pool in `pools`, so placement holds locally too."""
         # Before Serve is imported: it reads these once, and this process builds the handles the ingress uses.
         if "ray.serve" in sys.modules:
@@ -302,7 +302,7 @@ class LocalServer(RayTarget):
             address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine
             include_dashboard=False,
             resources={pool_resource(p): 1000 for p in pools},
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             configure_logging=True,
         )
         secure_ray_token()  # the token ray.init generated, if it did
@@ -318,9 +318,10 @@ class LocalServer(RayTarget):
         keys: KeyRing | None = None,
         on_status: StatusCallback | None = None,
         timeout_s: float = 600,
+        listen: Listen | None = None,
     ) -> None:
-        """The app `run` serves: its ingress listens on host:port itself."""
-        super().deploy(spec, keys, on_status, timeout_s, listen=(self.host, self.port))
+        """The app `run` serves: its ingress listens on host:port itself (unless told elsewhere)."""
+        super().deploy(spec, keys, on_status, timeout_s, listen=listen or (self.host, self.port))
 
     def stop(self) -> None:
         import ray

@@ -192,7 +192,7 @@ class ModelSpec(Strict):
             raise ValueError(
                 f"artifact.uri contains {MODEL_ID_PLACEHOLDER}: add multiplex: {{max_models_per_replica: N}}"
             )
-        if templated and self.artifact.sha256:
+        if templated and self.artifact is not None and self.artifact.sha256:
             raise ValueError("one sha256 cannot match every model of a multiplexed family; remove artifact.sha256")
         return self
 
@@ -249,10 +249,10 @@ class ModelSpec(Strict):
             )
         return None
 
-    def artifact_uri(self, model_id: str | None = None) -> str | None:
-        """The artifact URI, with a multiplexed family's `{model_id}` filled in."""
+    def artifact_uri(self, model_id: str | None = None) -> str:
+        """The artifact URI, with a multiplexed family's `{model_id}` filled in (ask only models with an artifact)."""
         if self.artifact is None:
-            return None
+            raise ValueError(f"model {self.name!r} has no artifact")
         if self.multiplex is None:
             return self.artifact.uri
         if model_id is None or not valid_model_id(model_id):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -48,7 +48,7 @@ _ACCEPTED_KINDS: dict[Datatype, set[str]] = {
     Datatype.FP64: {"integers", "floats"},
     Datatype.BYTES: {"strings"},
 }
-_INT_RANGE = {Datatype.INT32: np.iinfo(np.int32), Datatype.INT64: np.iinfo(np.int64)}
+_INT_RANGE: dict[Datatype, np.iinfo] = {Datatype.INT32: np.iinfo(np.int32), Datatype.INT64: np.iinfo(np.int64)}
 _NUMPY_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings", "S": "strings"}
 # At most this many dimensions, each at most this long: beyond them numpy refuses to build the array.
 MAX_DIMS, MAX_DIM = 32, 2**31 - 1
@@ -67,7 +67,7 @@ class RequestError(Exception):
         return (RequestError, (self.status, str(self), self.headers))
 
 
-def valid_request_id(request_id: object) -> bool:
+def valid_request_id(request_id: object) -> TypeGuard[str]:
     return isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id) is not None
 
 

@@ -8,7 +8,7 @@ and `load` (loadtest, tune). This module only assembles them.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 from rich.markup import escape
@@ -67,7 +67,7 @@ def main() -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `modelfleet` or a group alone: its help, as typer shows it
             from typer import rich_utils
 
-            rich_utils.rich_format_error(exc)
+            rich_utils.rich_format_error(cast(Any, exc))  # typer's own click's ClickException, typed as click's
         else:
             context = getattr(exc, "ctx", None)
             where = f"{context.command_path}: " if context is not None else ""

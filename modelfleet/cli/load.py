@@ -312,7 +312,7 @@ def tune(
     except KeyboardInterrupt:
         _interrupted()
     record = outcome.record
-    if outcome.tuned_yaml is not None:
+    if outcome.tuned_yaml is not None and record.tuned_spec is not None:
         (directory / record.tuned_spec).write_text(outcome.tuned_yaml)
     index = write_tune_report(record, directory, outcome.runs.get(record.best) if record.best is not None else None)
     out.print(f"\n{record.summary}\n(stopped: {record.stopped_because})")

@@ -14,7 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 import yaml
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from providers.storage import StorageError
 from serve_apps.auth import ENV_VAR as KEYS_ENV_VAR
@@ -126,7 +126,7 @@ def _prefetch(spec: AppSpec) -> None:
         console=err,
         transient=True,
     ) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int | None) -> None:
             if name not in tasks:

@@ -34,6 +34,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, cast
 
 from filelock import FileLock
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -183,7 +184,8 @@ def _safe_relative(uri: ParsedURI, rel: str) -> PurePosixPath:
 def _download_into(folder: Path, uri: ParsedURI, files: list[_Item], progress: Progress | None) -> dict[str, str]:
     """Download `files` under `folder`; return relative path -> sha256."""
     provider = get_provider(uri.scheme)
-    total = sum(i.size for _, _, i in files) if all(i.size is not None for _, _, i in files) else None
+    sizes = [i.size for _, _, i in files]
+    total = sum(s for s in sizes if s is not None) if None not in sizes else None
     cap = _max_artifact_bytes()
     if total is not None and total > cap:  # known up front: refuse before downloading anything
         raise _over_cap(str(uri))
@@ -202,7 +204,7 @@ def _download_into(folder: Path, uri: ParsedURI, files: list[_Item], progress: P
         target.parent.mkdir(parents=True, exist_ok=True)
         sink = _Sink(target, on_bytes, uri=str(uri), rel=rel, declared=info.size, budget=cap - done)
         try:
-            provider.download(source, sink)
+            provider.download(source, cast(BinaryIO, sink))  # providers only ever write() to it
         finally:
             sink.close()
         if info.size is not None and sink.size != info.size:

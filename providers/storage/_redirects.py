@@ -51,7 +51,7 @@ def check_redirect(uri: str, start: httpx.URL, current: httpx.URL, target: httpx
         infos = socket.getaddrinfo(target.host, _origin(target)[2], type=socket.SOCK_STREAM)
     except OSError as exc:
         raise StorageUnavailable(uri, f"the redirect to {target} names a host that does not resolve ({exc})") from None
-    internal = sorted({info[4][0] for info in infos if _internal(info[4][0])})
+    internal = sorted({str(info[4][0]) for info in infos if _internal(str(info[4][0]))})
     if internal:
         own = f"{start.scheme}://{start.netloc.decode('ascii')}"
         raise refuse(

@@ -80,4 +80,5 @@ class Provider:
         except (BotoCoreError, ClientError) as exc:
             raise _translate(uri, exc) from None
         except Exception as exc:  # s3transfer wraps client errors in its own types
-            raise _translate(uri, exc.__cause__ or exc) from None
+            cause = exc.__cause__
+            raise _translate(uri, cause if isinstance(cause, Exception) else exc) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,7 +97,7 @@ def import_class(spec: ModelSpec, what: str):
             f"model {spec.name!r}: cannot import {module_name!r}, {what} ({exc.__class__.__name__}: {exc}); "
             "is it installed on every node?"
         ) from None
-    cls = module
+    cls: Any = module
     for part in class_name.split("."):
         cls = getattr(cls, part, None)
         if cls is None:

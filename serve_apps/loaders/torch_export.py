@@ -138,4 +138,6 @@ def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
 
         program = move_to_device_pass(program, device)
         module = program.module()
+    if module is None:
+        raise LoadError(f"model {spec.name!r}: {path} holds no module to run")
     return TorchModel(spec, module, device)
