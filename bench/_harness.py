@@ -1,5 +1,7 @@
-"""What both benchmarks share: targets as subprocesses, CPU and niceness, Locust runs, records, tables.
+"""What the benchmarks share: targets as subprocesses, their CPU and niceness, results files, tables.
 
+The load itself is loadtests' (bench/_load.py), kept out of this module: it
+patches the process with gevent, which bench.faults never wants.
 Measurement is kept apart from reporting: runs return dataclass records;
 `print_table` and `write_results` only render them. Every target runs in a
 session of its own, so its whole process tree (Ray's workers included) can be
@@ -8,7 +10,6 @@ found, measured and stopped by pid, whatever happens to the benchmark.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -33,7 +34,6 @@ from ._payloads import READY_PATH
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 LOGS = RESULTS / "logs"
-LOCUSTFILE = "bench/_locustfile.py"
 # Piped output (make, tee) would otherwise wrap the tables at 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
@@ -278,91 +278,6 @@ class CpuSampler:
             if len(rows) >= 2:
                 use[role] = use.get(role, 0.0) + (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])
         return dict(sorted(use.items(), key=lambda kv: -kv[1]))
-
-
-@dataclass
-class LoadResult:
-    """One Locust run against one target (latencies as Locust reports them: whole milliseconds)."""
-
-    target: str
-    users: int
-    duration_s: float
-    requests: int = 0
-    failures: int = 0
-    rps: float = 0.0
-    p50_ms: float = 0.0
-    p95_ms: float = 0.0
-    p99_ms: float = 0.0
-    generator_cpu_cores: float = 0.0
-    server_cpu_cores: dict[str, float] = field(default_factory=dict)
-    niceness: dict[str, int] = field(default_factory=dict)
-    load_avg_1m_before: float = 0.0
-    error: str | None = None
-
-
-def _aggregated_row(prefix: Path) -> dict[str, str]:
-    with open(f"{prefix}_stats.csv", newline="") as stats:
-        for row in csv.DictReader(stats):
-            if row["Name"] == "Aggregated":
-                return row
-    raise TargetFailed(f"no Aggregated row in {prefix}_stats.csv")
-
-
-def run_locust(server: Server, users: int, duration_s: float) -> LoadResult:
-    """Headless Locust in a process of its own (gevent must never share one with Ray), with CPU sampled."""
-    name = server.target.name
-    prefix = RESULTS / "locust" / name
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        LOCUSTFILE,
-        "--headless",
-        "--only-summary",
-        "-u",
-        str(users),
-        "-r",
-        str(users),
-        "-t",
-        f"{duration_s:.0f}s",
-        "--stop-timeout",
-        "5",
-        "--host",
-        server.url,
-        "--csv",
-        str(prefix),
-        "--exit-code-on-error",
-        "0",
-    ]
-    result = LoadResult(target=name, users=users, duration_s=duration_s, load_avg_1m_before=os.getloadavg()[0])
-    roles = server.roles()
-    with open(LOGS / f"locust-{name}.log", "wb") as log:
-        locust = subprocess.Popen(
-            argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        with CpuSampler({**roles, locust.pid: "locust"}) as sampler:
-            code = locust.wait(timeout=duration_s + 120)
-    finally:
-        if locust.poll() is None:
-            locust.terminate()
-            try:
-                locust.wait(10)
-            except subprocess.TimeoutExpired:
-                locust.kill()
-                locust.wait()
-    if code != 0:
-        raise TargetFailed(f"locust exited with {code}; see {LOGS / f'locust-{name}.log'}")
-    row = _aggregated_row(prefix)
-    use = sampler.cores(skip_s=4, until_s=duration_s)  # Locust's imports and spawn take the first seconds
-    result.requests, result.failures = int(row["Request Count"]), int(row["Failure Count"])
-    result.rps = float(row["Requests/s"])
-    result.p50_ms, result.p95_ms, result.p99_ms = (float(row[p]) for p in ("50%", "95%", "99%"))
-    result.generator_cpu_cores = use.pop("locust", 0.0)
-    result.server_cpu_cores = {role: round(cores, 2) for role, cores in use.items() if cores >= 0.01}
-    return result
 
 
 def machine() -> dict:

@@ -1,7 +1,6 @@
 """The requests the benchmarks send, in one place.
 
-Imported by the Locust process too, so it imports nothing heavy (and never Ray:
-gevent's monkey-patching must not share a process with it).
+Imported where Locust's gevent patches the process, so it imports nothing heavy (and never Ray).
 """
 
 import json

@@ -1,22 +1,28 @@
 """MiniLM throughput: modelfleet over HTTP against SentenceTransformer.encode in this process, same sentences.
 
 The in-process figure is the ceiling for this box; the ratio says what HTTP,
-JSON, batching across requests and Ray cost on top. Every vector the server
-returns is checked against the in-process one: a fast wrong answer does not count.
+JSON, batching across requests and Ray cost on top. Each HTTP setting is first
+checked: every sentence sent once, every vector that comes back compared with
+the in-process one (a fast wrong answer does not count). Then it is measured
+with `modelfleet loadtest`'s own run (bench/_load.py) for as long as the best
+raw run took, so both sides get the same time for the same sentences.
 
     python -m bench.embeddings [--sentences 2048]
 """
 
 from __future__ import annotations
 
+from ._load import run_load  # (first: it imports Locust, whose gevent patches the process)
+
+# isort: split
 import argparse
-import asyncio
 import math
 import os
 import random
 import sys
 import time
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,17 +33,9 @@ import psutil
 import yaml
 
 from groundwork.processes import free_port
+from loadtests.scenario import from_bodies
 
-from ._harness import (
-    CpuSampler,
-    Server,
-    Target,
-    TargetFailed,
-    console,
-    interrupt_on_signals,
-    print_table,
-    write_results,
-)
+from ._harness import Server, Target, TargetFailed, console, interrupt_on_signals, print_table, write_results
 from ._payloads import JSON_HEADERS, embeddings_body
 
 APP = Path("bench/embeddings_app.yaml")
@@ -48,6 +46,7 @@ REQUEST_SIZES = (16, 64)
 CONCURRENCIES = (2, 4, 8)
 TARGET_RATIO = 0.85  # over HTTP, at least 85% of in-process sentences/s
 TOLERANCE = 1e-4  # largest |served - in-process| accepted in any vector component
+MIN_HTTP_RUN_S = 5.0  # a load run shorter than this is mostly its first and last requests
 
 WORDS = (
     "the a model server request batch token vector sentence cluster replica latency throughput cold warm "
@@ -81,6 +80,10 @@ class HttpRun:
     max_abs_error: float
     server_cpu_cores: dict[str, float] = field(default_factory=dict)
     client_cpu_cores: float = 0.0
+    requests: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
 
 
 def raw_runs(sentences: list[str]) -> tuple[list[RawRun], np.ndarray]:
@@ -125,23 +128,20 @@ def sweep(
             best = max(best, rate)
 
 
-async def post_all(
-    url: str, bodies: list[tuple[int, bytes]], concurrency: int
-) -> tuple[float, list[tuple[int, int, bytes]]]:
-    """Every body, `concurrency` in flight at a time; (seconds, [(first sentence, status, response)])."""
-    pending = iter(bodies)  # shared: each worker takes the next body when its last one is answered
-    answers: list[tuple[int, int, bytes]] = []
+def post_all(url: str, bodies: list[tuple[int, bytes]], concurrency: int) -> list[tuple[int, int, bytes]]:
+    """Every body once, `concurrency` in flight at a time: [(first sentence, status, response)]."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    with (
+        httpx.Client(base_url=url, timeout=120, limits=limits) as client,
+        ThreadPoolExecutor(concurrency) as pool,  # greenlets: Locust's gevent has patched the process
+    ):
 
-        async def worker() -> None:
-            for start, body in pending:
-                resp = await client.post(INFER_PATH, content=body, headers=JSON_HEADERS)
-                answers.append((start, resp.status_code, resp.content))
+        def one(item: tuple[int, bytes]) -> tuple[int, int, bytes]:
+            start, body = item
+            resp = client.post(INFER_PATH, content=body, headers=JSON_HEADERS)
+            return start, resp.status_code, resp.content
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, answers
+        return list(pool.map(one, bodies))
 
 
 def max_error(answers: list[tuple[int, int, bytes]], reference: np.ndarray) -> float:
@@ -161,26 +161,41 @@ def max_error(answers: list[tuple[int, int, bytes]], reference: np.ndarray) -> f
     return worst
 
 
-def http_runs(server: Server, sentences: list[str], reference: np.ndarray) -> list[HttpRun]:
+def http_runs(server: Server, sentences: list[str], reference: np.ndarray, run_s: float) -> list[HttpRun]:
     bodies = {
         size: [(i, embeddings_body(sentences[i : i + size])) for i in range(0, len(sentences), size)]
         for size in REQUEST_SIZES
     }
-    asyncio.run(post_all(server.url, bodies[max(REQUEST_SIZES)][:4], 1))  # warm-up: first batches are slow
-    runs, roles = [], {**server.roles(), os.getpid(): "client"}
+    post_all(server.url, bodies[max(REQUEST_SIZES)][:4], 1)  # warm-up: first batches are slow
+    runs = []
     points = sweep()
     size, concurrency = next(points)
     while True:
-        with CpuSampler(roles, interval_s=0.5) as sampler:
-            seconds, answers = asyncio.run(post_all(server.url, bodies[size], concurrency))
-        cpu = sampler.cores()
-        run = HttpRun(size, concurrency, seconds, len(sentences) / seconds, max_error(answers, reference))
-        run.client_cpu_cores = round(cpu.pop("client", 0.0), 2)
-        run.server_cpu_cores = {role: round(cores, 2) for role, cores in cpu.items() if cores >= 0.01}
+        # Checked, then measured: a load run keeps every request's latency, not its answer.
+        error = max_error(post_all(server.url, bodies[size], concurrency), reference)
+        scenario = from_bodies(server.url + INFER_PATH, [body.decode() for _, body in bodies[size]], expect='"outputs"')
+        load = run_load(server, scenario, concurrency, run_s, sample_interval_s=0.5)
+        record = load.record
+        if record.failures or not record.requests:
+            first = next(iter(record.errors), "no answer")
+            raise TargetFailed(f"{record.failures} of {record.requests} requests failed under load: {first}")
+        run = HttpRun(
+            size,
+            concurrency,
+            record.duration_s,
+            record.requests * size / record.duration_s,
+            error,
+            server_cpu_cores=load.server_cpu_cores,
+            client_cpu_cores=record.generator_cpu_cores,
+            requests=record.requests,
+            p50_ms=record.p50_ms,
+            p95_ms=record.p95_ms,
+            p99_ms=record.p99_ms,
+        )
         runs.append(run)
         console.print(
             f"  http {size:>2} sentences x {concurrency} concurrent: {run.sentences_per_s:7.1f} sentences/s (max "
-            f"|error| {run.max_abs_error:.1e})"
+            f"|error| {run.max_abs_error:.1e}; p50 {run.p50_ms} ms, p95 {run.p95_ms} ms)"
         )
         try:
             size, concurrency = points.send(run.sentences_per_s)
@@ -254,22 +269,29 @@ def report(raw: list[RawRun], http: list[HttpRun]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sentences", type=int, default=2048, help="How many synthetic sentences each run encodes.")
+    parser.add_argument(
+        "--sentences",
+        type=int,
+        default=2048,
+        help="How many synthetic sentences: each raw run encodes them all; each HTTP setting checks them all, then "
+        f"is loaded for as long as the best raw run took (at least {MIN_HTTP_RUN_S:g} s).",
+    )
     args = parser.parse_args()
     interrupt_on_signals()
     sentences = make_sentences(args.sentences)
     console.print(f"[bold]raw in-process[/bold]: {len(sentences)} sentences, batch sizes {list(BATCH_SIZES)}")
     raw, reference = raw_runs(sentences)
+    run_s = max(MIN_HTTP_RUN_S, max(raw, key=lambda r: r.sentences_per_s).seconds)
     port = free_port()
     target = Target(
         "modelfleet-embeddings",
         [sys.executable, "-m", "modelfleet", "run", str(APP), "--host", "127.0.0.1", "--port", str(port)],
         port,
     )
-    console.print(f"[bold]modelfleet[/bold]: starting {APP} …")
+    console.print(f"[bold]modelfleet[/bold]: starting {APP} …; each HTTP setting checked, then loaded {run_s:.1f}s")
     try:
         with Server(target) as server:
-            http = http_runs(server, sentences, reference)
+            http = http_runs(server, sentences, reference, run_s)
     except TargetFailed as exc:
         console.print(f"[red]modelfleet failed:[/red] {exc}")
         sys.exit(1)

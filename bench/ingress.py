@@ -2,40 +2,58 @@
 
 The echo model does no work, so what is left is serving overhead. Absolute
 numbers on a shared 2-core box drift from run to run; the ratio to bare
-uvicorn, measured minutes apart, is what to compare across runs.
+uvicorn, measured minutes apart, is what to compare across runs. Every target
+gets the same load run as `modelfleet loadtest` (bench/_load.py): p50/p95/p99
+from every request's own latency.
 
     python -m bench.ingress [--duration 20] [--users 32]
 """
 
 from __future__ import annotations
 
+from ._load import run_load  # (first: it imports Locust, whose gevent patches the process)
+
+# isort: split
 import argparse
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import httpx
 import orjson
 
 from groundwork.processes import free_port
 from loadtests.measure import SATURATED_CORES
+from loadtests.scenario import from_bodies
 
-from ._harness import (
-    LoadResult,
-    Server,
-    Target,
-    TargetFailed,
-    console,
-    interrupt_on_signals,
-    print_table,
-    run_locust,
-    write_results,
-)
+from ._harness import Server, Target, TargetFailed, console, interrupt_on_signals, print_table, write_results
 from ._payloads import ECHO_BODY, ECHO_PATH, JSON_HEADERS
 
 TARGET_RATIO = 0.5  # modelfleet's echo should reach half of bare uvicorn's requests/s, with no failures
 FLEET = "modelfleet-embedded"
 FLEET_HANDLE = "modelfleet-handle-hop"
 WARM_UP_REQUESTS = 300
+
+
+@dataclass
+class LoadResult:
+    """One target's load run: figures from its loadtests record (every request's own latency), CPU per role."""
+
+    target: str
+    users: int
+    duration_s: float
+    requests: int = 0
+    failures: int = 0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    generator_cpu_cores: float = 0.0
+    server_cpu_cores: dict[str, float] = field(default_factory=dict)
+    niceness: dict[str, int] = field(default_factory=dict)
+    load_avg_1m_before: float = 0.0
+    error: str | None = None
 
 
 def _modelfleet(name: str, spec: str) -> Target:
@@ -117,12 +135,28 @@ def measure(target: Target, users: int, duration_s: float) -> LoadResult:
                 f"  warmed up ({WARM_UP_REQUESTS} requests), idle at {idle:.2f} cores; measuring {duration_s:.0f}s "
                 f"with {users} users"
             )
-            result = run_locust(server, users, duration_s)
-            result.niceness = niceness
-        return result
+            load_avg = os.getloadavg()[0]
+            scenario = from_bodies(server.url + ECHO_PATH, [ECHO_BODY.decode()], expect='"outputs"')
+            run = run_load(server, scenario, users, duration_s)
     except TargetFailed as exc:
         console.print(f"[red]{target.name} failed:[/red] {exc}")
         return LoadResult(target=target.name, users=users, duration_s=duration_s, error=str(exc))
+    record = run.record
+    return LoadResult(
+        target=target.name,
+        users=users,
+        duration_s=duration_s,
+        requests=record.requests,
+        failures=record.failures,
+        rps=record.rps,
+        p50_ms=record.p50_ms or 0.0,
+        p95_ms=record.p95_ms or 0.0,
+        p99_ms=record.p99_ms or 0.0,
+        generator_cpu_cores=record.generator_cpu_cores,
+        server_cpu_cores=run.server_cpu_cores,
+        niceness=niceness,
+        load_avg_1m_before=load_avg,
+    )
 
 
 def _niceness_text(niceness: dict[str, int]) -> str:
@@ -131,6 +165,11 @@ def _niceness_text(niceness: dict[str, int]) -> str:
     others = sorted(set(niceness.values()) - set(serving.values()))
     text = ", ".join(f"{role} {nice}" for role, nice in sorted(serving.items()))
     return text + (f" (other processes: {others})" if others else "")
+
+
+def _ms(value: float) -> str:
+    """Tenths below 100 ms: the samples are every request's own latency, not Locust's rounded buckets."""
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
 def report(results: list[LoadResult]) -> dict[str, float | None]:
@@ -145,9 +184,9 @@ def report(results: list[LoadResult]) -> dict[str, float | None]:
             [
                 r.target,
                 f"{r.rps:,.0f}",
-                f"{r.p50_ms:.0f}",
-                f"{r.p95_ms:.0f}",
-                f"{r.p99_ms:.0f}",
+                _ms(r.p50_ms),
+                _ms(r.p95_ms),
+                _ms(r.p99_ms),
                 f"{r.failures}",
                 f"{ratios[r.target]:.2f}x" if ratios[r.target] is not None else "n/a",
                 f"{r.generator_cpu_cores:.2f}",

@@ -1,6 +1,6 @@
 """Load tests, the tuner and their reports.
 
-scenario.py     what to send: endpoints and request bodies, from an app spec or a URL
+scenario.py     what to send: endpoints and request bodies, from an app spec or a URL and bodies
 shapes.py       load shapes as data (constant, ramp, step, spike) and the tuner's sweeps
 generator.py    Locust as a library; importing it patches the process with gevent,
                 so it runs only where Ray is never imported (the app runs in a subprocess)
@@ -28,7 +28,7 @@ __all__, __getattr__ = lazy_exports(
             "Trial",
             "TuneRecord",
         ],
-        "scenario": ["Endpoint", "Scenario", "ScenarioError", "from_app", "from_url"],
+        "scenario": ["Endpoint", "Scenario", "ScenarioError", "from_app", "from_bodies", "from_url"],
         "shapes": ["Shape", "Stage", "stages"],
     },
 )

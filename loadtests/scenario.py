@@ -1,4 +1,4 @@
-"""What a load test sends: endpoints with their request bodies, built from an app spec or given as a URL and a body.
+"""What a load test sends: endpoints with their request bodies, built from an app spec or given as a URL and bodies.
 
 A `Scenario` is plain data (it goes to Locust worker processes as JSON). Bodies
 are generated once, up front, from each model's declared inputs: the load
@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from serve_apps.samples import example_shape
 from serve_apps.spec import MODEL_ID_PLACEHOLDER, AppSpec, Datatype, ModelSpec, TensorSpec
 
-__all__ = ["Endpoint", "Scenario", "ScenarioError", "from_app", "from_url", "parse_weights"]
+__all__ = ["Endpoint", "Scenario", "ScenarioError", "from_app", "from_bodies", "from_url", "parse_weights"]
 
 BODIES_PER_ENDPOINT = 64
 ZIPF_EXPONENT = 1.1
@@ -199,8 +199,7 @@ def from_app(
 
 def from_url(url: str, payload: Path, *, api_key: str | None = None) -> Scenario:
     """Every request POSTs the payload file to the URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not _is_http(url):
         raise ScenarioError(f"{url!r} is neither an app spec (.yaml) nor an http(s) URL")
     try:
         body = payload.read_text()
@@ -209,6 +208,21 @@ def from_url(url: str, payload: Path, *, api_key: str | None = None) -> Scenario
         raise ScenarioError(f"--payload {payload}: cannot read it ({exc.strerror})") from None
     except ValueError as exc:
         raise ScenarioError(f"--payload {payload}: not JSON ({exc})") from None
+    return from_bodies(url, [body], api_key=api_key)
+
+
+def from_bodies(url: str, bodies: list[str], *, expect: str | None = None, api_key: str | None = None) -> Scenario:
+    """Every request POSTs one of the JSON `bodies`, in turn, to the URL; a 200 without `expect` counts as failed."""
+    if not _is_http(url):
+        raise ScenarioError(f"{url!r} is not an http(s) URL")
+    if not bodies:
+        raise ScenarioError(f"{url}: no request body to send")
+    for i, body in enumerate(bodies):
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise ScenarioError(f"{url}: body {i} is not JSON ({exc})") from None
+    parts = urlsplit(url)
     path = parts.path or "/"
     match = re.search(r"/models/([^/:]+)", path)
     return Scenario(
@@ -218,9 +232,15 @@ def from_url(url: str, payload: Path, *, api_key: str | None = None) -> Scenario
                 name=f"POST {path}",
                 model=match.group(1) if match else None,
                 paths=[path + (f"?{parts.query}" if parts.query else "")],
-                bodies=[body],
+                bodies=bodies,
+                expect=expect,
             )
         ],
         headers=_headers(api_key),
         protocol="v2" if "/v2/" in path else "v1" if "/v1/" in path else "custom",
     )
+
+
+def _is_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

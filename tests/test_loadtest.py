@@ -17,7 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.records import ModelKnobs, StageResult, Trial
-from loadtests.scenario import ZIPF_EXPONENT, from_app
+from loadtests.scenario import ZIPF_EXPONENT, ScenarioError, from_app, from_bodies, from_url
 from loadtests.shapes import Shape, stages
 from loadtests.tuner import (
     Space,
@@ -65,6 +65,27 @@ def test_a_multiplexed_family_draws_its_ids_zipf_weighted() -> None:
     weights = merchant.path_weights
     assert weights[0] / weights[1] == pytest.approx(2**ZIPF_EXPONENT)
     assert all(a > b for a, b in zip(weights, weights[1:], strict=False))
+
+
+def test_a_url_with_bodies_is_one_endpoint_sending_them_in_turn(tmp_path: Path) -> None:
+    """What bench/ measures its targets with; `loadtest URL --payload FILE` is the same with one body."""
+    url = "http://127.0.0.1:8000/v2/models/echo/infer?trace=1"
+    bodies = ['{"inputs": [1]}', '{"inputs": [2]}']
+    scenario = from_bodies(url, bodies, expect='"outputs"')
+    assert (scenario.base_url, scenario.protocol) == ("http://127.0.0.1:8000", "v2")
+    assert scenario.headers["Content-Type"] == "application/json"
+    [endpoint] = scenario.endpoints
+    assert endpoint.paths == ["/v2/models/echo/infer?trace=1"] and endpoint.model == "echo"
+    assert endpoint.bodies == bodies and endpoint.expect == '"outputs"'
+    payload = tmp_path / "body.json"
+    payload.write_text(bodies[0])
+    assert from_url(url, payload) == from_bodies(url, bodies[:1])
+    with pytest.raises(ScenarioError, match="body 1 is not JSON"):
+        from_bodies(url, [bodies[0], "{"])
+    with pytest.raises(ScenarioError, match="no request body"):
+        from_bodies(url, [])
+    with pytest.raises(ScenarioError, match="not an http"):
+        from_bodies("127.0.0.1:8000/v2/models/echo/infer", bodies)
 
 
 @pytest.mark.parametrize("shape", list(Shape))
