@@ -27,7 +27,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from groundwork.processes import session_processes
+from groundwork.processes import session_processes, stop_process_tree
 
 from ._payloads import READY_PATH
 
@@ -197,25 +197,16 @@ class Server:
         # Bounded in time, so Ctrl-C (or SIGTERM) waits for it rather than leave Ray running.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            tree = [p for p in self.processes() if p.pid != self.proc.pid]
-            for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-                if self.proc.poll() is not None:
-                    break
-                self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(wait_s)
-                except subprocess.TimeoutExpired:
-                    console.print(f"[yellow]{self.target.name} still running {wait_s:.0f}s after {sig.name}[/yellow]")
-            _, leftovers = psutil.wait_procs(tree, timeout=10)  # Ray's processes exit a moment after its driver
-            names = ", ".join(sorted({_name(p) for p in leftovers}))
-            for proc in leftovers:
-                proc.terminate()
-            _, alive = psutil.wait_procs(leftovers, timeout=5)
-            for proc in alive:
-                proc.kill()
+            names = {p.pid: _name(p) for p in self.processes()}  # before they go: the stragglers' names for the report
+
+            def slow(sig: signal.Signals, wait_s: float) -> None:
+                console.print(f"[yellow]{self.target.name} still running {wait_s:.0f}s after {sig.name}[/yellow]")
+
+            leftovers = stop_process_tree(self.proc, signal.SIGINT, grace_s, on_slow=slow)
             if leftovers:
+                ended = ", ".join(sorted({names.get(p.pid, str(p.pid)) for p in leftovers}))
                 console.print(
-                    f"[yellow]{self.target.name}: ended {len(leftovers)} process(es) that outlived it: {names}[/yellow]"
+                    f"[yellow]{self.target.name}: ended {len(leftovers)} process(es) that outlived it: {ended}[/yellow]"
                 )
             self.exit_code = self.proc.returncode
             if self.exit_code != 0:

@@ -6,7 +6,7 @@ without reaching into another.
 """
 
 from .net import is_loopback_host
-from .processes import alive, free_port, session_pids, session_processes, stop_session
+from .processes import alive, free_port, session_pids, session_processes, stop_process_tree, stop_session
 from .ray_env import LOOPBACK_ONLY_ENV, secure_ray_token, set_env_defaults
 from .specs import SpecError, Strict, load_spec_file
 from .version import VERSION
@@ -24,5 +24,6 @@ __all__ = [
     "session_pids",
     "session_processes",
     "set_env_defaults",
+    "stop_process_tree",
     "stop_session",
 ]

@@ -7,14 +7,17 @@ the session id and stopped by pid, whatever happened in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Callable
 
 import psutil
 
-__all__ = ["alive", "free_port", "session_pids", "session_processes", "stop_session"]
+__all__ = ["alive", "free_port", "session_pids", "session_processes", "stop_process_tree", "stop_session"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -84,3 +87,34 @@ def stop_session(leader: int, grace_s: float = 90, first: signal.Signals = signa
                 continue
         time.sleep(2)
     return session_pids(leader)
+
+
+def stop_process_tree(
+    proc: subprocess.Popen,
+    first: signal.Signals = signal.SIGINT,
+    grace_s: float = 90,
+    on_slow: Callable[[signal.Signals, float], None] | None = None,
+) -> list[psutil.Process]:
+    """Stop `proc`, the leader of a session of its own, as its user would: `first` (Ctrl-C for `modelfleet run`),
+    then SIGTERM and SIGKILL if it hangs, each after a wait (`on_slow` hears of each wait that ran out); then end
+    whatever of its session outlived it (Ray's workers exit a moment after their driver). Returns those."""
+    tree = [p for p in session_processes(proc.pid) if p.pid != proc.pid]
+    for sig, wait_s in ((first, grace_s), (signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            if on_slow is not None:
+                on_slow(sig, wait_s)
+    _, leftovers = psutil.wait_procs(tree, timeout=10)
+    for straggler in leftovers:
+        with contextlib.suppress(psutil.Error):
+            straggler.terminate()
+    _, alive_ones = psutil.wait_procs(leftovers, timeout=5)
+    for straggler in alive_ones:
+        with contextlib.suppress(psutil.Error):
+            straggler.kill()
+    psutil.wait_procs(alive_ones, timeout=5)  # gone (reaped by init) before the caller looks again
+    return leftovers

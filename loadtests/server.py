@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from groundwork.processes import free_port, session_processes
+from groundwork.processes import free_port, session_processes, stop_process_tree
 
 __all__ = ["AppProcess", "AppStartFailed", "ProcessGroup", "free_port", "session_processes"]
 
@@ -148,16 +148,5 @@ class AppProcess:
         it."""
         if self.proc is None:
             return
-        tree = [p for p in session_processes(self.proc.pid) if p.pid != self.proc.pid]
-        for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-        _, leftovers = psutil.wait_procs(tree, timeout=10)  # Ray's processes exit a moment after its driver
-        for proc in leftovers:
-            proc.kill()
+        stop_process_tree(self.proc, signal.SIGINT, grace_s)
         self.proc = None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from groundwork.processes import stop_process_tree
 from tests.helpers import (
     ADMIN_KEY,
     BODY_TIMEOUT_S,
@@ -152,13 +153,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         assert fleet.ready()["url"] == fleet.url and fleet.ready()["pid"] == process.pid
         yield fleet
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_tree(process, signal.SIGINT, grace_s=90)  # Ctrl-C, as a user stops it
     # Ctrl-C must stop Serve and Ray cleanly: a failure here errors the session.
     assert process.returncode == 0, f"modelfleet run exited {process.returncode} on Ctrl-C:\n{fleet.log()[-4000:]}"
     assert "stopped." in fleet.log()

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from groundwork.processes import stop_process_tree
 from tests.helpers import ROOT, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow  # a Ray head of its own: `make test-fast` leaves it out
@@ -74,12 +75,8 @@ def head(tmp_path_factory) -> Head:
         wait_until(up, 120, "ray start --head", process, log)
         yield head
     finally:
-        process.send_signal(signal.SIGTERM)  # `ray start --block` drains, then stops the processes it started
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:  # last resort: the process group this fixture created, nothing else
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        # `ray start --block` drains on SIGTERM, then stops the processes it started; stragglers of its session go too.
+        stop_process_tree(process, signal.SIGTERM, grace_s=120)
 
 
 def _small_digits(tmp: Path, **changes) -> Path:
