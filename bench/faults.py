@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtests.chaos import BackgroundLoad, ReplicaKiller, kill_node, node_of, replica_pids
+from loadtests.chaos import BackgroundLoad, ReplicaKiller, kill_node, replaced_elsewhere, replica_nodes
 from loadtests.server import AppProcess
 
 from ._harness import LOGS, REPO, console, interrupt_on_signals, print_table, write_results
@@ -153,7 +153,7 @@ def node_losses(folder: Path, losses: int, seconds: float, users: int) -> list[d
         for n in range(1, losses + 1):
             load = BackgroundLoad(url, ECHO, folder / f"node-loss-{n}", seconds, users)
             time.sleep(5)
-            lost = node_of(replica_pids("faults", "echo")[0])
+            lost = replica_nodes("faults", "echo")[0]
             killed, lost_at = kill_node(lost), time.monotonic()
             recovered_s = _wait_for_replacement(lost, timeout_s=300) - lost_at
             summary = load.finish()
@@ -176,8 +176,7 @@ def _wait_for_replacement(lost: str, timeout_s: float) -> float:
     """When both replicas run again, neither on node `lost` (monotonic time)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        nodes = [node_of(pid) for pid in replica_pids("faults", "echo")]
-        if len(nodes) == 2 and None not in nodes and lost not in nodes:
+        if replaced_elsewhere("faults", "echo", lost, replicas=2):
             return time.monotonic()
         time.sleep(0.5)
     raise RuntimeError(f"no replacement replica {timeout_s:.0f} s after node {lost} was lost")

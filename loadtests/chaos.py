@@ -21,7 +21,15 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["BackgroundLoad", "ReplicaKiller", "kill_node", "node_of", "replica_pids"]
+__all__ = [
+    "BackgroundLoad",
+    "ReplicaKiller",
+    "kill_node",
+    "node_of",
+    "replaced_elsewhere",
+    "replica_nodes",
+    "replica_pids",
+]
 
 # Ray's fake_multinode provider (local-sim) starts each simulated node's raylet with this variable set to the
 # node's id; every process the raylet starts (workers, replicas, agents) inherits it. Head processes lack it.
@@ -89,6 +97,17 @@ def node_of(pid: int) -> str | None:
         return psutil.Process(pid).environ().get(SIMULATED_NODE_ENV)
     except psutil.Error:
         return None
+
+
+def replica_nodes(app: str, deployment: str) -> list[str | None]:
+    """The local-sim node each replica of app/deployment runs on (None: the head)."""
+    return [node_of(pid) for pid in replica_pids(app, deployment)]
+
+
+def replaced_elsewhere(app: str, deployment: str, lost: str, replicas: int) -> bool:
+    """After node `lost` went: all `replicas` run again, on worker nodes, none on the lost one."""
+    nodes = replica_nodes(app, deployment)
+    return len(nodes) == replicas and None not in nodes and lost not in nodes
 
 
 def kill_node(node_id: str) -> dict[int, str]:

@@ -330,14 +330,9 @@ def test_pt2_archives_cannot_carry_native_code(net, tmp_path: Path) -> None:
     assert not marker.exists(), "loading the crafted .pt2 loaded its library"
 
 
-def test_sentence_transformers_matches_in_process_encode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the weights are local; never reach for a hub
-    from sentence_transformers import SentenceTransformer
-
-    from examples.embeddings.prepare import prepare
-
-    folder = prepare()
-    spec = ModelSpec.model_validate(
+def _embeddings_spec(folder: Path) -> ModelSpec:
+    """MiniLM from a local sentence-transformers folder, as examples/embeddings serves it."""
+    return ModelSpec.model_validate(
         {
             "name": "embeddings",
             "format": "sentence_transformers",
@@ -346,6 +341,16 @@ def test_sentence_transformers_matches_in_process_encode(monkeypatch: pytest.Mon
             "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
         }
     )
+
+
+def test_sentence_transformers_matches_in_process_encode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the weights are local; never reach for a hub
+    from sentence_transformers import SentenceTransformer
+
+    from examples.embeddings.prepare import prepare
+
+    folder = prepare()
+    spec = _embeddings_spec(folder)
     texts = ["the quick brown fox", "modelfleet serves models", "ünïcödé"]
     got = load_model(spec, folder, "cpu").predict({"text": np.array(texts, dtype=object)})["embedding"]
     expected = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True)
@@ -372,15 +377,7 @@ def test_sentence_transformers_folders_cannot_pick_code_to_import(
     modules[-1]["type"] = "tabnanny.NannyNag"  # a standard module nothing else imports: importing it shows
     (folder / "modules.json").write_text(json.dumps(modules))
     assert "tabnanny" not in sys.modules
-    spec = ModelSpec.model_validate(
-        {
-            "name": "embeddings",
-            "format": "sentence_transformers",
-            "artifact": {"uri": str(folder) + "/"},
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
-        }
-    )
+    spec = _embeddings_spec(folder)
     with pytest.raises(LoadError, match="did not load as a SentenceTransformer.*trust_remote_code"):
         load_model(spec, folder, "cpu")
     assert "tabnanny" not in sys.modules, "the folder's modules.json chose code that was imported"

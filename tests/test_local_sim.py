@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from groundwork.processes import session_pids
-from loadtests.chaos import BackgroundLoad, kill_node, node_of, replica_pids
+from loadtests.chaos import BackgroundLoad, kill_node, replaced_elsewhere, replica_nodes
 from tests.helpers import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
 
 GPU_TASK = """
@@ -157,10 +157,6 @@ SIM_APP = "sturdy-sim"
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 
 
-def _replica_nodes() -> dict[int, str | None]:
-    return {pid: node_of(pid) for pid in replica_pids(SIM_APP, "echo")}
-
-
 @pytest.mark.slow
 def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_elsewhere(cluster, tmp_path: Path) -> None:
     """Two echo replicas, one per node of the cpu pool, under load; one node loses every process at once.
@@ -178,23 +174,23 @@ def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_else
     app.write_text(yaml.safe_dump(spec))
     deploy = run_cli("deploy", str(app), "--address", state["address"], "--timeout-s", "300", env=env, timeout=420)
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr[-3000:]
-    before = _replica_nodes()
-    assert len(before) == 2 and None not in before.values() and len(set(before.values())) == 2, (
-        before
-    )  # one per cpu node
+    before = replica_nodes(SIM_APP, "echo")
+    assert len(before) == 2 and None not in before and len(set(before)) == 2, before  # one per cpu node
     url = f"{state['serve_url']}/{SIM_APP}/v2/models/echo/infer"
 
     during = BackgroundLoad(url, ECHO, tmp_path / "during", 30)  # ends before, or as, the replacement comes
     time.sleep(3)
-    lost = next(iter(before.values()))
+    lost = before[0]
     killed, lost_at = kill_node(lost), time.monotonic()
     assert "raylet" in killed.values(), f"node {lost} was not lost: killed {killed}"
 
-    def replaced() -> bool:
-        now = _replica_nodes()
-        return len(now) == 2 and None not in now.values() and lost not in now.values()
-
-    wait_until(replaced, 180, "a replacement replica on a new node", None, Path(state["log"]))
+    wait_until(
+        lambda: replaced_elsewhere(SIM_APP, "echo", lost, replicas=2),
+        180,
+        "a replacement replica on a new node",
+        None,
+        Path(state["log"]),
+    )
     recovered_s = time.monotonic() - lost_at
     during_summary = during.finish()
     after = BackgroundLoad(url, ECHO, tmp_path / "after", 5).finish()

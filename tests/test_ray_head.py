@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from groundwork.processes import stop_process_tree
+from groundwork.ray_env import LOOPBACK_ONLY_ENV
 from tests.helpers import ROOT, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow  # a Ray head of its own: `make test-fast` leaves it out
@@ -41,13 +42,8 @@ def head(tmp_path_factory) -> Head:
     gcs, dashboard, serve_port = free_port(), free_port(), free_port()
     log = tmp / "ray-start.log"
     ray = Path(sys.executable).parent / "ray"
-    # Loopback only, as every local Ray of ours (groundwork.ray_env.LOOPBACK_ONLY_ENV).
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    }
+    # Loopback only, as every local Ray of ours.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
