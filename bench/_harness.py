@@ -27,7 +27,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from groundwork.processes import session_processes, stop_process_tree
+from groundwork.processes import StartedProcess, session_processes, stop_process_tree
 
 from ._payloads import READY_PATH
 
@@ -84,7 +84,7 @@ def _name(proc: psutil.Process) -> str:
         return str(proc.pid)
 
 
-class Server:
+class Server(StartedProcess):
     """A target as a subprocess: started, probed until ready, and always stopped (use it as a context manager)."""
 
     def __init__(self, target: Target):
@@ -96,17 +96,6 @@ class Server:
     @property
     def url(self) -> str:
         return self.target.url
-
-    def __enter__(self) -> Server:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)

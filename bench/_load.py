@@ -1,6 +1,6 @@
 """One load run against a benchmark's target: `modelfleet loadtest`'s own run, with the target's CPU per role.
 
-Every target, baselines included, is measured by `loadtests.session.measure_run`,
+Every target, baselines included, is measured by `loadtests.measured_run.measure_run`,
 so a benchmark's p50/p95/p99 come from every request's own latency, as in
 `modelfleet loadtest`'s summary.json. Importing this module imports Locust,
 whose gevent patches the process: import it first, and never next to Ray (the
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from loadtests.measure import STAGE_SETTLE_S
+from loadtests.measured_run import measure_run
 from loadtests.records import RunConfig, RunRecord
 from loadtests.scenario import Scenario
-from loadtests.session import measure_run
 from loadtests.shapes import Shape, stages
 
 from ._harness import CpuSampler, Server

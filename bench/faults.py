@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from loadtests.app_process import AppProcess
 from loadtests.chaos import BackgroundLoad, ReplicaKiller, kill_node, replaced_elsewhere, replica_nodes
-from loadtests.server import AppProcess
 
 from ._harness import LOGS, REPO, console, interrupt_on_signals, print_table, write_results
 

@@ -16,10 +16,10 @@ from dataclasses import replace
 
 import locust  # noqa: F401  (first: gevent patches the standard library)
 
+from loadtests.app_process import AppProcess
 from loadtests.scenario import from_app
-from loadtests.server import AppProcess
-from loadtests.session import tune
-from loadtests.tuner import Space, baseline_knobs, default_space
+from loadtests.search import Space, baseline_knobs, default_space
+from loadtests.tuner import tune
 from serve_apps.spec import load_app_spec
 
 from ._harness import REPO, RESULTS, console, print_table, write_results

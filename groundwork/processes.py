@@ -14,10 +14,19 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Self
 
 import psutil
 
-__all__ = ["alive", "free_port", "session_pids", "session_processes", "stop_process_tree", "stop_session"]
+__all__ = [
+    "StartedProcess",
+    "alive",
+    "free_port",
+    "session_pids",
+    "session_processes",
+    "stop_process_tree",
+    "stop_session",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -118,3 +127,24 @@ def stop_process_tree(
             straggler.kill()
     psutil.wait_procs(alive_ones, timeout=5)  # gone (reaped by init) before the caller looks again
     return leftovers
+
+
+class StartedProcess:
+    """A context manager over `start()` and `stop()`: stopped on leaving, and also when starting fails half-way."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

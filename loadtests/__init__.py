@@ -5,10 +5,11 @@ shapes.py       load shapes as data (constant, ramp, step, spike) and the tuner'
 generator.py    Locust as a library; importing it patches the process with gevent,
                 so it runs only where Ray is never imported (the app runs in a subprocess)
 measure.py      raw samples -> records (records.py); nothing there sends a request
-server.py       the app under test as a `modelfleet run` subprocess; process CPU and memory
-server_side.py  what the server saw: its /metrics counters, and replicas from Serve
-session.py      one measured run; the tuning loop
-tuner.py        the search space, the search (optuna), tuned specs, the verdict
+app_process.py  the app under test as a `modelfleet run` subprocess; process CPU and memory
+server_counts.py what the server saw: its /metrics counters, and replicas from Serve
+measured_run.py one measured run: the generator's numbers joined with the server's
+search.py       the tuner's pure parts: search space, search (optuna), tuned specs, verdict
+tuner.py        the tuning loop: deploy each proposal, sweep it, feed the result back
 report.py       records -> summary.json, trials.csv, one self-contained index.html
 """
 

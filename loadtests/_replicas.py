@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def main(address: str, app_name: str, out: Path, interval_s: float) -> None:
-    from serve_apps.runner import RayTarget
+    from serve_apps.deploy import RayTarget
 
     RayTarget.connect(address)  # before Ray is imported here: it sets the env a loopback cluster's driver needs
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, which installs its own handler

@@ -28,9 +28,9 @@ from locust.env import Environment
 from locust.runners import STATE_STOPPED, WORKER_REPORT_INTERVAL, LocalRunner, MasterRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
 
+from .app_process import ProcessGroup, free_port
 from .measure import Measurements
 from .scenario import Endpoint, Scenario
-from .server import ProcessGroup, free_port
 from .shapes import Stage
 
 __all__ = ["Progress", "collect_samples", "generate", "user_classes"]

@@ -20,4 +20,4 @@ __all__ = [
     "load_app_spec",
     "serve_config",
 ]
-_, __getattr__ = lazy_exports(__name__, {"build": ["build_app", "serve_config"], "runner": ["LocalServer"]})
+_, __getattr__ = lazy_exports(__name__, {"build": ["build_app", "serve_config"], "deploy": ["LocalServer"]})

@@ -26,7 +26,8 @@ from starlette.routing import Mount
 from groundwork.net import is_loopback_host
 from groundwork.version import VERSION
 
-from .tensors import RequestError, valid_request_id
+from .request_error import RequestError
+from .tensors import valid_request_id
 
 __all__ = [
     "INFER_ROUTES",

@@ -25,8 +25,9 @@ from ray import serve
 from providers.storage import ArtifactNotFound, fetch
 
 from .loaders import Model, load_model, pick_device, runs_inline
+from .request_error import RequestError
 from .spec import ModelSpec
-from .tensors import RequestError, rows_of
+from .tensors import rows_of
 
 __all__ = ["ModelDeployment"]
 

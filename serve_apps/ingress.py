@@ -45,8 +45,9 @@ from ._ingress_metrics import IngressMetrics
 from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
+from .request_error import RequestError
 from .spec import AppSpec, ModelSpec, valid_model_id
-from .tensors import RequestError, check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
+from .tensors import check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
 
 __all__ = ["Ingress", "api"]
 

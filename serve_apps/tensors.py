@@ -15,11 +15,11 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from .request_error import RequestError
 from .spec import Datatype, ModelSpec, TensorSpec
 
 __all__ = [
     "NUMPY_DTYPES",
-    "RequestError",
     "check_inputs",
     "decode_v1",
     "decode_v2",
@@ -54,17 +54,6 @@ _NUMPY_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"
 MAX_DIMS, MAX_DIM = 32, 2**31 - 1
 # A V2 request id reaches a response header and the logs: printable ASCII, and not a novel.
 _REQUEST_ID = re.compile(r"[\x20-\x7e]{1,256}")
-
-
-class RequestError(Exception):
-    """A client mistake: `status` is the HTTP status, the message goes into {"error": ...}."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        self.status, self.headers = status, headers
-        super().__init__(message)
-
-    def __reduce__(self):  # raised in a replica, it crosses to the ingress by pickle
-        return (RequestError, (self.status, str(self), self.headers))
 
 
 def valid_request_id(request_id: object) -> TypeGuard[str]:

@@ -121,7 +121,7 @@ def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> sub
 
 
 _DEPLOY_LISTENING = (
-    "from serve_apps.runner import RayTarget; from serve_apps.spec import load_app_spec\n"
+    "from serve_apps.deploy import RayTarget; from serve_apps.spec import load_app_spec\n"
     "RayTarget(gpus_known=False).deploy(load_app_spec(sys.argv[2]), listen=('127.0.0.1', int(sys.argv[3])), "
     "timeout_s=180)"
 )

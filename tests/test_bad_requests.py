@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from serve_apps.request_error import RequestError
 from serve_apps.spec import ModelSpec, load_app_spec
-from serve_apps.tensors import RequestError, decode_v1, decode_v2
+from serve_apps.tensors import decode_v1, decode_v2
 from tests.helpers import MAX_BODY_MB, ROOT, TYPES_MODEL, Fleet
 
 PIX = [0.0] * 64

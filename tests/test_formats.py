@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from loadtests.tuner import embeddable, tunable
+from loadtests.search import embeddable, tunable
 from serve_apps.loaders import (
     CONVERSION_HINT,
     PICKLE_HINT,

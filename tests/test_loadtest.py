@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.records import ModelKnobs, StageResult, Trial
 from loadtests.scenario import ZIPF_EXPONENT, ScenarioError, from_app, from_bodies, from_url
-from loadtests.shapes import Shape, stages
-from loadtests.tuner import (
+from loadtests.search import (
     Space,
     apply_knobs,
     baseline_knobs,
@@ -29,6 +28,7 @@ from loadtests.tuner import (
     tuned_spec_yaml,
     verdict,
 )
+from loadtests.shapes import Shape, stages
 from serve_apps.spec import load_app_spec
 from serve_apps.tensors import decode_v1, decode_v2
 from tests.fixtures.browser import assert_drawn
@@ -206,7 +206,10 @@ def test_best_point_and_verdict() -> None:
     "args, says",
     [
         (["loadtest", "examples/echo/app.yaml", "--duration", "soon"], "--duration 'soon'"),
-        (["loadtest", "examples/echo/app.yaml", "--duration", "30h"], "runs are bounded"),
+        (["loadtest", "examples/echo/app.yaml", "--duration", "30h"], "pick between 1s and 6h"),
+        # every duration option takes the same style (and `--timeout-s`, its old name, plain seconds)
+        (["deploy", "examples/echo/app.yaml", "--address", "127.0.0.1:9", "--timeout", "5x"], "--timeout '5x'"),
+        (["deploy", "examples/echo/app.yaml", "--address", "127.0.0.1:9", "--timeout-s", "9000"], "and 2h"),
         (["loadtest", "examples/echo/app.yaml", "--shape", "zigzag"], "'--shape': 'zigzag' is not one of 'constant'"),
         (["loadtest", "http://127.0.0.1:9/v2/models/echo/infer"], "needs --payload"),
         (["loadtest", "examples/echo/app.yaml", "--weight", "echo"], "--weight 'echo'"),

@@ -11,8 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
+from serve_apps.request_error import RequestError
 from serve_apps.spec import ModelSpec
-from serve_apps.tensors import RequestError, check_inputs, decode_v1, decode_v2
+from serve_apps.tensors import check_inputs, decode_v1, decode_v2
 
 
 def _model(datatype: str, shape: list[int]) -> ModelSpec:

@@ -7,6 +7,7 @@ component failed (with its cause). No tracebacks for either.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -18,7 +19,7 @@ from groundwork import SpecError, is_loopback_host
 from serve_apps.auth import KeyRing, KeysConfigError
 from serve_apps.spec import AppSpec, check_artifacts_exist, load_app_spec
 
-__all__ = ["AppPath", "app_keys", "bad_input", "err", "failed", "keys_for_host", "load_app", "log", "out"]
+__all__ = ["AppPath", "app_keys", "bad_input", "duration_s", "err", "failed", "keys_for_host", "load_app", "log", "out"]
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)  # URLs and curl lines must stay pasteable
@@ -42,6 +43,17 @@ AppPath = Annotated[Path, typer.Argument(help="The app spec (YAML).", show_defau
 def bad_input(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def duration_s(text: str, option: str, *, at_most_s: float) -> float:
+    """Every duration option takes one style: 20s, 2m, 1h, or a plain number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        bad_input(f"{option} {text!r}: expected a duration such as 20s, 2m or 1h")
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not 1 <= seconds <= at_most_s:
+        bad_input(f"{option} {text!r}: pick between 1s and {at_most_s / 3600:g}h")
+    return seconds
 
 
 def failed(message: str) -> NoReturn:

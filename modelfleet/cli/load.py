@@ -6,7 +6,6 @@ import Ray: the app under test runs in a `modelfleet run` subprocess.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,24 +18,13 @@ from rich.markup import escape
 from loadtests.records import Protocol
 from loadtests.shapes import Shape
 
-from .console import bad_input, err, failed, load_app, out
+from .console import bad_input, duration_s, err, failed, load_app, out
 
 __all__ = ["loadtest", "tune"]
 
 MAX_DURATION_S = 6 * 3600
 # `tune` ran, and no configuration met the SLO: a result (verdict and report written), not a failure.
 NO_CONFIGURATION_MET_THE_SLO = 3
-
-
-def _seconds(text: str, option: str) -> float:
-    """'20s', '2m', '1h' or a plain number of seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match:
-        bad_input(f"{option} {text!r}: expected a duration such as 20s, 2m or 1h")
-    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
-    if not 1 <= seconds <= MAX_DURATION_S:
-        bad_input(f"{option} {text!r}: runs are bounded; pick between 1s and {MAX_DURATION_S // 3600}h")
-    return seconds
 
 
 def _model_ids(items: list[str]) -> dict[str, list[str]]:
@@ -52,7 +40,7 @@ def _model_ids(items: list[str]) -> dict[str, list[str]]:
 @contextmanager
 def _app_under_test(spec_name: str, spec_path: Path, log_dir: Path):
     """`modelfleet run` in a subprocess of its own session, with status lines; stopped whatever happens."""
-    from loadtests.server import AppProcess
+    from loadtests.app_process import AppProcess
 
     app_process = AppProcess(spec_path.resolve(), log_dir / "modelfleet-run.log")
     try:
@@ -143,14 +131,14 @@ def loadtest(
     ] = None,
 ) -> None:
     """Load-test an app (started here) or a URL with Locust, headless: a live progress line, an optional report."""
+    from loadtests.app_process import AppStartFailed
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
+    from loadtests.measured_run import measure_run
     from loadtests.records import RunConfig
     from loadtests.scenario import ScenarioError, from_app, from_url, parse_weights
-    from loadtests.server import AppStartFailed
-    from loadtests.session import measure_run
     from loadtests.shapes import stages
 
-    seconds = _seconds(duration, "--duration")
+    seconds = duration_s(duration, "--duration", at_most_s=MAX_DURATION_S)
     plan = stages(shape, users, seconds, spawn_rate)
     is_spec = target.endswith((".yaml", ".yml")) and "://" not in target
     spec = load_app(Path(target)) if is_spec else None
@@ -250,14 +238,14 @@ def tune(
     ] = None,
 ) -> None:
     """Find the settings with the most throughput at p95 within the SLO: deploy, sweep, keep the best, write a spec."""
+    from loadtests.app_process import AppStartFailed
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
     from loadtests.report import write_tune_report
     from loadtests.scenario import ScenarioError, from_app
-    from loadtests.server import AppStartFailed
-    from loadtests.session import tune as run_tuner
-    from loadtests.tuner import default_space, tunable
+    from loadtests.search import default_space, tunable
+    from loadtests.tuner import tune as run_tuner
 
-    trial_s = _seconds(trial_duration, "--trial-duration")
+    trial_s = duration_s(trial_duration, "--trial-duration", at_most_s=MAX_DURATION_S)
     spec = load_app(spec_path)
     names = model or [m.name for m in spec.models if tunable(m)]
     unknown = [n for n in names if n not in {m.name for m in spec.models}]

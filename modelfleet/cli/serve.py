@@ -21,9 +21,12 @@ from serve_apps.auth import ENV_VAR as KEYS_ENV_VAR
 from serve_apps.auth import KeyRing
 from serve_apps.spec import AppSpec, ModelSpec
 
-from .console import AppPath, app_keys, bad_input, err, failed, keys_for_host, load_app, log, out
+from .console import AppPath, app_keys, bad_input, duration_s, err, failed, keys_for_host, load_app, log, out
 
 __all__ = ["build", "deploy", "run", "schema", "status", "validate"]
+
+# A deploy that has not converged in this long will not: its cause is in Serve's status, not in more waiting.
+MAX_DEPLOY_WAIT_S = 2 * 3600
 
 
 def _forget_plaintext_keys() -> None:
@@ -116,7 +119,7 @@ def _print_endpoints(spec: AppSpec, base: str) -> None:
 
 
 def _prefetch(spec: AppSpec) -> None:
-    from serve_apps.runner import prefetch_artifacts
+    from serve_apps.deploy import prefetch_artifacts
 
     with Progress(
         TextColumn("fetching [bold]{task.description}"),
@@ -152,7 +155,7 @@ def _check_port_free(host: str, port: int, option: str) -> int:
 
 
 def _connect(address: str):
-    from serve_apps.runner import RayTarget
+    from serve_apps.deploy import RayTarget
 
     try:
         return RayTarget.connect(address)
@@ -197,7 +200,7 @@ def run(
     ] = None,
 ) -> None:
     """Serve an app on an embedded local Ray until Ctrl-C."""
-    from serve_apps.runner import DeployFailed, LocalServer
+    from serve_apps.deploy import DeployFailed, LocalServer
 
     _require_ray_auth(insecure_no_ray_auth, "on this machine")
     spec = load_app(spec_path)
@@ -269,12 +272,15 @@ def deploy(
         str, typer.Option(help="HTTP host for Serve's proxies, if Serve is not running there yet.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port for Serve's proxies, if Serve is not running there yet.")] = 8000,
-    timeout_s: Annotated[float, typer.Option("--timeout-s", help="How long to wait for the app to run.")] = 600,
+    timeout: Annotated[
+        str, typer.Option("--timeout", "--timeout-s", help="How long to wait for the app to run: 90s, 10m, 1h.")
+    ] = "10m",
     insecure_no_ray_auth: InsecureNoRayAuth = False,
 ) -> None:
     """Deploy (or update) an app on a running Ray cluster. A failed update leaves the previous version serving."""
-    from serve_apps.runner import DeployFailed
+    from serve_apps.deploy import DeployFailed
 
+    timeout_s = duration_s(timeout, "--timeout", at_most_s=MAX_DEPLOY_WAIT_S)
     _require_ray_auth(insecure_no_ray_auth, "on the cluster's nodes")
     spec = load_app(spec_path)
     keys = keys_for_host(spec, spec_path, host)

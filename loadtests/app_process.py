@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from groundwork.processes import free_port, session_processes, stop_process_tree
+from groundwork.processes import StartedProcess, free_port, session_processes, stop_process_tree
 
 __all__ = ["AppProcess", "AppStartFailed", "ProcessGroup", "free_port", "session_processes"]
 
@@ -65,7 +65,7 @@ class AppStartFailed(RuntimeError):
     """`modelfleet run` exited or did not become ready; the message carries the end of its log."""
 
 
-class AppProcess:
+class AppProcess(StartedProcess):
     """`modelfleet run SPEC` on a free loopback port, in its own session; a context manager that always stops it."""
 
     def __init__(
@@ -89,17 +89,6 @@ class AppProcess:
         if self.proc is None:
             raise RuntimeError("the app is not started")
         return ProcessGroup(session_leader=self.proc.pid)
-
-    def __enter__(self) -> AppProcess:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
