@@ -261,14 +261,8 @@ def _check_node(where: str, node: NodeShape, provider: Provider) -> InstanceType
         raise ValueError(f"{where}.{exc.field}: {exc}") from None
 
 
-def _all_keys() -> list[str]:
-    return sorted(
-        {k for m in (ClusterSpec, ProviderSpec, HeadSpec, PoolSpec, SshSpec, NetworkSpec) for k in m.model_fields}
-    )
-
-
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
     """Read and validate a cluster spec; SpecError with one clear line on any problem."""
     return load_spec_file(
-        path, ClusterSpec, "a mapping with name:, provider: and pools:", _all_keys(), "modelfleet cluster schema"
+        path, ClusterSpec, "a cluster spec", "examples/clusters/local-sim.yaml", "modelfleet cluster schema"
     )

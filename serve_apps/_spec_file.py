@@ -7,43 +7,14 @@ from pathlib import Path
 from groundwork.specs import SpecError, load_spec_file
 from providers.storage import resolve_uri, scheme_of
 
-from .spec import (
-    AppSpec,
-    ArtifactSpec,
-    AutoscalingSpec,
-    BatchingSpec,
-    IngressSpec,
-    ModelSpec,
-    MultiplexSpec,
-    PipelineSpec,
-    PipelineStep,
-    ResourcesSpec,
-    TensorSpec,
-)
+from .spec import AppSpec
 
 __all__ = ["SpecError", "check_artifacts_exist", "load_app_spec"]
 
 
-def _all_field_names() -> list[str]:
-    models = (
-        AppSpec,
-        ModelSpec,
-        IngressSpec,
-        ArtifactSpec,
-        TensorSpec,
-        ResourcesSpec,
-        AutoscalingSpec,
-        BatchingSpec,
-        MultiplexSpec,
-        PipelineSpec,
-        PipelineStep,
-    )
-    return sorted({name for model in models for name in model.model_fields})
-
-
 def load_app_spec(path: str | Path) -> AppSpec:
     """Read and validate an app spec; raise SpecError with one clear line on any problem."""
-    spec = load_spec_file(path, AppSpec, "a mapping with name: and models:", _all_field_names(), "modelfleet schema")
+    spec = load_spec_file(path, AppSpec, "an app spec", "examples/echo/app.yaml", "modelfleet schema")
     spec._base_dir = Path(path).resolve().parent
     return spec
 

@@ -249,6 +249,20 @@ ONPREM = "name: c\nprovider: {type: onprem}\nhead: {host: 10.0.0.1}\nnetwork: {a
             "pools: [{name: cpu, hosts: [10.0.0.2], cpus: 8, max_workers: 1}]\n",
             "head.host: on-prem needs",
         ),
+        (
+            AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1, region: us-west-2}]\n",
+            "pools[0:cpu].region: unknown key at this level (it is a key of provider); move it there or remove it",
+        ),
+        ("", "the file is empty; a cluster spec needs at least name, provider and pools (see examples/clusters/"),
+        (AWS + "pools: []\n", "pools: the list is empty; list at least one pool"),
+        (
+            AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: two}]\n",
+            "pools[0:cpu].max_workers: expected a whole number, got 'two'",
+        ),
+        (
+            AWS + "pools: [{name: cpu, instance_type: m5.large, max_workers: 1}]\nimage: 2\n",
+            'image: expected a string, got 2; quote it: image: "2"',
+        ),
     ],
     ids=[
         "unknown-key",
@@ -263,6 +277,11 @@ ONPREM = "name: c\nprovider: {type: onprem}\nhead: {host: 10.0.0.1}\nnetwork: {a
         "onprem-spot",
         "onprem-instance-type",
         "onprem-no-head",
+        "key-of-another-level",
+        "empty-file",
+        "no-pools",
+        "text-for-number",
+        "number-for-string",
     ],
 )
 def test_bad_cluster_specs_exit_2_in_one_line(tmp_path: Path, text: str, says: str) -> None:

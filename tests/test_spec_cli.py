@@ -36,9 +36,53 @@ def _spec(**model_changes) -> str:
 BAD_SPECS = [
     ("not-yaml", "name: app\nmodels: [\n", "not valid YAML"),
     ("tabs-yaml", "name: app\n\tmodels: []\n", "line 2"),
-    ("empty-file", "", "expected a mapping"),
-    ("top-level-list", "- a\n- b\n", "expected a mapping"),
+    ("empty-file", "", "the file is empty; an app spec needs at least name and models (see examples/echo/app.yaml"),
+    ("comments-only", "# to do\n", "the file is empty; an app spec needs at least name and models"),
+    ("top-level-list", "- a\n- b\n", "expected a mapping with name: and models:, got a list"),
     ("unknown-top-key", yaml.safe_dump({"name": "app", "modles": [GOOD_MODEL]}), "modles: unknown key"),
+    # Suggestions come from the keys of that level only (not a model's `module`), and the other problem is named.
+    (
+        "top-level-typo",
+        yaml.safe_dump({"name": "app", "modles": [GOOD_MODEL]}),
+        "modles: unknown key; did you mean 'models'? remove or rename it",
+    ),
+    (
+        "top-level-typo-names-the-rest",
+        yaml.safe_dump({"name": "app", "modles": [GOOD_MODEL]}),
+        "(also: missing models)",
+    ),
+    (
+        "model-key-at-top-level",
+        yaml.safe_dump({"name": "app", "format": "builtin", "models": [GOOD_MODEL]}),
+        "format: unknown key at this level (it is a key of models[]); move it there or remove it",
+    ),
+    (
+        "other-problems-named",
+        yaml.safe_dump(
+            {"name": "app", "models": [{**GOOD_MODEL, "replicas": 2}, {**GOOD_MODEL, "name": "b", "format": 3}]}
+        ),
+        "models[0:echo].replicas: unknown key; did you mean 'autoscaling.",
+    ),
+    (
+        "other-problems-named-in-line",
+        yaml.safe_dump(
+            {"name": "app", "models": [{**GOOD_MODEL, "replicas": 2}, {**GOOD_MODEL, "name": "b", "format": 3}]}
+        ),
+        "(also: models[1:b].format)",
+    ),
+    ("number-for-string", _spec(version=1), 'models[0:echo].version: expected a string, got 1; quote it: version: "1"'),
+    ("bool-for-string", _spec(version=True), 'quote it: version: "true"'),
+    ("no-models", yaml.safe_dump({"name": "app", "models": []}), "models: the list is empty; list at least one model"),
+    ("no-inputs", _spec(inputs=[]), "models[0:echo].inputs: the list is empty; list at least one input"),
+    ("mapping-for-list", yaml.safe_dump({"name": "app", "models": GOOD_MODEL}), "models: expected a list"),
+    ("nothing-for-list", "name: app\nmodels:\n", "models: expected a list"),
+    ("text-for-number", _spec(max_ongoing_requests="many"), "expected a whole number, got 'many'"),
+    (
+        "below-the-minimum",
+        _spec(resources={"num_cpus": -1}),
+        "models[0:echo].resources.num_cpus: got -1; use a number >= 0",
+    ),
+    ("list-for-mapping", _spec(resources=[1]), "models[0:echo].resources: expected a mapping"),
     ("unknown-model-key", _spec(replicas=3), "models[0:echo].replicas: unknown key"),
     ("missing-models", yaml.safe_dump({"name": "app"}), "models: required field is missing"),
     ("wrong-type", _spec(max_ongoing_requests="many"), "models[0:echo].max_ongoing_requests"),
