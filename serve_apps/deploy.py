@@ -23,7 +23,15 @@ from .auth import KeyRing
 from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
 
-__all__ = ["DeployFailed", "DeploymentRow", "LocalServer", "RAY_SERVE_SPEED_ENV", "RayTarget", "prefetch_artifacts"]
+__all__ = [
+    "DeployFailed",
+    "DeploymentRow",
+    "LocalServer",
+    "RAY_SERVE_SPEED_ENV",
+    "RayTarget",
+    "prefetch_artifacts",
+    "prepare_ray_env",
+]
 
 # Ray Serve's own throughput options (what RAY_SERVE_THROUGHPUT_OPTIMIZED turns on, minus its direct
 # ingress: the ingress has its own listener): gRPC between replicas, user code and router on the
@@ -134,6 +142,26 @@ def _text(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
+def prepare_ray_env(address: str | None = None) -> None:
+    """Set what Ray reads once, when first imported: call it before anything in this process may import Ray (the
+    models' modules, which the CLI imports to check them). `address` None: the embedded Ray of `run`."""
+    if address is None:
+        set_env_defaults({**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV})
+        return
+    secure_ray_token()
+    # Ray 2.60 heads enable token auth by default; a client must opt in to send the token.
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    token_available = (
+        os.environ.get("RAY_AUTH_TOKEN") or (Path(named) if named else Path.home() / ".ray" / "auth_token").exists()
+    )
+    if token_available and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    if is_loopback(address):
+        # A loopback cluster (`modelfleet run`, local-sim) runs in Ray's single-machine mode; a driver
+        # must too, or it looks for a raylet at the machine's other address and waits forever.
+        set_env_defaults(LOOPBACK_ONLY_ENV)
+
+
 @dataclass(frozen=True)
 class DeploymentRow:
     app: str
@@ -153,20 +181,8 @@ class RayTarget:
 
     @classmethod
     def connect(cls, address: str) -> RayTarget:
-        secure_ray_token()
+        prepare_ray_env(address)
         _probe(address)
-        # Ray 2.60 heads enable token auth by default; a client must opt in to send the token,
-        # and before `import ray`, which reads the mode once.
-        named = os.environ.get("RAY_AUTH_TOKEN_PATH")
-        token_available = (
-            os.environ.get("RAY_AUTH_TOKEN") or (Path(named) if named else Path.home() / ".ray" / "auth_token").exists()
-        )
-        if token_available and "RAY_AUTH_MODE" not in os.environ:
-            os.environ["RAY_AUTH_MODE"] = "token"
-        if is_loopback(address):
-            # A loopback cluster (`modelfleet run`, local-sim) runs in Ray's single-machine mode; a driver
-            # must too, or it looks for a raylet at the machine's other address and waits forever.
-            set_env_defaults(LOOPBACK_ONLY_ENV)
         import ray
 
         ray.init(address=address, logging_level=logging.WARNING)
@@ -291,7 +307,7 @@ class LocalServer(RayTarget):
             logging.getLogger("modelfleet").warning(
                 "Ray Serve was imported before LocalServer.start: handles keep its defaults"
             )
-        set_env_defaults({**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV})
+        prepare_ray_env()
         import ray
         from ray import serve
 

@@ -200,9 +200,10 @@ def run(
     ] = None,
 ) -> None:
     """Serve an app on an embedded local Ray until Ctrl-C."""
-    from serve_apps.deploy import DeployFailed, LocalServer
+    from serve_apps.deploy import DeployFailed, LocalServer, prepare_ray_env
 
     _require_ray_auth(insecure_no_ray_auth, "on this machine")
+    prepare_ray_env()  # before load_app imports the models' modules, which may import Ray
     spec = load_app(spec_path)
     keys = keys_for_host(spec, spec_path, host)
     _forget_plaintext_keys()
@@ -278,10 +279,11 @@ def deploy(
     insecure_no_ray_auth: InsecureNoRayAuth = False,
 ) -> None:
     """Deploy (or update) an app on a running Ray cluster. A failed update leaves the previous version serving."""
-    from serve_apps.deploy import DeployFailed
+    from serve_apps.deploy import DeployFailed, prepare_ray_env
 
     timeout_s = duration_s(timeout, "--timeout", at_most_s=MAX_DEPLOY_WAIT_S)
     _require_ray_auth(insecure_no_ray_auth, "on the cluster's nodes")
+    prepare_ray_env(address)  # before load_app imports the models' modules, which may import Ray
     spec = load_app(spec_path)
     keys = keys_for_host(spec, spec_path, host)
     _forget_plaintext_keys()
