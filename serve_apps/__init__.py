@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from groundwork.lazy import lazy_exports
 
-from .spec import AppSpec, ModelSpec, SpecError, check_artifacts_exist, load_app_spec
+from .spec import AppSpec, ModelSpec, SpecError, check_artifacts_exist, check_modules_resolve, load_app_spec
 
 __all__ = [
     "AppSpec",
@@ -17,6 +17,7 @@ __all__ = [
     "SpecError",
     "build_app",
     "check_artifacts_exist",
+    "check_modules_resolve",
     "load_app_spec",
     "serve_config",
 ]

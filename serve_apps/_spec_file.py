@@ -1,15 +1,22 @@
-"""Reading an app spec file (through groundwork's `load_spec_file`), and checking its local artifacts exist."""
+"""Reading an app spec file (through groundwork's `load_spec_file`), and checking, before Ray starts, what the
+replicas would otherwise find out: that local artifacts exist and that `module:` names something that loads."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from groundwork.specs import SpecError, load_spec_file
 from providers.storage import resolve_uri, scheme_of
 
+from .loaders import ModuleError, resolve_module
 from .spec import AppSpec
 
-__all__ = ["SpecError", "check_artifacts_exist", "load_app_spec"]
+__all__ = ["SpecError", "check_artifacts_exist", "check_modules_resolve", "load_app_spec"]
 
 
 def load_app_spec(path: str | Path) -> AppSpec:
@@ -31,3 +38,30 @@ def check_artifacts_exist(spec: AppSpec, path: Path | str) -> None:
         if not local.exists():
             hint = "run the example's train.py first, or fix the path (plain paths are relative to the spec's folder)"
             raise SpecError(path, f"models[{i}:{model.name}].artifact.uri", f"{local} does not exist; {hint}")
+
+
+@contextmanager
+def _as_replicas_import() -> Iterator[None]:
+    """Ray puts the driver's working directory first on its workers' sys.path (ray.init's py_driver_sys_path), so a
+    replica finds `examples.digits.model` under the directory `modelfleet run` or `deploy` started in: so do we."""
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    importlib.invalidate_caches()  # modules written since the last import are found too
+    try:
+        yield
+    finally:
+        sys.path.remove(cwd)  # the first occurrence: ours
+
+
+def check_modules_resolve(spec: AppSpec, path: Path | str) -> None:
+    """Every `module:` imports and names what its format loads, as a replica would find it; SpecError otherwise.
+
+    It imports the models' modules (code the spec's author trusts, see SECURITY.md), so load_app_spec leaves it
+    out and stays light. Replicas load through the same `loaders.resolve_module`, so both say the same.
+    """
+    with _as_replicas_import():
+        for i, model in enumerate(spec.models):
+            try:
+                resolve_module(model)
+            except ModuleError as exc:
+                raise SpecError(path, f"models[{i}:{model.name}].module", exc.problem) from None

@@ -56,6 +56,7 @@ __all__ = [
     "TensorSpec",
     "TlsSpec",
     "check_artifacts_exist",
+    "check_modules_resolve",
     "load_app_spec",
     "valid_model_id",
 ]
@@ -317,4 +318,4 @@ class AppSpec(Strict):
 
 
 # Reading files lives in its own module; these names stay importable from here.
-from ._spec_file import SpecError, check_artifacts_exist, load_app_spec  # noqa: E402
+from ._spec_file import SpecError, check_artifacts_exist, check_modules_resolve, load_app_spec  # noqa: E402

@@ -77,6 +77,8 @@ def test_every_loader_declares_its_record_and_every_loader_is_a_format() -> None
     for fmt in known_formats():
         module = importlib.import_module(f"serve_apps.loaders.{fmt}")
         assert module.TRAITS is traits(fmt) and callable(module.load), fmt
+        # What `module:` names is found by the loader's own resolve, which validate calls before Ray starts.
+        assert callable(getattr(module, "resolve", None)) == traits(fmt).needs_module, fmt
     assert set(known_formats()) <= set(FORMATS)
     assert all(traits(f).calls_models for f in set(FORMATS) - set(known_formats())), "only pipelines load nothing"
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,28 @@ BAD_SPECS = [
     ),
     ("bad-pool-name", _spec(resources={"pool": "GPU pool"}), "models[0:echo].resources.pool"),
     ("bad-queue", _spec(max_queued_requests=-5), "models[0:echo].max_queued_requests"),
+    # module: is imported (as a replica would) and must name something there, or a known builtin.
+    (
+        "class-not-in-module",
+        _spec(format="python", module="examples.digits.model:DigitNet"),
+        "models[0:echo].module: 'examples.digits.model' has no 'DigitNet'; it defines DigitsNet",
+    ),
+    (
+        "class-not-in-module-suggests",
+        _spec(format="python", module="examples.digits.model:DigitNet"),
+        "did you mean 'DigitsNet'?",
+    ),
+    (
+        "module-not-found",
+        _spec(format="python", module="examples.digits.modle:DigitsNet"),
+        "models[0:echo].module: cannot import 'examples.digits.modle' (ModuleNotFoundError: No module named "
+        "'examples.digits.modle')",
+    ),
+    (
+        "unknown-builtin",
+        _spec(module="ecko"),
+        "models[0:echo].module: unknown builtin 'ecko'; known: ['echo']; did you mean 'echo'?",
+    ),
 ]
 
 
@@ -184,6 +207,72 @@ def test_python_format_needs_no_pin() -> None:
     """format: python runs the installed module (code chosen by whoever installs packages); its artifact is data."""
     spec = _spec(format="python", module="tests.fixtures.tiny:Rendezvous", artifact={"uri": "s3://models/me.json"})
     assert AppSpec.model_validate(yaml.safe_load(spec)).models[0].artifact.sha256 is None
+
+
+def _write_module(folder: Path, text: str) -> str:
+    """A module file in `folder` under a name no other test imports (a failed import is not cached, a good one is)."""
+    name = f"mf_test_{uuid.uuid4().hex[:12]}"
+    (folder / f"{name}.py").write_text(text)
+    return name
+
+
+@pytest.mark.parametrize(
+    "source, says",
+    [
+        ("class Net:\n    def predict(self, inputs)\n", "(SyntaxError: expected ':' ("),
+        ("raise RuntimeError('needs a GPU\\nand more')\n", "(RuntimeError: needs a GPU and more)"),
+        ("import mf_no_such_dependency\n", "(ModuleNotFoundError: No module named 'mf_no_such_dependency')"),
+        ("class Other:\n    pass\n", "has no 'Net'; it defines Other"),
+    ],
+    ids=["syntax-error", "raises-on-import", "missing-dependency", "no-such-class"],
+)
+def test_a_module_that_does_not_import_is_one_line(tmp_path: Path, monkeypatch, source: str, says: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = _write_module(tmp_path, source)
+    Path("app.yaml").write_text(_spec(format="python", module=f"{name}:Net"))
+    result = CliRunner().invoke(app, ["validate", "app.yaml"])
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "app.yaml: models[0:echo].module: " in line and says in line, line
+
+
+def test_modules_resolve_from_the_working_directory_as_in_the_replicas(tmp_path: Path, monkeypatch) -> None:
+    """Ray puts the driver's working directory first on its workers' sys.path: a module there is found."""
+    monkeypatch.chdir(tmp_path)
+    assert str(tmp_path) not in sys.path
+    name = _write_module(tmp_path, "class Net:\n    def __init__(self, path, device): pass\n")
+    Path("app.yaml").write_text(_spec(format="python", module=f"{name}:Net"))
+    result = CliRunner().invoke(app, ["validate", "app.yaml"])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path) not in sys.path  # the check leaves the CLI's own path as it was
+
+
+@pytest.mark.parametrize(
+    "command", [["validate"], ["build"], ["run"], ["deploy", "--address", "127.0.0.1:1"]], ids=lambda c: c[0]
+)
+def test_every_serving_command_checks_modules_before_ray(tmp_path: Path, command: list[str]) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(_spec(format="python", module="examples.digits.model:DigitNet"))
+    result = CliRunner().invoke(app, [command[0], str(path), *command[1:]])
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "models[0:echo].module: 'examples.digits.model' has no 'DigitNet'" in line, line
+
+
+@pytest.mark.parametrize(
+    "module", ["examples.digits.model:DigitNet", "examples.digits.modle:DigitsNet"], ids=["class", "module"]
+)
+def test_validate_and_the_replica_say_the_same(tmp_path: Path, module: str) -> None:
+    """One function finds `module:` for both, so what validate says is what a replica would have said."""
+    from serve_apps.loaders import LoadError, load_model
+
+    path = tmp_path / "app.yaml"
+    path.write_text(_spec(format="python", module=module))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    problem = result.stderr.strip().split("models[0:echo].module: ", 1)[1]
+    with pytest.raises(LoadError) as replica:
+        load_model(AppSpec.model_validate(yaml.safe_load(_spec(format="python", module=module))).models[0], None, "cpu")
+    assert str(replica.value) == f"model 'echo': {problem}"
 
 
 def test_non_utf8_and_missing_files(tmp_path: Path) -> None:

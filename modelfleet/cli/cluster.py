@@ -60,7 +60,7 @@ def cluster_render(
         from cluster.render import KUBERAY_SERVE_HOST, KUBERAY_TLS_DIR, SERVE_PORT
         from serve_apps.build import serve_config as build_serve_config
 
-        app_spec = load_app(app_path)
+        app_spec = load_app(app_path, modules=False)  # the RayService's pods import them, from their image
         refusal = (
             f"--app {app_path}: a RayService's Serve proxies listen on {KUBERAY_SERVE_HOST} in its pods; "
             "refusing to expose models"

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from groundwork import SpecError, is_loopback_host
 from serve_apps.auth import KeyRing, KeysConfigError
-from serve_apps.spec import AppSpec, check_artifacts_exist, load_app_spec
+from serve_apps.spec import AppSpec, check_artifacts_exist, check_modules_resolve, load_app_spec
 
 __all__ = ["AppPath", "app_keys", "bad_input", "duration_s", "err", "failed", "keys_for_host", "load_app", "log", "out"]
 
@@ -61,11 +61,18 @@ def failed(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def load_app(path: Path, *, artifacts: bool = True) -> AppSpec:
+def load_app(path: Path, *, artifacts: bool = True, modules: bool = True) -> AppSpec:
+    """The app spec, checked as far as this machine can: exit 2 with its one line otherwise.
+
+    `modules`: import each model's `module:` here, as the replicas will (off where this process must not import
+    model code, or the replicas import it from elsewhere).
+    """
     try:
         spec = load_app_spec(path)
         if artifacts:
             check_artifacts_exist(spec, path)
+        if modules:
+            check_modules_resolve(spec, path)
         return spec
     except SpecError as exc:
         bad_input(str(exc))

@@ -141,7 +141,9 @@ def loadtest(
     seconds = duration_s(duration, "--duration", at_most_s=MAX_DURATION_S)
     plan = stages(shape, users, seconds, spawn_rate)
     is_spec = target.endswith((".yaml", ".yml")) and "://" not in target
-    spec = load_app(Path(target)) if is_spec else None
+    # Not the models' modules: this process runs Locust's gevent, and Ray, which a module may import, must not
+    # share it. The `modelfleet run` started below checks them before its Ray starts.
+    spec = load_app(Path(target), modules=False) if is_spec else None
     try:
         if spec is None:
             if payload is None:
@@ -246,7 +248,7 @@ def tune(
     from loadtests.tuner import tune as run_tuner
 
     trial_s = duration_s(trial_duration, "--trial-duration", at_most_s=MAX_DURATION_S)
-    spec = load_app(spec_path)
+    spec = load_app(spec_path, modules=False)  # as loadtest: the `modelfleet run` it starts checks them
     names = model or [m.name for m in spec.models if tunable(m)]
     unknown = [n for n in names if n not in {m.name for m in spec.models}]
     if unknown:

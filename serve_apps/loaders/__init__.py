@@ -3,7 +3,9 @@
 One module per format, found through `_FORMATS` and imported only when used
 (so sentence-transformers loads only for the models that need it). Each
 declares what it needs from a spec in `TRAITS`, which `traits()` reads
-for the spec's checks, the loaders' and the tuner's. A new format is one
+for the spec's checks, the loaders' and the tuner's. A format whose `module:`
+names something (a class, a builtin) finds it with its `resolve(spec)`, which
+`resolve_module` calls for the check before Ray starts. A new format is one
 module plus one line below (and its value in `ModelFormat`).
 
 This package imports nothing heavy and not the spec, because the spec
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._base import CONVERSION_HINT, PICKLE_HINT, FormatTraits, LoadError, Model, pick_device, runs_inline
+from ._base import CONVERSION_HINT, PICKLE_HINT, FormatTraits, LoadError, Model, ModuleError, pick_device, runs_inline
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -27,10 +29,12 @@ __all__ = [
     "FormatTraits",
     "LoadError",
     "Model",
+    "ModuleError",
     "known_formats",
     "load_model",
     "pick_device",
     "refusal",
+    "resolve_module",
     "runs_inline",
     "traits",
 ]
@@ -76,6 +80,17 @@ def refusal(format_name: str) -> str | None:
     """Why `format_name` is refused on purpose and how to convert such a model; None when it is not."""
     why = _REFUSED.get(format_name.lower())
     return None if why is None else f"format {format_name!r} is refused: {why}; {CONVERSION_HINT}"
+
+
+def resolve_module(spec: ModelSpec) -> Any:
+    """What `spec.module` names, found as the format's loader finds it (its `resolve`); None for a format naming none.
+
+    ModuleError (a LoadError) says what is wrong. The spec check (`check_modules_resolve`, before Ray starts) and a
+    replica's `load_model` both come here, so both say the same.
+    """
+    if not traits(spec.format.value).needs_module:
+        return None
+    return importlib.import_module(_FORMATS[spec.format.value]).resolve(spec)
 
 
 def load_model(spec: ModelSpec, artifact_path: Path | None, device: str) -> Model:

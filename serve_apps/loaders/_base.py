@@ -7,7 +7,9 @@ torch and the rest inside the functions that need them.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -22,6 +24,7 @@ __all__ = [
     "FormatTraits",
     "LoadError",
     "Model",
+    "ModuleError",
     "import_class",
     "pick_device",
     "refuse_pickle",
@@ -87,24 +90,57 @@ def pick_device(num_gpus: float) -> str:
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def import_class(spec: ModelSpec, what: str):
-    """`spec.module` ('package.module:Class') imported; LoadError saying what is wrong otherwise."""
+class ModuleError(LoadError):
+    """`module:` names nothing that loads. `problem` says what and the fix without naming the model, so the spec
+    check can put it after the field (`models[0:digits].module: ...`) and a replica after the model's name."""
+
+    def __init__(self, model: str, problem: str):
+        self.problem = problem
+        super().__init__(f"model {model!r}: {problem}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
+
+
+def _what_it_defines(owner: Any, module_name: str, missing: str) -> str:
+    """'it defines A, B; did you mean 'A'?': the classes and functions `owner` (a module or class) defines itself."""
+    names = sorted(
+        name
+        for name, value in vars(owner).items()
+        if not name.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and getattr(value, "__module__", None) == module_name
+    )
+    if not names:
+        return "it defines no class; check module: in the spec"
+    listing = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    close = difflib.get_close_matches(missing, names, n=1)
+    return f"it defines {listing}; " + (f"did you mean {close[0]!r}?" if close else "check module: in the spec")
+
+
+_MISSING = object()
+
+
+def import_class(spec: ModelSpec) -> Any:
+    """`spec.module` ('package.module:Class') imported; ModuleError saying what is wrong otherwise."""
     module_name, _, class_name = (spec.module or "").partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or whatever the module's own top level raises
-        raise LoadError(
-            f"model {spec.name!r}: cannot import {module_name!r}, {what} ({exc.__class__.__name__}: {exc}); "
-            "is it installed on every node?"
+    except Exception as exc:  # ImportError, SyntaxError, or whatever the module's own top level raises
+        raise ModuleError(
+            spec.name,
+            f"cannot import {module_name!r} ({_one_line(exc)}); check module:, and that it is installed "
+            "(or under the working directory) on every node",
         ) from None
-    cls: Any = module
-    for part in class_name.split("."):
-        cls = getattr(cls, part, None)
-        if cls is None:
-            raise LoadError(
-                f"model {spec.name!r}: {module_name!r} has no {class_name!r}, {what}; check module: in the spec"
-            )
-    return cls
+    found: Any = module
+    parts = class_name.split(".")
+    for depth, part in enumerate(parts):
+        owner, found = found, getattr(found, part, _MISSING)
+        if found is _MISSING:
+            where = repr(module_name) if depth == 0 else f"{module_name}:{'.'.join(parts[:depth])}"
+            raise ModuleError(spec.name, f"{where} has no {part!r}; {_what_it_defines(owner, module.__name__, part)}")
+    return found
 
 
 def refuse_pickle(path, expected: str) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..spec import ModelSpec
-from ._base import FormatTraits, LoadError
+from ._base import FormatTraits, LoadError, ModuleError
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["BUILTINS", "TRAITS", "Echo", "load"]
+__all__ = ["BUILTINS", "TRAITS", "Echo", "load", "resolve"]
 
 TRAITS = FormatTraits(artifact="none", artifact_required=False, module="builtin")
 
@@ -35,10 +36,18 @@ class Echo:
 BUILTINS = {"echo": Echo}
 
 
-def load(spec: ModelSpec, path: Path | None, device: str):
+def resolve(spec: ModelSpec) -> type[Echo]:
+    """The builtin `module:` names (see `loaders.resolve_module`)."""
     factory = BUILTINS.get(spec.module or "")
     if factory is None:
-        raise LoadError(f"model {spec.name!r}: unknown builtin {spec.module!r}; known: {sorted(BUILTINS)}")
+        close = difflib.get_close_matches(spec.module or "", BUILTINS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ModuleError(spec.name, f"unknown builtin {spec.module!r}; known: {sorted(BUILTINS)}{hint}")
+    return factory
+
+
+def load(spec: ModelSpec, path: Path | None, device: str):
+    factory = resolve(spec)
     if spec.module == "echo" and len(spec.inputs) != len(spec.outputs):
         raise LoadError(f"model {spec.name!r}: echo needs as many outputs as inputs")
     return factory(spec)

@@ -10,19 +10,25 @@ it never runs code from an artifact.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..spec import ModelSpec
 from ._base import FormatTraits, LoadError, import_class
 
-__all__ = ["TRAITS", "load"]
+__all__ = ["TRAITS", "load", "resolve"]
 
 # The artifact is optional, a file or a folder: whatever the class reads. It is data, never code: the code is the
 # installed module, trusted as any installed package is, so no sha256 pin is asked for.
 TRAITS = FormatTraits(artifact="any", artifact_required=False, module="class")
 
 
+def resolve(spec: ModelSpec) -> Any:
+    """The class `module:` names (see `loaders.resolve_module`)."""
+    return import_class(spec)
+
+
 def load(spec: ModelSpec, path: Path | None, device: str):
-    cls = import_class(spec, f"the class of model {spec.name!r}")
+    cls = resolve(spec)
     try:
         model = cls(path, device)
     except LoadError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..spec import ModelSpec
 from ._base import FormatTraits, LoadError, import_class, refuse_pickle
@@ -11,15 +11,20 @@ from ._base import FormatTraits, LoadError, import_class, refuse_pickle
 if TYPE_CHECKING:
     from ._torch import TorchModel
 
-__all__ = ["TRAITS", "load"]
+__all__ = ["TRAITS", "load", "resolve"]
 
 TRAITS = FormatTraits(artifact="file", artifact_required=True, module="class")
+
+
+def resolve(spec: ModelSpec) -> Any:
+    """The class `module:` names, which the weights are loaded into (see `loaders.resolve_module`)."""
+    return import_class(spec)
 
 
 def _build(spec: ModelSpec, path: Path):
     import torch
 
-    cls = import_class(spec, f"the class for the weights in {path}")
+    cls = resolve(spec)
     try:
         net = cls()
     except Exception as exc:  # whatever the user's constructor raises
