@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -26,6 +27,15 @@ GOOD_MODEL = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
 }
+
+
+@pytest.fixture
+def environ_kept():
+    """`run` and `deploy` set Ray's environment before they load the spec: not for the rest of this session."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _spec(**model_changes) -> str:
@@ -250,7 +260,7 @@ def test_modules_resolve_from_the_working_directory_as_in_the_replicas(tmp_path:
 @pytest.mark.parametrize(
     "command", [["validate"], ["build"], ["run"], ["deploy", "--address", "127.0.0.1:1"]], ids=lambda c: c[0]
 )
-def test_every_serving_command_checks_modules_before_ray(tmp_path: Path, command: list[str]) -> None:
+def test_every_serving_command_checks_modules_before_ray(tmp_path: Path, environ_kept, command: list[str]) -> None:
     path = tmp_path / "app.yaml"
     path.write_text(_spec(format="python", module="examples.digits.model:DigitNet"))
     result = CliRunner().invoke(app, [command[0], str(path), *command[1:]])
@@ -332,7 +342,7 @@ def test_build_writes_a_config_ray_accepts(tmp_path: Path) -> None:
     assert all(m.artifact is None or m.artifact.uri.startswith("file:///") for m in embedded.models)
 
 
-def test_run_refuses_a_busy_port_before_starting_anything() -> None:
+def test_run_refuses_a_busy_port_before_starting_anything(environ_kept) -> None:
     import socket
 
     with socket.socket() as busy:
