@@ -34,6 +34,16 @@ from tests.helpers import (
 )
 
 
+@pytest.fixture
+def environ_kept():
+    """For tests calling `run` or `deploy` in-process: they set Ray's environment (before loading the spec, for Ray
+    reads it once), which must not carry over to the rest of the session."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def _write_faulty_model(path: Path) -> None:
     import torch
 

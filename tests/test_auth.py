@@ -122,7 +122,7 @@ def test_a_spec_with_a_broken_keys_file_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "keys[0].sha256" in result.stderr
 
 
-def test_run_refuses_to_expose_models_without_keys(monkeypatch) -> None:
+def test_run_refuses_to_expose_models_without_keys(monkeypatch, environ_kept) -> None:
     monkeypatch.delenv("MODELFLEET_API_KEYS", raising=False)
     result = CliRunner().invoke(
         app, ["run", str(ROOT / "examples/echo/app.yaml"), "--host", "0.0.0.0", "--port", str(free_port())]

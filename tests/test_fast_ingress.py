@@ -180,7 +180,7 @@ def test_the_run_prints_both_doors(fleet: Fleet) -> None:
     assert fleet.proxy_url != fleet.url
 
 
-def test_run_refuses_a_proxy_port_equal_to_the_app_port() -> None:
+def test_run_refuses_a_proxy_port_equal_to_the_app_port(environ_kept) -> None:
     port = free_port()
     result = CliRunner().invoke(
         app, ["run", str(ROOT / "examples/echo/app.yaml"), "--port", str(port), "--proxy-port", str(port)]

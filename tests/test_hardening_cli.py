@@ -177,7 +177,7 @@ def test_a_rayservice_refuses_keyless_models(monkeypatch: pytest.MonkeyPatch) ->
 # 4. Plaintext keys are read, then gone from the environment before Ray starts.
 
 
-def test_run_forgets_plaintext_keys_before_ray_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_forgets_plaintext_keys_before_ray_starts(monkeypatch: pytest.MonkeyPatch, environ_kept) -> None:
     monkeypatch.setenv("MODELFLEET_API_KEYS", KEYS)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     with _busy_port() as busy:  # `run` stops here, where Ray would start next
@@ -187,7 +187,9 @@ def test_run_forgets_plaintext_keys_before_ray_starts(monkeypatch: pytest.Monkey
     assert "MODELFLEET_API_KEYS" not in os.environ
 
 
-def test_deploy_forgets_plaintext_keys_before_connecting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_deploy_forgets_plaintext_keys_before_connecting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environ_kept
+) -> None:
     monkeypatch.setenv("MODELFLEET_API_KEYS", KEYS)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
