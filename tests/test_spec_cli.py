@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -27,15 +26,6 @@ GOOD_MODEL = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
 }
-
-
-@pytest.fixture
-def environ_kept():
-    """`run` and `deploy` set Ray's environment before they load the spec: not for the rest of this session."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def _spec(**model_changes) -> str:
@@ -371,6 +361,21 @@ def test_batching_leaves_room_for_a_full_batch_unless_told_otherwise() -> None:
         ),
         (["loadtest", "examples/echo/app.yaml", "--protocol", "v3"], "'--protocol': 'v3' is not one of 'v2', 'v1'"),
         (["run", "examples/echo/app.yaml", "--port", "eighty"], "Invalid value for '--port'"),
+        # Out of range: the option and its bound, before anything starts (a spec that does not exist proves it).
+        (["run", "examples/echo/app.yaml", "--port", "99999"], "'--port': Input should be less than or equal to 65535"),
+        (["run", "nowhere.yaml", "--proxy-port", "-1"], "'--proxy-port': Input should be greater than or equal to 0"),
+        (["build", "examples/echo/app.yaml", "--port", "0"], "'--port': Input should be greater than or equal to 1"),
+        (["deploy", "nowhere.yaml", "--address", "127.0.0.1:1", "--port", "70000"], "'--port': Input should be less"),
+        (
+            ["loadtest", "nowhere.yaml", "--users", "10000000"],
+            "'--users': Input should be less than or equal to 100000",
+        ),
+        (["loadtest", "nowhere.yaml", "--workers", "100000"], "'--workers': Input should be less than or equal to 128"),
+        (["loadtest", "nowhere.yaml", "--batch-size", "999999"], "'--batch-size': Input should be less than or equal"),
+        (["loadtest", "nowhere.yaml", "--spawn-rate", "-1"], "--spawn-rate -1.0: users started per second must be"),
+        (["tune", "nowhere.yaml", "--slo-p95-ms", "50", "--users", "999999"], "'--users': Input should be less than"),
+        (["tune", "nowhere.yaml", "--slo-p95-ms", "50", "--seed", "-1"], "'--seed': Input should be greater than or"),
+        (["tune", "nowhere.yaml", "--slo-p95-ms", "50", "--batch-size", "999999"], "'--batch-size': Input should be"),
         (["deploy", "examples/echo/app.yaml"], "Missing option '--address'"),
         (["no-such-command"], "No such command 'no-such-command'"),
     ],

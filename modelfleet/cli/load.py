@@ -6,6 +6,7 @@ import Ray: the app under test runs in a `modelfleet run` subprocess.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,6 +24,11 @@ from .console import bad_input, duration_s, err, failed, load_app, out
 __all__ = ["loadtest", "tune"]
 
 MAX_DURATION_S = 6 * 3600
+# Bounds a typo cannot get past (an extra zero would exhaust memory or processes before any request is sent).
+MAX_USERS = 100_000
+MAX_WORKERS = 128
+MAX_ROWS = 100_000
+MAX_SEED = 2**32 - 1  # numpy's seeds, which the tuner's sampler uses
 # `tune` ran, and no configuration met the SLO: a result (verdict and report written), not a failure.
 NO_CONFIGURATION_MET_THE_SLO = 3
 
@@ -106,18 +112,23 @@ def loadtest(
             help="An app spec (started here on an embedded Ray, then stopped) or a URL to POST to.", show_default=False
         ),
     ],
-    users: Annotated[int, typer.Option(min=1, help="Concurrent users (each keeps one request in flight).")] = 10,
+    users: Annotated[
+        int, typer.Option(min=1, max=MAX_USERS, help="Concurrent users (each keeps one request in flight).")
+    ] = 10,
     spawn_rate: Annotated[float | None, typer.Option(help="Users started per second (default: all at once).")] = None,
     duration: Annotated[str, typer.Option(help="How long: 20s, 2m, 1h.")] = "60s",
     shape: Annotated[Shape, typer.Option(help="How the users come and go over the run.")] = Shape.constant,
     workers: Annotated[
-        int, typer.Option(min=0, help="Locust worker processes (when one generator process is the bottleneck).")
+        int,
+        typer.Option(
+            min=0, max=MAX_WORKERS, help="Locust worker processes (when one generator process is the bottleneck)."
+        ),
     ] = 0,
     report: Annotated[
         Path | None, typer.Option(help="Write summary.json, Locust's CSVs and index.html (plots) here.")
     ] = None,
     protocol: Annotated[Protocol, typer.Option(help="v2 (Open Inference Protocol) or v1 (KServe).")] = Protocol.v2,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Rows per request.")] = 1,
     model: Annotated[list[str] | None, typer.Option(help="Only these models of the app (repeatable).")] = None,
     weight: Annotated[
         list[str] | None, typer.Option(help="MODEL=WEIGHT: share of users per model (repeatable).")
@@ -139,6 +150,10 @@ def loadtest(
     from loadtests.shapes import stages
 
     seconds = duration_s(duration, "--duration", at_most_s=MAX_DURATION_S)
+    if spawn_rate is not None and not (math.isfinite(spawn_rate) and spawn_rate > 0):
+        bad_input(
+            f"--spawn-rate {spawn_rate}: users started per second must be above 0; leave it out to start all at once"
+        )
     plan = stages(shape, users, seconds, spawn_rate)
     is_spec = target.endswith((".yaml", ".yml")) and "://" not in target
     # Not the models' modules: this process runs Locust's gevent, and Ray, which a module may import, must not
@@ -225,7 +240,10 @@ def tune(
         typer.Option(help="Folder for index.html, trials.csv and <app>.tuned.yaml (default: ./<app>-tune)."),
     ] = None,
     users: Annotated[
-        int, typer.Option(min=1, help="Most concurrent requests in each trial's sweep (it doubles up to this).")
+        int,
+        typer.Option(
+            min=1, max=MAX_USERS, help="Most concurrent requests in each trial's sweep (it doubles up to this)."
+        ),
     ] = 32,
     trial_duration: Annotated[str, typer.Option(help="Length of each trial's sweep: 20s, 1m.")] = "25s",
     model: Annotated[
@@ -233,8 +251,8 @@ def tune(
         typer.Option(help="Tune only these models (repeatable); default: every model with a deployment."),
     ] = None,
     protocol: Annotated[Protocol, typer.Option(help="v2 (Open Inference Protocol) or v1 (KServe).")] = Protocol.v2,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the search (same seed, same proposals).")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_ROWS, help="Rows per request.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the search (same seed, same proposals).")] = 0,
     api_key: Annotated[
         str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")
     ] = None,

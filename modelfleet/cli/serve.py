@@ -27,6 +27,7 @@ __all__ = ["build", "deploy", "run", "schema", "status", "validate"]
 
 # A deploy that has not converged in this long will not: its cause is in Serve's status, not in more waiting.
 MAX_DEPLOY_WAIT_S = 2 * 3600
+MAX_PORT = 65535
 
 
 def _forget_plaintext_keys() -> None:
@@ -77,7 +78,7 @@ def build(
     host: Annotated[
         str, typer.Option(help="HTTP host for the Serve proxies; non-loopback exposes the models (needs API keys).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port for the Serve proxies.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=MAX_PORT, help="HTTP port for the Serve proxies.")] = 8000,
 ) -> None:
     """Write a Ray Serve config that `serve deploy` accepts."""
     from serve_apps.build import serve_config
@@ -183,11 +184,16 @@ def run(
     spec_path: AppPath,
     host: Annotated[str, typer.Option(help="Interface for HTTP; non-loopback exposes the models.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(help="HTTP port of the app (its ingress replicas listen on it themselves).")
+        int,
+        typer.Option(min=1, max=MAX_PORT, help="HTTP port of the app (its ingress replicas listen on it themselves)."),
     ] = 8000,
     proxy_port: Annotated[
         int,
-        typer.Option(help="HTTP port of Ray Serve's proxy, for apps later deployed onto this Ray; 0 picks a free one."),
+        typer.Option(
+            min=0,
+            max=MAX_PORT,
+            help="HTTP port of Ray Serve's proxy, for apps later deployed onto this Ray; 0 picks a free one.",
+        ),
     ] = 0,
     insecure_no_ray_auth: InsecureNoRayAuth = False,
     ready_file: Annotated[
@@ -272,7 +278,9 @@ def deploy(
     host: Annotated[
         str, typer.Option(help="HTTP host for Serve's proxies, if Serve is not running there yet.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port for Serve's proxies, if Serve is not running there yet.")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=1, max=MAX_PORT, help="HTTP port for Serve's proxies, if Serve is not running there yet.")
+    ] = 8000,
     timeout: Annotated[
         str, typer.Option("--timeout", "--timeout-s", help="How long to wait for the app to run: 90s, 10m, 1h.")
     ] = "10m",
