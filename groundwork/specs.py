@@ -176,7 +176,7 @@ def _explain(err: Mapping[str, Any], model: type[BaseModel], schema_command: str
         return f"it has {len(value)}; list at most {ctx['max_length']}"
     if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
         bound, sign = _BOUNDS[kind]
-        return f"got {_got(value)}; use a number {sign} {ctx[bound]}"
+        return f"got {_got(value)}; use a number {sign} {ctx[bound]:g}"
     if kind == "string_pattern_mismatch" and loc[-1] == "name" and "tensor" not in msg:
         return (
             f"got {value!r}; names use lowercase letters, digits, '-' and '_', "

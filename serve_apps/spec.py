@@ -276,7 +276,7 @@ class AppSpec(Strict):
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"model names must be unique, {dupes} repeat")
+            raise ValueError(f"model names must be unique, {dupes} repeat; rename all but one")
         return self
 
     @model_validator(mode="after")
