@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from groundwork.specs import SpecError, load_spec_file
@@ -50,7 +50,8 @@ def _as_replicas_import() -> Iterator[None]:
     try:
         yield
     finally:
-        sys.path.remove(cwd)  # the first occurrence: ours
+        with suppress(ValueError):  # unless a model's module took it out itself
+            sys.path.remove(cwd)  # the first occurrence: ours
 
 
 def check_modules_resolve(spec: AppSpec, path: Path | str) -> None:

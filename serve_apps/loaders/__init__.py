@@ -85,8 +85,8 @@ def refusal(format_name: str) -> str | None:
 def resolve_module(spec: ModelSpec) -> Any:
     """What `spec.module` names, found as the format's loader finds it (its `resolve`); None for a format naming none.
 
-    ModuleError (a LoadError) says what is wrong. The spec check (`check_modules_resolve`, before Ray starts) and a
-    replica's `load_model` both come here, so both say the same.
+    ModuleError (a LoadError) says what is wrong. The spec check (`check_modules_resolve`, before Ray starts) comes
+    here, and a replica's `load` calls the same `resolve`, so both say the same.
     """
     if not traits(spec.format.value).needs_module:
         return None

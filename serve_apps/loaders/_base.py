@@ -107,7 +107,7 @@ def _what_it_defines(owner: Any, module_name: str, missing: str) -> str:
     """'it defines A, B; did you mean 'A'?': the classes and functions `owner` (a module or class) defines itself."""
     names = sorted(
         name
-        for name, value in vars(owner).items()
+        for name, value in getattr(owner, "__dict__", {}).items()
         if not name.startswith("_")
         and (inspect.isclass(value) or inspect.isfunction(value))
         and getattr(value, "__module__", None) == module_name
