@@ -16,7 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.records import ModelKnobs, StageResult, Trial
+from loadtests.measure import LiveTally, Measurements, summarize
+from loadtests.records import ModelKnobs, RunConfig, StageResult, Trial
 from loadtests.scenario import ZIPF_EXPONENT, ScenarioError, from_app, from_bodies, from_url
 from loadtests.search import (
     Space,
@@ -28,7 +29,8 @@ from loadtests.search import (
     tuned_spec_yaml,
     verdict,
 )
-from loadtests.shapes import Shape, stages
+from loadtests.shapes import Shape, Stage, stages
+from modelfleet.cli.load import progress_line
 from serve_apps.spec import load_app_spec
 from serve_apps.tensors import decode_v1, decode_v2
 from tests.fixtures.browser import assert_drawn
@@ -98,6 +100,77 @@ def test_shapes_are_bounded_and_reach_the_users(shape: Shape) -> None:
         assert [s.users for s in plan] == sorted(s.users for s in plan) and plan[0].users < 20
     if shape is Shape.spike:
         assert [s.users for s in plan] == [5, 20, 5]
+
+
+# --- measurement: successful requests only, failures apart, stages that add up ------------------------
+
+
+STARTED = 1_000_000.0  # the run's wall-clock start in the synthetic samples below
+REFUSED = "connection refused"
+
+
+def _answers(from_s: float, until_s: float, every_s: float, ms: float, failure: str | None = None) -> list[tuple]:
+    """Samples as the generator keeps them: (end time, ms, endpoint index, failure kind or None), evenly spread."""
+    count = round((until_s - from_s) / every_s)
+    return [(STARTED + from_s + every_s * (i + 0.5), ms, 0, failure) for i in range(count)]
+
+
+def _config(plan: list[Stage]) -> RunConfig:
+    users = max(s.users for s in plan)
+    return RunConfig(
+        url="http://127.0.0.1:1",
+        shape="step",
+        users=users,
+        spawn_rate=users,
+        duration_s=plan[-1].until_s,
+        protocol="v2",
+        rows_per_request=1,
+    )
+
+
+def test_a_stage_of_fast_failures_is_no_throughput_for_the_tuner() -> None:
+    """Refused connections fail in microseconds: counted in, they would make a failing stage the fastest and best."""
+    plan = [Stage(2.0, 2, 2.0), Stage(4.0, 4, 4.0)]
+    samples = _answers(0, 4, 0.01, 20.0) + _answers(2, 4, 0.0002, 0.05, REFUSED)  # 100 ok/s; 5,000 refused/s later
+    record = summarize(Measurements(STARTED, ["echo"], samples), plan, _config(plan))
+    first, second = record.stages
+    assert second.failures == 10_000 and second.failures_by_kind == {REFUSED: 10_000}
+    assert second.rps == first.rps == pytest.approx(100.0)  # successful requests per second of the steady window
+    assert second.p50_ms == second.p99_ms == 20.0  # latencies of the answers, not of the refusals
+    assert best_point(record.stages, slo_p95_ms=50.0) == first
+    assert record.rps == pytest.approx(record.successes / record.duration_s, rel=0.01)
+    assert record.successes == 400 and record.p50_ms == 20.0
+
+
+def test_stages_add_up_to_the_run_and_the_timeline_ends_with_the_load() -> None:
+    """The settle second at each stage's start and the answers in flight when the load stopped are counted in a
+    stage; the last, partial second is no point of the timeline (it would plot a drop that never was)."""
+    plan = stages(Shape.step, users=4, duration_s=3)  # four stages of 0.75 s: a quarter of each is its settle time
+    stragglers = [(STARTED + 3.02, 20.0, 0, None), (STARTED + 3.04, 20.0, 0, "HTTP 503")]
+    samples = _answers(0, 3, 0.005, 20.0) + stragglers
+    record = summarize(Measurements(STARTED, ["echo"], samples), plan, _config(plan))
+    assert record.requests == len(samples)
+    assert sum(s.requests for s in record.stages) == record.requests
+    assert sum(s.failures for s in record.stages) == record.failures == 1
+    assert [s.settled_s for s in record.stages] == [0.188, 0.938, 1.688, 2.438]
+    assert [p.t_s for p in record.timeline] == [1, 2, 3]
+    assert [p.rps for p in record.timeline] == [200, 200, 200]  # no drop at the end
+
+
+def test_the_live_line_counts_successes_and_names_the_failures() -> None:
+    """Once a second: how far the run is, the last seconds' successful req/s and percentiles, failures by kind."""
+    samples = _answers(0, 2, 0.02, 30.0) + _answers(1, 2, 0.0005, 0.05, REFUSED)  # 50 ok/s, then 2,000 refused/s
+    tally = LiveTally(samples, total_s=3.0)
+    progress = tally.progress(STARTED + 2.0, elapsed_s=2.0, users=4)
+    assert progress.rps == pytest.approx(50.0) and progress.p50_ms == 30.0
+    assert (progress.successes, progress.failures) == (100, {REFUSED: 2000})
+    line = progress_line(progress)
+    assert line.startswith("2s/3s  4 users  50.0 req/s ok  p50 30 p95 30 p99 30 ms"), line
+    assert line.endswith("100 ok, 2000 failed (connection refused: 2000)"), line
+    samples += _answers(2, 3, 0.001, 0.05, "timeout")  # the server stops answering
+    later = tally.progress(STARTED + 3.0, elapsed_s=3.0, users=4)
+    assert later.rps == pytest.approx(25.0)  # the last two seconds: 50 answers
+    assert later.failures == {"timeout": 1000, REFUSED: 2000} and later.successes == 100
 
 
 # --- the search and tuned specs --------------------------------------------------------------------
