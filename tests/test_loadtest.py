@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -16,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.chaos import LOADTEST_REQUESTS_FAILED
 from loadtests.measure import LiveTally, Measurements, summarize
 from loadtests.records import ModelKnobs, RunConfig, StageResult, Trial
 from loadtests.scenario import ZIPF_EXPONENT, ScenarioError, from_app, from_bodies, from_url
@@ -30,11 +38,11 @@ from loadtests.search import (
     verdict,
 )
 from loadtests.shapes import Shape, Stage, stages
-from modelfleet.cli.load import progress_line
+from modelfleet.cli.load import REQUESTS_FAILED, progress_line
 from serve_apps.spec import load_app_spec
 from serve_apps.tensors import decode_v1, decode_v2
 from tests.fixtures.browser import assert_drawn
-from tests.helpers import ADMIN_KEY, ROOT, run_cli
+from tests.helpers import ADMIN_KEY, ROOT, free_port, run_cli
 
 FRAUD = ROOT / "examples" / "fraud" / "app.yaml"
 RUN_PLOTS = {"plot-throughput": "scatter", "plot-latency": "scatter", "plot-replicas": "scatter", "plot-cpu": "scatter"}
@@ -345,6 +353,113 @@ def test_the_request_count_matches_what_the_server_counted(fleet, tmp_path: Path
     assert summary["server_requests"] == served  # the command's own scrape agrees with ours
     if extra:
         assert [s["users"] for s in summary["stages"]] == [1, 2, 3, 4]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# rich draws its live status line only on a terminal; these make it draw into the captured stderr too.
+LIVE_ENV = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "300"}
+
+
+def _live_lines(stderr: str) -> list[str]:
+    """The live progress line each time rich redrew it."""
+    return [line for line in re.split(r"[\r\n]", ANSI.sub("", stderr)) if "req/s ok" in line]
+
+
+def _loadtest_url(url: str, tmp_path: Path, *args: str) -> list[str]:
+    return ["loadtest", url, "--payload", str(_echo_payload(tmp_path)), "--report", str(tmp_path / "out"), *args]
+
+
+def test_a_dead_url_is_failures_not_throughput(tmp_path: Path) -> None:
+    """Nothing listens on the port: every request is a refused connection, which is no req/s, no latency, and exit 3."""
+    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"} | LIVE_ENV
+    url = f"http://127.0.0.1:{free_port()}/v2/models/echo/infer"
+    result = run_cli(*_loadtest_url(url, tmp_path, "--users", "2", "--duration", "2s"), timeout=120, env=env)
+    assert result.returncode == REQUESTS_FAILED == LOADTEST_REQUESTS_FAILED == 3, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    refused = summary["requests"]
+    assert refused > 0 and summary["failures"] == refused and summary["successes"] == 0
+    assert summary["failures_by_kind"] == {"connection refused": refused}
+    assert summary["rps"] == 0 and summary["p50_ms"] is None and summary["p99_ms"] is None
+    assert all(p["rps"] == 0 and p["p50_ms"] is None for p in summary["timeline"])
+    assert f"{refused} requests in" in result.stdout
+    assert f"none succeeded; {refused} failed (connection refused: {refused})" in result.stdout
+    live = _live_lines(result.stderr)
+    assert live, result.stderr
+    assert all(" 0.0 req/s ok " in line and "connection refused: " in line for line in live), live
+    assert re.search(r"\b2s/2s ", live[-1]), live[-1]  # elapsed of the run's length, not a count of requests
+
+
+class _SlowEcho(BaseHTTPRequestHandler):
+    """Answers each POST after DELAY_S, one request per connection (HTTP/1.0), and counts the answers."""
+
+    DELAY_S = 0.02
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.DELAY_S)
+        body = b'{"outputs": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.count_answer()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _CountingServer(ThreadingHTTPServer):
+    def __init__(self, port: int):
+        super().__init__(("127.0.0.1", port), _SlowEcho)
+        self._lock, self.answered = threading.Lock(), 0
+
+    def count_answer(self) -> None:
+        with self._lock:
+            self.answered += 1
+
+
+def test_a_server_stopped_mid_run_is_failures_not_faster_answers(tmp_path: Path) -> None:
+    """A server that answers in 20 ms, then stops: the refusals after it stopped neither add req/s nor pull the
+    percentiles below 20 ms; they are counted apart, by kind, and the command exits 3."""
+    server = _CountingServer(free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v2/models/echo/infer"
+    args = _loadtest_url(url, tmp_path, "--users", "2", "--duration", "3s", "--shape", "step")
+    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        try:
+            deadline = time.monotonic() + 60
+            while not server.answered and cli.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # about a second of answers
+        finally:
+            server.shutdown()
+            server.server_close()  # nothing listens any more: new connections are refused
+        stdout, stderr = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == REQUESTS_FAILED, stdout + stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["successes"] == server.answered > 0
+    assert summary["failures"] > 0 and summary["failures_by_kind"]["connection refused"] > 0
+    assert sum(summary["failures_by_kind"].values()) == summary["failures"]
+    assert summary["p50_ms"] >= 1000 * _SlowEcho.DELAY_S  # every success took the server's 20 ms
+    assert summary["rps"] == pytest.approx(summary["successes"] / summary["duration_s"], rel=0.01)
+    assert sum(p["rps"] for p in summary["timeline"]) <= summary["successes"]
+    assert sum(s["requests"] for s in summary["stages"]) == summary["requests"]  # stages add up, settle seconds too
+    assert f"{summary['successes']} succeeded: {summary['rps']:.1f} req/s, p50 {summary['p50_ms']} ms" in stdout
+    assert f"{summary['failures']} failed (" in stdout and "connection refused: " in stdout
 
 
 @pytest.mark.slow

@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 __all__ = ["loadtest", "progress_line", "tune"]
 
 MAX_DURATION_S = 6 * 3600
-# `tune` ran, and no configuration met the SLO: a result (verdict and report written), not a failure.
+# The command ran to the end and its result is a no (summary and report written): `tune` found no configuration
+# within the SLO; `loadtest` saw requests fail. Not 1, which says the command itself could not run (the app did not
+# start, Locust's workers did not connect, every trial failed to deploy).
 NO_CONFIGURATION_MET_THE_SLO = 3
+REQUESTS_FAILED = 3
 
 
 def _model_ids(items: list[str]) -> dict[str, list[str]]:
@@ -134,6 +137,9 @@ def loadtest(
     """Load-test an app (started here) or a URL with Locust, headless: a live progress line, an optional report.
 
     Throughput and latency count successful requests only; failed ones are counted apart, by kind.
+
+    Exit codes: 0 every request succeeded; 3 some failed (the summary and report are still written); 1 the run could
+    not start (the app, or Locust's workers); 2 bad input; 130 interrupted.
     """
     from loadtests.app_process import AppStartFailed
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
@@ -213,6 +219,8 @@ def loadtest(
 
         index = write_run_report(record, report)
         out.print(f"report: {index}   (summary.json, locust_*.csv next to it)")
+    if record.failures:
+        raise typer.Exit(REQUESTS_FAILED)
 
 
 def tune(
