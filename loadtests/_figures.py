@@ -11,6 +11,9 @@ __all__ = ["run_figures", "tradeoff_figure", "trials_figure"]
 
 BLUE, RED, GREEN, GREY, ORANGE, PURPLE = "#0969da", "#cf222e", "#1a7f37", "#8c959f", "#bc4c00", "#8250df"
 HEIGHT_PX = 340
+# Lines that coincide (two deployments at the same replica count) stay visible: each line of a plot is drawn
+# narrower and in another dash than the one before, so the one beneath shows around it.
+_LINE_STYLES = [("solid", 4.0), ("dash", 2.5), ("dot", 2.0), ("dashdot", 1.5), ("longdash", 1.2)]
 
 
 def _style(fig: go.Figure, x_title: str, y_title: str) -> go.Figure:
@@ -19,7 +22,9 @@ def _style(fig: go.Figure, x_title: str, y_title: str) -> go.Figure:
         template="plotly_white",
         height=HEIGHT_PX,
         margin=dict(l=60, r=60, t=30, b=40),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        # Below the plot: plotly's modebar sits at the top right and would cover a legend there.
+        legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", xanchor="left", x=0.0),
+        hoverlabel=dict(namelength=-1),  # whole trace names in the hover box
         xaxis=dict(title_text=x_title),
         # layout.yaxis is the primary axis, with or without a secondary one.
         yaxis=dict(title_text=y_title, rangemode="tozero"),
@@ -31,7 +36,8 @@ def _throughput(record: RunRecord) -> go.Figure:
     t = [p.t_s for p in record.timeline]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(
-        go.Scatter(x=t, y=[p.rps for p in record.timeline], name="requests/s", line_color=BLUE), secondary_y=False
+        go.Scatter(x=t, y=[p.rps for p in record.timeline], name="successful requests/s", line_color=BLUE),
+        secondary_y=False,
     )
     fig.add_trace(
         go.Scatter(x=t, y=[p.failures_per_s for p in record.timeline], name="failures/s", line_color=RED),
@@ -54,10 +60,15 @@ def _throughput(record: RunRecord) -> go.Figure:
 def _latency(record: RunRecord) -> go.Figure:
     t = [p.t_s for p in record.timeline]
     fig = go.Figure()
-    for name, color in (("p50_ms", GREEN), ("p95_ms", ORANGE), ("p99_ms", RED)):
+    for (name, color), (dash, width) in zip(
+        (("p50_ms", GREEN), ("p95_ms", ORANGE), ("p99_ms", RED)), _LINE_STYLES, strict=False
+    ):
         fig.add_trace(
             go.Scatter(
-                x=t, y=[getattr(p, name) for p in record.timeline], name=name.removesuffix("_ms"), line_color=color
+                x=t,
+                y=[getattr(p, name) for p in record.timeline],
+                name=name.removesuffix("_ms"),
+                line=dict(color=color, dash=dash, width=width),
             )
         )
     fig.update_layout(hovermode="x unified")
@@ -70,9 +81,16 @@ def _replicas(record: RunRecord) -> go.Figure | None:
     deployments = list(dict.fromkeys(name for point in record.replicas for name in point.replicas))
     t = [p.t_s for p in record.replicas]
     fig = go.Figure()
-    for name in deployments:
+    for i, name in enumerate(deployments):
+        dash, width = _LINE_STYLES[i % len(_LINE_STYLES)]
         fig.add_trace(
-            go.Scatter(x=t, y=[p.replicas.get(name) for p in record.replicas], name=name, mode="lines", line_shape="hv")
+            go.Scatter(
+                x=t,
+                y=[p.replicas.get(name) for p in record.replicas],
+                name=name,
+                mode="lines",
+                line=dict(shape="hv", dash=dash, width=width),
+            )
         )
     fig.update_yaxes(dtick=1)
     fig.update_layout(hovermode="x unified")

@@ -13,31 +13,64 @@ import itertools
 import logging
 import os
 import random
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
 import locust  # noqa: F401  (first: gevent patches the standard library before anything else uses it)
 from locust import FastHttpUser, LoadTestShape, User, constant, task
+from locust.contrib.fasthttp import HTTPConnectionClosed
 from locust.env import Environment
 from locust.runners import STATE_STOPPED, WORKER_REPORT_INTERVAL, LocalRunner, MasterRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
 
 from .app_process import ProcessGroup, free_port
-from .measure import Measurements
+from .measure import LiveTally, Measurements, Progress
 from .scenario import Endpoint, Scenario
 from .shapes import Stage
 
-__all__ = ["Progress", "collect_samples", "generate", "user_classes"]
+__all__ = ["Progress", "RequestFailed", "collect_samples", "failure_kind", "generate", "user_classes"]
 
 logging.getLogger("locust").setLevel(logging.WARNING)  # its per-stage INFO lines would break the live progress line
 STOP_TIMEOUT_S = 5.0  # users finish the request in flight when a stage lowers the count or the run ends
 SAMPLES_KEY = "modelfleet_samples"
+
+# Exception (the first in its class's MRO that is listed) -> the kind of failure it counts as.
+_FAILURE_KINDS: dict[type[BaseException], str] = {
+    ConnectionRefusedError: "connection refused",
+    ConnectionResetError: "connection reset",
+    BrokenPipeError: "connection reset",
+    HTTPConnectionClosed: "connection closed",
+    TimeoutError: "timeout",
+    gevent.Timeout: "timeout",
+    ssl.SSLError: "TLS error",
+    socket.gaierror: "host not found",
+    OSError: "network error",
+}
+
+
+def failure_kind(error: BaseException | None) -> str:
+    """What a request that got no HTTP answer counts as: "connection refused", "timeout", ..."""
+    if error is None:
+        return "no answer"
+    return next((_FAILURE_KINDS[c] for c in type(error).__mro__ if c in _FAILURE_KINDS), type(error).__name__)
+
+
+class RequestFailed(Exception):
+    """A failed request, as Locust records it: the kind (what the failures are counted by) and the detail."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+    def __repr__(self) -> str:  # Locust's errors table shows repr(): the message, without the class around it
+        return str(self)
 
 
 class _EndpointUser(FastHttpUser):
@@ -64,12 +97,13 @@ class _EndpointUser(FastHttpUser):
         with self.client.post(
             path, data=next(self._bodies), headers=self.headers, name=endpoint.name, catch_response=True
         ) as resp:
-            if resp.status_code != 200:
+            if not resp.status_code:  # no HTTP answer at all
+                resp.failure(RequestFailed(failure_kind(resp.error), str(resp.error or "")))
+            elif resp.status_code != 200:
                 # Status and the start of the body: the error type, without per-request details that would split it.
-                text = (resp.text or "")[:100].replace("\n", " ") if resp.status_code else str(resp.error)
-                resp.failure(f"HTTP {resp.status_code}: {text}")
+                resp.failure(RequestFailed(f"HTTP {resp.status_code}", (resp.text or "")[:100].replace("\n", " ")))
             elif endpoint.expect and endpoint.expect not in (resp.text or ""):
-                resp.failure(f"HTTP 200 without {endpoint.expect}")
+                resp.failure(RequestFailed("unexpected answer", f"HTTP 200 without {endpoint.expect}"))
 
 
 def user_classes(scenario: Scenario) -> list[type[User]]:
@@ -101,25 +135,13 @@ class _StagedShape(LoadTestShape):
         return (stage.users, stage.spawn_rate) if stage else None
 
 
-@dataclass
-class Progress:
-    """What the live line shows, once a second (Locust's current window: the last seconds)."""
-
-    elapsed_s: float
-    users: int
-    rps: float
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    failures: int
-    requests: int
-
-
 def collect_samples(env: Environment, names: list[str], sink: list) -> None:
+    """Append (end time, ms, endpoint index, failure kind or None) for every request."""
     index = {name: i for i, name in enumerate(names)}
 
     def on_request(name: str, response_time: float, exception: BaseException | None = None, **_: object) -> None:
-        sink.append((time.time(), response_time, index.get(name, -1), exception is not None))
+        kind = None if exception is None else getattr(exception, "kind", None) or failure_kind(exception)
+        sink.append((time.time(), response_time, index.get(name, -1), kind))
 
     env.events.request.add_listener(on_request)
 
@@ -193,6 +215,7 @@ def generate(
     writer = StatsCSVFileWriter(env, PERCENTILES_TO_REPORT, str(csv_prefix), full_history=True) if csv_prefix else None
     writer_greenlet = gevent.spawn(writer.stats_writer) if writer else None
     generator = ProcessGroup([os.getpid(), *(w.pid for w in worker_procs)])
+    tally = LiveTally(measured.samples, stages[-1].until_s, lag_s=WORKER_REPORT_INTERVAL if workers else 0.0)
     try:
         measured.started = time.time()
         runner.start_shape()
@@ -203,14 +226,8 @@ def generate(
             server_use = server.sample() if server else (None, None)
             measured.users.append((t_s, runner.user_count))
             measured.resources.append((t_s, *server_use, generator.sample()[0] or 0.0))
-            total = runner.stats.total
             if on_progress:
-                p50, p95, p99 = (total.get_current_response_time_percentile(p) for p in (0.5, 0.95, 0.99))
-                on_progress(
-                    Progress(
-                        t_s, runner.user_count, total.current_rps, p50, p95, p99, total.num_failures, total.num_requests
-                    )
-                )
+                on_progress(tally.progress(time.time(), min(t_s, tally.total_s), runner.user_count))
             if runner.state == STATE_STOPPED and runner.shape_greenlet is None:
                 break
             if time.monotonic() > deadline:

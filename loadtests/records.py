@@ -5,13 +5,21 @@ Model Analyzer's split). They are pydantic models so that `summary.json` and
 the tuner's trials round-trip through JSON unchanged. Latencies are in
 milliseconds, computed from every request's own response time (not Locust's
 rounded buckets); times (`t_s`) are seconds since the run started.
+
+Throughput (`rps`) and latency percentiles count successful requests only: a
+refused connection fails in microseconds, and counted in would inflate req/s and
+shrink the percentiles. Failures are counted apart, by kind (`failures_by_kind`:
+"connection refused", "timeout", "HTTP 503", ...). `requests` still counts every
+request sent, failed ones included (`successes` is the difference). Records
+written before `failures_by_kind` existed counted failed requests in `rps` and
+the percentiles too.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 
 class Protocol(str, Enum):
@@ -38,9 +46,13 @@ __all__ = [
 class Latencies(BaseModel):
     """Request counts, throughput and latency percentiles over some window."""
 
-    requests: int = 0
+    requests: int = Field(default=0, description="Requests sent, failed ones included.")
     failures: int = 0
-    rps: float = Field(default=0.0, description="Requests (failed ones included) per second of the window.")
+    failures_by_kind: dict[str, int] = Field(
+        default_factory=dict, description='Failure kind ("connection refused", "HTTP 503", ...) -> count.'
+    )
+    rps: float = Field(default=0.0, description="Successful requests per second of the window.")
+    # The percentiles and the mean are of successful requests' latencies; None when none succeeded.
     p50_ms: float | None = None
     p90_ms: float | None = None
     p95_ms: float | None = None
@@ -48,13 +60,19 @@ class Latencies(BaseModel):
     mean_ms: float | None = None
     max_ms: float | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def successes(self) -> int:
+        """Requests answered as expected: what `rps` and the percentiles count."""
+        return self.requests - self.failures
+
 
 class TimePoint(BaseModel):
-    """One second of the run."""
+    """One whole second of the run (the last, partial second is left out: it would plot a drop that never was)."""
 
     t_s: float
     users: int
-    rps: float
+    rps: float = Field(description="Successful requests that ended in this second.")
     failures_per_s: float
     p50_ms: float | None = None
     p95_ms: float | None = None
@@ -62,11 +80,17 @@ class TimePoint(BaseModel):
 
 
 class StageResult(Latencies):
-    """A stretch of the run at one user count (a step of a step shape; the whole run for constant load)."""
+    """A stretch of the run at one user count (a step of a step shape; the whole run for constant load).
+
+    `requests` and `failures` count every request that ended in the stage (the first stage's from the run's start,
+    the last one's until the last answer), so the stages add up to the run. `rps` and the percentiles are its steady
+    state: successful requests from `settled_s` (after the users started or stopped) to `end_s`.
+    """
 
     users: int
     start_s: float
     end_s: float
+    settled_s: float | None = Field(default=None, description="Start of the window of `rps` and the percentiles.")
 
 
 class EndpointResult(Latencies):
@@ -156,7 +180,8 @@ class Trial(BaseModel):
     baseline: bool = Field(default=False, description="The spec's own configuration.")
     stages: list[StageResult] = Field(default_factory=list)
     best_rps: float = Field(
-        default=0.0, description="Highest stage throughput with p95 within the SLO and no failures (0: none)."
+        default=0.0,
+        description="Most successful requests/s of a stage with p95 within the SLO and no failures (0: none).",
     )
     best_p95_ms: float | None = None
     best_users: int | None = None

@@ -27,6 +27,13 @@ REPLICAS_NOTE = "Replica counts are recorded when loadtest starts the app itself
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 # Non-breaking: a wrapped column head should not strand its unit.
 _P50, _P95, _P99 = "p50\u00a0ms", "p95\u00a0ms", "p99\u00a0ms"
+_OK_RPS = "successful requests/s"
+_COUNTING = "Requests/s and latency percentiles count successful requests only; failed ones are counted apart, by kind."
+_STAGES = (
+    "Requests and failures: every request that ended in the stage (the last one's stragglers included), so the "
+    "stages add up to the run. Requests/s and percentiles: the stage's steady state, after its first second "
+    "(users starting or stopping)."
+)
 _RUN_PLOTS = {
     "throughput": "Throughput",
     "latency": "Latency percentiles",
@@ -49,6 +56,7 @@ class _Section:
     plot_id: str | None = None
     plot: Markup | None = None
     note: str | None = None
+    caption: str | None = None  # a sentence under the table on how to read it
     warnings: list[str] = field(default_factory=list)
 
 
@@ -100,7 +108,7 @@ def _headline(record: RunRecord) -> _Table:
     cells = {
         "requests": _num(record.requests),
         "failures": _num(record.failures),
-        "requests/s": _num(record.rps),
+        _OK_RPS: _num(record.rps),
         _P50: _num(record.p50_ms),
         _P95: _num(record.p95_ms),
         _P99: _num(record.p99_ms),
@@ -117,12 +125,15 @@ def _headline(record: RunRecord) -> _Table:
 
 
 def _run_sections(record: RunRecord, prefix: str = "", heading: str = "") -> list[_Section]:
-    sections = [_Section(f"{heading}Headline", table=_headline(record), warnings=record.warnings)]
+    sections = [_Section(f"{heading}Headline", table=_headline(record), caption=_COUNTING, warnings=record.warnings)]
+    if record.failures_by_kind:
+        rows = [[kind, _num(count)] for kind, count in record.failures_by_kind.items()]
+        sections.append(_Section(f"{heading}Failures by kind", table=_Table(["kind", "count"], rows)))
     if record.errors:
         rows = [[message, _num(count)] for message, count in sorted(record.errors.items(), key=lambda e: -e[1])]
         sections.append(_Section(f"{heading}Errors", table=_Table(["message", "count"], rows)))
     if record.endpoints:
-        columns = ["endpoint", "requests", "failures", "requests/s", _P50, _P95, _P99]
+        columns = ["endpoint", "requests", "failures", _OK_RPS, _P50, _P95, _P99]
         columns += ["mean batch rows", "server requests"]
         rows = [
             [e.name, _num(e.requests), _num(e.failures), _num(e.rps), _num(e.p50_ms), _num(e.p95_ms), _num(e.p99_ms)]
@@ -131,13 +142,14 @@ def _run_sections(record: RunRecord, prefix: str = "", heading: str = "") -> lis
         ]
         sections.append(_Section(f"{heading}Endpoints", table=_Table(columns, rows)))
     if len(record.stages) > 1:
-        columns = ["users", "from s", "to s", "requests", "failures", "requests/s", _P50, _P95, _P99]
+        columns = ["users", "from s", "to s", "requests", "failures", _OK_RPS, _P50, _P95, _P99]
         rows = [
             [_num(s.users), _num(s.start_s), _num(s.end_s), _num(s.requests), _num(s.failures), _num(s.rps)]
             + [_num(s.p50_ms), _num(s.p95_ms), _num(s.p99_ms)]
             for s in record.stages
         ]
-        sections.append(_Section(f"{heading}Stages", table=_Table(columns, rows, text_columns=frozenset())))
+        table = _Table(columns, rows, text_columns=frozenset())
+        sections.append(_Section(f"{heading}Stages", table=table, caption=_STAGES))
     for key, fig in run_figures(record).items():
         plot_id = f"{prefix}plot-{key}"
         title = f"{heading}{_RUN_PLOTS[key]}"

@@ -225,8 +225,8 @@ def search(
 
 
 def best_point(stages: list[StageResult], slo_p95_ms: float) -> StageResult | None:
-    """The stage with the most throughput whose p95 is within the SLO and which had no failures."""
-    ok = [s for s in stages if s.requests and not s.failures and s.p95_ms is not None and s.p95_ms <= slo_p95_ms]
+    """The stage with the most (successful) throughput whose p95 is within the SLO and which had no failures."""
+    ok = [s for s in stages if s.successes and not s.failures and s.p95_ms is not None and s.p95_ms <= slo_p95_ms]
     return max(ok, key=lambda s: s.rps, default=None)
 
 

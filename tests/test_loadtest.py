@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -16,7 +23,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.records import ModelKnobs, StageResult, Trial
+from loadtests.chaos import LOADTEST_REQUESTS_FAILED
+from loadtests.measure import LiveTally, Measurements, summarize
+from loadtests.records import ModelKnobs, RunConfig, StageResult, Trial
 from loadtests.scenario import ZIPF_EXPONENT, ScenarioError, from_app, from_bodies, from_url
 from loadtests.search import (
     Space,
@@ -28,11 +37,12 @@ from loadtests.search import (
     tuned_spec_yaml,
     verdict,
 )
-from loadtests.shapes import Shape, stages
+from loadtests.shapes import Shape, Stage, stages
+from modelfleet.cli.load import REQUESTS_FAILED, progress_line
 from serve_apps.spec import load_app_spec
 from serve_apps.tensors import decode_v1, decode_v2
 from tests.fixtures.browser import assert_drawn
-from tests.helpers import ADMIN_KEY, ROOT, run_cli
+from tests.helpers import ADMIN_KEY, ROOT, free_port, run_cli
 
 FRAUD = ROOT / "examples" / "fraud" / "app.yaml"
 RUN_PLOTS = {"plot-throughput": "scatter", "plot-latency": "scatter", "plot-replicas": "scatter", "plot-cpu": "scatter"}
@@ -98,6 +108,77 @@ def test_shapes_are_bounded_and_reach_the_users(shape: Shape) -> None:
         assert [s.users for s in plan] == sorted(s.users for s in plan) and plan[0].users < 20
     if shape is Shape.spike:
         assert [s.users for s in plan] == [5, 20, 5]
+
+
+# --- measurement: successful requests only, failures apart, stages that add up ------------------------
+
+
+STARTED = 1_000_000.0  # the run's wall-clock start in the synthetic samples below
+REFUSED = "connection refused"
+
+
+def _answers(from_s: float, until_s: float, every_s: float, ms: float, failure: str | None = None) -> list[tuple]:
+    """Samples as the generator keeps them: (end time, ms, endpoint index, failure kind or None), evenly spread."""
+    count = round((until_s - from_s) / every_s)
+    return [(STARTED + from_s + every_s * (i + 0.5), ms, 0, failure) for i in range(count)]
+
+
+def _config(plan: list[Stage]) -> RunConfig:
+    users = max(s.users for s in plan)
+    return RunConfig(
+        url="http://127.0.0.1:1",
+        shape="step",
+        users=users,
+        spawn_rate=users,
+        duration_s=plan[-1].until_s,
+        protocol="v2",
+        rows_per_request=1,
+    )
+
+
+def test_a_stage_of_fast_failures_is_no_throughput_for_the_tuner() -> None:
+    """Refused connections fail in microseconds: counted in, they would make a failing stage the fastest and best."""
+    plan = [Stage(2.0, 2, 2.0), Stage(4.0, 4, 4.0)]
+    samples = _answers(0, 4, 0.01, 20.0) + _answers(2, 4, 0.0002, 0.05, REFUSED)  # 100 ok/s; 5,000 refused/s later
+    record = summarize(Measurements(STARTED, ["echo"], samples), plan, _config(plan))
+    first, second = record.stages
+    assert second.failures == 10_000 and second.failures_by_kind == {REFUSED: 10_000}
+    assert second.rps == first.rps == pytest.approx(100.0)  # successful requests per second of the steady window
+    assert second.p50_ms == second.p99_ms == 20.0  # latencies of the answers, not of the refusals
+    assert best_point(record.stages, slo_p95_ms=50.0) == first
+    assert record.rps == pytest.approx(record.successes / record.duration_s, rel=0.01)
+    assert record.successes == 400 and record.p50_ms == 20.0
+
+
+def test_stages_add_up_to_the_run_and_the_timeline_ends_with_the_load() -> None:
+    """The settle second at each stage's start and the answers in flight when the load stopped are counted in a
+    stage; the last, partial second is no point of the timeline (it would plot a drop that never was)."""
+    plan = stages(Shape.step, users=4, duration_s=3)  # four stages of 0.75 s: a quarter of each is its settle time
+    stragglers = [(STARTED + 3.02, 20.0, 0, None), (STARTED + 3.04, 20.0, 0, "HTTP 503")]
+    samples = _answers(0, 3, 0.005, 20.0) + stragglers
+    record = summarize(Measurements(STARTED, ["echo"], samples), plan, _config(plan))
+    assert record.requests == len(samples)
+    assert sum(s.requests for s in record.stages) == record.requests
+    assert sum(s.failures for s in record.stages) == record.failures == 1
+    assert [s.settled_s for s in record.stages] == [0.188, 0.938, 1.688, 2.438]
+    assert [p.t_s for p in record.timeline] == [1, 2, 3]
+    assert [p.rps for p in record.timeline] == [200, 200, 200]  # no drop at the end
+
+
+def test_the_live_line_counts_successes_and_names_the_failures() -> None:
+    """Once a second: how far the run is, the last seconds' successful req/s and percentiles, failures by kind."""
+    samples = _answers(0, 2, 0.02, 30.0) + _answers(1, 2, 0.0005, 0.05, REFUSED)  # 50 ok/s, then 2,000 refused/s
+    tally = LiveTally(samples, total_s=3.0)
+    progress = tally.progress(STARTED + 2.0, elapsed_s=2.0, users=4)
+    assert progress.rps == pytest.approx(50.0) and progress.p50_ms == 30.0
+    assert (progress.successes, progress.failures) == (100, {REFUSED: 2000})
+    line = progress_line(progress)
+    assert line.startswith("2s/3s  4 users  50.0 req/s ok  p50 30 p95 30 p99 30 ms"), line
+    assert line.endswith("100 ok, 2000 failed (connection refused: 2000)"), line
+    samples += _answers(2, 3, 0.001, 0.05, "timeout")  # the server stops answering
+    later = tally.progress(STARTED + 3.0, elapsed_s=3.0, users=4)
+    assert later.rps == pytest.approx(25.0)  # the last two seconds: 50 answers
+    assert later.failures == {"timeout": 1000, REFUSED: 2000} and later.successes == 100
 
 
 # --- the search and tuned specs --------------------------------------------------------------------
@@ -272,6 +353,113 @@ def test_the_request_count_matches_what_the_server_counted(fleet, tmp_path: Path
     assert summary["server_requests"] == served  # the command's own scrape agrees with ours
     if extra:
         assert [s["users"] for s in summary["stages"]] == [1, 2, 3, 4]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# rich draws its live status line only on a terminal; these make it draw into the captured stderr too.
+LIVE_ENV = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "300"}
+
+
+def _live_lines(stderr: str) -> list[str]:
+    """The live progress line each time rich redrew it."""
+    return [line for line in re.split(r"[\r\n]", ANSI.sub("", stderr)) if "req/s ok" in line]
+
+
+def _loadtest_url(url: str, tmp_path: Path, *args: str) -> list[str]:
+    return ["loadtest", url, "--payload", str(_echo_payload(tmp_path)), "--report", str(tmp_path / "out"), *args]
+
+
+def test_a_dead_url_is_failures_not_throughput(tmp_path: Path) -> None:
+    """Nothing listens on the port: every request is a refused connection, which is no req/s, no latency, and exit 3."""
+    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"} | LIVE_ENV
+    url = f"http://127.0.0.1:{free_port()}/v2/models/echo/infer"
+    result = run_cli(*_loadtest_url(url, tmp_path, "--users", "2", "--duration", "2s"), timeout=120, env=env)
+    assert result.returncode == REQUESTS_FAILED == LOADTEST_REQUESTS_FAILED == 3, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    refused = summary["requests"]
+    assert refused > 0 and summary["failures"] == refused and summary["successes"] == 0
+    assert summary["failures_by_kind"] == {"connection refused": refused}
+    assert summary["rps"] == 0 and summary["p50_ms"] is None and summary["p99_ms"] is None
+    assert all(p["rps"] == 0 and p["p50_ms"] is None for p in summary["timeline"])
+    assert f"{refused} requests in" in result.stdout
+    assert f"none succeeded; {refused} failed (connection refused: {refused})" in result.stdout
+    live = _live_lines(result.stderr)
+    assert live, result.stderr
+    assert all(" 0.0 req/s ok " in line and "connection refused: " in line for line in live), live
+    assert re.search(r"\b2s/2s ", live[-1]), live[-1]  # elapsed of the run's length, not a count of requests
+
+
+class _SlowEcho(BaseHTTPRequestHandler):
+    """Answers each POST after DELAY_S, one request per connection (HTTP/1.0), and counts the answers."""
+
+    DELAY_S = 0.02
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.DELAY_S)
+        body = b'{"outputs": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.count_answer()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _CountingServer(ThreadingHTTPServer):
+    def __init__(self, port: int):
+        super().__init__(("127.0.0.1", port), _SlowEcho)
+        self._lock, self.answered = threading.Lock(), 0
+
+    def count_answer(self) -> None:
+        with self._lock:
+            self.answered += 1
+
+
+def test_a_server_stopped_mid_run_is_failures_not_faster_answers(tmp_path: Path) -> None:
+    """A server that answers in 20 ms, then stops: the refusals after it stopped neither add req/s nor pull the
+    percentiles below 20 ms; they are counted apart, by kind, and the command exits 3."""
+    server = _CountingServer(free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v2/models/echo/infer"
+    args = _loadtest_url(url, tmp_path, "--users", "2", "--duration", "3s", "--shape", "step")
+    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        try:
+            deadline = time.monotonic() + 60
+            while not server.answered and cli.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # about a second of answers
+        finally:
+            server.shutdown()
+            server.server_close()  # nothing listens any more: new connections are refused
+        stdout, stderr = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == REQUESTS_FAILED, stdout + stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["successes"] == server.answered > 0
+    assert summary["failures"] > 0 and summary["failures_by_kind"]["connection refused"] > 0
+    assert sum(summary["failures_by_kind"].values()) == summary["failures"]
+    assert summary["p50_ms"] >= 1000 * _SlowEcho.DELAY_S  # every success took the server's 20 ms
+    assert summary["rps"] == pytest.approx(summary["successes"] / summary["duration_s"], rel=0.01)
+    assert sum(p["rps"] for p in summary["timeline"]) <= summary["successes"]
+    assert sum(s["requests"] for s in summary["stages"]) == summary["requests"]  # stages add up, settle seconds too
+    assert f"{summary['successes']} succeeded: {summary['rps']:.1f} req/s, p50 {summary['p50_ms']} ms" in stdout
+    assert f"{summary['failures']} failed (" in stdout and "connection refused: " in stdout
 
 
 @pytest.mark.slow

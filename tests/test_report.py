@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests._figures import run_figures
 from loadtests.records import (
     EndpointResult,
     ModelKnobs,
@@ -87,7 +88,7 @@ def full_run() -> RunRecord:
         ),
         EndpointResult(name="fraud", requests=702, failures=0, rps=35.1, p50_ms=10.1, p95_ms=27.5, p99_ms=47.0),
     ]
-    replicas = [
+    replicas = [  # digits and fraud coincide at 1 replica for the first 8 s
         ReplicaPoint(t_s=float(t), replicas={"digits": 1 if t < 8 else 2 if t < 14 else 3, "fraud": 1})
         for t in range(0, 20, 2)
     ]
@@ -102,6 +103,7 @@ def full_run() -> RunRecord:
         duration_s=20.1,
         requests=2810,
         failures=1,
+        failures_by_kind={"HTTP 500": 1},
         rps=140.5,
         p50_ms=10.2,
         p90_ms=22.0,
@@ -334,3 +336,46 @@ def test_missing_values_render():
 def test_browser_draws_page(pages, browser, name):
     index, plots = pages[name]
     assert_drawn(browser, index, plots)
+
+
+def test_failures_are_counted_apart_by_kind():
+    html = render_run_html(full_run())
+    assert "Failures by kind" in html and '<td class="text">HTTP 500</td>' in html
+    assert "successful requests/s" in html and "count successful requests only" in html
+    assert "Failures by kind" not in render_run_html(bare_url_run())  # nothing failed: no table
+
+
+def test_lines_that_coincide_stay_visible():
+    """Two deployments at the same replica count: each line is narrower and dashed differently from the one before,
+    so the one beneath shows around it."""
+    replicas = run_figures(full_run())["replicas"]
+    assert replicas is not None
+    digits, fraud = replicas.data
+    assert digits.y[0] == fraud.y[0]
+    assert digits.line.width > fraud.line.width and digits.line.dash != fraud.line.dash
+    latency = run_figures(full_run())["latency"]  # percentiles coincide when a second has few answers
+    assert len({(t.line.dash, t.line.width) for t in latency.data}) == len(latency.data) == 3
+
+
+def test_the_modebar_covers_no_legend(pages, browser):
+    """plotly shows its modebar at the plot's top right on hover: no legend may sit under it."""
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
+        page.goto(pages["run"][0].as_uri(), wait_until="load")
+        for plot in RUN_PLOTS:
+            figure = page.locator(f"#{plot}")
+            figure.scroll_into_view_if_needed()
+            figure.hover()
+            modebar = page.locator(f"#{plot} .modebar")
+            modebar.wait_for(state="visible")
+            bar, legend = modebar.bounding_box(), page.locator(f"#{plot} .infolayer > g.legend").bounding_box()
+            assert bar and legend, plot
+            apart = (
+                legend["x"] >= bar["x"] + bar["width"]
+                or bar["x"] >= legend["x"] + legend["width"]
+                or legend["y"] >= bar["y"] + bar["height"]
+                or bar["y"] >= legend["y"] + legend["height"]
+            )
+            assert apart, (plot, bar, legend)
+    finally:
+        page.close()

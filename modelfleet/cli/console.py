@@ -1,7 +1,8 @@
 """What every command shares: the two consoles, modelfleet's log lines, and the two ways a command fails.
 
 Exit codes: 0 success, 2 bad input (one line: file, field, fix), 1 a real
-component failed (with its cause). No tracebacks for either.
+component failed (with its cause). No tracebacks for either. `tune` and
+`loadtest` add 3 (cli/load.py): they ran, and the result is a no.
 """
 
 from __future__ import annotations

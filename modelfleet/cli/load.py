@@ -11,7 +11,7 @@ import tempfile
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -21,7 +21,10 @@ from loadtests.shapes import Shape
 
 from .console import bad_input, duration_s, err, failed, load_app, out
 
-__all__ = ["loadtest", "tune"]
+if TYPE_CHECKING:
+    from loadtests.measure import Progress  # numpy: not at import time
+
+__all__ = ["loadtest", "progress_line", "tune"]
 
 MAX_DURATION_S = 6 * 3600
 # Bounds a typo cannot get past (an extra zero would exhaust memory or processes before any request is sent).
@@ -29,8 +32,11 @@ MAX_USERS = 100_000
 MAX_WORKERS = 128
 MAX_ROWS = 100_000
 MAX_SEED = 2**32 - 1  # numpy's seeds, which the tuner's sampler uses
-# `tune` ran, and no configuration met the SLO: a result (verdict and report written), not a failure.
+# The command ran to the end and its result is a no (summary and report written): `tune` found no configuration
+# within the SLO; `loadtest` saw requests fail. Not 1, which says the command itself could not run (the app did not
+# start, Locust's workers did not connect, every trial failed to deploy).
 NO_CONFIGURATION_MET_THE_SLO = 3
+REQUESTS_FAILED = 3
 
 
 def _model_ids(items: list[str]) -> dict[str, list[str]]:
@@ -64,31 +70,29 @@ def _interrupted() -> None:
     raise typer.Exit(130)
 
 
-def _progress_line(total_s: float):
-    def show(p) -> str:
-        pct = " ".join(
-            f"{name} {value:.0f}"
-            for name, value in (("p50", p.p50_ms), ("p95", p.p95_ms), ("p99", p.p99_ms))
-            if value is not None
-        )
-        return (
-            f"{p.elapsed_s:5.0f}s/{total_s:.0f}s  {p.users} users  {p.rps:7.1f} req/s  {pct or '-'} ms  "
-            f"{p.requests} requests, {p.failures} failed"
-        )
+def _kinds(failures: dict[str, int]) -> str:
+    return ", ".join(f"{kind}: {count}" for kind, count in failures.items())
 
-    return show
+
+def progress_line(p: Progress) -> str:
+    """The live line: how far the run is, and successful requests only; failures apart, by kind."""
+    parts = [f"{p.elapsed_s:.0f}s/{p.total_s:.0f}s", f"{p.users} users", f"{p.rps:.1f} req/s ok"]
+    if p.p50_ms is not None:
+        parts.append(f"p50 {p.p50_ms:.0f} p95 {p.p95_ms:.0f} p99 {p.p99_ms:.0f} ms")
+    failed = sum(p.failures.values())
+    parts.append(f"{p.successes} ok, {failed} failed" + (f" ({_kinds(p.failures)})" if failed else ""))
+    return "  ".join(parts)
 
 
 def _print_run(record) -> None:
-    pct = (
-        f"p50 {record.p50_ms} ms, p95 {record.p95_ms} ms, p99 {record.p99_ms} ms"
-        if record.requests
-        else "no requests answered"
+    answered = (
+        f"{record.successes} succeeded: {record.rps:.1f} req/s, p50 {record.p50_ms} ms, p95 {record.p95_ms} ms, "
+        f"p99 {record.p99_ms} ms"
+        if record.successes
+        else "none succeeded"
     )
-    out.print(
-        f"{record.requests} requests in {record.duration_s:.1f}s: {record.rps:.1f} req/s, {pct}, {record.failures} "
-        "failed"
-    )
+    failed = f"{record.failures} failed" + (f" ({_kinds(record.failures_by_kind)})" if record.failures else "")
+    out.print(escape(f"{record.requests} requests in {record.duration_s:.1f}s: {answered}; {failed}"))
     if record.server_requests is not None:
         out.print(f"the server counted {record.server_requests} requests")
     out.print(
@@ -141,7 +145,13 @@ def loadtest(
         str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")
     ] = None,
 ) -> None:
-    """Load-test an app (started here) or a URL with Locust, headless: a live progress line, an optional report."""
+    """Load-test an app (started here) or a URL with Locust, headless: a live progress line, an optional report.
+
+    Throughput and latency count successful requests only; failed ones are counted apart, by kind.
+
+    Exit codes: 0 every request succeeded; 3 some failed (the summary and report are still written); 1 the run could
+    not start (the app, or Locust's workers); 2 bad input; 130 interrupted.
+    """
     from loadtests.app_process import AppStartFailed
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
     from loadtests.measured_run import measure_run
@@ -194,7 +204,6 @@ def loadtest(
             endpoints={e.name: e.weight for e in scenario.endpoints},
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        show = _progress_line(seconds)
         with err.status(f"load-testing {base_url}…") as line:
             return measure_run(
                 scenario.model_copy(update={"base_url": base_url}),
@@ -204,7 +213,7 @@ def loadtest(
                 ingress_replicas=spec.ingress.num_replicas if spec else 1,
                 workers=workers,
                 report_dir=report,
-                on_progress=lambda p: line.update(show(p)),
+                on_progress=lambda p: line.update(escape(progress_line(p))),
             )
 
     try:
@@ -227,6 +236,8 @@ def loadtest(
 
         index = write_run_report(record, report)
         out.print(f"report: {index}   (summary.json, locust_*.csv next to it)")
+    if record.failures:
+        raise typer.Exit(REQUESTS_FAILED)
 
 
 def tune(
@@ -286,7 +297,6 @@ def tune(
     directory.mkdir(parents=True, exist_ok=True)
     for note in space.notes:
         err.print(f"note: {escape(note)}", soft_wrap=True)
-    show = _progress_line(trial_s)
 
     def announce(trial) -> None:
         result = (
@@ -313,7 +323,7 @@ def tune(
                 work_dir=directory,
                 seed=seed,
                 on_trial=announce,
-                on_progress=lambda t, p: line.update(f"trial {t.number}: " + show(p)),
+                on_progress=lambda t, p: line.update(escape(f"trial {t.number}: " + progress_line(p))),
             )
     except AppStartFailed as exc:
         failed(str(exc))
