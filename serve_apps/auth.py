@@ -6,11 +6,15 @@ Scopes: `invoke:<model>` (call and read one model), `invoke:*` (every model)
 and `admin` (everything, including /metrics).
 
 Sources, merged:
-- a keys file (YAML, hashes only; `modelfleet keys create` appends to it):
+- a keys file (YAML, hashes only; `modelfleet keys create|list|revoke` manage it):
       keys:
         - {name: ci-bot, sha256: "<hex>", scopes: ["invoke:digits"]}
 - the environment variable MODELFLEET_API_KEYS, for secrets injected at run time:
       MODELFLEET_API_KEYS="<key>=invoke:digits,invoke:echo;<other key>=admin"
+
+Both are read when an app is deployed (`run`, `deploy`, `build`): its ingress
+replicas hold the hashes they were given and never reread the file, so a
+change to it takes effect when the app is redeployed.
 
 Keys are stored as plain, unsalted sha256: fast to check on every request,
 and safe only because a key is as strong as a random 256-bit token. So keys
@@ -25,12 +29,23 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["ENV_VAR", "ApiKey", "KeysConfigError", "KeyRing", "hash_key", "new_key"]
+__all__ = [
+    "ENV_VAR",
+    "ApiKey",
+    "KeysConfigError",
+    "KeyRing",
+    "append_key",
+    "hash_key",
+    "new_key",
+    "read_keys",
+    "remove_key",
+]
 
 ENV_VAR = "MODELFLEET_API_KEYS"
 _SCOPE = re.compile(r"^(admin|invoke:(\*|[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?))$")
@@ -175,9 +190,43 @@ def append_key(path: Path, name: str, scopes: list[str]) -> str:
     existing = _from_file(path) if path.exists() else []
     if any(k.name == name for k in existing):
         raise KeysConfigError(f"{path}: a key named {name!r} exists; pick another --name")
-    data = {"keys": [k.model_dump(mode="json") for k in [*existing, entry]]}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    _write_keys(path, [*existing, entry])
     return key
+
+
+def read_keys(path: Path) -> list[ApiKey]:
+    """The keys stored in a keys file (the environment's aside)."""
+    return _from_file(path)
+
+
+def remove_key(path: Path, name: str) -> tuple[ApiKey, list[ApiKey]]:
+    """Remove the key named `name` from `path`; return it and the keys that remain."""
+    keys = _from_file(path)
+    gone = next((k for k in keys if k.name == name), None)
+    if gone is None:
+        held = ", ".join(repr(k.name) for k in keys) or "none"
+        raise KeysConfigError(f"{path}: no key named {name!r} (keys: {held}); see `modelfleet keys list {path}`")
+    left = [k for k in keys if k is not gone]
+    _write_keys(path, left)
+    return gone, left
+
+
+def _write_keys(path: Path, keys: list[ApiKey]) -> None:
+    """Replace `path` in one step: a reader sees the old file or the new one, never half of either, even after a
+    crash. The new file is private (mode 0600) from its first byte."""
+    text = yaml.safe_dump({"keys": [k.model_dump(mode="json") for k in keys]}, sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a crash
+    finally:
+        os.close(folder)

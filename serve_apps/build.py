@@ -7,20 +7,23 @@ configured here from the spec rather than re-implemented.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
 from ray.serve import Application, Deployment
 
 from providers.compute import POOL_DEMAND, pool_resource
+from providers.storage import parse_uri, scheme_of
 
 from .auth import KeyRing
 from .deployment import ModelDeployment
 from .ingress import Ingress
+from .loaders import traits
 from .pipeline import PipelineDeployment
 from .spec import AppSpec, ModelSpec
 
-__all__ = ["app_builder", "build_app", "deployment_options", "serve_config"]
+__all__ = ["LocalNeed", "app_builder", "build_app", "deployment_options", "local_needs", "serve_config"]
 
 logger = logging.getLogger("modelfleet")
 
@@ -167,3 +170,40 @@ def serve_config(
             }
         ],
     }
+
+
+@dataclass(frozen=True)
+class LocalNeed:
+    """A file or module of this machine that a `serve_config` names, and which nodes need it."""
+
+    what: str  # an absolute path, or a module to import
+    field: str  # where the app spec sets it
+    nodes: str  # which nodes need it
+
+
+def local_needs(config: dict[str, Any]) -> list[LocalNeed]:
+    """What a `serve_config` takes from this machine: file artifacts, TLS files and the models' own modules.
+
+    The config carries no runtime_env, and Ray copies none of these: each node that runs a replica
+    (or, for TLS files, a Serve proxy: `proxy_location: EveryNode`) reads them at the same path or imports them.
+    """
+    needs = []
+    for application in config["applications"]:
+        spec = AppSpec.model_validate(application["args"]["spec"])
+        for i, model in enumerate(spec.models):
+            if model.embedded:
+                nodes = "nodes that may run the ingress"
+            elif model.resources.pool:
+                nodes = f"every node of pool {model.resources.pool}"
+            else:
+                nodes = "nodes that may run its replicas"
+            where = f"models[{i}:{model.name}]"
+            if model.artifact is not None and scheme_of(model.artifact.uri) == "file":
+                needs.append(LocalNeed(parse_uri(model.artifact.uri).key, f"{where}.artifact.uri", nodes))
+            if model.module and traits(model.format.value).module == "class":
+                needs.append(LocalNeed(model.module.partition(":")[0], f"{where}.module", nodes))
+    http = config.get("http_options", {})
+    for option, field in (("ssl_certfile", "cert_file"), ("ssl_keyfile", "key_file")):
+        if option in http:
+            needs.append(LocalNeed(http[option], f"ingress.tls.{field}", "every node (Serve's proxies)"))
+    return needs

@@ -97,11 +97,22 @@ def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen | N
     pytest.fail(f"{what}: not ready after {timeout_s}s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
-def run_cli(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m modelfleet ARGS` as a user runs it; keyless (apps it deploys serve on loopback)."""
+def run_cli(
+    *args: str, timeout: float = 240, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m modelfleet ARGS` as a user runs it; keyless (apps it deploys serve on loopback).
+
+    `cwd`: run from there instead of the checkout (which stays first on the import path)."""
     env = env or {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
+    if cwd is not None:
+        env = {**env, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "modelfleet", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
+        [sys.executable, "-m", "modelfleet", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=timeout,
     )
 
 

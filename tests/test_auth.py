@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from typer.testing import CliRunner
 
 from modelfleet.cli import app
 from serve_apps.auth import KeyRing, KeysConfigError, hash_key, new_key
-from tests.helpers import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port
+from tests.helpers import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, run_cli
 
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
 DIGITS = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
@@ -128,3 +130,49 @@ def test_run_refuses_to_expose_models_without_keys(monkeypatch, environ_kept) ->
         app, ["run", str(ROOT / "examples/echo/app.yaml"), "--host", "0.0.0.0", "--port", str(free_port())]
     )
     assert result.exit_code == 2 and "without API keys" in result.stderr
+
+
+def _keys_file(tmp_path: Path, *names: str) -> Path:
+    path = tmp_path / "keys.yaml"
+    for name in names:
+        created = run_cli("keys", "create", "--file", str(path), "--name", name, "--scope", "invoke:digits")
+        assert created.returncode == 0, created.stderr
+    return path
+
+
+def test_keys_list_shows_names_and_scopes_never_a_hash(tmp_path: Path) -> None:
+    path = _keys_file(tmp_path, "ci", "dashboard")
+    hashes = [k.sha256 for k in KeyRing.load(path, env={}).keys]
+    listed = run_cli("keys", "list", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert "ci" in listed.stdout and "dashboard" in listed.stdout and "invoke:digits" in listed.stdout
+    as_json = run_cli("keys", "list", str(path), "--json")
+    assert json.loads(as_json.stdout) == [
+        {"name": "ci", "scopes": ["invoke:digits"]},
+        {"name": "dashboard", "scopes": ["invoke:digits"]},
+    ]
+    for result in (listed, as_json):
+        assert not any(h in result.stdout + result.stderr for h in hashes)
+        assert not any(h[:12] in result.stdout + result.stderr for h in hashes)
+
+
+def test_keys_revoke_removes_one_key_atomically_and_keeps_the_file_private(tmp_path: Path) -> None:
+    path = _keys_file(tmp_path, "ci", "dashboard")
+    revoked = run_cli("keys", "revoke", str(path), "ci")
+    assert revoked.returncode == 0, revoked.stderr
+    assert len(revoked.stdout.strip().splitlines()) == 1 and "'ci'" in revoked.stdout
+    assert "redeploy" in revoked.stdout  # running apps hold the hashes they were deployed with
+    assert [k.name for k in KeyRing.load(path, env={}).keys] == ["dashboard"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys.yaml"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("missing", ["name", "file"])
+def test_keys_revoke_of_an_unknown_name_or_file_exits_2_in_one_line(tmp_path: Path, missing: str) -> None:
+    path = _keys_file(tmp_path, "ci") if missing == "name" else tmp_path / "absent.yaml"
+    before = path.read_bytes() if path.exists() else None
+    result = run_cli("keys", "revoke", str(path), "nobody")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+    assert ("'nobody'" if missing == "name" else "absent.yaml") in result.stderr
+    assert (path.read_bytes() if path.exists() else None) == before

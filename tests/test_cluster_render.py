@@ -4,6 +4,7 @@ line."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cluster.render import TEMPLATED, render, validate_with_ray
 from cluster.spec import ClusterSpec, Provider, load_cluster_spec
 from modelfleet.cli import app
 from providers.compute import POOL_DEMAND, catalog, clouds, pool_resource
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples" / "clusters"
 RENDERED = sorted(p for p in EXAMPLES.glob("*.yaml") if load_cluster_spec(p).provider.type in TEMPLATED)
@@ -31,6 +32,27 @@ def _rendered(path: Path, provider: Provider | None = None) -> dict:
 def _manifests(path: Path) -> dict[str, dict]:
     """A KubeRay render: its documents by kind."""
     return {doc["kind"]: doc for doc in yaml.safe_load_all(render(load_cluster_spec(path), source=str(path)))}
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder`, with a file's bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("verb", ["up", "down"])
+def test_cloud_dry_run_prints_the_config_and_rays_command_and_writes_nothing(tmp_path: Path, verb: str) -> None:
+    home, cwd, user_home, spec_dir = (tmp_path / d for d in ("modelfleet-home", "cwd", "home", "spec"))
+    for folder in (home, cwd, user_home, spec_dir):
+        folder.mkdir()
+    spec_path = spec_dir / "aws.yaml"
+    spec_path.write_bytes((EXAMPLES / "aws.yaml").read_bytes())
+    before = _tree(tmp_path)
+    env = {**os.environ, "MODELFLEET_HOME": str(home), "HOME": str(user_home)}
+    result = run_cli("cluster", verb, str(spec_path), "--dry-run", env=env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["provider"]["type"] == "aws"
+    assert f"ray {verb} -y {home}/clusters/modelfleet-aws/cluster.yaml" in result.stderr
+    assert _tree(tmp_path) == before  # nothing in MODELFLEET_HOME, HOME, the working folder or the spec's folder
 
 
 @pytest.mark.parametrize("path", CLOUD_EXAMPLES, ids=lambda p: p.stem)

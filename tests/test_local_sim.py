@@ -92,14 +92,6 @@ def test_up_twice_is_refused_while_it_runs(cluster) -> None:
     assert again.returncode == 1 and "already up" in again.stderr
 
 
-def test_cloud_up_dry_run_prints_the_config_and_rays_command(tmp_path: Path) -> None:
-    env = {**os.environ, "MODELFLEET_HOME": str(tmp_path)}
-    result = run_cli("cluster", "up", str(ROOT / "examples/clusters/aws.yaml"), "--dry-run", env=env)
-    assert result.returncode == 0, result.stderr
-    assert yaml.safe_load(result.stdout)["provider"]["type"] == "aws"
-    assert f"would run `ray up -y {tmp_path}/clusters/modelfleet-aws/cluster.yaml`" in result.stderr
-
-
 REPLICA_NODES = """
 from ray.util.state import list_actors
 gpu_nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("pool:gpu")]

@@ -332,6 +332,35 @@ def test_build_writes_a_config_ray_accepts(tmp_path: Path) -> None:
     assert all(m.artifact is None or m.artifact.uri.startswith("file:///") for m in embedded.models)
 
 
+def test_build_says_which_files_and_code_of_this_machine_the_nodes_need(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"{}")
+    digits = {
+        **GOOD_MODEL,
+        "name": "digits",
+        "format": "safetensors",
+        "module": "examples.digits.model:DigitsNet",
+        "artifact": {"uri": "model.safetensors"},
+        "resources": {"pool": "cpu"},
+    }
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump({"name": "local", "models": [digits, GOOD_MODEL]}))
+    result = run_cli("build", str(tmp_path / "app.yaml"), "-o", str(tmp_path / "serve_config.yaml"))
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"{tmp_path / 'model.safetensors'} models[0:digits].artifact.uri: every node of pool cpu" in said
+    assert "examples.digits.model models[0:digits].module: every node of pool cpu" in said
+    assert "s3://" in said and "runtime_env" in said
+    assert "echo" not in said  # a builtin is modelfleet's own code
+
+
+def test_build_of_an_app_with_nothing_local_says_nothing_more(tmp_path: Path) -> None:
+    remote = {**GOOD_MODEL, "name": "minilm", "format": "sentence_transformers", "artifact": {"uri": "s3://b/m/"}}
+    remote.pop("module")
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump({"name": "remote", "models": [remote, GOOD_MODEL]}))
+    result = run_cli("build", str(tmp_path / "app.yaml"), "-o", str(tmp_path / "serve_config.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == f"wrote {tmp_path / 'serve_config.yaml'}"
+
+
 def test_run_refuses_a_busy_port_before_starting_anything(environ_kept) -> None:
     import socket
 

@@ -120,7 +120,8 @@ def _print_network_steps(spec, provider) -> None:
 
 
 def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> bool:
-    """aws/gcp/azure/onprem: render into the cluster's state dir, then Ray's own launcher (`ray up|down -y`).
+    """aws/gcp/azure/onprem: render into the cluster's state dir, then Ray's own launcher (`ray up|down -y`);
+    a dry run prints the config and the command and writes nothing.
 
     False for local-sim, which `up`/`down` run here (and which has nothing to dry-run).
     """
@@ -135,16 +136,22 @@ def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> bool:
             bad_input(f"{spec_path}: --dry-run is for cloud and on-prem clusters; local-sim runs on this machine")
         return False
 
-    home = state_dir(spec.name)
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "cluster.yaml"
+    config = state_dir(spec.name) / "cluster.yaml"
     text = render(spec, source=str(spec_path))
+    if dry_run:  # writes nothing: the config goes to stdout, what a real run would do to stderr
+        out.print(text, end="", markup=False)
+        err.print(
+            f"dry run: nothing written; `cluster {verb}` would write this config to {config} and run "
+            f"`ray {verb} -y {config}`",
+            soft_wrap=True,
+            markup=False,
+        )
+        if verb == "up":
+            _print_network_steps(spec, spec.provider.type)
+        return True
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text)
     command = [str(Path(sys.executable).parent / "ray"), verb, "-y", str(config)]
-    if dry_run:
-        out.print(text, end="", markup=False)
-        err.print(f"dry run: would run `ray {verb} -y {config}`", soft_wrap=True, markup=False)
-        return True
     from groundwork.ray_env import secure_ray_token
 
     secure_ray_token(Path(spec.auth_token_file))  # Ray's launcher copies it to every node with the mode it has here
@@ -160,7 +167,7 @@ def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> bool:
 def cluster_up(
     spec_path: ClusterPath,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the rendered config and the command; launch nothing.")
+        bool, typer.Option("--dry-run", help="Print the rendered config and the command; write and launch nothing.")
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="local-sim: print the cluster's state (address, serve_url, ...) as JSON.")
@@ -189,7 +196,9 @@ def cluster_up(
 @app.command("down")
 def cluster_down(
     spec_path: ClusterPath,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command; stop nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the rendered config and the command; write and stop nothing.")
+    ] = False,
 ) -> None:
     """Stop a cluster: every process local-sim started, or `ray down` for the others."""
     from cluster.launch import LaunchError, down

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import yaml
@@ -22,6 +22,9 @@ from serve_apps.auth import KeyRing
 from serve_apps.spec import AppSpec, ModelSpec
 
 from .console import AppPath, app_keys, bad_input, duration_s, err, failed, keys_for_host, load_app, log, out
+
+if TYPE_CHECKING:  # serve_apps.build imports Ray
+    from serve_apps.build import LocalNeed
 
 __all__ = ["build", "deploy", "run", "schema", "status", "validate"]
 
@@ -80,20 +83,43 @@ def build(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=MAX_PORT, help="HTTP port for the Serve proxies.")] = 8000,
 ) -> None:
-    """Write a Ray Serve config that `serve deploy` accepts."""
-    from serve_apps.build import serve_config
+    """Write a Ray Serve config that `serve deploy` accepts; say which files and code of this machine it names."""
+    from serve_apps.build import local_needs, serve_config
 
     spec = load_app(spec_path)
     keys = keys_for_host(spec, spec_path, host)
     try:
-        text = yaml.safe_dump(serve_config(spec, host=host, port=port, keys=keys), sort_keys=False)
+        config = serve_config(spec, host=host, port=port, keys=keys)
     except ValueError as exc:  # what a Serve config cannot express (e.g. asking clients for certificates)
         bad_input(f"{spec_path}: {exc}")
+    text = yaml.safe_dump(config, sort_keys=False)
     if output is None:
         out.print(text, end="", markup=False)
     else:
         output.write_text(text)
-        err.print(f"wrote {output}")
+        err.print(f"wrote {output}", soft_wrap=True, markup=False)
+    _print_local_needs(local_needs(config))
+
+
+def _print_local_needs(needs: list[LocalNeed]) -> None:
+    """The nodes `serve deploy` reaches are not this machine: say what they need from it, and the ways around it."""
+    if not needs:
+        return
+    width = max(len(n.what) for n in needs)
+    lines = [f"  {n.what:<{width}}  {n.field}: {n.nodes}" for n in needs]
+    ways = []
+    if any(n.field.endswith(".artifact.uri") for n in needs):
+        ways.append("give artifacts s3://, gs://, az:// or https:// URIs, which each node fetches itself")
+    if any(n.field.endswith(".module") for n in needs):
+        ways.append("ship modules in the application's runtime_env (py_modules or working_dir, at a remote URI)")
+    err.print(
+        "note: this config names files and code of this machine, and Ray copies none of them: these nodes need the "
+        "files at the same paths and the modules importable (installed, or in their image):\n"
+        + "\n".join(lines)
+        + ("\n  or " + "; ".join(ways) if ways else ""),
+        soft_wrap=True,
+        markup=False,
+    )
 
 
 def _print_endpoints(spec: AppSpec, base: str) -> None:
