@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from groundwork import local_rays
+from groundwork.local_rays import modelfleet_home
 from groundwork.processes import alive, free_port, stop_session
 from groundwork.ray_env import LOOPBACK_ONLY_ENV, secure_ray_token
 from providers.compute import pool_resource
@@ -53,8 +55,7 @@ class ClusterState:
 
 def state_dir(name: str) -> Path:
     """Where a cluster's rendered config, log and state live (MODELFLEET_HOME, default ~/.modelfleet)."""
-    home = Path(os.environ.get("MODELFLEET_HOME", Path.home() / ".modelfleet"))
-    return home / "clusters" / name
+    return modelfleet_home() / "clusters" / name
 
 
 def _recorded_state(name: str) -> ClusterState | None:
@@ -172,6 +173,7 @@ def up(spec: ClusterSpec, source: str) -> ClusterState:
         stop_session(process.pid)
         raise
     (home / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
+    local_rays.record("local-sim", spec.name, address, state.serve_url, pid=process.pid)  # for `deploy`, `status`
     return state
 
 
@@ -184,6 +186,7 @@ def down(name: str) -> ClusterState | None:
     if left:
         raise LaunchError(f"processes of cluster {name!r} outlived SIGKILL: {left}")
     (state_dir(name) / "state.json").unlink()
+    local_rays.forget(state.pid)
     return state
 
 

@@ -1,7 +1,7 @@
 """App spec -> Ray Serve application.
 
 The spec half imports without Ray, so `modelfleet validate` stays instant;
-the serving half (`build_app`, `serve_config`, `LocalServer`) imports Ray on first use.
+the serving half (`build_app`, `serve_config`, `LocalServer`, `connect`) imports Ray on first use.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ __all__ = [
     "build_app",
     "check_artifacts_exist",
     "check_modules_resolve",
+    "connect",
     "load_app_spec",
     "serve_config",
 ]
-_, __getattr__ = lazy_exports(__name__, {"build": ["build_app", "serve_config"], "deploy": ["LocalServer"]})
+_, __getattr__ = lazy_exports(__name__, {"build": ["build_app", "serve_config"], "deploy": ["LocalServer", "connect"]})

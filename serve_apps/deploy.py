@@ -6,15 +6,20 @@ that it stays testable and free of terminal concerns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
+from groundwork.local_rays import default_ray_address
 from groundwork.net import is_loopback_host
 from groundwork.ray_env import LOOPBACK_ONLY_ENV, secure_ray_token, set_env_defaults
 from providers.storage import fetch
@@ -29,6 +34,7 @@ __all__ = [
     "LocalServer",
     "RAY_SERVE_SPEED_ENV",
     "RayTarget",
+    "connect",
     "prefetch_artifacts",
     "prepare_ray_env",
 ]
@@ -45,7 +51,11 @@ RAY_SERVE_SPEED_ENV = {
     # Workers default to niceness 15; on a small box a co-located client starves them.
     "RAY_worker_niceness": "0",
 }
+# Progress bars from model libraries (transformers' "Loading weights") in replicas' output, which `run` shows.
+QUIET_CONSOLE_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 StatusCallback = Callable[[str, dict[str, str]], None]
+# How long `run` lets Serve shut down gracefully before stopping Ray under it.
+SERVE_SHUTDOWN_GRACE_S = 6.0
 # Replicas log model loads and errors (with request ids); per-request access logs would drown them.
 APP_LOGGING = {"enable_access_log": False, "log_level": "INFO"}
 
@@ -146,7 +156,7 @@ def prepare_ray_env(address: str | None = None) -> None:
     """Set what Ray reads once, when first imported: call it before anything in this process may import Ray (the
     models' modules, which the CLI imports to check them). `address` None: the embedded Ray of `run`."""
     if address is None:
-        set_env_defaults({**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV})
+        set_env_defaults({**RAY_SERVE_SPEED_ENV, **LOOPBACK_ONLY_ENV, **QUIET_CONSOLE_ENV})
         return
     secure_ray_token()
     # Ray 2.60 heads enable token auth by default; a client must opt in to send the token.
@@ -284,6 +294,23 @@ class RayTarget:
         ray.shutdown()
 
 
+def connect(address: str | None = None) -> RayTarget:
+    """Connect this process to a Ray that serves modelfleet apps, as a driver; then Serve's handles work here.
+
+    With no address: RAY_ADDRESS, else the one `modelfleet run` or local-sim cluster on this machine (NoRayFound
+    says what to pass otherwise). Call it before importing Ray: it sets what Ray's client reads once on import
+    (token auth, and for a loopback Ray the single-machine mode, without which the driver waits forever).
+    """
+    address = address or default_ray_address()
+    if "ray" in sys.modules and is_loopback(address) and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        # Ray read its mode on import and would look for this Ray at the machine's other address, for ever.
+        raise RuntimeError(
+            "serve_apps.connect() must run before `import ray` (or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 first): "
+            f"a driver of the loopback-only Ray at {address} needs Ray's single-machine mode, read on import"
+        )
+    return RayTarget.connect(address)
+
+
 @dataclass
 class LocalServer(RayTarget):
     """One embedded Ray on this machine.
@@ -296,6 +323,7 @@ class LocalServer(RayTarget):
     host: str = "127.0.0.1"
     port: int = 8000
     proxy_port: int = 8001
+    _core: dict[str, psutil.Process] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__init__(gpus_known=True)
@@ -318,14 +346,16 @@ class LocalServer(RayTarget):
             address="local",  # always our own Ray: never join a `ray start` head (or RAY_ADDRESS) found on this machine
             include_dashboard=False,
             resources={pool_resource(p): 1000 for p in pools},
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,  # Ray's notices to a driver (token auth on, ...) are not the user's business
             configure_logging=True,
         )
         secure_ray_token()  # the token ray.init generated, if it did
+        self._core = _core_processes()
         serve.start(
             proxy_location="HeadOnly",
             http_options={"host": self.host, "port": self.proxy_port},
-            logging_config={"enable_access_log": False, "log_level": "WARNING"},  # controller and proxy chatter
+            # The controller's and proxies' notices (e.g. "Cannot deregister autoscaling state") stay in their logs.
+            logging_config={"enable_access_log": False, "log_level": "ERROR"},
         )
 
     def deploy(
@@ -339,12 +369,46 @@ class LocalServer(RayTarget):
         """The app `run` serves: its ingress listens on host:port itself (unless told elsewhere)."""
         super().deploy(spec, keys, on_status, timeout_s, listen=listen or (self.host, self.port))
 
+    def ray_stopped(self) -> str | None:
+        """Why this server's Ray is gone (its GCS or raylet exited), or None while both run."""
+        for name, process in self._core.items():
+            with contextlib.suppress(psutil.Error):
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    continue
+            return f"Ray's {name} (pid {process.pid}) exited"
+        return None
+
     def stop(self) -> None:
         import ray
         from ray import serve
 
         if ray.is_initialized():
             try:
-                serve.shutdown()
+                if self.ray_stopped() is None:  # else there is no Serve left to stop gracefully
+                    # Serve's own shutdown lets replicas finish what they hold, but may wait 30 s on a busy
+                    # controller: bounded, so SIGTERM stops within Docker's 10 s grace period.
+                    graceful = threading.Thread(target=_quietly(serve.shutdown), name="serve-shutdown", daemon=True)
+                    graceful.start()
+                    graceful.join(SERVE_SHUTDOWN_GRACE_S)
             finally:
-                ray.shutdown()
+                ray.shutdown()  # stops every process this Ray started, whatever Serve's state
+
+
+def _quietly(action: Callable[[], object]) -> Callable[[], None]:
+    """For a thread whose failure changes nothing (what follows it cleans up anyway): no traceback on the console."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            action()
+
+    return run
+
+
+def _core_processes() -> dict[str, psutil.Process]:
+    """The GCS and raylet that `ray.init` just started, as children of this process: while they run, Ray does."""
+    core = {}
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if child.name() in ("gcs_server", "raylet"):
+                core[child.name()] = child
+    return core

@@ -7,8 +7,11 @@ component failed (with its cause). No tracebacks for either. `tune` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -20,7 +23,19 @@ from groundwork import SpecError, is_loopback_host
 from serve_apps.auth import KeyRing, KeysConfigError
 from serve_apps.spec import AppSpec, check_artifacts_exist, check_modules_resolve, load_app_spec
 
-__all__ = ["AppPath", "app_keys", "bad_input", "duration_s", "err", "failed", "keys_for_host", "load_app", "log", "out"]
+__all__ = [
+    "AppPath",
+    "app_keys",
+    "bad_input",
+    "duration_s",
+    "ends_on_interrupt",
+    "err",
+    "failed",
+    "keys_for_host",
+    "load_app",
+    "log",
+    "out",
+]
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)  # URLs and curl lines must stay pasteable
@@ -95,3 +110,24 @@ def keys_for_host(spec: AppSpec, spec_path: Path, host: str, refusal: str | None
             f"set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or MODELFLEET_API_KEYS"
         )
     return keys
+
+
+# What a shell reports for a command ended by Ctrl-C (128 + SIGINT) or by SIGTERM (128 + SIGTERM).
+INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@contextlib.contextmanager
+def ends_on_interrupt() -> Iterator[None]:
+    """Ctrl-C or SIGTERM ends the command at once (a shell sees 130 or 143), even while Ray's core holds the GIL.
+
+    A Ray driver can sit in native code for minutes (connecting, waiting on the GCS) without releasing the
+    GIL, so no Python handler (KeyboardInterrupt, a waiting thread) would run until it returns. The kernel's
+    default action needs no Python: the process ends there and then. Only for commands whose work dies with
+    them: a driver's state lives in the cluster, which carries on.
+    """
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in INTERRUPTED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -7,7 +7,7 @@ import os
 import shlex
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -16,18 +16,34 @@ import yaml
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
+from groundwork import local_rays
 from providers.storage import StorageError
 from serve_apps.auth import ENV_VAR as KEYS_ENV_VAR
 from serve_apps.auth import KeyRing
 from serve_apps.spec import AppSpec, ModelSpec
 
-from .console import AppPath, app_keys, bad_input, duration_s, err, failed, keys_for_host, load_app, log, out
+from .console import (
+    INTERRUPTED,
+    AppPath,
+    app_keys,
+    bad_input,
+    duration_s,
+    ends_on_interrupt,
+    err,
+    failed,
+    keys_for_host,
+    load_app,
+    log,
+    out,
+)
 
 if TYPE_CHECKING:  # serve_apps.build imports Ray
     from serve_apps.build import LocalNeed
 
 __all__ = ["build", "deploy", "run", "schema", "status", "validate"]
 
+# Ray's documented default (`--temp-dir` moves it): replicas' logs, with full tracebacks, are under serve/.
+RAY_LOGS = "/tmp/ray/session_latest/logs"
 # A deploy that has not converged in this long will not: its cause is in Serve's status, not in more waiting.
 MAX_DEPLOY_WAIT_S = 2 * 3600
 MAX_PORT = 65535
@@ -181,6 +197,23 @@ def _check_port_free(host: str, port: int, option: str) -> int:
         return probe.getsockname()[1]
 
 
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray address (GCS host:port), as `run` or `cluster up` prints it; default: RAY_ADDRESS, else the one "
+        "`modelfleet run` or local-sim cluster running on this machine.",
+        show_default=False,
+    ),
+]
+
+
+def _resolve(address: str | None) -> str:
+    try:
+        return address or local_rays.default_ray_address()
+    except local_rays.NoRayFound as exc:
+        bad_input(str(exc))
+
+
 def _connect(address: str):
     from serve_apps.deploy import RayTarget
 
@@ -202,8 +235,14 @@ def _deploy_with_progress(target, spec: AppSpec, keys: KeyRing, label: str, time
         target.deploy(spec, keys=keys, on_status=show, timeout_s=timeout_s)
 
 
-def _interrupt(*_: object) -> NoReturn:
-    raise KeyboardInterrupt
+class _StopSignal:
+    """Ctrl-C and SIGTERM (what `timeout`, systemd and `docker stop` send) both stop `run` cleanly; remembers which."""
+
+    received: signal.Signals | None = None
+
+    def __call__(self, signum: int, _frame: object) -> NoReturn:
+        self.received = signal.Signals(signum)
+        raise KeyboardInterrupt
 
 
 def run(
@@ -249,12 +288,13 @@ def run(
         failed(f"fetching artifacts: {exc}")
 
     server = LocalServer(host=host, port=port, proxy_port=proxy_port)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignored SIGINT
+    stop_signal, ray_gone = _StopSignal(), None
+    signal.signal(signal.SIGINT, stop_signal)  # even if our parent ignored SIGINT
     try:
         with err.status("starting Ray (loopback only)…"):
             server.start(pools={m.resources.pool for m in spec.models if m.resources.pool})
         # After ray.init, which installs its own SIGTERM handler: SIGTERM stops as cleanly as Ctrl-C.
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, stop_signal)
         _deploy_with_progress(server, spec, keys, f"deploying {spec.name}…")
         display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         scheme = "https" if spec.ingress.tls else "http"
@@ -266,6 +306,7 @@ def run(
         out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
         out.print(f"proxy: {proxy_url}   (Ray Serve's proxy: every app on this Ray, by route prefix)")
         sys.stdout.flush()
+        local_rays.record("run", spec.name, server.address, url)  # `status`, `deploy`, `connect()` find it
         if ready_file is not None:
             ready = {
                 "app": spec.name,
@@ -275,7 +316,8 @@ def run(
                 "pid": os.getpid(),
             }
             _write_atomically(ready_file, json.dumps(ready) + "\n")
-        threading.Event().wait()
+        while (ray_gone := server.ray_stopped()) is None:
+            time.sleep(0.5)  # watch our own Ray: a dead raylet means nothing is served any more
     except KeyboardInterrupt:
         err.print("\nstopping…")
     except DeployFailed as exc:
@@ -285,8 +327,13 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # no longer serving: a script must not find a stale address
+        local_rays.forget()
         server.stop()
+    if ray_gone is not None:
+        failed(f"Ray stopped under `run` ({ray_gone}); nothing is served. Ray's logs: {RAY_LOGS}")
     err.print("stopped.")
+    if stop_signal.received is not None:
+        raise typer.Exit(INTERRUPTED[stop_signal.received])
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -298,9 +345,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def deploy(
     spec_path: AppPath,
-    address: Annotated[
-        str, typer.Option(help="Ray cluster address (host:port of the GCS), as `cluster up` prints it.")
-    ],
+    address: RayAddress = None,
     host: Annotated[
         str, typer.Option(help="HTTP host for Serve's proxies, if Serve is not running there yet.")
     ] = "127.0.0.1",
@@ -316,28 +361,29 @@ def deploy(
     from serve_apps.deploy import DeployFailed, prepare_ray_env
 
     timeout_s = duration_s(timeout, "--timeout", at_most_s=MAX_DEPLOY_WAIT_S)
+    address = _resolve(address)
     _require_ray_auth(insecure_no_ray_auth, "on the cluster's nodes")
     prepare_ray_env(address)  # before load_app imports the models' modules, which may import Ray
     spec = load_app(spec_path)
     keys = keys_for_host(spec, spec_path, host)
     _forget_plaintext_keys()
-    target = _connect(address)
-    try:
-        from ray import serve
+    # Ctrl-C ends the deploy here; Serve may still apply the app (`modelfleet status` shows where it stands).
+    with ends_on_interrupt():
+        target = _connect(address)
+        try:
+            from ray import serve
 
-        serve.start(http_options={"host": host, "port": port})  # no-op when Serve already runs there
-        _deploy_with_progress(target, spec, keys, f"deploying {spec.name} to {address}…", timeout_s)
-        out.print(f"deployed {spec.name!r} to {address} (route prefix {spec.route_prefix})")
-    except DeployFailed as exc:
-        failed(f"deploying {spec.name!r}: {exc}")
-    finally:
-        target.disconnect()
+            serve.start(http_options={"host": host, "port": port})  # no-op when Serve already runs there
+            _deploy_with_progress(target, spec, keys, f"deploying {spec.name} to {address}…", timeout_s)
+            out.print(f"deployed {spec.name!r} to {address} (route prefix {spec.route_prefix})")
+        except DeployFailed as exc:
+            failed(f"deploying {spec.name!r}: {exc}")
+        finally:
+            target.disconnect()
 
 
 def status(
-    address: Annotated[
-        str, typer.Option(help="Ray cluster address; default: RAY_ADDRESS or the local cluster.")
-    ] = "auto",
+    address: RayAddress = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Applications, deployments, replica counts and states on a Ray cluster."""
@@ -345,11 +391,12 @@ def status(
 
     from rich.table import Table
 
-    target = _connect(address)
-    try:
-        rows = target.status()
-    finally:
-        target.disconnect()
+    with ends_on_interrupt():
+        target = _connect(_resolve(address))
+        try:
+            rows = target.status()
+        finally:
+            target.disconnect()
     if as_json:
         out.print_json(json.dumps([asdict(r) for r in rows]))
         return
