@@ -198,7 +198,7 @@ class Server(StartedProcess):
                     f"[yellow]{self.target.name}: ended {len(leftovers)} process(es) that outlived it: {ended}[/yellow]"
                 )
             self.exit_code = self.proc.returncode
-            if self.exit_code != 0:
+            if self.exit_code not in (0, 130, -signal.SIGINT):  # stopped by our Ctrl-C, as asked
                 console.print(
                     f"[yellow]{self.target.name} exited with {self.exit_code}; see "
                     f"{self.log_path.relative_to(REPO)}[/yellow]"

@@ -193,9 +193,7 @@ class RayTarget:
     def connect(cls, address: str) -> RayTarget:
         prepare_ray_env(address)
         _probe(address)
-        import ray
-
-        ray.init(address=address, logging_level=logging.WARNING)
+        _in_own_thread(_join_ray, address)
         secure_ray_token()
         return cls(gpus_known=False)
 
@@ -392,6 +390,34 @@ class LocalServer(RayTarget):
                     graceful.join(SERVE_SHUTDOWN_GRACE_S)
             finally:
                 ray.shutdown()  # stops every process this Ray started, whatever Serve's state
+
+
+def _join_ray(address: str) -> None:
+    import ray
+
+    ray.init(address=address, logging_level=logging.WARNING)
+
+
+def _in_own_thread(action: Callable[..., object], *args: object) -> None:
+    """Run `action` in a thread and wait for it, re-raising what it raised.
+
+    For `ray.init` as a driver: called from the main thread, it replaces SIGTERM's default action with a Python
+    handler, which cannot run while Ray's core waits holding the GIL (an unreachable GCS), so `kill` would not end
+    the process. From another thread, Ray leaves SIGTERM alone.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def _quietly(action: Callable[[], object]) -> Callable[[], None]:

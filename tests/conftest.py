@@ -34,6 +34,14 @@ from tests.helpers import (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def modelfleet_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's own MODELFLEET_HOME: what `run` and `cluster up` record stays out of the user's home."""
+    home = tmp_path_factory.mktemp("modelfleet-home")
+    os.environ["MODELFLEET_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture
 def environ_kept():
     """For tests calling `run` or `deploy` in-process: they set Ray's environment (before loading the spec, for Ray
@@ -164,8 +172,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         yield fleet
     finally:
         stop_process_tree(process, signal.SIGINT, grace_s=90)  # Ctrl-C, as a user stops it
-    # Ctrl-C must stop Serve and Ray cleanly: a failure here errors the session.
-    assert process.returncode == 0, f"modelfleet run exited {process.returncode} on Ctrl-C:\n{fleet.log()[-4000:]}"
+    # Ctrl-C must stop Serve and Ray cleanly (exit 130, as a shell reports Ctrl-C): a failure here errors the session.
+    assert process.returncode == 130, f"modelfleet run exited {process.returncode} on Ctrl-C:\n{fleet.log()[-4000:]}"
     assert "stopped." in fleet.log()
     assert not fleet.ready_path.exists(), "run removes its ready file when it stops"
 

@@ -118,13 +118,8 @@ def run_cli(
 
 def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python connected to the Ray cluster at `address` (as `ray`, with `serve` imported)."""
-    prelude = (
-        "import os, sys; os.environ.setdefault('RAY_AUTH_MODE', 'token'); "
-        # Loopback clusters run in Ray's single-machine mode; their drivers must too.
-        "sys.argv[1].startswith('127.0.0.1:') and os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0'); "
-        "import ray; from ray import serve; "
-        "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
-    )
+    # serve_apps.connect, as the README tells users: it sets what Ray reads on import, then joins.
+    prelude = "import sys; from serve_apps import connect; connect(sys.argv[1]); import ray; from ray import serve\n"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-c", prelude + code, address, *args], capture_output=True, text=True, env=env, timeout=timeout

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -158,7 +160,7 @@ def _print_endpoints(spec: AppSpec, base: str) -> None:
     ):
         curl = f"curl -s {url} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
         out.print(f"\n# try it ({label}):\n{curl}", markup=False, soft_wrap=True)
-    out.print("\nCtrl-C stops the server.")
+    out.print(f"\nCtrl-C stops the server. Logs (replicas, Ray): {RAY_LOGS}")
 
 
 def _prefetch(spec: AppSpec) -> None:
@@ -328,12 +330,24 @@ def run(
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # no longer serving: a script must not find a stale address
         local_rays.forget()
-        server.stop()
+        with _printed_into(Path(RAY_LOGS) / "modelfleet-run-stop.log"):
+            server.stop()
     if ray_gone is not None:
         failed(f"Ray stopped under `run` ({ray_gone}); nothing is served. Ray's logs: {RAY_LOGS}")
     err.print("stopped.")
     if stop_signal.received is not None:
         raise typer.Exit(INTERRUPTED[stop_signal.received])
+
+
+@contextlib.contextmanager
+def _printed_into(path: Path) -> Iterator[None]:
+    """What Ray prints while it stops (notices about its own actors going, with print(), past logging) goes here."""
+    try:
+        sink = path.open("a")
+    except OSError:
+        sink = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    with sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 def _write_atomically(path: Path, text: str) -> None:

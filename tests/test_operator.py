@@ -1,0 +1,154 @@
+"""The operator's path past `run`: finding the running Ray without being told, never hanging, stopping when asked.
+
+Every command here is the real command line against the session's `modelfleet run` (or a small `run` of its
+own, for stopping and for losing Ray under it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from groundwork import local_rays
+from loadtests.app_process import AppProcess
+from tests.helpers import ROOT, Fleet, run_cli
+
+ECHO_SPEC = ROOT / "examples" / "echo" / "app.yaml"
+
+
+def _home_with(tmp_path: Path, *records: Path) -> dict[str, str]:
+    """An environment whose MODELFLEET_HOME holds only these records of running Rays (and no RAY_ADDRESS)."""
+    (tmp_path / "rays").mkdir(parents=True, exist_ok=True)
+    for record in records:
+        shutil.copy(record, tmp_path / "rays" / record.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MODELFLEET_API_KEYS")}
+    return {**env, "MODELFLEET_HOME": str(tmp_path)}
+
+
+def _fleet_record(fleet: Fleet) -> Path:
+    record = local_rays.modelfleet_home() / "rays" / f"{fleet.process.pid}.json"
+    assert record.exists(), "a serving `run` records its Ray under MODELFLEET_HOME/rays"
+    assert json.loads(record.read_text())["ray_address"] == fleet.ready()["ray_address"]
+    return record
+
+
+def test_status_finds_the_running_run_without_an_address(fleet: Fleet, tmp_path: Path) -> None:
+    env = _home_with(tmp_path, _fleet_record(fleet))
+    status = run_cli("status", "--json", env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert {row["app"] for row in json.loads(status.stdout)} >= {"fleet"}
+
+
+def test_no_running_ray_is_one_line_saying_what_to_pass(tmp_path: Path) -> None:
+    for command in (["status"], ["deploy", str(ECHO_SPEC)]):
+        result = run_cli(*command, env=_home_with(tmp_path), timeout=60)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert "no `modelfleet run` or local-sim cluster is running" in lines[0] and "--address" in lines[0]
+
+
+def test_a_record_left_by_a_dead_run_is_not_an_answer(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "rays").mkdir()
+    stale = tmp_path / "rays" / f"{dead.pid}.json"
+    stale.write_text(
+        json.dumps(
+            {"kind": "run", "name": "gone", "ray_address": "127.0.0.1:9", "url": "", "pid": dead.pid, "started": 1.0}
+        )
+    )
+    result = run_cli("status", env=_home_with(tmp_path), timeout=60)
+    assert result.returncode == 2 and "no `modelfleet run`" in result.stderr, result.stderr
+    assert not stale.exists(), "whoever finds a stale record removes it"
+
+
+def test_two_running_rays_are_named_not_guessed(fleet: Fleet, tmp_path: Path) -> None:
+    record = _fleet_record(fleet)
+    env = _home_with(tmp_path, record)
+    twin = json.loads(record.read_text())
+    me = psutil.Process()
+    twin.update(name="other", ray_address="127.0.0.1:1", pid=me.pid, started=me.create_time())
+    (tmp_path / "rays" / f"{me.pid}.json").write_text(json.dumps(twin))
+    result = run_cli("status", env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "2 Rays run on this machine" in result.stderr and "'other' at 127.0.0.1:1" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_driver_stuck_in_ray_ends_on_the_first_signal(fleet: Fleet, sig: signal.Signals) -> None:
+    """Without Ray's single-machine mode a driver waits for ever inside Ray's core, holding the GIL: the state
+    the README's snippet used to leave users in. Ctrl-C (or SIGTERM) must still end the command there and then."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}  # forces the wait (our default would be 0)
+    stuck = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", "status", "--address", fleet.ready()["ray_address"]],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(8)  # well inside ray.init's wait for the GCS at the machine's other address
+        assert stuck.poll() is None, "the driver was expected to be waiting on Ray"
+        stuck.send_signal(sig)
+        code = stuck.wait(timeout=20)  # it ends at once; 20 s only bounds a failure
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+            stuck.wait()
+    assert code == -sig, f"ended by {sig.name} (a shell shows {128 + sig}), got {code}"
+
+
+def test_connect_gives_a_driver_the_fleet_and_says_when_it_is_too_late(fleet: Fleet, tmp_path: Path) -> None:
+    env = {**_home_with(tmp_path, _fleet_record(fleet)), "PYTHONPATH": str(ROOT)}
+    snippet = (
+        "from serve_apps import connect\n"
+        "connect()  # the `modelfleet run` on this machine\n"
+        "import numpy as np\n"
+        "from ray import serve\n"
+        "out = serve.get_app_handle('fleet').infer.remote('echo', {'x': np.ones((1, 3), 'float32')}).result()\n"
+        "print(out['y'].tolist())\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True, timeout=180)
+    assert ran.returncode == 0 and ran.stdout.strip().splitlines()[-1] == "[[1.0, 1.0, 1.0]]", ran.stderr[-3000:]
+
+    late = "import ray\nfrom serve_apps import connect\nconnect()\n"
+    ran = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1 and "must run before `import ray`" in ran.stderr, ran.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_run_stops_on_sigterm_quietly_and_forgets_itself(tmp_path: Path) -> None:
+    with AppProcess(ECHO_SPEC, tmp_path / "run.log") as app:
+        assert app.proc is not None
+        pid = app.proc.pid
+        assert (local_rays.modelfleet_home() / "rays" / f"{pid}.json").exists()
+        app.proc.send_signal(signal.SIGTERM)  # what `timeout`, systemd and `docker stop` send
+        code = app.proc.wait(timeout=60)  # Docker's grace period is 10 s: see the note for what it takes
+    log = app.log_path.read_text()
+    assert code == 143, log[-3000:]
+    assert log.rstrip().endswith("stopped."), log[-3000:]
+    for noise in ("Cannot deregister autoscaling state", "Controller failed to shut down", "graceful_shutdown failed"):
+        assert noise not in log, f"Ray's notice {noise!r} reached the console"
+    assert not (local_rays.modelfleet_home() / "rays" / f"{pid}.json").exists()
+
+
+@pytest.mark.slow
+def test_run_exits_with_one_line_when_its_ray_dies(tmp_path: Path) -> None:
+    with AppProcess(ECHO_SPEC, tmp_path / "run.log") as app:
+        assert app.proc is not None
+        raylet = next(p for p in psutil.Process(app.proc.pid).children() if p.name() == "raylet")
+        raylet.kill()
+        code = app.proc.wait(timeout=120)  # `run` checks twice a second; Ray's own notice took ~75 s
+    log = app.log_path.read_text()
+    assert code == 1, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("failed: Ray stopped under `run` (Ray's raylet") and "nothing is served" in last, last
