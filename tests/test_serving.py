@@ -293,3 +293,15 @@ def test_batch_sizes_are_observable_and_show_callers_sharing_batches(client) -> 
             shared = True
             break
     assert shared, "8 concurrent callers never shared a batch"
+
+
+def test_v1_instances_may_be_objects_keyed_by_input_name_for_one_input_too(client) -> None:
+    rows = client.post("/v1/models/echo:predict", json={"instances": [[1.0, 2.0], [3.0, 4.0]]})
+    objects = client.post("/v1/models/echo:predict", json={"instances": [{"x": [1.0, 2.0]}, {"x": [3.0, 4.0]}]})
+    assert objects.status_code == 200, objects.text
+    assert objects.json() == rows.json() == {"predictions": [[1.0, 2.0], [3.0, 4.0]]}
+    missing = client.post("/v1/models/echo:predict", json={"instances": [{"x": [1.0]}, {"y": [1.0]}]})
+    assert missing.status_code == 422
+    assert missing.json() == {
+        "error": "instances[1]: missing input(s) ['x'] and unknown input(s) ['y'] for model 'echo', which takes ['x']"
+    }
