@@ -30,6 +30,7 @@ from .request_error import RequestError
 from .tensors import valid_request_id
 
 __all__ = [
+    "INDEX_BODY",
     "INFER_ROUTES",
     "LINGER_MAX_BYTES",
     "LINGER_MAX_S",
@@ -41,6 +42,7 @@ __all__ = [
     "discard_rest",
     "error",
     "front_door",
+    "index_wants_ready_only",
     "is_json",
     "json_body_doc",
     "json_response",
@@ -226,8 +228,31 @@ V1_BODY = {
 }
 
 
-def json_body_doc(schema: dict) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+# The repository extension's index request (Triton's clients send none): which models to list.
+INDEX_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"ready": {"type": "boolean", "description": "Only the models ready for inference."}},
+}
+
+
+def json_body_doc(schema: dict, required: bool = True) -> dict:
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+
+
+def index_wants_ready_only(body: Any) -> bool:
+    """A `POST /v2/repository/index` body (None when empty) -> whether only ready models are asked for."""
+    if body is None:
+        return False
+    if not isinstance(body, dict):
+        raise RequestError(422, 'the body must be a JSON object, {"ready": true|false}, or empty')
+    unknown = sorted(str(k)[:100] for k in body if k != "ready")[:10]
+    if unknown:
+        raise RequestError(422, f'unknown field(s) {unknown}; the index takes only "ready"')
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise RequestError(422, f'"ready" must be true or false, got {str(ready)[:100]!r}')
+    return ready
 
 
 INFER_ROUTES = (  # the two hot routes, as FastAPI matches them (uvicorn has already percent-decoded the path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.helpers import Fleet
 
@@ -111,6 +112,31 @@ def test_versioned_route_and_metadata(client) -> None:
     assert meta["name"] == "digits" and meta["versions"] == ["1"] and meta["platform"] == "modelfleet/safetensors"
     assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+
+
+def test_model_listings_v1_v2_and_the_repository_index(client, fleet: Fleet) -> None:
+    specs = {m["name"]: m for m in yaml.safe_load(fleet.spec_path.read_text())["models"]}
+    names = sorted(specs)
+    assert client.get("/v1/models").json() == {"models": names}  # KServe V1
+    assert client.get("/v2/models").json() == {"models": names}  # as KServe's V2 server answers it
+    index = client.post("/v2/repository/index")  # the OIP repository extension; Triton's clients send no body
+    assert index.status_code == 200, index.text
+    assert [e["name"] for e in index.json()] == names
+    by_name = {e["name"]: e for e in index.json()}
+    assert by_name["digits"] == {"name": "digits", "version": "1", "state": "READY", "reason": ""}
+    for entry in index.json():
+        assert entry["version"] == str(specs[entry["name"]].get("version", "1"))
+        assert entry["state"] in ("READY", "UNAVAILABLE") and (entry["state"] == "READY") == (entry["reason"] == "")
+    ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
+    assert {e["state"] for e in ready_only} == {"READY"} and "digits" in {e["name"] for e in ready_only}
+    assert client.post("/v2/repository/index", json={}).json() == index.json()
+    for body, says in (
+        ({"ready": "yes"}, "\"ready\" must be true or false, got 'yes'"),
+        ({"ready": True, "repository": "x"}, "unknown field(s) ['repository']; the index takes only \"ready\""),
+        ([], 'the body must be a JSON object, {"ready": true|false}, or empty'),
+    ):
+        refused = client.post("/v2/repository/index", json=body)
+        assert refused.status_code == 422 and refused.json() == {"error": says}, refused.text
 
 
 def test_health_and_server_metadata(client) -> None:
