@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import Fleet
+from tests.helpers import Fleet, check_docs_page
 
 
 def _v2(client, model: str, inputs: list[dict], **extra) -> dict:
@@ -153,6 +153,12 @@ def test_docs_and_openapi(client) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v2/models/{name}/infer" in paths and "/v1/models/{name}:predict" in paths
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_everything_from_this_server(fleet: Fleet, page: str) -> None:
+    with fleet.client(key=None) as client:  # the docs stay open without a key
+        check_docs_page(client, page)
 
 
 def test_metrics_count_requests(client) -> None:
