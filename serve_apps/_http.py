@@ -15,9 +15,10 @@ import uuid
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +31,7 @@ from .request_error import RequestError
 from .tensors import valid_request_id
 
 __all__ = [
+    "INDEX_BODY",
     "INFER_ROUTES",
     "LINGER_MAX_BYTES",
     "LINGER_MAX_S",
@@ -41,6 +43,7 @@ __all__ = [
     "discard_rest",
     "error",
     "front_door",
+    "index_wants_ready_only",
     "is_json",
     "json_body_doc",
     "json_response",
@@ -50,10 +53,13 @@ __all__ = [
 
 logger = logging.getLogger("ray.serve")
 
-api = FastAPI(
+# /docs and /redoc load Swagger UI and ReDoc from the app itself (FastAPI's own pages pull them from a CDN,
+# and ReDoc's fonts from Google): the docs work offline, behind a firewall, and ask nothing of third parties.
+api = FastAPIOffline(
     title="modelfleet",
     summary="KServe V1 and Open Inference Protocol V2 endpoints for the models of one modelfleet app.",
     version=VERSION,
+    swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from Swagger's online validator
 )
 
 
@@ -226,8 +232,31 @@ V1_BODY = {
 }
 
 
-def json_body_doc(schema: dict) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+# The repository extension's index request (Triton's clients send none): which models to list.
+INDEX_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"ready": {"type": "boolean", "description": "Only the models ready for inference."}},
+}
+
+
+def json_body_doc(schema: dict, required: bool = True) -> dict:
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+
+
+def index_wants_ready_only(body: Any) -> bool:
+    """A `POST /v2/repository/index` body (None when empty) -> whether only ready models are asked for."""
+    if body is None:
+        return False
+    if not isinstance(body, dict):
+        raise RequestError(422, 'the body must be a JSON object, {"ready": true|false}, or empty')
+    unknown = sorted(str(k)[:100] for k in body if k != "ready")[:10]
+    if unknown:
+        raise RequestError(422, f'unknown field(s) {unknown}; the index takes only "ready"')
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise RequestError(422, f'"ready" must be true or false, got {str(ready)[:100]!r}')
+    return ready
 
 
 INFER_ROUTES = (  # the two hot routes, as FastAPI matches them (uvicorn has already percent-decoded the path)

@@ -30,12 +30,14 @@ from starlette.requests import ClientDisconnect
 from groundwork.net import is_loopback_host
 
 from ._http import (
+    INDEX_BODY,
     V1_BODY,
     V2_BODY,
     ModelFailed,
     api,
     discard_rest,
     front_door,
+    index_wants_ready_only,
     is_json,
     json_body_doc,
     json_response,
@@ -171,8 +173,11 @@ class Ingress:
             raise RequestError(404, f"model {name!r} has no version {version!r}; it serves version {spec.version!r}")
         return spec
 
-    async def _json_body(self, request: Request) -> Any:
+    async def _json_body(self, request: Request, optional: bool = False) -> Any:
+        """The parsed body; None for no body at all when `optional`."""
         declared = request.headers.get("content-length")
+        if optional and (declared == "0" or (declared is None and "transfer-encoding" not in request.headers)):
+            return None
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await discard_rest(request)
             raise RequestError(
@@ -327,12 +332,46 @@ class Ingress:
 
     # ---- metadata and health ----------------------------------------------
 
+    def _visible_models(self, request: Request) -> list[str]:
+        """The models a listing shows: any valid key may list, and sees the models it may invoke, nothing else."""
+        key = self._authorize(request, None, any_key=True)
+        return sorted(name for name in self.specs if key is None or key.allows(name))
+
     @api.get("/v2", summary="Server metadata")
     async def server_metadata(self, request: Request) -> dict:
-        key = self._authorize(request, None, any_key=True)
-        # A key sees the models it may invoke, and nothing of the others.
-        visible = sorted(name for name in self.specs if key is None or key.allows(name))
-        return {"name": "modelfleet", "version": api.version, "extensions": [], "models": visible}
+        return {"name": "modelfleet", "version": api.version, "extensions": [], "models": self._visible_models(request)}
+
+    @api.get("/v1/models", summary="KServe V1 model list: the models this key may invoke")
+    async def list_models_v1(self, request: Request) -> dict:
+        return {"models": self._visible_models(request)}
+
+    @api.get("/v2/models", summary="Model list, as KServe's V2 server answers it: the models this key may invoke")
+    async def list_models_v2(self, request: Request) -> dict:
+        return {"models": self._visible_models(request)}
+
+    @api.post(
+        "/v2/repository/index",
+        summary="Model repository index (the OIP repository extension): name, version and state of each model",
+        openapi_extra=json_body_doc(INDEX_BODY, required=False),
+    )
+    async def repository_index(self, request: Request) -> Response:
+        visible = self._visible_models(request)
+        ready_only = index_wants_ready_only(await self._json_body(request, optional=True))
+        states = await self._model_states()
+        index = []
+        for name in visible:
+            state = states.get(name, "UNKNOWN")
+            ready = state == "HEALTHY"  # as /v2/models/{name}/ready says
+            if ready or not ready_only:
+                index.append(
+                    {
+                        "name": name,
+                        "version": self.specs[name].version,
+                        "state": "READY" if ready else "UNAVAILABLE",
+                        "reason": "" if ready else f"Ray Serve reports its deployment {state}",
+                    }
+                )
+        return JSONResponse(index)
 
     # Liveness and readiness stay open: orchestrators' probes carry no keys.
     @api.get("/v2/health/live", summary="Server liveness")

@@ -200,9 +200,7 @@ def decode_v2(body: Any, model: ModelSpec) -> tuple[dict[str, np.ndarray], str, 
         array = array.reshape(shape)
         _check_shape(array, spec, where)
         arrays[name] = array
-    absent = sorted(set(declared) - set(arrays))
-    if absent:
-        raise RequestError(422, f"missing input(s) {absent} for model {model.name!r}")
+    _check_names(arrays, model)
     _check_same_rows(arrays)
     request_id = body.get("id")
     if request_id is not None and not valid_request_id(request_id):
@@ -229,22 +227,21 @@ def _requested_outputs(body: dict, model: ModelSpec) -> list[str] | None:
 def decode_v1(body: Any, model: ModelSpec) -> dict[str, np.ndarray]:
     """A KServe V1 `{"instances": [...]}` request -> inputs.
 
-    One input: each instance is one row. Several inputs: each instance is an
-    object keyed by input name.
+    An instance is an object keyed by input name, or, for a model with one
+    input, that input's row itself. The first instance says which.
     """
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list) or not body["instances"]:
         raise RequestError(422, 'the body must be {"instances": [...]} with at least one instance')
     instances = body["instances"]
-    if len(model.inputs) == 1:
-        spec = model.inputs[0]
-        columns = {spec.name: instances}
+    names = [t.name for t in model.inputs]
+    if isinstance(instances[0], dict):
+        columns = _columns_by_name(instances, model)
+    elif len(names) == 1:
+        columns = {names[0]: instances}
     else:
-        names = [t.name for t in model.inputs]
-        if not all(isinstance(inst, dict) and sorted(inst) == sorted(names) for inst in instances):
-            raise RequestError(
-                422, f"model {model.name!r} has several inputs: each instance must be an object with keys {names}"
-            )
-        columns = {n: [inst[n] for inst in instances] for n in names}
+        raise RequestError(
+            422, f"model {model.name!r} has several inputs {names}: each instance must be an object keyed by input name"
+        )
     arrays = {}
     for spec in model.inputs:
         where = f"instances (input {spec.name!r})"
@@ -255,6 +252,31 @@ def decode_v1(body: Any, model: ModelSpec) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _columns_by_name(instances: list, model: ModelSpec) -> dict[str, list]:
+    """V1 instances as objects keyed by input name -> one list per input, every instance checked for its names."""
+    names = [t.name for t in model.inputs]
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise RequestError(
+                422,
+                f"instances[{i}]: must be an object keyed by input name, as instances[0] is; "
+                f"model {model.name!r} takes {names}",
+            )
+        if len(instance) != len(names) or not all(n in instance for n in names):
+            _check_names(instance, model, f"instances[{i}]: ")
+    return {n: [instance[n] for instance in instances] for n in names}
+
+
+def _check_names(given: dict, model: ModelSpec, where: str = "") -> None:
+    """422 naming the inputs `given` lacks and those the model does not take."""
+    declared = [t.name for t in model.inputs]
+    missing = [n for n in declared if n not in given]
+    unknown = sorted(str(n)[:100] for n in given if n not in declared)[:10]  # names a client made up: bounded
+    problems = [f"{what} input(s) {names}" for what, names in (("missing", missing), ("unknown", unknown)) if names]
+    if problems:
+        raise RequestError(422, f"{where}{' and '.join(problems)} for model {model.name!r}, which takes {declared}")
+
+
 def check_inputs(inputs: Any, model: ModelSpec) -> dict[str, np.ndarray]:
     """Python callers' `{name: array or nested list}` -> checked inputs, as strict as over HTTP."""
     if not isinstance(inputs, dict):
@@ -263,12 +285,8 @@ def check_inputs(inputs: Any, model: ModelSpec) -> dict[str, np.ndarray]:
             f"inputs must be a dict of input name -> array; model {model.name!r} takes "
             f"{[t.name for t in model.inputs]}",
         )
+    _check_names(inputs, model)
     declared = {t.name: t for t in model.inputs}
-    unknown, absent = sorted(set(inputs) - set(declared)), sorted(set(declared) - set(inputs))
-    if unknown or absent:
-        raise RequestError(
-            422, f"model {model.name!r} takes inputs {sorted(declared)}; unknown {unknown}, missing {absent}"
-        )
     arrays = {}
     for name, spec in declared.items():
         array = _to_array(inputs[name], spec, f"input {name!r}")

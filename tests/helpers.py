@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ __all__ = [
     "ROOT",
     "TYPES_MODEL",
     "Fleet",
+    "check_docs_page",
     "delete_app",
     "deploy_listening",
     "free_port",
@@ -79,6 +81,24 @@ class Fleet:
     def client(self, key: str | None = ADMIN_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, timeout=60, headers=headers)
+
+
+def check_docs_page(client: httpx.Client, page: str) -> None:
+    """`page` (a /docs or /redoc URL path) names no absolute URL, and every script, stylesheet and icon it loads,
+    and the OpenAPI document, come from the same server under the same prefix: offline, the page still works."""
+    html = client.get(page)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html"), html.text
+    assert re.findall(r"(?:https?:)?//[^\s\"'<>]+", html.text) == []  # no CDN, no font service, not even `//host`
+    assets = re.findall(r"<script[^>]*\ssrc=\"([^\"]+)\"", html.text) + re.findall(
+        r"<link[^>]*\shref=\"([^\"]+)\"", html.text
+    )
+    spec_urls = re.findall(r"""(?:url: |spec-url=)['"]([^'"]+)['"]""", html.text)
+    prefix = page.rsplit("/", 1)[0]
+    assert any(a.endswith(".js") for a in assets) and spec_urls == [f"{prefix}/openapi.json"], html.text
+    for url in assets + spec_urls:
+        assert url.startswith(f"{prefix}/"), url
+        fetched = client.get(url)
+        assert fetched.status_code == 200 and fetched.content, (url, fetched.status_code)
 
 
 def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen | None, log: Path) -> None:

@@ -35,6 +35,9 @@ def test_no_valid_key_is_401(fleet: Fleet, headers: dict) -> None:
             ("POST", "/v1/models/echo:predict", {"instances": [[1.0]]}),
             ("GET", "/v2/models/echo", None),
             ("GET", "/v2", None),
+            ("GET", "/v1/models", None),
+            ("GET", "/v2/models", None),
+            ("POST", "/v2/repository/index", None),
             ("GET", "/metrics", None),
         ):
             response = client.request(method, path, json=body, headers=headers)
@@ -51,6 +54,11 @@ def test_scoped_key_reaches_its_model_only(fleet: Fleet) -> None:
             assert denied.status_code == 403 and "invoke:" in denied.json()["error"]
         assert client.get("/metrics").status_code == 403  # admin only
         assert client.get("/v2").status_code == 200  # any valid key may list the server
+        # Listings, like metadata, show a key the models it may invoke and nothing of the others.
+        assert client.get("/v2").json()["models"] == ["digits"]
+        assert client.get("/v1/models").json() == {"models": ["digits"]}
+        assert client.get("/v2/models").json() == {"models": ["digits"]}
+        assert [e["name"] for e in client.post("/v2/repository/index").json()] == ["digits"]
 
 
 def test_admin_reaches_everything(fleet: Fleet) -> None:

@@ -127,6 +127,15 @@ CORPUS = [
         "shape [1, 3] does not match",
     ),
     ("v1-multi-input-rows", "POST", "/v1/models/types:predict", {"instances": [[1.0]]}, 422, "has several inputs"),
+    (
+        "v1-missing-input",
+        "POST",
+        "/v1/models/types:predict",
+        {"instances": [{"in_fp32": [1.0], "in_fp65": [1.0]}]},
+        422,
+        "instances[0]: missing input(s) ['in_fp64', 'in_int32', 'in_int64', 'in_bool', 'in_bytes'] "
+        "and unknown input(s) ['in_fp65']",
+    ),
 ]
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import ROOT, Fleet, delete_app
+from tests.helpers import ROOT, Fleet, check_docs_page, delete_app
 from tests.helpers import run_cli as _cli
 
 EXTRA = "extra"  # an app deployed next to the fleet, on its own route prefix
@@ -40,6 +40,13 @@ def extra_app(fleet: Fleet, ray_address: str, tmp_path_factory) -> Path:
 def test_deployed_app_answers_next_to_the_fleet(fleet: Fleet, extra_app: Path) -> None:
     response = httpx.post(f"{fleet.proxy_url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)
     assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("page", ["docs", "redoc"])
+def test_docs_under_a_route_prefix_load_from_it(fleet: Fleet, extra_app: Path, page: str) -> None:
+    """Through Ray's proxy, under the app's route prefix: the pages' assets carry the prefix too."""
+    with httpx.Client(base_url=fleet.proxy_url, timeout=30) as client:
+        check_docs_page(client, f"/{EXTRA}/{page}")
 
 
 def test_status_lists_apps_deployments_and_replicas(ray_address: str, extra_app: Path) -> None:

@@ -41,7 +41,9 @@ def test_inference_needs_application_json(client, path: str, headers: dict) -> N
 
 
 @pytest.mark.parametrize("host", ["evil.example", "127.0.0.1.evil.example", "localhost.", "0.0.0.0:8000"])
-@pytest.mark.parametrize("path", ["/v2/models/echo/infer", "/v2/health/ready", "/v2", "/docs"])
+@pytest.mark.parametrize(
+    "path", ["/v2/models/echo/infer", "/v2/health/ready", "/v2", "/docs", "/static-offline-docs/swagger-ui.css"]
+)
 def test_a_loopback_server_answers_loopback_host_names_only(client, host: str, path: str) -> None:
     method = "POST" if path.endswith("infer") else "GET"
     response = client.request(method, path, content=ECHO, headers={"host": host, "content-type": "application/json"})

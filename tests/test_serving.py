@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
-from tests.helpers import Fleet
+from tests.helpers import Fleet, check_docs_page
 
 
 def _v2(client, model: str, inputs: list[dict], **extra) -> dict:
@@ -113,6 +114,31 @@ def test_versioned_route_and_metadata(client) -> None:
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
 
 
+def test_model_listings_v1_v2_and_the_repository_index(client, fleet: Fleet) -> None:
+    specs = {m["name"]: m for m in yaml.safe_load(fleet.spec_path.read_text())["models"]}
+    names = sorted(specs)
+    assert client.get("/v1/models").json() == {"models": names}  # KServe V1
+    assert client.get("/v2/models").json() == {"models": names}  # as KServe's V2 server answers it
+    index = client.post("/v2/repository/index")  # the OIP repository extension; Triton's clients send no body
+    assert index.status_code == 200, index.text
+    assert [e["name"] for e in index.json()] == names
+    by_name = {e["name"]: e for e in index.json()}
+    assert by_name["digits"] == {"name": "digits", "version": "1", "state": "READY", "reason": ""}
+    for entry in index.json():
+        assert entry["version"] == str(specs[entry["name"]].get("version", "1"))
+        assert entry["state"] in ("READY", "UNAVAILABLE") and (entry["state"] == "READY") == (entry["reason"] == "")
+    ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
+    assert {e["state"] for e in ready_only} == {"READY"} and "digits" in {e["name"] for e in ready_only}
+    assert client.post("/v2/repository/index", json={}).json() == index.json()
+    for body, says in (
+        ({"ready": "yes"}, "\"ready\" must be true or false, got 'yes'"),
+        ({"ready": True, "repository": "x"}, "unknown field(s) ['repository']; the index takes only \"ready\""),
+        ([], 'the body must be a JSON object, {"ready": true|false}, or empty'),
+    ):
+        refused = client.post("/v2/repository/index", json=body)
+        assert refused.status_code == 422 and refused.json() == {"error": says}, refused.text
+
+
 def test_health_and_server_metadata(client) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     ready = client.get("/v2/health/ready")
@@ -127,6 +153,12 @@ def test_docs_and_openapi(client) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v2/models/{name}/infer" in paths and "/v1/models/{name}:predict" in paths
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_everything_from_this_server(fleet: Fleet, page: str) -> None:
+    with fleet.client(key=None) as client:  # the docs stay open without a key
+        check_docs_page(client, page)
 
 
 def test_metrics_count_requests(client) -> None:
@@ -293,3 +325,15 @@ def test_batch_sizes_are_observable_and_show_callers_sharing_batches(client) -> 
             shared = True
             break
     assert shared, "8 concurrent callers never shared a batch"
+
+
+def test_v1_instances_may_be_objects_keyed_by_input_name_for_one_input_too(client) -> None:
+    rows = client.post("/v1/models/echo:predict", json={"instances": [[1.0, 2.0], [3.0, 4.0]]})
+    objects = client.post("/v1/models/echo:predict", json={"instances": [{"x": [1.0, 2.0]}, {"x": [3.0, 4.0]}]})
+    assert objects.status_code == 200, objects.text
+    assert objects.json() == rows.json() == {"predictions": [[1.0, 2.0], [3.0, 4.0]]}
+    missing = client.post("/v1/models/echo:predict", json={"instances": [{"x": [1.0]}, {"y": [1.0]}]})
+    assert missing.status_code == 422
+    assert missing.json() == {
+        "error": "instances[1]: missing input(s) ['x'] and unknown input(s) ['y'] for model 'echo', which takes ['x']"
+    }

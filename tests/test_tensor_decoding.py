@@ -86,7 +86,7 @@ def test_v1_decoding_costs_a_small_multiple_of_the_body() -> None:
         ([1, None], "FP32", [-1], "cannot hold null"),
         ([[1, 2], [3]], "FP32", [-1, -1], "not a rectangular array"),
         ([[1, 2], [3, [4]]], "FP32", [-1, -1], "not a rectangular array"),
-        ([{"a": 1}], "FP32", [-1], "cannot hold objects"),
+        ([1.0, {"a": 1}], "FP32", [-1], "cannot hold objects"),  # rows, as the first instance says, then an object
         ([2**31], "INT32", [-1], "must lie in"),
         ([2**63], "INT64", [-1], "must lie in"),
         ([-(2**70)], "INT64", [-1], "must lie in"),
@@ -152,3 +152,74 @@ def test_an_integer_too_big_for_int64_is_named_as_such_though_json_made_it_a_flo
         decode_v2(orjson.loads(body), _model("INT64", [-1, 1]))
     with pytest.raises(RequestError, match="cannot hold floats"):  # a fraction is still a float
         decode_v2(orjson.loads(body.replace(literal, b"2.5")), _model("INT64", [-1, 1]))
+
+
+def _two_inputs() -> ModelSpec:
+    return ModelSpec(
+        name="m2",
+        format="builtin",
+        module="echo",
+        inputs=[{"name": "a", "datatype": "FP32", "shape": [-1, 2]}, {"name": "b", "datatype": "INT64", "shape": [-1]}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+    )
+
+
+@pytest.mark.parametrize(
+    ("instances", "expected"),
+    [([{"x": [1.0, 2.0]}, {"x": [3.0, 4.0]}], [[1.0, 2.0], [3.0, 4.0]]), ([[1.0, 2.0]], [[1.0, 2.0]])],
+    ids=["objects", "rows"],
+)
+def test_v1_instances_for_one_input_may_be_rows_or_objects_keyed_by_its_name(instances: list, expected: list) -> None:
+    assert decode_v1({"instances": instances}, _model("FP32", [-1, 2]))["x"].tolist() == expected
+
+
+def test_v1_objects_for_several_inputs_become_columns() -> None:
+    decoded = decode_v1({"instances": [{"a": [1, 2], "b": 3}, {"b": 4, "a": [5, 6]}]}, _two_inputs())
+    assert decoded["a"].tolist() == [[1.0, 2.0], [5.0, 6.0]] and decoded["b"].tolist() == [3, 4]
+
+
+# Every message names the instance and the input(s) at fault, not only what a good request looks like.
+MISSING_OR_UNKNOWN = {
+    "v1-one-input-missing-key": (
+        lambda: decode_v1({"instances": [{"x": [1.0, 2.0]}, {"y": [1.0, 2.0]}]}, _model("FP32", [-1, 2])),
+        "instances[1]: missing input(s) ['x'] and unknown input(s) ['y'] for model 'm', which takes ['x']",
+    ),
+    "v1-one-input-object-then-row": (
+        lambda: decode_v1({"instances": [{"x": [1.0, 2.0]}, [1.0, 2.0]]}, _model("FP32", [-1, 2])),
+        "instances[1]: must be an object keyed by input name, as instances[0] is; model 'm' takes ['x']",
+    ),
+    "v1-several-inputs-missing-one": (
+        lambda: decode_v1({"instances": [{"a": [1, 2], "b": 3}, {"a": [1, 2]}]}, _two_inputs()),
+        "instances[1]: missing input(s) ['b'] for model 'm2', which takes ['a', 'b']",
+    ),
+    "v1-several-inputs-unknown-one": (
+        lambda: decode_v1({"instances": [{"a": [1, 2], "b": 3, "c": 1}]}, _two_inputs()),
+        "instances[0]: unknown input(s) ['c'] for model 'm2', which takes ['a', 'b']",
+    ),
+    "v1-several-inputs-rows": (
+        lambda: decode_v1({"instances": [[1, 2]]}, _two_inputs()),
+        "model 'm2' has several inputs ['a', 'b']: each instance must be an object keyed by input name",
+    ),
+    "v2-missing-one": (
+        lambda: decode_v2(
+            {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}, _two_inputs()
+        ),
+        "missing input(s) ['b'] for model 'm2', which takes ['a', 'b']",
+    ),
+    "python-missing-one": (
+        lambda: check_inputs({"a": np.zeros((1, 2))}, _two_inputs()),
+        "missing input(s) ['b'] for model 'm2', which takes ['a', 'b']",
+    ),
+    "python-unknown-one": (
+        lambda: check_inputs({"a": np.zeros((1, 2)), "b": np.zeros(1, dtype=np.int64), "z": 1}, _two_inputs()),
+        "unknown input(s) ['z'] for model 'm2', which takes ['a', 'b']",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISSING_OR_UNKNOWN))
+def test_missing_and_unknown_inputs_are_named(case: str) -> None:
+    decode, message = MISSING_OR_UNKNOWN[case]
+    with pytest.raises(RequestError) as caught:
+        decode()
+    assert caught.value.status == 422 and str(caught.value) == message
