@@ -13,13 +13,13 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from groundwork.local_rays import default_ray_address
+from groundwork.local_rays import default_ray_address, live_rays
 from groundwork.net import is_loopback_host
 from groundwork.ray_env import LOOPBACK_ONLY_ENV, secure_ray_token, set_env_defaults
 from providers.storage import fetch
@@ -185,9 +185,12 @@ class DeploymentRow:
 class RayTarget:
     """A Ray cluster that this process is connected to, and what it can do with Serve there."""
 
-    def __init__(self, gpus_known: bool):
+    def __init__(self, gpus_known: bool, can_add_nodes: bool = True):
         # On an autoscaling cluster, GPUs may appear on demand: only a local run may downgrade to CPU.
         self.gpus_known = gpus_known
+        # False where no autoscaler can add a node (the Ray of a `modelfleet run`): an app that does not fit
+        # fails at once rather than waiting out the timeout.
+        self.can_add_nodes = can_add_nodes
 
     @classmethod
     def connect(cls, address: str) -> RayTarget:
@@ -195,7 +198,8 @@ class RayTarget:
         _probe(address)
         _in_own_thread(_join_ray, address)
         secure_ray_token()
-        return cls(gpus_known=False)
+        embedded_run = any(r.kind == "run" and r.ray_address == address for r in live_rays())
+        return cls(gpus_known=False, can_add_nodes=not embedded_run)
 
     @property
     def address(self) -> str:
@@ -221,6 +225,7 @@ class RayTarget:
         """
         import ray
         from ray import serve
+        from ray.serve.exceptions import RayServeException
 
         previous = None
         if spec.name in serve.status().applications:  # an update: prove the new version before Serve swaps it in
@@ -234,7 +239,17 @@ class RayTarget:
             (previous["listen"]["host"], previous["listen"]["port"]) if previous and previous.get("listen") else None
         )
         gpus = float(ray.cluster_resources().get("GPU", 0)) if self.gpus_known else None
-        _apply(spec, keys, gpus, listen or previous_listen)
+        if previous is None:
+            _check_route_prefix(spec, serve.status().applications)
+            if not self.can_add_nodes:
+                _check_room(spec, float(ray.available_resources().get("CPU", 0)))
+        try:
+            _apply(spec, keys, gpus, listen or previous_listen)
+        except RayServeException as exc:
+            holder = re.search(r'Prefix (\S+) is being used by application "([^"]+)"', str(exc))
+            if holder is None:
+                raise
+            raise _prefix_taken(spec, holder[2], holder[1]) from None  # an app not of modelfleet's
         try:
             self._wait_running(spec.name, on_status, timeout_s)
         except DeployFailed as exc:
@@ -324,7 +339,7 @@ class LocalServer(RayTarget):
     _core: dict[str, psutil.Process] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        super().__init__(gpus_known=True)
+        super().__init__(gpus_known=True, can_add_nodes=False)
 
     def start(self, pools: Set[str] = frozenset()) -> None:
         """Start Ray; this one node advertises every pool in `pools`, so placement holds locally too."""
@@ -392,10 +407,39 @@ class LocalServer(RayTarget):
                 ray.shutdown()  # stops every process this Ray started, whatever Serve's state
 
 
+def _prefix_taken(spec: AppSpec, holder: str, prefix: str) -> DeployFailed:
+    return DeployFailed(
+        f"route prefix {prefix} is taken by app {holder!r} on this Ray; give {spec.name!r} a route_prefix of its "
+        f"own in its spec (e.g. route_prefix: /{spec.name})"
+    )
+
+
+def _check_route_prefix(spec: AppSpec, apps: Iterable[str]) -> None:
+    """Fail before deploying when a modelfleet app already serves under this app's route prefix."""
+    for name in apps:
+        described = _describe(name) if name != spec.name else None
+        if described and described["spec"].get("route_prefix", "/") == spec.route_prefix:
+            raise _prefix_taken(spec, name, spec.route_prefix)
+
+
+def _check_room(spec: AppSpec, free_cpus: float) -> None:
+    """Fail now, in one line, when the app's first replicas need more CPUs than a fixed-size Ray has free."""
+    needs = spec.cpus_at_start()
+    total = sum(needs.values())
+    if total > free_cpus + 1e-9:
+        parts = ", ".join(f"{name} {cpus:g}" for name, cpus in needs.items())
+        raise DeployFailed(
+            f"app {spec.name!r} needs {total:g} CPUs for its first replicas ({parts}) and this Ray has {free_cpus:g} "
+            "free, with no autoscaler to add a node; stop another app, or lower num_cpus or initial replicas"
+        )
+
+
 def _join_ray(address: str) -> None:
     import ray
 
-    ray.init(address=address, logging_level=logging.WARNING)
+    # Ray's notices to a driver (among them that this thread leaves SIGTERM alone, on purpose) are not news.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    ray.init(address=address, logging_level=logging.ERROR)
 
 
 def _in_own_thread(action: Callable[..., object], *args: object) -> None:

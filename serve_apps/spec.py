@@ -291,6 +291,17 @@ class AppSpec(Strict):
         """The folder plain artifact paths are relative to (the spec file's own folder)."""
         return self._base_dir
 
+    def cpus_at_start(self) -> dict[str, float]:
+        """CPUs each deployment reserves once deployed (its first replicas; embedded models count in the ingress)."""
+        ingress = self.ingress.num_cpus + sum(m.resources.num_cpus for m in self.models if m.embedded)
+        needs = {"ingress": self.ingress.num_replicas * ingress}
+        for m in self.models:
+            if not m.embedded:
+                scaling = m.autoscaling
+                first = scaling.initial_replicas if scaling.initial_replicas is not None else scaling.min_replicas
+                needs[m.name] = first * m.resources.num_cpus
+        return {name: cpus for name, cpus in needs.items() if cpus}
+
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 

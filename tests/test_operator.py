@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from groundwork import local_rays
 from loadtests.app_process import AppProcess
@@ -152,3 +153,30 @@ def test_run_exits_with_one_line_when_its_ray_dies(tmp_path: Path) -> None:
     assert code == 1, log[-3000:]
     last = log.strip().splitlines()[-1]
     assert last.startswith("failed: Ray stopped under `run` (Ray's raylet") and "nothing is served" in last, last
+
+
+def _echo_app(tmp_path: Path, **fields: object) -> Path:
+    spec = yaml.safe_load(ECHO_SPEC.read_text())
+    spec.update(fields)
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_deploy_names_the_app_holding_its_route_prefix(fleet: Fleet, tmp_path: Path) -> None:
+    app = _echo_app(tmp_path, name="second")  # route_prefix "/", which the fleet holds
+    result = run_cli("deploy", str(app), "--address", fleet.ready()["ray_address"], timeout=240)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert "route prefix / is taken by app 'fleet'" in lines[0] and "route_prefix: /second" in lines[0], lines
+
+
+def test_deploy_that_cannot_fit_a_fixed_size_ray_fails_at_once(fleet: Fleet, tmp_path: Path) -> None:
+    spec = yaml.safe_load(ECHO_SPEC.read_text())
+    spec["models"][0]["resources"] = {"num_cpus": 64}
+    app = _echo_app(tmp_path, name="huge", route_prefix="/huge", models=spec["models"])
+    result = run_cli("deploy", str(app), "--address", fleet.ready()["ray_address"], timeout=240)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert "app 'huge' needs 64.5 CPUs for its first replicas (ingress 0.5, echo 64)" in lines[0], lines
+    assert "no autoscaler to add a node" in lines[0], lines

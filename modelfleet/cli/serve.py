@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -220,7 +221,11 @@ def _connect(address: str):
     from serve_apps.deploy import RayTarget
 
     try:
-        return RayTarget.connect(address)
+        target = RayTarget.connect(address)
+        # Serve's driver-side notices ("Connecting to existing Serve app", ...): the status line says more. A filter,
+        # not a level, since Serve sets its logger's level again when it starts.
+        logging.getLogger("ray.serve").addFilter(lambda record: record.levelno >= logging.ERROR)
+        return target
     except (ConnectionError, RuntimeError, ValueError) as exc:
         failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
 
