@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from groundwork.processes import stop_process_tree
+from tests.fixtures.fraud_app import fraud  # noqa: F401 - a session fixture, shared by two test modules
 from tests.helpers import (
     ADMIN_KEY,
     BODY_TIMEOUT_S,

@@ -8,22 +8,15 @@ Answers are checked against the same models run in-process.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from examples.fraud.data import FEATURE_NAMES, INPUTS, MERCHANTS, generate
-from tests.helpers import ROOT, Fleet, delete_app, ray_driver, run_cli
-
-APP = "fraud_test"
-PREFIX = f"/{APP}"
-SPEC = ROOT / "examples" / "fraud" / "app.yaml"
-ARTIFACTS = ROOT / "examples" / "fraud" / "artifacts"
-MAX_LOADED = 4  # models one merchant replica may hold; the test cycles through many more
+from tests.fixtures.fraud_app import APP, ARTIFACTS, MAX_LOADED
+from tests.helpers import ray_driver
 
 
 def _v2(inputs: dict[str, np.ndarray]) -> dict:
@@ -39,69 +32,6 @@ def _v2(inputs: dict[str, np.ndarray]) -> dict:
 def _outputs(response: httpx.Response) -> dict[str, np.ndarray]:
     assert response.status_code == 200, response.text
     return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
-
-
-def _test_spec(tmp: Path) -> Path:
-    """The example with absolute paths and small CPU claims (the fleet holds most CPUs), plus a two-branch rendezvous
-    pipeline."""
-    spec = yaml.safe_load(SPEC.read_text())
-    spec.update(name=APP, route_prefix=PREFIX, ingress={"num_cpus": 0.02, "request_timeout_s": 60})
-    for model in spec["models"]:
-        if "artifact" in model:
-            model["artifact"]["uri"] = str(SPEC.parent / model["artifact"]["uri"])
-        # The session's Ray has no GPU and no autoscaler to add one, so `deploy` (rightly) would wait for the
-        # gpu pool forever; the GPU-to-CPU fallback of `modelfleet run` is covered by the fleet's `faulty` model.
-        model["resources"] = {"num_cpus": 0.02}
-        if model["name"] == "merchant":
-            model["multiplex"]["max_models_per_replica"] = MAX_LOADED
-            model["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
-    meet = tmp / "meet"
-    meet.mkdir()
-    branch = {
-        "format": "python",
-        "module": "tests.fixtures.tiny:Rendezvous",
-        "resources": {"num_cpus": 0.02},
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
-    }
-    for me, peer in (("a", "b"), ("b", "a")):
-        config = tmp / f"{me}.json"
-        config.write_text(json.dumps({"dir": str(meet), "me": me, "peer": peer}))
-        spec["models"].append(
-            {
-                **branch,
-                "name": f"branch_{me}",
-                "artifact": {"uri": str(config)},
-                "outputs": [{"name": me, "datatype": "FP32", "shape": [-1]}],
-            }
-        )
-    spec["models"].append(
-        {
-            "name": "both",
-            "format": "pipeline",
-            "resources": {"num_cpus": 0.02},
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}],
-            "outputs": [
-                {"name": "a", "datatype": "FP32", "shape": [-1]},
-                {"name": "b", "datatype": "FP32", "shape": [-1]},
-            ],
-            "pipeline": {"steps": [{"model": "branch_a"}, {"model": "branch_b"}]},
-        }
-    )
-    path = tmp / "fraud.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def fraud(fleet: Fleet, ray_address: str, tmp_path_factory) -> str:
-    from examples.fraud.train import ensure_trained
-
-    ensure_trained()
-    spec = _test_spec(tmp_path_factory.mktemp("fraud"))
-    result = run_cli("deploy", str(spec), "--address", ray_address, "--timeout-s", "240", timeout=400)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    yield f"{fleet.proxy_url}{PREFIX}"
-    delete_app(ray_address, APP)
 
 
 def _in_process(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
