@@ -132,7 +132,7 @@ def _test_fleet(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+def fleet(tmp_path_factory: pytest.TempPathFactory, modelfleet_home: Path) -> Fleet:
     tmp = tmp_path_factory.mktemp("fleet")
     spec_path = _test_fleet(tmp)
     port = free_port()
@@ -172,11 +172,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         assert fleet.ready()["url"] == fleet.url and fleet.ready()["pid"] == process.pid
         yield fleet
     finally:
-        stop_process_tree(process, signal.SIGINT, grace_s=90)  # Ctrl-C, as a user stops it
-    # Ctrl-C must stop Serve and Ray cleanly (exit 130, as a shell reports Ctrl-C): a failure here errors the session.
-    assert process.returncode == 130, f"modelfleet run exited {process.returncode} on Ctrl-C:\n{fleet.log()[-4000:]}"
-    assert "stopped." in fleet.log()
+        # SIGTERM, as `timeout`, systemd and `docker stop` send it (Ctrl-C takes the same path in `run`).
+        stop_process_tree(process, signal.SIGTERM, grace_s=90)
+    # `run` must stop Serve and Ray cleanly, and quietly: a failure here errors the session.
+    log = fleet.log()
+    assert process.returncode == 143, f"modelfleet run exited {process.returncode} on SIGTERM:\n{log[-4000:]}"
+    assert log.rstrip().endswith("stopped."), log[-4000:]
+    for noise in ("Cannot deregister autoscaling state", "Controller failed to shut down", "graceful_shutdown failed"):
+        assert noise not in log, f"Ray's notice {noise!r} reached the console"
     assert not fleet.ready_path.exists(), "run removes its ready file when it stops"
+    assert not (modelfleet_home / "rays" / f"{process.pid}.json").exists(), "and its record of its Ray"
 
 
 @pytest.fixture()

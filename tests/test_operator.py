@@ -1,7 +1,7 @@
 """The operator's path past `run`: finding the running Ray without being told, never hanging, stopping when asked.
 
 Every command here is the real command line against the session's `modelfleet run` (or a small `run` of its
-own, for stopping and for losing Ray under it).
+own, for losing Ray under it). Stopping on SIGTERM, quietly, is checked where the session's fleet stops.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_a_driver_stuck_in_ray_ends_on_the_first_signal(fleet: Fleet, sig: signa
         stderr=subprocess.STDOUT,
     )
     try:
-        time.sleep(8)  # well inside ray.init's wait for the GCS at the machine's other address
+        time.sleep(5)  # well inside ray.init's wait for the GCS at the machine's other address
         assert stuck.poll() is None, "the driver was expected to be waiting on Ray"
         stuck.send_signal(sig)
         code = stuck.wait(timeout=20)  # it ends at once; 20 s only bounds a failure
@@ -124,22 +124,6 @@ def test_connect_gives_a_driver_the_fleet_and_says_when_it_is_too_late(fleet: Fl
     late = "import ray\nfrom serve_apps import connect\nconnect()\n"
     ran = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 1 and "must run before `import ray`" in ran.stderr, ran.stderr[-3000:]
-
-
-@pytest.mark.slow
-def test_run_stops_on_sigterm_quietly_and_forgets_itself(tmp_path: Path) -> None:
-    with AppProcess(ECHO_SPEC, tmp_path / "run.log") as app:
-        assert app.proc is not None
-        pid = app.proc.pid
-        assert (local_rays.modelfleet_home() / "rays" / f"{pid}.json").exists()
-        app.proc.send_signal(signal.SIGTERM)  # what `timeout`, systemd and `docker stop` send
-        code = app.proc.wait(timeout=60)  # Docker's grace period is 10 s: see the note for what it takes
-    log = app.log_path.read_text()
-    assert code == 143, log[-3000:]
-    assert log.rstrip().endswith("stopped."), log[-3000:]
-    for noise in ("Cannot deregister autoscaling state", "Controller failed to shut down", "graceful_shutdown failed"):
-        assert noise not in log, f"Ray's notice {noise!r} reached the console"
-    assert not (local_rays.modelfleet_home() / "rays" / f"{pid}.json").exists()
 
 
 @pytest.mark.slow

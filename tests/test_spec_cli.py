@@ -405,7 +405,6 @@ def test_batching_leaves_room_for_a_full_batch_unless_told_otherwise() -> None:
         (["tune", "nowhere.yaml", "--slo-p95-ms", "50", "--users", "999999"], "'--users': Input should be less than"),
         (["tune", "nowhere.yaml", "--slo-p95-ms", "50", "--seed", "-1"], "'--seed': Input should be greater than or"),
         (["tune", "nowhere.yaml", "--slo-p95-ms", "50", "--batch-size", "999999"], "'--batch-size': Input should be"),
-        (["deploy", "examples/echo/app.yaml"], "Missing option '--address'"),
         (["no-such-command"], "No such command 'no-such-command'"),
     ],
 )
