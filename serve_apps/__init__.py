@@ -22,4 +22,6 @@ __all__ = [
     "load_app_spec",
     "serve_config",
 ]
-_, __getattr__ = lazy_exports(__name__, {"build": ["build_app", "serve_config"], "deploy": ["LocalServer", "connect"]})
+_, __getattr__ = lazy_exports(
+    __name__, {"build": ["build_app", "serve_config"], "deploy": ["connect"], "local_server": ["LocalServer"]}
+)

@@ -278,7 +278,8 @@ def run(
     ] = None,
 ) -> None:
     """Serve an app on an embedded local Ray until Ctrl-C."""
-    from serve_apps.deploy import DeployFailed, LocalServer, prepare_ray_env
+    from serve_apps.deploy import DeployFailed, prepare_ray_env
+    from serve_apps.local_server import LocalServer
 
     _require_ray_auth(insecure_no_ray_auth, "on this machine")
     prepare_ray_env()  # before load_app imports the models' modules, which may import Ray
