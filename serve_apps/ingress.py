@@ -44,48 +44,19 @@ from ._http import (
     request_id_of,
 )
 from ._ingress_metrics import IngressMetrics
+from ._model_ids import family_and_id, model_id_of
 from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
 from .request_error import RequestError
-from .spec import AppSpec, ModelSpec, valid_model_id
+from .spec import AppSpec, ModelSpec
 from .tensors import check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
 
 __all__ = ["Ingress", "api"]
 
 logger = logging.getLogger("ray.serve")
 
-MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # Ray Serve's own header name for model multiplexing
 STATES_TTL_S = 1.0  # how stale readiness may be: probes must not each cost a controller round trip
-
-
-def _family_and_id(name: str) -> tuple[str, str | None]:
-    """'merchant:m007' -> ('merchant', 'm007'); 'digits' -> ('digits', None)."""
-    family, colon, model_id = name.partition(":")
-    return family, (model_id if colon else None)
-
-
-def _model_id(spec: ModelSpec, in_path: str | None, request: Request | None) -> str | None:
-    """The multiplexed model id a request names (URL `family:id` or Ray's header), checked; None for other models."""
-    header = request.headers.get(MULTIPLEX_HEADER) if request is not None else None
-    if spec.multiplex is None:
-        if in_path is not None:
-            raise RequestError(404, f"model {spec.name!r} is not a multiplexed family, so it has no model {in_path!r}")
-        return None  # a client may send the header to every model; only families use it
-    if in_path is not None and header is not None and in_path != header:
-        raise RequestError(400, f"the URL names model id {in_path!r} but the {MULTIPLEX_HEADER} header says {header!r}")
-    model_id = in_path if in_path is not None else header
-    if not model_id:
-        raise RequestError(
-            400,
-            f"model {spec.name!r} is a family of models: name one, as /v2/models/{spec.name}:<model_id>/infer "
-            f"or with the {MULTIPLEX_HEADER} header",
-        )
-    if not valid_model_id(model_id):
-        raise RequestError(
-            400, f"model id {model_id!r} is not valid: letters, digits, '_', '-' and '.', no '..', at most 128"
-        )
-    return model_id
 
 
 # serve.ingress() freezes `api` and this class when it decorates: every handler
@@ -164,7 +135,7 @@ class Ingress:
 
         Authorizing first hides from a key what exists beyond its scopes.
         """
-        name, _ = _family_and_id(name)
+        name, _ = family_and_id(name)
         self._authorize(request, name)
         spec = self.specs.get(name)
         if spec is None:
@@ -284,7 +255,7 @@ class Ingress:
     @api.post("/v1/models/{name}:predict", summary="KServe V1 predict", openapi_extra=json_body_doc(V1_BODY))
     async def predict_v1(self, name: str, request: Request) -> Response:
         spec = self._authorized_model(request, name)
-        model_id = _model_id(spec, _family_and_id(name)[1], request)
+        model_id = model_id_of(spec, family_and_id(name)[1], request)
         inputs = decode_v1(await self._json_body(request), spec)
         request_id = request_id_of(request)
         outputs = await self._infer(spec, inputs, "v1", request_id, model_id)
@@ -307,7 +278,7 @@ class Ingress:
         return await self._infer_v2(name, self._authorized_model(request, name, version), request)
 
     async def _infer_v2(self, name: str, spec: ModelSpec, request: Request) -> Response:
-        model_id = _model_id(spec, _family_and_id(name)[1], request)
+        model_id = model_id_of(spec, family_and_id(name)[1], request)
         inputs, request_id, only = decode_v2(await self._json_body(request), spec)
         outputs = await self._infer(spec, inputs, "v2", request_id, model_id)
         payload = encode_v2(outputs, spec, request_id, only)
@@ -323,11 +294,11 @@ class Ingress:
         The same checks as HTTP (a RequestError names what is wrong), no API
         key: a caller that reaches the cluster's handles is already trusted.
         """
-        name, in_name = _family_and_id(model)
+        name, in_name = family_and_id(model)
         spec = self.specs.get(name)
         if spec is None:
             raise RequestError(404, f"model {name!r} not found; this server has {sorted(self.specs)}")
-        model_id = _model_id(spec, model_id or in_name, None)
+        model_id = model_id_of(spec, model_id or in_name, None)
         return await self._infer(spec, check_inputs(inputs, spec), "handle", uuid.uuid4().hex, model_id)
 
     # ---- metadata and health ----------------------------------------------

@@ -1,7 +1,7 @@
 """The `modelfleet` command: the one place that ties the rooms together.
 
 One module per command group, over one shared console module (`console`):
-`serve` (validate, schema, build, run, deploy, status), `keys`, `cluster`,
+`serve` (validate, schema, build, deploy, status), `run`, `keys`, `cluster`,
 and `load` (loadtest, tune). This module only assembles them.
 """
 
@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from groundwork.version import VERSION
 
-from . import cluster, keys, load, serve
+from . import cluster, keys, load, run, serve
 from .console import err
 
 __all__ = ["app", "main"]
@@ -48,7 +48,7 @@ for command in (
     serve.validate,
     serve.schema,
     serve.build,
-    serve.run,
+    run.run,
     serve.deploy,
     serve.status,
     load.loadtest,
