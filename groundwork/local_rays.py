@@ -39,15 +39,17 @@ class LocalRay:
     ray_address: str  # GCS host:port
     url: str  # where its models answer over HTTP
     pid: int  # the process whose life is the Ray's: `modelfleet run`, or the local-sim head
-    started: float  # that process's start time, so a reused pid is not mistaken for it
+    # That process's command line, so a reused pid is not mistaken for it. (Not its start time: psutil derives it
+    # from the boot time, which moves when a VM's clock is stepped, and a live record would look stale.)
+    command: list[str]
 
     def describe(self) -> str:
         return f"{self.kind} {self.name!r} at {self.ray_address} (pid {self.pid})"
 
 
-def _start_time(pid: int) -> float | None:
+def _command(pid: int) -> list[str] | None:
     try:
-        return psutil.Process(pid).create_time()
+        return psutil.Process(pid).cmdline()
     except psutil.Error:
         return None
 
@@ -55,7 +57,7 @@ def _start_time(pid: int) -> float | None:
 def record(kind: str, name: str, ray_address: str, url: str, pid: int | None = None) -> LocalRay:
     """Say that a Ray runs here (until `forget` or its process ends); written whole or not at all."""
     pid = pid or os.getpid()
-    ray = LocalRay(kind, name, ray_address, url, pid, _start_time(pid) or 0.0)
+    ray = LocalRay(kind, name, ray_address, url, pid, _command(pid) or [])
     folder = _folder()
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{pid}.partial"
@@ -71,18 +73,17 @@ def forget(pid: int | None = None) -> None:
 def live_rays() -> list[LocalRay]:
     """Every recorded Ray whose process still runs, oldest first; stale records are removed on the way."""
     found = []
-    for path in sorted(_folder().glob("*.json")):
+    for path in sorted(_folder().glob("*.json"), key=lambda p: p.stat().st_mtime):
         try:
             ray = LocalRay(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             path.unlink(missing_ok=True)  # torn or foreign: nothing can use it
             continue
-        started = _start_time(ray.pid)
-        if started is None or abs(started - ray.started) > 1:
-            path.unlink(missing_ok=True)
+        if _command(ray.pid) != ray.command:
+            path.unlink(missing_ok=True)  # its process ended (or its pid now names another process)
             continue
         found.append(ray)
-    return sorted(found, key=lambda r: r.started)
+    return found
 
 
 def default_ray_address() -> str:

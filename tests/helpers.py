@@ -30,6 +30,7 @@ __all__ = [
     "Fleet",
     "check_docs_page",
     "delete_app",
+    "fleet_record",
     "deploy_listening",
     "free_port",
     "listening_addresses",
@@ -189,3 +190,26 @@ def not_on_loopback(session_leader: int) -> set[tuple[str, str]]:
         for ip, name in listening_addresses(session_leader)
         if ip not in ("127.0.0.1", "::1") and not (ip == "::" and name.startswith("ray::ServeRepl"))
     }
+
+
+def fleet_record(fleet: Fleet, home: Path) -> Path:
+    """The fleet's record of its Ray, as `run` writes it, in a home of the test's own."""
+    ready = fleet.ready()
+    (home / "rays").mkdir(parents=True, exist_ok=True)
+    record = home / "rays" / f"{fleet.process.pid}.json"
+    import psutil
+
+    command = psutil.Process(fleet.process.pid).cmdline()
+    record.write_text(
+        json.dumps(
+            {
+                "kind": "run",
+                "name": ready["app"],
+                "ray_address": ready["ray_address"],
+                "url": ready["url"],
+                "pid": fleet.process.pid,
+                "command": command,
+            }
+        )
+    )
+    return record

@@ -21,7 +21,7 @@ import yaml
 
 from groundwork import local_rays
 from loadtests.app_process import AppProcess
-from tests.helpers import ROOT, Fleet, run_cli
+from tests.helpers import ROOT, Fleet, fleet_record, run_cli
 
 ECHO_SPEC = ROOT / "examples" / "echo" / "app.yaml"
 
@@ -35,15 +35,14 @@ def _home_with(tmp_path: Path, *records: Path) -> dict[str, str]:
     return {**env, "MODELFLEET_HOME": str(tmp_path)}
 
 
-def _fleet_record(fleet: Fleet) -> Path:
-    record = local_rays.modelfleet_home() / "rays" / f"{fleet.process.pid}.json"
-    assert record.exists(), "a serving `run` records its Ray under MODELFLEET_HOME/rays"
-    assert json.loads(record.read_text())["ray_address"] == fleet.ready()["ray_address"]
-    return record
+def test_a_serving_run_records_how_to_reach_its_ray(fleet: Fleet, tmp_path: Path) -> None:
+    recorded = local_rays.modelfleet_home() / "rays" / f"{fleet.process.pid}.json"
+    assert recorded.exists(), "a serving `run` records its Ray under MODELFLEET_HOME/rays"
+    assert json.loads(recorded.read_text()) == json.loads(fleet_record(fleet, tmp_path).read_text())
 
 
 def test_status_finds_the_running_run_without_an_address(fleet: Fleet, tmp_path: Path) -> None:
-    env = _home_with(tmp_path, _fleet_record(fleet))
+    env = _home_with(tmp_path / "home", fleet_record(fleet, tmp_path))
     status = run_cli("status", "--json", env=env, timeout=120)
     assert status.returncode == 0, status.stderr
     assert {row["app"] for row in json.loads(status.stdout)} >= {"fleet"}
@@ -64,7 +63,7 @@ def test_a_record_left_by_a_dead_run_is_not_an_answer(tmp_path: Path) -> None:
     stale = tmp_path / "rays" / f"{dead.pid}.json"
     stale.write_text(
         json.dumps(
-            {"kind": "run", "name": "gone", "ray_address": "127.0.0.1:9", "url": "", "pid": dead.pid, "started": 1.0}
+            {"kind": "run", "name": "gone", "ray_address": "127.0.0.1:9", "url": "", "pid": dead.pid, "command": ["x"]}
         )
     )
     result = run_cli("status", env=_home_with(tmp_path), timeout=60)
@@ -73,12 +72,12 @@ def test_a_record_left_by_a_dead_run_is_not_an_answer(tmp_path: Path) -> None:
 
 
 def test_two_running_rays_are_named_not_guessed(fleet: Fleet, tmp_path: Path) -> None:
-    record = _fleet_record(fleet)
-    env = _home_with(tmp_path, record)
+    record = fleet_record(fleet, tmp_path)
+    env = _home_with(tmp_path / "home", record)
     twin = json.loads(record.read_text())
     me = psutil.Process()
-    twin.update(name="other", ray_address="127.0.0.1:1", pid=me.pid, started=me.create_time())
-    (tmp_path / "rays" / f"{me.pid}.json").write_text(json.dumps(twin))
+    twin.update(name="other", ray_address="127.0.0.1:1", pid=me.pid, command=me.cmdline())
+    (tmp_path / "home" / "rays" / f"{me.pid}.json").write_text(json.dumps(twin))
     result = run_cli("status", env=env, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "2 Rays run on this machine" in result.stderr and "'other' at 127.0.0.1:1" in result.stderr
@@ -109,7 +108,7 @@ def test_a_driver_stuck_in_ray_ends_on_the_first_signal(fleet: Fleet, sig: signa
 
 
 def test_connect_gives_a_driver_the_fleet_and_says_when_it_is_too_late(fleet: Fleet, tmp_path: Path) -> None:
-    env = {**_home_with(tmp_path, _fleet_record(fleet)), "PYTHONPATH": str(ROOT)}
+    env = {**_home_with(tmp_path / "home", fleet_record(fleet, tmp_path)), "PYTHONPATH": str(ROOT)}
     snippet = (
         "from serve_apps import connect\n"
         "connect()  # the `modelfleet run` on this machine\n"

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from groundwork import local_rays
 from tests.fixtures.fraud_app import APP as FRAUD_APP
-from tests.helpers import ADMIN_KEY, ROOT, Fleet, run_cli
+from tests.helpers import ADMIN_KEY, ROOT, Fleet, fleet_record, run_cli
 
 BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
 
@@ -91,10 +90,7 @@ def shell_env(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """curl with the session's admin key from its config file; `modelfleet` on PATH; only the fleet recorded."""
     home = tmp_path_factory.mktemp("readme")
     (home / ".curlrc").write_text(f'header = "Authorization: Bearer {ADMIN_KEY}"\n')
-    rays = home / "modelfleet" / "rays"
-    rays.mkdir(parents=True)
-    record = local_rays.modelfleet_home() / "rays" / f"{fleet.process.pid}.json"
-    (rays / record.name).write_text(record.read_text())
+    fleet_record(fleet, home / "modelfleet")  # the fleet, as its `run` records itself
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MODELFLEET_API_KEYS")}
     return {
         **env,
