@@ -185,6 +185,8 @@ class RayTarget:
         # False where no autoscaler can add a node (the Ray of a `modelfleet run`): an app that does not fit
         # fails at once rather than waiting out the timeout.
         self.can_add_nodes = can_add_nodes
+        # Where an app's ingress serves HTTP itself when the caller names no address (None: Serve's proxies).
+        self.default_listen: Listen | None = None
 
     @classmethod
     def connect(cls, address: str) -> RayTarget:
@@ -238,7 +240,7 @@ class RayTarget:
             if not self.can_add_nodes:
                 _check_room(spec, float(ray.available_resources().get("CPU", 0)))
         try:
-            _apply(spec, keys, gpus, listen or previous_listen)
+            _apply(spec, keys, gpus, listen or self.default_listen or previous_listen)
         except RayServeException as exc:
             holder = re.search(r'Prefix (\S+) is being used by application "([^"]+)"', str(exc))
             if holder is None:
@@ -309,7 +311,8 @@ def connect(address: str | None = None) -> RayTarget:
     (token auth, and for a loopback Ray the single-machine mode, without which the driver waits forever).
     """
     address = address or default_ray_address()
-    if "ray" in sys.modules and is_loopback(address) and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+    single_machine = all(os.environ.get(name) == value for name, value in LOOPBACK_ONLY_ENV.items())
+    if "ray" in sys.modules and is_loopback(address) and not single_machine:
         # Ray read its mode on import and would look for this Ray at the machine's other address, for ever.
         raise RuntimeError(
             "serve_apps.connect() must run before `import ray` (or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 first): "

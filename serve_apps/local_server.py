@@ -13,9 +13,7 @@ import psutil
 
 from groundwork.ray_env import secure_ray_token
 
-from .auth import KeyRing
-from .deploy import Listen, RayTarget, StatusCallback, prepare_ray_env
-from .spec import AppSpec
+from .deploy import RayTarget, prepare_ray_env
 
 __all__ = ["SERVE_SHUTDOWN_GRACE_S", "LocalServer"]
 
@@ -39,6 +37,7 @@ class LocalServer(RayTarget):
 
     def __post_init__(self) -> None:
         super().__init__(gpus_known=True, can_add_nodes=False)
+        self.default_listen = (self.host, self.port)  # the app `run` serves listens on its port itself
 
     def start(self, pools: Set[str] = frozenset()) -> None:
         """Start Ray; this one node advertises every pool in `pools`, so placement holds locally too."""
@@ -69,17 +68,6 @@ class LocalServer(RayTarget):
             # The controller's and proxies' notices (e.g. "Cannot deregister autoscaling state") stay in their logs.
             logging_config={"enable_access_log": False, "log_level": "ERROR"},
         )
-
-    def deploy(
-        self,
-        spec: AppSpec,
-        keys: KeyRing | None = None,
-        on_status: StatusCallback | None = None,
-        timeout_s: float = 600,
-        listen: Listen | None = None,
-    ) -> None:
-        """The app `run` serves: its ingress listens on host:port itself (unless told elsewhere)."""
-        super().deploy(spec, keys, on_status, timeout_s, listen=listen or (self.host, self.port))
 
     def ray_stopped(self) -> str | None:
         """Why this server's Ray is gone (its GCS or raylet exited), or None while both run."""
