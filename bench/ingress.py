@@ -56,7 +56,7 @@ class LoadResult:
     error: str | None = None
 
 
-def _modelfleet(name: str, spec: str) -> Target:
+def modelfleet_target(name: str, spec: str) -> Target:
     port = free_port()
     argv = [sys.executable, "-m", "modelfleet", "run", spec, "--host", "127.0.0.1", "--port", str(port)]
     return Target(name, argv, port)
@@ -102,9 +102,9 @@ def targets() -> list[Target]:
             env={"RAY_worker_niceness": "0"},
         ),
         # The echo costs less than a hop between processes: embedded in the ingress, as such a model should be.
-        _modelfleet(FLEET, "bench/echo_embedded.yaml"),
+        modelfleet_target(FLEET, "bench/echo_embedded.yaml"),
         # The same echo as a deployment of its own, one handle call away (what every non-embedded model pays).
-        _modelfleet(FLEET_HANDLE, "examples/echo/app.yaml"),
+        modelfleet_target(FLEET_HANDLE, "examples/echo/app.yaml"),
     ]
 
 
