@@ -7,6 +7,7 @@ BIN      := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 AZURITE  := .tools/azurite/node_modules/.bin/azurite-blob
 CHROMIUM := /usr/bin/chromium
+SSHD     := /usr/sbin/sshd
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DIGITS   := examples/digits/artifacts/digits/1/model.safetensors
 MINILM   := examples/embeddings/artifacts/all-MiniLM-L6-v2/config.json
@@ -53,6 +54,12 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
 	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)
 
+# Debian's sshd (and rsync, which Ray's launcher copies files with), for the on-prem test bed's hosts
+# (cluster/testbed.py, tests/test_testbed.py).
+$(SSHD):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server rsync >/dev/null \
+	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server rsync >/dev/null)
+
 # Style, lint and the rooms' layering (pyproject.toml's import-linter contracts): seconds, before the tests.
 lint: setup
 	$(BIN)/ruff format --check --quiet .
@@ -60,11 +67,11 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
-test: setup artifacts $(CHROMIUM) lint
+test: setup artifacts $(CHROMIUM) $(SSHD) lint
 	$(BIN)/pytest
 
 # The fast lane: everything but the tests marked slow (faults under load, local-sim clusters).
-test-fast: setup artifacts $(CHROMIUM) lint
+test-fast: setup artifacts $(CHROMIUM) $(SSHD) lint
 	$(BIN)/pytest -m "not slow"
 
 # Benchmarks with their baselines run side by side (minutes; not part of `make test`): see BENCHMARKS.md.

@@ -1,0 +1,296 @@
+"""An on-prem test bed on one machine: hosts that are network namespaces, each with sshd on its own address.
+
+Each host is what a cluster launcher needs from a real machine, and no more:
+- its own network: a namespace with one interface on a private bridge (10.213.<n>.0/24 by default) and a
+  loopback; the root namespace reaches every host through the bridge's address, and so do the hosts;
+- its own process table (a PID namespace, whose first process is its sshd): `ray stop` on one host ends
+  Ray processes by name and would otherwise end the other hosts' too; ending that first process ends
+  every process of the host at once, which is how a test loses a node;
+- its own /tmp, /dev/shm and home (a mount namespace with tmpfs over the first two and a folder of the bed
+  bind-mounted on the home): Ray keeps its sessions and object store there, and its launcher runs
+  `bash --login`, whose ~/.bashrc here puts this Python environment's `ray` first on the PATH;
+- sshd from Debian's openssh-server on the host's address, with keys generated for the bed.
+
+Traffic stays on this machine: the bridge has no uplink and no route leads off it. `down` removes every
+namespace, interface, process and key that `up` made; its state lives in one folder, so `down` works from
+another process too.
+
+    python -m cluster.testbed up [--hosts 3] [--folder DIR]   # prints the hosts and how to reach them
+    python -m cluster.testbed down [--folder DIR]
+
+Linux only, as root (namespaces, bridges and mounts need CAP_SYS_ADMIN and CAP_NET_ADMIN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SSHD = Path("/usr/sbin/sshd")
+# Where a host sees the bed's folder (keys, configs, homes): bound there in the host's own mount namespace only.
+BED_MOUNT = "/mnt"
+DEFAULT_FOLDER = Path("/tmp/modelfleet-testbed")
+SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+
+
+class TestbedError(RuntimeError):
+    """The bed could not be made (or unmade); the message says which step and why."""
+
+
+@dataclass
+class Host:
+    name: str  # also its network namespace's name
+    address: str
+    pid: int  # the host's first process (its sshd): ending it ends the host
+
+
+@dataclass
+class Testbed:
+    folder: str
+    bridge: str
+    gateway: str  # the bridge's address: the root namespace as the hosts see it
+    prefix: int
+    key: str  # the private key that logs in as root on every host
+    hosts: list[Host] = field(default_factory=list)
+
+    def ssh(self, host: Host, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run `command` on `host` through its sshd, as the cluster launcher does."""
+        argv = ["ssh", *SSH_OPTIONS, "-i", self.key, f"root@{host.address}", command]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+    def save(self) -> None:
+        (Path(self.folder) / "testbed.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Testbed | None:
+        path = folder / "testbed.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        raw["hosts"] = [Host(**h) for h in raw["hosts"]]
+        return cls(**raw)
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TestbedError(f"`{shlex.join(argv)}` failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def _sshd_config(folder: Path, address: str) -> Path:
+    """The host's sshd config, naming the bed's files where the host sees them (under BED_MOUNT)."""
+    config = folder / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress {address}",
+                "Port 22",
+                f"HostKey {BED_MOUNT}/host_key",
+                f"AuthorizedKeysFile {BED_MOUNT}/authorized_keys",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",  # the bed's folder is under /tmp
+                "PidFile none",
+                "AcceptEnv LANG",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+    )
+    return config
+
+
+def _home(folder: Path) -> Path:
+    """The host's home: `bash --login` there finds this environment's `ray` and Python first."""
+    home = folder / "home"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path_line = f'export PATH="{Path(sys.executable).parent}:$PATH"\n'
+    (home / ".bashrc").write_text(path_line)
+    (home / ".profile").write_text(path_line)
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    return home
+
+
+def _start_host(bed: Testbed, name: str, address: str) -> Host:
+    folder = Path(bed.folder) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    config, home = _sshd_config(folder, address), _home(folder)
+    # In the host's network namespace: new PID and mount namespaces; the bed's folder bound on BED_MOUNT before a
+    # private /tmp covers it (the bed may live under /tmp), a private /dev/shm, the host's home on /root; then
+    # sshd as the namespace's first process (exec), so that ending it ends every process of the host.
+    seen = f"{BED_MOUNT}/{name}"
+    inside = (
+        f"mount --bind {shlex.quote(bed.folder)} {BED_MOUNT} && "
+        "mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /dev/shm && "
+        f"mount --bind {seen}/{home.name} /root && "
+        f"exec {SSHD} -D -e -f {seen}/{config.name}"
+    )
+    log = (folder / "sshd.log").open("wb")
+    process = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--propagation",
+            "private",
+            "--mount-proc",
+            "sh",
+            "-c",
+            inside,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    return Host(name, address, process.pid)
+
+
+def _wait_for_ssh(bed: Testbed, host: Host, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        result = bed.ssh(host, "true", timeout=10)
+        if result.returncode == 0:
+            return
+        last = result.stderr.strip()
+        time.sleep(0.3)
+    log = Path(bed.folder) / host.name / "sshd.log"
+    raise TestbedError(f"{host.name} ({host.address}): ssh did not answer in {timeout_s:g}s ({last}); see {log}")
+
+
+def up(hosts: int = 3, folder: Path = DEFAULT_FOLDER, subnet: int = 213) -> Testbed:
+    """Make `hosts` hosts; returns the bed (also saved in `folder`). Refuses if a bed is already up there."""
+    if not SSHD.exists():
+        raise TestbedError(f"{SSHD} is missing: install Debian's openssh-server (`make test` does)")
+    if Testbed.load(folder) is not None:
+        raise TestbedError(f"a test bed is already up in {folder}; `python -m cluster.testbed down` it first")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    tag = f"mf{subnet}"
+    bed = Testbed(str(folder), f"{tag}br", f"10.{subnet}.0.1", 24, str(folder / "client_key"))
+    bed.save()  # from here on, `down` can undo what follows, even half-way
+    try:
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host_key"))
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", bed.key)
+        shutil.copy(bed.key + ".pub", folder / "authorized_keys")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        _run("ip", "link", "add", bed.bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{bed.gateway}/{bed.prefix}", "dev", bed.bridge)
+        _run("ip", "link", "set", bed.bridge, "up")
+        for i in range(hosts):
+            name, address = f"{tag}-host{i}", f"10.{subnet}.0.{10 + i}"
+            _run("ip", "netns", "add", name)
+            _run("ip", "link", "add", f"{tag}h{i}", "type", "veth", "peer", "name", f"{tag}h{i}p")
+            _run("ip", "link", "set", f"{tag}h{i}", "master", bed.bridge, "up")
+            _run("ip", "link", "set", f"{tag}h{i}p", "netns", name)
+            _run("ip", "-n", name, "link", "set", f"{tag}h{i}p", "name", "eth0")
+            _run("ip", "-n", name, "addr", "add", f"{address}/{bed.prefix}", "dev", "eth0")
+            _run("ip", "-n", name, "link", "set", "eth0", "up")
+            _run("ip", "-n", name, "link", "set", "lo", "up")
+            bed.hosts.append(_start_host(bed, name, address))
+            bed.save()
+        for host in bed.hosts:
+            _wait_for_ssh(bed, host)
+    except BaseException:
+        down(folder)
+        raise
+    return bed
+
+
+def lose(host: Host) -> None:
+    """Every process of `host` ends at once, as when a machine loses power: SIGKILL to its first process."""
+    try:
+        os.kill(host.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _pid_namespace_init(leader: int) -> int | None:
+    """`unshare --fork`'s child: the host's first process (its sshd), whose end ends the host."""
+    children = Path(f"/proc/{leader}/task/{leader}/children")
+    try:
+        return int(children.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def down(folder: Path = DEFAULT_FOLDER) -> list[str]:
+    """Undo `up`: every host's processes, namespaces and interfaces, the bridge, and the folder. Returns what
+    could not be removed (nothing, normally)."""
+    bed = Testbed.load(folder)
+    if bed is None:
+        return []
+    left = []
+    for host in bed.hosts:
+        init = _pid_namespace_init(host.pid)
+        for pid in (init, host.pid):
+            if pid is not None:
+                lose(Host(host.name, host.address, pid))
+        _reap(host.pid)
+    tag = bed.bridge.removesuffix("br")
+    for i, host in enumerate(bed.hosts):
+        for argv in (["ip", "link", "del", f"{tag}h{i}"], ["ip", "netns", "del", host.name]):
+            result = subprocess.run(argv, capture_output=True, text=True)
+            if result.returncode != 0 and "Cannot find" not in result.stderr and "No such" not in result.stderr:
+                left.append(f"{shlex.join(argv)}: {result.stderr.strip()}")
+    subprocess.run(["ip", "link", "del", bed.bridge], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return left
+
+
+def _reap(pid: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: wait for it to go
+            if not Path(f"/proc/{pid}").exists():
+                return
+            done = 0
+        if done:
+            return
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--hosts", type=int, default=3, help="How many hosts (up).")
+    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="Where the bed keeps its state.")
+    args = parser.parse_args()
+    try:
+        if args.action == "up":
+            bed = up(args.hosts, args.folder)
+            for host in bed.hosts:
+                print(f"{host.name}  {host.address}  ssh -i {bed.key} root@{host.address}")
+        else:
+            left = down(args.folder)
+            if left:
+                raise TestbedError("left behind: " + "; ".join(left))
+            print("test bed removed")
+    except TestbedError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
