@@ -25,7 +25,7 @@ from pathlib import Path
 from groundwork import local_rays
 from groundwork.local_rays import modelfleet_home
 from groundwork.processes import alive, free_port, stop_session
-from groundwork.ray_env import LOOPBACK_ONLY_ENV, secure_ray_token
+from groundwork.ray_env import LOOPBACK_ONLY_ENV, WHOLE_CLUSTER_STOPS_AT_ONCE, secure_ray_token
 from providers.compute import pool_resource
 
 from ._drivers import ANSWER
@@ -152,7 +152,7 @@ def up(spec: ClusterSpec, source: str) -> ClusterState:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=home,
-            env={**_ray_env(), "RAY_FAKE_CLUSTER": "1"},
+            env={**_ray_env(), "RAY_FAKE_CLUSTER": "1", **WHOLE_CLUSTER_STOPS_AT_ONCE},
             start_new_session=True,
         )
     state = ClusterState(

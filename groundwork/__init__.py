@@ -7,7 +7,7 @@ without reaching into another.
 
 from .net import is_loopback_host
 from .processes import alive, free_port, session_pids, session_processes, stop_process_tree, stop_session
-from .ray_env import LOOPBACK_ONLY_ENV, secure_ray_token, set_env_defaults
+from .ray_env import LOOPBACK_ONLY_ENV, WHOLE_CLUSTER_STOPS_AT_ONCE, secure_ray_token, set_env_defaults
 from .specs import SpecError, Strict, load_spec_file
 from .version import VERSION
 
@@ -15,6 +15,7 @@ __all__ = [
     "LOOPBACK_ONLY_ENV",
     "SpecError",
     "VERSION",
+    "WHOLE_CLUSTER_STOPS_AT_ONCE",
     "Strict",
     "alive",
     "free_port",

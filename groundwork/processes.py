@@ -103,10 +103,12 @@ def stop_process_tree(
     first: signal.Signals = signal.SIGINT,
     grace_s: float = 90,
     on_slow: Callable[[signal.Signals, float], None] | None = None,
+    stragglers_s: float = 10,
 ) -> list[psutil.Process]:
     """Stop `proc`, the leader of a session of its own, as its user would: `first` (Ctrl-C for `modelfleet run`),
     then SIGTERM and SIGKILL if it hangs, each after a wait (`on_slow` hears of each wait that ran out); then end
-    whatever of its session outlived it (Ray's workers exit a moment after their driver). Returns those."""
+    whatever of its session outlived it by `stragglers_s` (Ray's workers exit a moment after their driver), with
+    SIGTERM, then SIGKILL. Returns those."""
     tree = [p for p in session_processes(proc.pid) if p.pid != proc.pid]
     for sig, wait_s in ((first, grace_s), (signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
@@ -117,11 +119,11 @@ def stop_process_tree(
         except subprocess.TimeoutExpired:
             if on_slow is not None:
                 on_slow(sig, wait_s)
-    _, leftovers = psutil.wait_procs(tree, timeout=10)
+    _, leftovers = psutil.wait_procs(tree, timeout=stragglers_s)
     for straggler in leftovers:
         with contextlib.suppress(psutil.Error):
             straggler.terminate()
-    _, alive_ones = psutil.wait_procs(leftovers, timeout=5)
+    _, alive_ones = psutil.wait_procs(leftovers, timeout=min(5, stragglers_s))
     for straggler in alive_ones:
         with contextlib.suppress(psutil.Error):
             straggler.kill()

@@ -7,12 +7,17 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["LOOPBACK_ONLY_ENV", "secure_ray_token", "set_env_defaults"]
+__all__ = ["LOOPBACK_ONLY_ENV", "WHOLE_CLUSTER_STOPS_AT_ONCE", "secure_ray_token", "set_env_defaults"]
 
 # Ray's single-machine mode (named for laptops): the node's address is 127.0.0.1, so the GCS, raylet,
 # workers and agents listen on loopback only. Otherwise Ray swaps 127.0.0.1 for the machine's
 # reachable address and its gRPC servers listen on every interface.
 LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+# For a `ray start --block` head that is the whole cluster (local-sim, a test's head). On SIGTERM it drains
+# its node for up to 30 s, so that Serve can move replicas to other nodes; when every node stops together
+# there is nowhere to move them, and draining only made each stop wait out the 30 s while an app was deployed.
+WHOLE_CLUSTER_STOPS_AT_ONCE = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 
 def set_env_defaults(env: dict[str, str]) -> None:

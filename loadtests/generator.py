@@ -37,6 +37,9 @@ from .shapes import Stage
 
 __all__ = ["Progress", "RequestFailed", "collect_samples", "failure_kind", "generate", "user_classes"]
 
+# Ctrl-C arrives in gevent's hub, which prints "KeyboardInterrupt" and a timestamp before passing it to the
+# main greenlet; the command says "interrupted" itself. (It still reaches the main greenlet: SYSTEM_ERROR.)
+gevent.get_hub().NOT_ERROR += (KeyboardInterrupt,)
 logging.getLogger("locust").setLevel(logging.WARNING)  # its per-stage INFO lines would break the live progress line
 STOP_TIMEOUT_S = 5.0  # users finish the request in flight when a stage lowers the count or the run ends
 SAMPLES_KEY = "modelfleet_samples"

@@ -50,6 +50,9 @@ RAY_SERVE_SPEED_ENV = {
 # Progress bars from model libraries (transformers' "Loading weights") in replicas' output, which `run` shows.
 QUIET_CONSOLE_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 StatusCallback = Callable[[str, dict[str, str]], None]
+# The version being put back ran a moment ago: its replicas get this long to come back, however short the
+# timeout the new version was given (a rollback cut short by it would leave the app dark).
+ROLLBACK_TIMEOUT_S = 120.0
 # Replicas log model loads and errors (with request ids); per-request access logs would drown them.
 APP_LOGGING = {"enable_access_log": False, "log_level": "INFO"}
 
@@ -256,7 +259,7 @@ class RayTarget:
                 AppSpec.model_validate(previous["spec"]), KeyRing.from_hashes(previous["keys"]), gpus, previous_listen
             )
             try:
-                self._wait_running(spec.name, None, timeout_s)
+                self._wait_running(spec.name, None, max(timeout_s, ROLLBACK_TIMEOUT_S))
             except DeployFailed as again:
                 raise DeployFailed(f"{exc}; the rollback to the previous version failed too: {again}") from None
             raise DeployFailed(f"{exc}; rolled back to the previous version, which is serving") from None
@@ -354,6 +357,16 @@ def _join_ray(address: str) -> None:
     # Ray's notices to a driver (among them that this thread leaves SIGTERM alone, on purpose) are not news.
     logging.getLogger("ray").setLevel(logging.ERROR)
     ray.init(address=address, logging_level=logging.ERROR)
+    quiet_serve_driver_log()
+
+
+def quiet_serve_driver_log() -> None:
+    """Serve's INFO lines in a driver ("Started Serve in namespace", "Connecting to existing Serve app ...
+    New http_options/controller_options will not be applied") say nothing our own lines do not; warnings stay.
+    After `import ray.serve`, which sets its logger to INFO."""
+    from ray import serve  # noqa: F401
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def _in_own_thread(action: Callable[..., object], *args: object) -> None:

@@ -24,6 +24,7 @@ from ray import serve
 
 from providers.storage import ArtifactNotFound, fetch
 
+from ._replica_console import keep_serve_internals_off_the_console
 from .loaders import Model, load_model, pick_device, runs_inline
 from .request_error import RequestError
 from .spec import ModelSpec
@@ -70,6 +71,7 @@ class ModelDeployment:
     """A replica of one model (or one multiplexed family). Built from the model's spec as a plain dict."""
 
     def __init__(self, model_spec: dict):
+        keep_serve_internals_off_the_console()
         self.spec = ModelSpec.model_validate(model_spec)
         self.device = pick_device(self.spec.resources.num_gpus)
         batching = self.spec.batching

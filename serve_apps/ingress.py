@@ -45,6 +45,7 @@ from ._http import (
 )
 from ._ingress_metrics import IngressMetrics
 from ._model_ids import family_and_id, model_id_of
+from ._replica_console import keep_serve_internals_off_the_console
 from .auth import ApiKey, KeyRing
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
@@ -72,6 +73,7 @@ class Ingress:
         keys: list[dict] | None = None,
         listen: dict | None = None,
     ):
+        keep_serve_internals_off_the_console()
         self.app_spec = AppSpec.model_validate(app_spec)
         self.keys = KeyRing.from_hashes(keys)
         self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app_spec.models}

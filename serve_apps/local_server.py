@@ -13,7 +13,7 @@ import psutil
 
 from groundwork.ray_env import secure_ray_token
 
-from .deploy import RayTarget, prepare_ray_env
+from .deploy import RayTarget, prepare_ray_env, quiet_serve_driver_log
 
 __all__ = ["SERVE_SHUTDOWN_GRACE_S", "LocalServer"]
 
@@ -62,6 +62,7 @@ class LocalServer(RayTarget):
         )
         secure_ray_token()  # the token ray.init generated, if it did
         self._core = _core_processes()
+        quiet_serve_driver_log()
         serve.start(
             proxy_location="HeadOnly",
             http_options={"host": self.host, "port": self.proxy_port},

@@ -7,18 +7,22 @@ and, for the acceptance commands, on an embedded Ray of their own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -462,6 +466,76 @@ def test_a_server_stopped_mid_run_is_failures_not_faster_answers(tmp_path: Path)
     assert f"{summary['failures']} failed (" in stdout and "connection refused: " in stdout
 
 
+def _interrupt(cli: subprocess.Popen, started: Callable[[], bool]) -> tuple[int, str, list[psutil.Process]]:
+    """Ctrl-C to `cli` once `started()` holds: its exit code, its stderr and what it had started by then."""
+    try:
+        deadline = time.monotonic() + 120
+        while not started() and cli.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cli.poll() is None, "the command ended before it could be interrupted"
+        children = psutil.Process(cli.pid).children(recursive=True)
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=120)  # bounds a hang; the stop itself is quick
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    return cli.returncode, stderr, children
+
+
+def _left_running(processes: list[psutil.Process]) -> list[str]:
+    gone, alive = psutil.wait_procs(processes, timeout=10)
+    return [" ".join(p.cmdline()[:4]) for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"]], ids=["local", "worker-processes"])
+def test_ctrl_c_ends_a_loadtest_with_130_and_leaves_no_generator_running(tmp_path: Path, extra: list[str]) -> None:
+    server = _CountingServer(free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v2/models/echo/infer"
+    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", *_loadtest_url(url, tmp_path, "--users", "4", "--duration", "5m", *extra)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        code, stderr, started = _interrupt(cli, lambda: server.answered >= 50)  # well into the run
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 130, stderr
+    assert stderr.strip() == "interrupted; the load generator is stopped", stderr  # no traceback, no gevent notice
+    assert _left_running(started) == []
+    assert not (tmp_path / "out" / "summary.json").exists(), "an interrupted run writes no report"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_app_under_test_starts_stops_it_and_exits_130(tmp_path: Path) -> None:
+    """`loadtest APP.yaml` starts `run`; Ctrl-C while its Ray comes up stops that Ray too, whatever its state."""
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", "loadtest", "examples/echo/app.yaml", "--report", str(tmp_path / "out")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def ray_started() -> bool:
+        with contextlib.suppress(psutil.Error):  # a process may end between listing and naming it
+            return any(p.name() == "raylet" for p in psutil.Process(cli.pid).children(recursive=True))
+        return False
+
+    code, stderr, started = _interrupt(cli, ray_started)
+    assert code == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted; the app and the load generator are stopped", stderr
+    assert "Traceback" not in stderr
+    assert _left_running(started) == [], "nothing of the app's Ray is left"
+
+
 @pytest.mark.slow
 def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
     """The acceptance command: starts digits on its own embedded Ray, measures, stops it, writes the report."""
@@ -500,7 +574,7 @@ def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, brow
         "--users",
         "16",
         "--trial-duration",
-        "8s",
+        "5s",
         timeout=800,
     )
     assert result.returncode == 0, result.stdout + result.stderr

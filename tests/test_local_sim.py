@@ -1,8 +1,8 @@
 """`modelfleet cluster up|status|down` on local-sim: a real Ray head with Ray's fake_multinode autoscaler.
 
-A GPU-pool task makes the autoscaler add a simulated GPU node, which goes away
-after the idle timeout; `down` leaves no process of the cluster behind. The
-cluster runs in its own session (the session's fleet Ray is untouched).
+An app with a GPU-pool model makes the autoscaler add a simulated GPU node, which
+goes away after the idle timeout once the app is removed; `down` leaves no process
+of the cluster behind. The cluster runs in its own session.
 """
 
 from __future__ import annotations
@@ -19,14 +19,6 @@ import yaml
 from groundwork.processes import session_pids
 from loadtests.chaos import BackgroundLoad, kill_node, replaced_elsewhere, replica_nodes
 from tests.helpers import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
-
-GPU_TASK = """
-@ray.remote(num_cpus=1, num_gpus=1, resources={"pool:gpu": 0.001})
-def where():
-    return ray.get_runtime_context().get_node_id()
-head = ray.get_runtime_context().get_node_id()
-print(json.dumps({"ran_on": ray.get(where.remote(), timeout=150), "head": head}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -63,29 +55,6 @@ def _status(path: Path, env: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_a_gpu_pool_node_is_added_on_demand_and_removed_when_idle(cluster) -> None:
-    path, env, state = cluster
-    before = _status(path, env)
-    assert before["address"] == state["address"] and before["serve_url"].startswith("http://127.0.0.1:")
-    assert before["pools"]["gpu"]["nodes"] == 0 and before["pools"]["cpu"]["nodes"] == 0  # min_workers 0
-
-    ran = ray_driver(state["address"], "import json\n" + GPU_TASK, timeout=240)
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    placed = _last_json(ran.stdout)
-    assert placed["ran_on"] != placed["head"]  # the head has no GPU: a new node of the gpu pool ran it
-
-    during = _status(path, env)
-    assert during["pools"]["gpu"]["nodes"] == 1 and during["pools"]["gpu"]["gpus"] == 1
-    # The head, its simulated nodes and every Ray process they run listen on loopback only.
-    assert listening_addresses(state["pid"]) and not_on_loopback(state["pid"]) == set()
-
-    def released() -> bool:
-        return _status(path, env)["pools"]["gpu"]["nodes"] == 0
-
-    wait_until(released, 180, "the idle gpu node to be removed", None, Path(state["log"]))
-
-
-@pytest.mark.slow
 def test_up_twice_is_refused_while_it_runs(cluster) -> None:
     path, env, _ = cluster
     again = run_cli("cluster", "up", str(path), env=env, timeout=120)
@@ -102,12 +71,16 @@ print(json.dumps({"gpu_nodes": gpu_nodes, "replicas": replicas}))
 
 
 @pytest.mark.slow
-def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
-    """examples/fraud as is: scorer_mlp asks for the gpu pool and a GPU, so the autoscaler adds a gpu node for it."""
+def test_fraud_gets_a_gpu_node_for_its_gpu_scorer_which_goes_once_idle(cluster) -> None:
+    """examples/fraud as is: scorer_mlp asks for the gpu pool and a GPU, so the autoscaler adds a gpu node for it
+    (the head has none); once fraud is removed, the idle node goes."""
     from examples.fraud.data import generate
     from tests.test_fraud import _outputs, _v2
 
     path, env, state = cluster
+    before = _status(path, env)
+    assert before["address"] == state["address"] and before["serve_url"].startswith("http://127.0.0.1:")
+    assert before["pools"]["gpu"]["nodes"] == 0 and before["pools"]["cpu"]["nodes"] == 0  # min_workers 0
     started = time.monotonic()
     deploy = run_cli(
         "deploy",
@@ -133,13 +106,16 @@ def test_fraud_deploys_its_gpu_scorer_onto_a_new_gpu_node(cluster) -> None:
     assert placed.returncode == 0, placed.stderr[-3000:]
     where = _last_json(placed.stdout)
     assert where["replicas"]["ServeReplica:fraud:scorer_mlp"] in where["gpu_nodes"], where
-    assert _status(path, env)["pools"]["gpu"]["nodes"] == 1
+    during = _status(path, env)
+    assert during["pools"]["gpu"]["nodes"] == 1 and during["pools"]["gpu"]["gpus"] == 1
+    # The head, its simulated nodes and every Ray process they run listen on loopback only.
+    assert listening_addresses(state["pid"]) and not_on_loopback(state["pid"]) == set()
 
     delete_app(state["address"], "fraud")
     wait_until(
         lambda: _status(path, env)["pools"]["gpu"]["nodes"] == 0,
         180,
-        "the gpu node to go once fraud is removed",
+        "the idle gpu node to go once fraud is removed",
         None,
         Path(state["log"]),
     )

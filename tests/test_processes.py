@@ -25,7 +25,9 @@ def test_a_stubborn_leader_and_its_straggler_are_stopped() -> None:
     )
     assert leader.stdout is not None and leader.stdout.readline().strip() == "ready"
     slow = []
-    leftovers = stop_process_tree(leader, signal.SIGINT, grace_s=1, on_slow=lambda sig, s: slow.append(sig))
+    leftovers = stop_process_tree(
+        leader, signal.SIGINT, grace_s=1, on_slow=lambda sig, s: slow.append(sig), stragglers_s=1
+    )
     assert slow == [signal.SIGINT]  # Ctrl-C was ignored; SIGTERM ended the leader
     assert leader.returncode == -signal.SIGTERM
     assert len(leftovers) == 1, leftovers  # the child that ignores SIGTERM outlived its leader: it got SIGKILL

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from groundwork.processes import stop_process_tree
-from groundwork.ray_env import LOOPBACK_ONLY_ENV
+from groundwork.ray_env import LOOPBACK_ONLY_ENV, WHOLE_CLUSTER_STOPS_AT_ONCE
 from tests.helpers import ROOT, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow  # a Ray head of its own: `make test-fast` leaves it out
@@ -43,7 +43,13 @@ def head(tmp_path_factory) -> Head:
     log = tmp / "ray-start.log"
     ray = Path(sys.executable).parent / "ray"
     # Loopback only, as every local Ray of ours.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **LOOPBACK_ONLY_ENV,
+        **WHOLE_CLUSTER_STOPS_AT_ONCE,  # this head is the whole cluster
+    }
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

@@ -64,9 +64,10 @@ def _app_under_test(spec_name: str, spec_path: Path, log_dir: Path):
             app_process.stop()
 
 
-def _interrupted() -> None:
+def _interrupted(app_started: bool = True) -> None:
     """Ctrl-C: everything started here has been stopped on the way out (the `finally`s); no report."""
-    err.print("\ninterrupted; the app and the load generator are stopped")
+    what = "the app and the load generator are" if app_started else "the load generator is"
+    err.print(f"\ninterrupted; {what} stopped")
     raise typer.Exit(130)
 
 
@@ -229,7 +230,7 @@ def loadtest(
     except RuntimeError as exc:  # Locust workers that never connected
         failed(str(exc))
     except KeyboardInterrupt:
-        _interrupted()
+        _interrupted(app_started=spec is not None)
     _print_run(record)
     if report is not None:
         from loadtests.report import write_run_report
