@@ -6,9 +6,11 @@ Each host is what a cluster launcher needs from a real machine, and no more:
 - its own process table (a PID namespace, whose first process is its sshd): `ray stop` on one host ends
   Ray processes by name and would otherwise end the other hosts' too; ending that first process ends
   every process of the host at once, which is how a test loses a node;
-- its own /tmp, /dev/shm and home (a mount namespace with tmpfs over the first two and a folder of the bed
-  bind-mounted on the home): Ray keeps its sessions and object store there, and its launcher runs
-  `bash --login`, whose ~/.bashrc here puts this Python environment's `ray` first on the PATH;
+- its own Ray temporary folder, shared memory and home (a mount namespace with tmpfs over /tmp/ray and
+  /dev/shm, and a folder of the bed bind-mounted on the home): Ray keeps its sessions, sockets and object
+  store there, and its launcher runs `bash --login`, whose ~/.bashrc here puts this Python environment's
+  `ray` first on the PATH. The rest of the file system is the machine's, /tmp included: this environment,
+  the project and the bed's own files may live under /tmp (a CI clone does) and every host must see them;
 - sshd from Debian's openssh-server on the host's address, with keys generated for the bed.
 
 Traffic stays on this machine: the bridge has no uplink and no route leads off it. `down` removes every
@@ -36,8 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
-# Where a host sees the bed's folder (keys, configs, homes): bound there in the host's own mount namespace only.
-BED_MOUNT = "/mnt"
+RAY_TEMP = Path("/tmp/ray")  # Ray's default temporary folder: private to each host
 DEFAULT_FOLDER = Path("/tmp/modelfleet-testbed")
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
 
@@ -87,15 +88,14 @@ def _run(*argv: str) -> None:
 
 
 def _sshd_config(folder: Path, address: str) -> Path:
-    """The host's sshd config, naming the bed's files where the host sees them (under BED_MOUNT)."""
     config = folder / "sshd_config"
     config.write_text(
         "\n".join(
             [
                 f"ListenAddress {address}",
                 "Port 22",
-                f"HostKey {BED_MOUNT}/host_key",
-                f"AuthorizedKeysFile {BED_MOUNT}/authorized_keys",
+                f"HostKey {folder.parent / 'host_key'}",
+                f"AuthorizedKeysFile {folder.parent / 'authorized_keys'}",
                 "PermitRootLogin prohibit-password",
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
@@ -126,15 +126,13 @@ def _start_host(bed: Testbed, name: str, address: str) -> Host:
     folder = Path(bed.folder) / name
     folder.mkdir(parents=True, exist_ok=True)
     config, home = _sshd_config(folder, address), _home(folder)
-    # In the host's network namespace: new PID and mount namespaces; the bed's folder bound on BED_MOUNT before a
-    # private /tmp covers it (the bed may live under /tmp), a private /dev/shm, the host's home on /root; then
-    # sshd as the namespace's first process (exec), so that ending it ends every process of the host.
-    seen = f"{BED_MOUNT}/{name}"
+    # In the host's network namespace: new PID and mount namespaces; private Ray temporary folder and shared
+    # memory, the host's home on /root; then sshd as the namespace's first process (exec), so that ending it ends
+    # every process of the host.
     inside = (
-        f"mount --bind {shlex.quote(bed.folder)} {BED_MOUNT} && "
-        "mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /dev/shm && "
-        f"mount --bind {seen}/{home.name} /root && "
-        f"exec {SSHD} -D -e -f {seen}/{config.name}"
+        f"mount -t tmpfs -o mode=1777 tmpfs {RAY_TEMP} && mount -t tmpfs -o mode=1777 tmpfs /dev/shm && "
+        f"mount --bind {shlex.quote(str(home))} /root && "
+        f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
     )
     log = (folder / "sshd.log").open("wb")
     process = subprocess.Popen(
@@ -193,6 +191,7 @@ def up(hosts: int = 3, folder: Path = DEFAULT_FOLDER, subnet: int = 213) -> Test
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", bed.key)
         shutil.copy(bed.key + ".pub", folder / "authorized_keys")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        RAY_TEMP.mkdir(mode=0o1777, exist_ok=True)  # the mount point of each host's own
         _run("ip", "link", "add", bed.bridge, "type", "bridge")
         _run("ip", "addr", "add", f"{bed.gateway}/{bed.prefix}", "dev", bed.bridge)
         _run("ip", "link", "set", bed.bridge, "up")

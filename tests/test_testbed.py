@@ -1,4 +1,5 @@
-"""cluster.testbed: hosts that are network namespaces with sshd, each with its own address, processes and /tmp.
+"""cluster.testbed: hosts that are network namespaces with sshd, each with its own address, processes and Ray
+temporary folder.
 
 What a cluster launcher and Ray need from separate machines, checked host by host over SSH as the launcher
 reaches them; losing a host ends every process of it; `down` leaves nothing behind.
@@ -50,14 +51,14 @@ def test_hosts_are_apart_reachable_over_ssh_and_gone_after_down(tmp_path: Path) 
             # Its own process table, whose first process is its sshd; not the machine's.
             assert _ok(bed.ssh(host, "cat /proc/1/comm")) == "sshd"
             assert int(_ok(bed.ssh(host, "ls /proc | grep -c '^[0-9]'"))) < 20
-            # Its own /tmp: what one host writes there, no other host (nor this machine) sees.
-            _ok(bed.ssh(host, f"echo {host.name} > /tmp/whoami"))
+            # Its own Ray temporary folder: what one host writes there, no other host (nor this machine) sees.
+            _ok(bed.ssh(host, f"echo {host.name} > /tmp/ray/whoami"))
             # A login shell finds this environment's Ray, as Ray's launcher (`bash --login -c`) needs.
             ray = Path(sys.executable).parent / "ray"
             assert _ok(bed.ssh(host, "bash --login -c 'command -v ray'")) == str(ray)
         for host in bed.hosts:
-            assert _ok(bed.ssh(host, "cat /tmp/whoami")) == host.name
-        assert not Path("/tmp/whoami").exists() or Path("/tmp/whoami").read_text().strip() not in addresses
+            assert _ok(bed.ssh(host, "cat /tmp/ray/whoami")) == host.name
+        assert not Path("/tmp/ray/whoami").exists(), "a host wrote into this machine's /tmp/ray"
         # Hosts reach each other at their addresses, and this machine at the bridge's.
         first, second = bed.hosts[0], bed.hosts[1]
         _ok(bed.ssh(first, f"bash -c 'exec 3<>/dev/tcp/{second.address}/22 && head -c 7 <&3'"))
