@@ -17,6 +17,10 @@ PORT     ?= 8000
 
 export HF_HUB_OFFLINE := 1
 
+# Debian packages: install, and if the package lists are stale or missing, update them and try again.
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+apt_install = $(APT_GET) install -y -q $(1) >/dev/null || ($(APT_GET) update -q >/dev/null && $(APT_GET) install -y -q $(1) >/dev/null)
+
 .PHONY: setup artifacts demo lint test test-fast bench clean
 
 setup: $(INSTALLED) $(AZURITE)
@@ -51,14 +55,12 @@ demo: setup artifacts
 
 # Debian's Chromium, to check the load-test reports in a real browser (tests/test_report.py).
 $(CHROMIUM):
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)
+	$(call apt_install,chromium)
 
 # Debian's sshd (and rsync, which Ray's launcher copies files with), for the on-prem test bed's hosts
 # (cluster/testbed.py, tests/test_testbed.py).
 $(SSHD):
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server rsync >/dev/null \
-	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server rsync >/dev/null)
+	$(call apt_install,--no-install-recommends openssh-server rsync)
 
 # Style, lint and the rooms' layering (pyproject.toml's import-linter contracts): seconds, before the tests.
 lint: setup

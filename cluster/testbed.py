@@ -26,16 +26,18 @@ Linux only, as root (namespaces, bridges and mounts need CAP_SYS_ADMIN and CAP_N
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import psutil
 
 SSHD = Path("/usr/sbin/sshd")
 RAY_TEMP = Path("/tmp/ray")  # Ray's default temporary folder: private to each host
@@ -57,11 +59,19 @@ class Host:
 @dataclass
 class Testbed:
     folder: str
-    bridge: str
+    tag: str  # names the bed's bridge, veths and namespaces: mf<subnet>
     gateway: str  # the bridge's address: the root namespace as the hosts see it
     prefix: int
     key: str  # the private key that logs in as root on every host
     hosts: list[Host] = field(default_factory=list)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.tag}br"
+
+    def veth(self, i: int) -> str:
+        """Host i's interface in the root namespace (on the bridge); its peer, inside the host, becomes eth0."""
+        return f"{self.tag}h{i}"
 
     def ssh(self, host: Host, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `command` on `host` through its sshd, as the cluster launcher does."""
@@ -183,8 +193,7 @@ def up(hosts: int = 3, folder: Path = DEFAULT_FOLDER, subnet: int = 213) -> Test
         raise TestbedError(f"a test bed is already up in {folder}; `python -m cluster.testbed down` it first")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    tag = f"mf{subnet}"
-    bed = Testbed(str(folder), f"{tag}br", f"10.{subnet}.0.1", 24, str(folder / "client_key"))
+    bed = Testbed(str(folder), f"mf{subnet}", f"10.{subnet}.0.1", 24, str(folder / "client_key"))
     bed.save()  # from here on, `down` can undo what follows, even half-way
     try:
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host_key"))
@@ -196,12 +205,12 @@ def up(hosts: int = 3, folder: Path = DEFAULT_FOLDER, subnet: int = 213) -> Test
         _run("ip", "addr", "add", f"{bed.gateway}/{bed.prefix}", "dev", bed.bridge)
         _run("ip", "link", "set", bed.bridge, "up")
         for i in range(hosts):
-            name, address = f"{tag}-host{i}", f"10.{subnet}.0.{10 + i}"
+            name, address, veth = f"{bed.tag}-host{i}", f"10.{subnet}.0.{10 + i}", bed.veth(i)
             _run("ip", "netns", "add", name)
-            _run("ip", "link", "add", f"{tag}h{i}", "type", "veth", "peer", "name", f"{tag}h{i}p")
-            _run("ip", "link", "set", f"{tag}h{i}", "master", bed.bridge, "up")
-            _run("ip", "link", "set", f"{tag}h{i}p", "netns", name)
-            _run("ip", "-n", name, "link", "set", f"{tag}h{i}p", "name", "eth0")
+            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
+            _run("ip", "link", "set", veth, "master", bed.bridge, "up")
+            _run("ip", "link", "set", f"{veth}p", "netns", name)
+            _run("ip", "-n", name, "link", "set", f"{veth}p", "name", "eth0")
             _run("ip", "-n", name, "addr", "add", f"{address}/{bed.prefix}", "dev", "eth0")
             _run("ip", "-n", name, "link", "set", "eth0", "up")
             _run("ip", "-n", name, "link", "set", "lo", "up")
@@ -215,21 +224,26 @@ def up(hosts: int = 3, folder: Path = DEFAULT_FOLDER, subnet: int = 213) -> Test
     return bed
 
 
-def lose(host: Host) -> None:
-    """Every process of `host` ends at once, as when a machine loses power: SIGKILL to its first process."""
-    try:
-        os.kill(host.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def lose(host: Host, wait_s: float = 0) -> None:
+    """Every process of `host` ends at once, as when a machine loses power: SIGKILL to its `unshare`, whose
+    child (the namespace's first process, its sshd) `--kill-child` ends with it, and the kernel every other
+    process of the namespace. Waits up to `wait_s` for the `unshare` to be gone (and reaps it if ours)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        leader = psutil.Process(host.pid)
+        leader.kill()
+        with contextlib.suppress(psutil.TimeoutExpired):
+            leader.wait(wait_s)
 
 
-def _pid_namespace_init(leader: int) -> int | None:
-    """`unshare --fork`'s child: the host's first process (its sshd), whose end ends the host."""
-    children = Path(f"/proc/{leader}/task/{leader}/children")
-    try:
-        return int(children.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+def _processes_in(host: Host, wait_s: float) -> list[int]:
+    """The pids still in the host's network namespace after up to `wait_s` (none once the host is gone)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        listed = subprocess.run(["ip", "netns", "pids", host.name], capture_output=True, text=True).stdout
+        pids = [int(p) for p in listed.split()]
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
 
 
 def down(folder: Path = DEFAULT_FOLDER) -> list[str]:
@@ -240,34 +254,18 @@ def down(folder: Path = DEFAULT_FOLDER) -> list[str]:
         return []
     left = []
     for host in bed.hosts:
-        init = _pid_namespace_init(host.pid)
-        for pid in (init, host.pid):
-            if pid is not None:
-                lose(Host(host.name, host.address, pid))
-        _reap(host.pid)
-    tag = bed.bridge.removesuffix("br")
+        lose(host, wait_s=10)
+    for host in bed.hosts:  # the kernel ends the rest of each host a moment after its first process
+        if still := _processes_in(host, wait_s=10):
+            left.append(f"{host.name}: processes {still} outlived it")
     for i, host in enumerate(bed.hosts):
-        for argv in (["ip", "link", "del", f"{tag}h{i}"], ["ip", "netns", "del", host.name]):
+        for argv in (["ip", "link", "del", bed.veth(i)], ["ip", "netns", "del", host.name]):
             result = subprocess.run(argv, capture_output=True, text=True)
             if result.returncode != 0 and "Cannot find" not in result.stderr and "No such" not in result.stderr:
                 left.append(f"{shlex.join(argv)}: {result.stderr.strip()}")
     subprocess.run(["ip", "link", "del", bed.bridge], capture_output=True)
     shutil.rmtree(folder, ignore_errors=True)
     return left
-
-
-def _reap(pid: int, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child: wait for it to go
-            if not Path(f"/proc/{pid}").exists():
-                return
-            done = 0
-        if done:
-            return
-        time.sleep(0.1)
 
 
 def main() -> None:

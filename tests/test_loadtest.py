@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -423,6 +423,21 @@ class _CountingServer(ThreadingHTTPServer):
             self.answered += 1
 
 
+def _cli_process(*args: str, keep_stdout: bool = True, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """`modelfleet ARGS` started from the repository, stderr piped (stdout too, unless not kept); by default
+    without the session's API keys in its environment."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_server_stopped_mid_run_is_failures_not_faster_answers(tmp_path: Path) -> None:
     """A server that answers in 20 ms, then stops: the refusals after it stopped neither add req/s nor pull the
     percentiles below 20 ms; they are counted apart, by kind, and the command exits 3."""
@@ -430,15 +445,7 @@ def test_a_server_stopped_mid_run_is_failures_not_faster_answers(tmp_path: Path)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/v2/models/echo/infer"
     args = _loadtest_url(url, tmp_path, "--users", "2", "--duration", "3s", "--shape", "step")
-    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "modelfleet", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cli = _cli_process(*args)
     try:
         try:
             deadline = time.monotonic() + 60
@@ -493,15 +500,7 @@ def test_ctrl_c_ends_a_loadtest_with_130_and_leaves_no_generator_running(tmp_pat
     server = _CountingServer(free_port())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/v2/models/echo/infer"
-    env = {k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "modelfleet", *_loadtest_url(url, tmp_path, "--users", "4", "--duration", "5m", *extra)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cli = _cli_process(*_loadtest_url(url, tmp_path, "--users", "4", "--duration", "5m", *extra), keep_stdout=False)
     try:
         code, stderr, started = _interrupt(cli, lambda: server.answered >= 50)  # well into the run
     finally:
@@ -516,12 +515,8 @@ def test_ctrl_c_ends_a_loadtest_with_130_and_leaves_no_generator_running(tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_while_the_app_under_test_starts_stops_it_and_exits_130(tmp_path: Path) -> None:
     """`loadtest APP.yaml` starts `run`; Ctrl-C while its Ray comes up stops that Ray too, whatever its state."""
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "modelfleet", "loadtest", "examples/echo/app.yaml", "--report", str(tmp_path / "out")],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    cli = _cli_process(
+        "loadtest", "examples/echo/app.yaml", "--report", str(tmp_path / "out"), keep_stdout=False, env=os.environ
     )
 
     def ray_started() -> bool:

@@ -34,9 +34,8 @@ def _ok(result: subprocess.CompletedProcess[str]) -> str:
 def _leftovers(bed: testbed.Testbed) -> list[str]:
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    tag = bed.bridge.removesuffix("br")
     found = [h.name for h in bed.hosts if h.name in names]
-    found += [line.split(":")[1].strip() for line in links.splitlines() if f" {tag}" in line]
+    found += [line.split(":")[1].strip() for line in links.splitlines() if f" {bed.tag}" in line]
     found += [str(h.pid) for h in bed.hosts if Path(f"/proc/{h.pid}").exists()]
     return found + ([bed.folder] if Path(bed.folder).exists() else [])
 
