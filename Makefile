@@ -13,6 +13,9 @@ DIGITS   := examples/digits/artifacts/digits/1/model.safetensors
 MINILM   := examples/embeddings/artifacts/all-MiniLM-L6-v2/config.json
 FRAUD    := examples/fraud/artifacts/metrics.json
 HOST     ?= 127.0.0.1
+# Two pytest workers: one runs every test that uses a Ray (one Ray at a time), the other the Ray-free tests
+# (tests/conftest.py groups them).
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
 PORT     ?= 8000
 
 export HF_HUB_OFFLINE := 1
@@ -70,11 +73,11 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup artifacts $(CHROMIUM) $(SSHD) lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS)
 
 # The fast lane: everything but the tests marked slow (faults under load, local-sim clusters).
 test-fast: setup artifacts $(CHROMIUM) $(SSHD) lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest $(PYTEST_WORKERS) -m "not slow"
 
 # Benchmarks with their baselines run side by side (minutes; not part of `make test`): see BENCHMARKS.md.
 bench: setup artifacts

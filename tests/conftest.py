@@ -35,14 +35,25 @@ from tests.helpers import (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests without the session's fleet first, in their usual order, then those with it.
+def _uses_ray(item: pytest.Item) -> bool:
+    return "fleet" in getattr(item, "fixturenames", ()) or item.get_closest_marker("own_ray") is not None
 
-    The fleet's Ray starts with the first test that needs it and runs to the end; the tests that start a Ray
-    of their own (local-sim, a `ray start` head, loadtest and tune of a spec) then never share the two cores
-    with it, which made each of them up to half again as slow.
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks this adds
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses a Ray goes to one pytest-xdist group, and runs in this order: those that start a Ray
+    of their own, then those that use the session's fleet.
+
+    With `-n 2 --dist loadgroup` (`make test`), one worker runs that group while the other runs the Ray-free tests
+    (a sixth of the suite's time, mostly CPU) as the Ray tests wait on Ray. One Ray at a time still holds: the
+    fleet's Ray starts with the first test that needs it and runs to the end, so the tests that start a Ray of their
+    own (local-sim, a `ray start` head, loadtest and tune of a spec) never share the two cores with it, which made
+    each of them up to half again as slow.
     """
-    items.sort(key=lambda item: "fleet" in getattr(item, "fixturenames", ()))
+    for item in items:
+        if _uses_ray(item):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+    items.sort(key=lambda item: (_uses_ray(item), "fleet" in getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(scope="session", autouse=True)

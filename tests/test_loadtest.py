@@ -513,6 +513,7 @@ def test_ctrl_c_ends_a_loadtest_with_130_and_leaves_no_generator_running(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_ctrl_c_while_the_app_under_test_starts_stops_it_and_exits_130(tmp_path: Path) -> None:
     """`loadtest APP.yaml` starts `run`; Ctrl-C while its Ray comes up stops that Ray too, whatever its state."""
     cli = _cli_process(
@@ -532,6 +533,7 @@ def test_ctrl_c_while_the_app_under_test_starts_stops_it_and_exits_130(tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
     """The acceptance command: starts digits on its own embedded Ray, measures, stops it, writes the report."""
     out = tmp_path / "out"
@@ -555,6 +557,7 @@ def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, browser) -> None:
     out = tmp_path / "out"
     result = run_cli(

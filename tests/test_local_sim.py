@@ -55,6 +55,7 @@ def _status(path: Path, env: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_up_twice_is_refused_while_it_runs(cluster) -> None:
     path, env, _ = cluster
     again = run_cli("cluster", "up", str(path), env=env, timeout=120)
@@ -71,6 +72,7 @@ print(json.dumps({"gpu_nodes": gpu_nodes, "replicas": replicas}))
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_fraud_gets_a_gpu_node_for_its_gpu_scorer_which_goes_once_idle(cluster) -> None:
     """examples/fraud as is: scorer_mlp asks for the gpu pool and a GPU, so the autoscaler adds a gpu node for it
     (the head has none); once fraud is removed, the idle node goes."""
@@ -126,6 +128,7 @@ ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_elsewhere(cluster, tmp_path: Path) -> None:
     """Two echo replicas, one per node of the cpu pool, under load; one node loses every process at once.
 

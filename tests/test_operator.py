@@ -126,6 +126,7 @@ def test_connect_gives_a_driver_the_fleet_and_says_when_it_is_too_late(fleet: Fl
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_run_exits_with_one_line_when_its_ray_dies(tmp_path: Path) -> None:
     with AppProcess(ECHO_SPEC, tmp_path / "run.log") as app:
         assert app.proc is not None

@@ -23,7 +23,7 @@ from groundwork.processes import stop_process_tree
 from groundwork.ray_env import LOOPBACK_ONLY_ENV, WHOLE_CLUSTER_STOPS_AT_ONCE
 from tests.helpers import ROOT, free_port, run_cli, wait_until
 
-pytestmark = pytest.mark.slow  # a Ray head of its own: `make test-fast` leaves it out
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # a Ray head of its own: `make test-fast` leaves it out
 PIXELS = [0.0] * 64
 
 
