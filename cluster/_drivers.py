@@ -24,12 +24,14 @@ def start_serve(address: str, port: int) -> None:
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
 
 
-def alive_node_resources(address: str) -> list[dict[str, float]]:
-    """The resources of every alive node (custom `pool:<name>` resources included)."""
+def alive_nodes(address: str) -> list[dict]:
+    """Every alive node: its address and resources (custom `pool:<name>` resources included)."""
     import ray
 
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    return [
+        {"address": node["NodeManagerAddress"], "resources": node["Resources"]} for node in ray.nodes() if node["Alive"]
+    ]
 
 
 if __name__ == "__main__":
@@ -37,6 +39,6 @@ if __name__ == "__main__":
     if command == "start-serve":
         start_serve(address, int(rest[0]))
     elif command == "nodes":
-        print(ANSWER + json.dumps(alive_node_resources(address)), flush=True)
+        print(ANSWER + json.dumps(alive_nodes(address)), flush=True)
     else:
         sys.exit(f"unknown driver command {command!r}")

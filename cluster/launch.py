@@ -206,7 +206,7 @@ def status(state: ClusterState, spec: ClusterSpec) -> dict:
     nodes = json.loads(answer[-1])
     pools = {}
     for pool in spec.pools:
-        members = [n for n in nodes if n.get(pool_resource(pool.name), 0) > 0]
+        members = [n["resources"] for n in nodes if n["resources"].get(pool_resource(pool.name), 0) > 0]
         pools[pool.name] = {
             "nodes": len(members),
             "gpus": sum(int(n.get("GPU", 0)) for n in members),

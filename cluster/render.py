@@ -19,7 +19,7 @@ import yaml
 from providers.compute import POOL_CAPACITY, InstanceType, catalog, pool_resource
 
 from . import network
-from .spec import ClusterSpec, Provider
+from .spec import ClusterSpec, PoolSpec, Provider
 
 __all__ = [
     "KUBERAY_SERVE_HOST",
@@ -169,11 +169,25 @@ class Context:
             + f") echo '{json.dumps({pool_resource(pool.name): POOL_CAPACITY})}';;"
             for pool in self.spec.pools
         )
-        return f' --resources="$(case " $(hostname -I) $(hostname) $(hostname -f) " in {arms} *) echo "{{}}";; esac)"'
+        me = '" $(hostname -I) $(hostname) $(hostname -f) "'
+        # The CPUs and GPUs a pool declares, as flags (GPUs a machine lacks are logical: the test bed's GPU pool).
+        shapes = " ".join(
+            "|".join(f'*" {host} "*' for host in pool.hosts) + f') echo "{flags}";;'
+            for pool in self.spec.pools
+            if (flags := _declared_shape(pool))
+        )
+        declared = f" $(case {me} in {shapes} *) ;; esac)" if shapes else ""
+        return f' --resources="$(case {me} in {arms} *) echo "{{}}";; esac)"{declared}'
 
     @property
     def any_gpu(self) -> bool:
         return any(n.instance.gpus for n in self.node_types)
+
+
+def _declared_shape(pool: PoolSpec) -> str:
+    """`ray start` flags for the CPUs and GPUs an on-prem pool declares (none: Ray counts the machine's own)."""
+    flags = [f"--num-cpus={pool.cpus}"] if pool.cpus else []
+    return " ".join([*flags, *([f"--num-gpus={pool.gpus}"] if pool.gpus else [])])
 
 
 def network_steps(spec: ClusterSpec, provider: Provider) -> list[str]:

@@ -7,13 +7,15 @@ Each host is what a cluster launcher needs from a real machine, and no more:
   Ray processes by name and would otherwise end the other hosts' too; ending that first process ends
   every process of the host at once, which is how a test loses a node;
 - its own Ray temporary folder, shared memory and home (a mount namespace with tmpfs over /tmp/ray and
-  /dev/shm, and a folder of the bed bind-mounted on the home): Ray keeps its sessions, sockets and object
+  /dev/shm, and a folder of the bed bind-mounted on the home, with this machine's Python installation and
+  environment bound back in where they live under the home, as pyenv's do): Ray keeps its sessions, sockets and object
   store there, and its launcher runs `bash --login`, whose ~/.bashrc here puts this Python environment's
   `ray` first on the PATH. The rest of the file system is the machine's, /tmp included: this environment,
   the project and the bed's own files may live under /tmp (a CI clone does) and every host must see them;
 - sshd from Debian's openssh-server on the host's address, with keys generated for the bed.
 
-Traffic stays on this machine: the bridge has no uplink and no route leads off it. `down` removes every
+Traffic stays on this machine: the bridge has no uplink, and the hosts' default route has no gateway (it only gives
+each host a source address, as Ray's address discovery needs). `down` removes every
 namespace, interface, process and key that `up` made; its state lives in one folder, so `down` works from
 another process too.
 
@@ -121,10 +123,24 @@ def _sshd_config(folder: Path, address: str) -> Path:
     return config
 
 
+def _kept_from_home() -> list[Path]:
+    """What the hosts must still see of this machine's home, which theirs hides: the Python installation and the
+    environment, where they live under it (pyenv's and uv's interpreters do, and the environment's `python`
+    links to its interpreter)."""
+    real_home = Path.home().resolve()
+    kept: list[Path] = []
+    for path in sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}):
+        if path.is_relative_to(real_home) and not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
+
+
 def _home(folder: Path) -> Path:
     """The host's home: `bash --login` there finds this environment's `ray` and Python first."""
     home = folder / "home"
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for kept in _kept_from_home():  # mount points, which the host's mounts fill with this machine's folders
+        (home / kept.relative_to(Path.home().resolve())).mkdir(parents=True, exist_ok=True)
     path_line = f'export PATH="{Path(sys.executable).parent}:$PATH"\n'
     (home / ".bashrc").write_text(path_line)
     (home / ".profile").write_text(path_line)
@@ -139,9 +155,14 @@ def _start_host(bed: Testbed, name: str, address: str) -> Host:
     # In the host's network namespace: new PID and mount namespaces; private Ray temporary folder and shared
     # memory, the host's home on /root; then sshd as the namespace's first process (exec), so that ending it ends
     # every process of the host.
+    real_home = Path.home().resolve()
+    keep = "".join(  # this machine's Python, bound into the host's home before that hides /root's
+        f"mount --bind {shlex.quote(str(k))} {shlex.quote(str(home / k.relative_to(real_home)))} && "
+        for k in _kept_from_home()
+    )
     inside = (
         f"mount -t tmpfs -o mode=1777 tmpfs {RAY_TEMP} && mount -t tmpfs -o mode=1777 tmpfs /dev/shm && "
-        f"mount --bind {shlex.quote(str(home))} /root && "
+        f"{keep}mount --rbind {shlex.quote(str(home))} {shlex.quote(str(real_home))} && "
         f"exec {SSHD} -D -e -f {shlex.quote(str(config))}"
     )
     log = (folder / "sshd.log").open("wb")
@@ -214,6 +235,10 @@ def up(hosts: int = 3, folder: Path = DEFAULT_FOLDER, subnet: int = 213) -> Test
             _run("ip", "-n", name, "addr", "add", f"{address}/{bed.prefix}", "dev", "eth0")
             _run("ip", "-n", name, "link", "set", "eth0", "up")
             _run("ip", "-n", name, "link", "set", "lo", "up")
+            # A default route, as a real machine has: Ray finds a node's own address by the route to a public one
+            # (without, it falls back to the hostname, which names 127.0.0.1 here). On the link itself, with no
+            # gateway: a packet for elsewhere finds no neighbour and goes nowhere, so nothing leaves this machine.
+            _run("ip", "-n", name, "route", "add", "default", "dev", "eth0")
             bed.hosts.append(_start_host(bed, name, address))
             bed.save()
         for host in bed.hosts:

@@ -23,7 +23,15 @@ from .loaders import traits
 from .pipeline import PipelineDeployment
 from .spec import AppSpec, ModelSpec
 
-__all__ = ["LocalNeed", "app_builder", "build_app", "deployment_options", "local_needs", "serve_config"]
+__all__ = [
+    "LocalNeed",
+    "app_builder",
+    "build_app",
+    "code_packages",
+    "deployment_options",
+    "local_needs",
+    "serve_config",
+]
 
 logger = logging.getLogger("modelfleet")
 
@@ -170,6 +178,18 @@ def serve_config(
             }
         ],
     }
+
+
+def code_packages(spec: AppSpec) -> list[str]:
+    """The top-level packages a replica of `spec` imports: this project's, then the models' own (`module:`)."""
+    from groundwork.packages import REPLICA_PACKAGES
+
+    models = [
+        m.module.partition(":")[0].split(".")[0]
+        for m in spec.models
+        if m.module and traits(m.format.value).module == "class"
+    ]
+    return list(dict.fromkeys([*REPLICA_PACKAGES, *models]))
 
 
 @dataclass(frozen=True)

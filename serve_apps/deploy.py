@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundwork.local_rays import default_ray_address, live_rays
@@ -177,6 +177,7 @@ class DeploymentRow:
     status: str
     replicas: dict[str, int]
     message: str
+    nodes: dict[str, int] = field(default_factory=dict)  # running replicas per node address, where Ray says
 
 
 class RayTarget:
@@ -192,10 +193,12 @@ class RayTarget:
         self.default_listen: Listen | None = None
 
     @classmethod
-    def connect(cls, address: str) -> RayTarget:
+    def connect(cls, address: str, py_modules: list[str] | None = None) -> RayTarget:
+        """Join the Ray at `address` as a driver. `py_modules`: package folders that every replica this driver
+        deploys imports from (Ray ships them through its GCS), rather than from what its node has installed."""
         prepare_ray_env(address)
         _probe(address)
-        _in_own_thread(_join_ray, address)
+        _in_own_thread(_join_ray, address, {"py_modules": py_modules} if py_modules else None)
         secure_ray_token()
         embedded_run = any(r.kind == "run" and r.ray_address == address for r in live_rays())
         return cls(gpus_known=False, can_add_nodes=not embedded_run)
@@ -290,12 +293,20 @@ class RayTarget:
         from ray import serve
 
         rows = []
+        placed = _replica_nodes()
         for app_name, app in sorted(serve.status().applications.items()):
             for name, dep in sorted(app.deployments.items()):
                 replicas = {_text(state): count for state, count in dep.replica_states.items() if count}
+                nodes = placed.get((app_name, name), {})
                 rows.append(
                     DeploymentRow(
-                        app_name, _text(app.status), name, _text(dep.status), replicas, _last_error_line(dep.message)
+                        app_name,
+                        _text(app.status),
+                        name,
+                        _text(dep.status),
+                        replicas,
+                        _last_error_line(dep.message),
+                        nodes,
                     )
                 )
         return rows
@@ -304,6 +315,28 @@ class RayTarget:
         import ray
 
         ray.shutdown()
+
+
+def _replica_nodes() -> dict[tuple[str, str], dict[str, int]]:
+    """Alive Serve replicas per (app, deployment), counted per node address, from Ray's state API (which needs the
+    dashboard: empty where a Ray runs without one, as `modelfleet run`'s does)."""
+    import ray
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, timeout=5, raise_on_missing_output=False)
+    except Exception:  # no dashboard, or it does not answer: the counts above still hold  # noqa: BLE001
+        return {}
+    address_of = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+    placed: dict[tuple[str, str], dict[str, int]] = {}
+    for actor in actors:
+        kind, _, rest = (actor.class_name or "").partition(":")
+        app, _, deployment = rest.partition(":")
+        if kind == "ServeReplica" and deployment:
+            counts = placed.setdefault((app, deployment), {})
+            where = address_of.get(actor.node_id or "", actor.node_id or "unknown")
+            counts[where] = counts.get(where, 0) + 1
+    return placed
 
 
 def connect(address: str | None = None) -> RayTarget:
@@ -351,12 +384,14 @@ def _check_room(spec: AppSpec, free_cpus: float) -> None:
         )
 
 
-def _join_ray(address: str) -> None:
+def _join_ray(address: str, runtime_env: dict | None = None) -> None:
     import ray
 
     # Ray's notices to a driver (among them that this thread leaves SIGTERM alone, on purpose) are not news.
     logging.getLogger("ray").setLevel(logging.ERROR)
-    ray.init(address=address, logging_level=logging.ERROR)
+    # Serve gives the driver's runtime_env to every deployment that sets none of its own: the replicas' code.
+    # The cluster's logs stay in its log files: a driver that deploys or calls models has its own lines to print.
+    ray.init(address=address, logging_level=logging.ERROR, runtime_env=runtime_env, log_to_driver=False)
     quiet_serve_driver_log()
 
 

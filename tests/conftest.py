@@ -8,10 +8,12 @@ raises on negative input, to prove a model error is a 500 and not an outage).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,21 +41,66 @@ def _uses_ray(item: pytest.Item) -> bool:
     return "fleet" in getattr(item, "fixturenames", ()) or item.get_closest_marker("own_ray") is not None
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks this adds
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that uses a Ray goes to one pytest-xdist group, and runs in this order: those that start a Ray
-    of their own, then those that use the session's fleet.
+# With `-n 2` (`make test`): where the workers list the tests that use a Ray, for the scheduler below to keep
+# them together. Set by the controller before it starts the workers, which inherit it.
+RAY_TESTS_FILE = "MODELFLEET_TEST_RAY_TESTS_FILE"
 
-    With `-n 2 --dist loadgroup` (`make test`), one worker runs that group while the other runs the Ray-free tests
-    (a sixth of the suite's time, mostly CPU) as the Ray tests wait on Ray. One Ray at a time still holds: the
-    fleet's Ray starts with the first test that needs it and runs to the end, so the tests that start a Ray of their
-    own (local-sim, a `ray start` head, loadtest and tune of a spec) never share the two cores with it, which made
-    each of them up to half again as slow.
+
+def pytest_configure(config: pytest.Config) -> None:
+    if (
+        config.pluginmanager.has_plugin("xdist")
+        and config.getoption("numprocesses", None)
+        and not hasattr(config, "workerinput")
+    ):
+        folder = Path(tempfile.mkdtemp(prefix="modelfleet-test-schedule-"))
+        os.environ[RAY_TESTS_FILE] = str(folder / "ray-tests.txt")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a Ray run after the others, in this order: those that start a Ray of their own, then those
+    that use the session's fleet. Under pytest-xdist, each worker also lists them for the scheduler.
+
+    One Ray at a time: the fleet's Ray starts with the first test that needs it and runs to the end, so the tests
+    that start a Ray of their own (local-sim, a `ray start` head, loadtest and tune of a spec) never share the two
+    cores with it, which made each of them up to half again as slow.
     """
-    for item in items:
-        if _uses_ray(item):
-            item.add_marker(pytest.mark.xdist_group("ray"))
     items.sort(key=lambda item: (_uses_ray(item), "fleet" in getattr(item, "fixturenames", ())))
+    listing = os.environ.get(RAY_TESTS_FILE)
+    if listing and os.environ.get("PYTEST_XDIST_WORKER"):
+        partial = Path(f"{listing}.{os.environ['PYTEST_XDIST_WORKER']}")
+        partial.write_text("".join(f"{item.nodeid}\n" for item in items if _uses_ray(item)))
+        os.replace(partial, listing)  # every worker collects the same tests: any complete copy will do
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scope scheduling, with every test that uses a Ray in one scope (one worker, in order) and
+    every other test a scope of its own: one worker runs the Ray tests while the other takes the Ray-free ones (a
+    sixth of the suite's time, mostly CPU) as the Ray tests wait on Ray.
+
+    (`--dist loadgroup` with xdist_group marks would say this, but pytest-xdist 3.8 renames the node ids it groups
+    by through an attribute pytest 9.2 no longer reads.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if nodeid in _ray_tests() else nodeid
+
+    return RayTestsTogether(config, log)
+
+
+@functools.cache
+def _ray_tests() -> frozenset[str]:
+    """Read once the workers have collected (the scheduler asks only then)."""
+    return frozenset(Path(os.environ[RAY_TESTS_FILE]).read_text().splitlines())
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under pytest-xdist, the Ray-free tests run at Ray workers' own niceness and below (Ray starts its workers
+    at 15; a process at 0 beside them would take most of the two cores from the Ray tests, whose deadlines then
+    fail). A worker only lowers itself: the Ray tests it may have run before keep their processes' niceness."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and not _uses_ray(item) and os.getpriority(os.PRIO_PROCESS, 0) < 19:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
 
 
 @pytest.fixture(scope="session", autouse=True)

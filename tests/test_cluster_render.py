@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,24 @@ def test_onprem_renders_every_host_with_its_pool() -> None:
         )
     prepared = validate_with_ray(config)
     assert prepared["max_workers"] == len(config["provider"]["worker_ips"])
+    # As each machine's shell runs it: its pool's resource, and the CPUs and GPUs its pool declares.
+    for pool in spec.pools:
+        for host in pool.hosts:
+            args = _worker_start_args(config, host)
+            assert f"--resources={json.dumps({pool_resource(pool.name): 1000})}" in args
+            assert f"--num-cpus={pool.cpus}" in args
+            assert (f"--num-gpus={pool.gpus}" in args) == bool(pool.gpus)
+    assert "--resources={}" in _worker_start_args(config, "192.0.2.1")  # a machine of no pool: none
+    assert "--num-cpus=0" in " ".join(config["head_start_ray_commands"])  # replicas go to the pools, as on clouds
+
+
+def _worker_start_args(config: dict, address: str) -> str:
+    """The arguments `ray start` gets on the machine at `address` (bash runs the rendered command, echoing them)."""
+    command = config["worker_start_ray_commands"][-1].replace("ray start", "printf '%s\\n'")
+    command = command.replace("$(hostname -I)", address).replace("$(hostname)", "h").replace("$(hostname -f)", "h")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={"RAY_HEAD_IP": "10.0.0.1"})
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split())
 
 
 def test_local_sim_renders_simulated_pools_with_logical_gpus() -> None:

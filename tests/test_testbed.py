@@ -55,8 +55,13 @@ def test_hosts_are_apart_reachable_over_ssh_and_gone_after_down(tmp_path: Path) 
             # A login shell finds this environment's Ray, as Ray's launcher (`bash --login -c`) needs.
             ray = Path(sys.executable).parent / "ray"
             assert _ok(bed.ssh(host, "bash --login -c 'command -v ray'")) == str(ray)
+            # and runs it: the environment's interpreter may live in this machine's home, which the host's hides.
+            assert _ok(bed.ssh(host, "bash --login -c 'python -c \"import sys; print(sys.prefix)\"'")) == sys.prefix
         for host in bed.hosts:
             assert _ok(bed.ssh(host, "cat /tmp/ray/whoami")) == host.name
+            # The address Ray finds for itself (by the route to a public one) is the host's, not loopback's.
+            probe = 'import socket; s = socket.socket(type=socket.SOCK_DGRAM); s.connect(("8.8.8.8", 53))'
+            assert _ok(bed.ssh(host, f"{sys.executable} -c '{probe}; print(s.getsockname()[0])'")) == host.address
         assert not Path("/tmp/ray/whoami").exists(), "a host wrote into this machine's /tmp/ray"
         # Hosts reach each other at their addresses, and this machine at the bridge's.
         first, second = bed.hosts[0], bed.hosts[1]

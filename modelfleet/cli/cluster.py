@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -119,48 +118,29 @@ def _print_network_steps(spec, provider) -> None:
         err.print("network:\n  " + "\n  ".join(steps), soft_wrap=True, markup=False)
 
 
-def _ray_launcher(verb: str, spec, spec_path: Path, dry_run: bool) -> bool:
-    """aws/gcp/azure/onprem: render into the cluster's state dir, then Ray's own launcher (`ray up|down -y`);
-    a dry run prints the config and the command and writes nothing.
-
-    False for local-sim, which `up`/`down` run here (and which has nothing to dry-run).
-    """
-    import subprocess
-
+def _dry_run(verb: str, spec, spec_path: Path) -> None:
+    """What `cluster up|down` would write and run, written to stdout and stderr; nothing is written or launched."""
     from cluster.launch import state_dir
     from cluster.render import render
-    from cluster.spec import Provider
 
     if spec.provider.type is Provider.local_sim:
-        if dry_run:
-            bad_input(f"{spec_path}: --dry-run is for cloud and on-prem clusters; local-sim runs on this machine")
-        return False
+        bad_input(f"{spec_path}: --dry-run is for cloud and on-prem clusters; local-sim runs on this machine")
 
     config = state_dir(spec.name) / "cluster.yaml"
-    text = render(spec, source=str(spec_path))
-    if dry_run:  # writes nothing: the config goes to stdout, what a real run would do to stderr
-        out.print(text, end="", markup=False)
-        err.print(
-            f"dry run: nothing written; `cluster {verb}` would write this config to {config} and run "
-            f"`ray {verb} -y {config}`",
-            soft_wrap=True,
-            markup=False,
-        )
-        if verb == "up":
-            _print_network_steps(spec, spec.provider.type)
-        return True
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(text)
-    command = [str(Path(sys.executable).parent / "ray"), verb, "-y", str(config)]
-    from groundwork.ray_env import secure_ray_token
-
-    secure_ray_token(Path(spec.auth_token_file))  # Ray's launcher copies it to every node with the mode it has here
-    code = subprocess.call(command)
-    if code != 0:
-        failed(f"ray {verb} exited {code}; see its output above")
+    out.print(render(spec, source=str(spec_path)), end="", markup=False)
+    err.print(
+        f"dry run: nothing written; `cluster {verb}` would write this config to {config} and run "
+        f"`ray {verb} -y {config}`",
+        soft_wrap=True,
+        markup=False,
+    )
     if verb == "up":
         _print_network_steps(spec, spec.provider.type)
-    return True
+
+
+def _print_reach(report: dict) -> None:
+    out.print(f"address: {report['address']}   (modelfleet deploy APP.yaml --address {report['address']})")
+    out.print(f"serve_url: {report['serve_url']}")
 
 
 @app.command("up")
@@ -170,14 +150,19 @@ def cluster_up(
         bool, typer.Option("--dry-run", help="Print the rendered config and the command; write and launch nothing.")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="local-sim: print the cluster's state (address, serve_url, ...) as JSON.")
+        bool, typer.Option("--json", help="Print the cluster's state (address, serve_url, ...) as JSON.")
     ] = False,
 ) -> None:
-    """Launch a cluster: local-sim here, or render and hand to `ray up` (aws, gcp, azure, onprem)."""
+    """Launch a cluster: local-sim here; aws, gcp, azure and onprem through Ray's launcher (`ray up`), over SSH."""
     from cluster.launch import LaunchError, up
 
     spec = _load_cluster(spec_path)
-    if _ray_launcher("up", spec, spec_path, dry_run):
+    local_sim = spec.provider.type is Provider.local_sim
+    if dry_run:
+        _dry_run("up", spec, spec_path)
+        return
+    if not local_sim:
+        _remote_up(spec, spec_path, as_json)
         return
     try:
         with err.status(f"starting {spec.name} (local-sim: Ray's fake_multinode provider, loopback only)…"):
@@ -188,9 +173,28 @@ def cluster_up(
         out.print_json(json.dumps(asdict(state)))
         return
     out.print(f"cluster {spec.name!r} is up (head pid {state.pid})")
-    out.print(f"address: {state.address}   (modelfleet deploy APP.yaml --address {state.address})")
-    out.print(f"serve_url: {state.serve_url}")
+    _print_reach(asdict(state))
     out.print(f"dashboard: {state.dashboard_url}   (loopback only)")
+
+
+def _remote_up(spec, spec_path: Path, as_json: bool) -> None:
+    from cluster import remote
+    from cluster.launch import LaunchError
+
+    try:
+        with err.status(f"starting {spec.name} ({spec.provider.type.value}): `ray up` over SSH…"):
+            cluster = remote.up(spec, str(spec_path))
+    except LaunchError as exc:
+        failed(str(exc))
+    _print_network_steps(spec, spec.provider.type)
+    if as_json:
+        out.print_json(json.dumps(asdict(cluster)))
+        return
+    out.print(f"cluster {spec.name!r} is up (head {cluster.head}; `ray up` log: {cluster.log})")
+    _print_reach(asdict(cluster))
+    out.print(
+        f"reach: deploy and status run on the head over SSH, through Ray's launcher (`ray exec {cluster.config}`)"
+    )
 
 
 @app.command("down")
@@ -200,14 +204,18 @@ def cluster_down(
         bool, typer.Option("--dry-run", help="Print the rendered config and the command; write and stop nothing.")
     ] = False,
 ) -> None:
-    """Stop a cluster: every process local-sim started, or `ray down` for the others."""
+    """Stop a cluster: every process local-sim started, or Ray on every node of the others (`ray down`)."""
+    from cluster import remote
     from cluster.launch import LaunchError, down
 
     spec = _load_cluster(spec_path)
-    if _ray_launcher("down", spec, spec_path, dry_run):
+    local_sim = spec.provider.type is Provider.local_sim
+    if dry_run:
+        _dry_run("down", spec, spec_path)
         return
     try:
-        state = down(spec.name)
+        with err.status(f"stopping {spec.name}…"):
+            state = down(spec.name) if local_sim else remote.down(spec.name)
     except LaunchError as exc:
         failed(str(exc))
     out.print(f"cluster {spec.name!r} is down" if state else f"cluster {spec.name!r} was not up")
@@ -217,21 +225,22 @@ def cluster_down(
 def cluster_status(
     spec_path: ClusterPath, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False
 ) -> None:
-    """Address, serve URL and node counts per pool of a running local-sim cluster."""
+    """Address, serve URL and the nodes of each pool of a running cluster."""
+    from cluster import remote
     from cluster.launch import LaunchError, load_state, status
-    from cluster.spec import Provider
 
     spec = _load_cluster(spec_path)
-    if spec.provider.type is not Provider.local_sim:
-        bad_input(
-            f"{spec_path}: status reads local-sim clusters for now; for {spec.provider.type.value} use `ray status` on "
-            "the head"
-        )
-    state = load_state(spec.name)
-    if state is None:
-        failed(f"cluster {spec.name!r} is not up; `modelfleet cluster up {spec_path}` starts it")
     try:
-        report = status(state, spec)
+        if spec.provider.type is Provider.local_sim:
+            state = load_state(spec.name)
+            if state is None:
+                failed(f"cluster {spec.name!r} is not up; `modelfleet cluster up {spec_path}` starts it")
+            report = status(state, spec)
+        else:
+            cluster = remote.load(spec.name)
+            if cluster is None:
+                failed(f"cluster {spec.name!r} was not launched from this machine; `modelfleet cluster up {spec_path}`")
+            report = remote.status(cluster, spec)
     except LaunchError as exc:
         failed(str(exc))
     if as_json:
@@ -239,9 +248,10 @@ def cluster_status(
         return
     out.print(f"{report['name']} ({report['provider']}): address {report['address']}, serve_url {report['serve_url']}")
     for name, pool in report["pools"].items():
+        hosts = f" [{', '.join(pool['hosts'])}]" if pool.get("hosts") else ""
         out.print(
-            f"  pool {name:<10} nodes {pool['nodes']} (min {pool['min_workers']}, max {pool['max_workers']}), GPUs "
-            f"{pool['gpus']}"
+            f"  pool {name:<10} nodes {pool['nodes']}{hosts} (min {pool['min_workers']}, max {pool['max_workers']}), "
+            f"GPUs {pool['gpus']}"
         )
 
 

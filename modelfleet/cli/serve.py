@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -158,17 +159,35 @@ def _resolve(address: str | None) -> str:
         bad_input(str(exc))
 
 
-def _connect(address: str):
+def _launched_cluster(address: str):
+    """The cluster `cluster up` launched from this machine (onprem or a cloud) at `address` (or by that name)."""
+    from cluster.remote import find
+
+    return find(address)
+
+
+def _connect(address: str, py_modules: list[str] | None = None):
     from serve_apps.deploy import RayTarget
 
     try:
-        target = RayTarget.connect(address)
+        target = RayTarget.connect(address, py_modules)
         # Serve's driver-side notices ("Connecting to existing Serve app", ...): the status line says more. A filter,
         # not a level, since Serve sets its logger's level again when it starts.
         logging.getLogger("ray.serve").addFilter(lambda record: record.levelno >= logging.ERROR)
         return target
     except (ConnectionError, RuntimeError, ValueError) as exc:
         failed(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0]}")
+
+
+def _staged_code(spec: AppSpec, into: Path) -> list[str]:
+    """This project's packages and the models' own, staged for Ray's runtime_env `py_modules`."""
+    from groundwork.packages import PackageError, stage_packages
+    from serve_apps.build import code_packages
+
+    try:
+        return [str(folder) for folder in stage_packages(code_packages(spec), into)]
+    except PackageError as exc:
+        bad_input(f"{spec.name}: {exc}")
 
 
 def deploy_with_progress(target, spec: AppSpec, keys: KeyRing, label: str, timeout_s: float = 600) -> None:
@@ -207,9 +226,16 @@ def deploy(
     spec = load_app(spec_path)
     keys = keys_for_host(spec, spec_path, host)
     forget_plaintext_keys()
+    launched = _launched_cluster(address)
+    if launched is not None:  # a cluster `cluster up` launched from here: the deploy runs on its head
+        from .remote import deploy_on_head
+
+        deploy_on_head(launched, spec, keys, host, port, timeout)
+        return
     # Ctrl-C ends the deploy here; Serve may still apply the app (`modelfleet status` shows where it stands).
-    with ends_on_interrupt():
-        target = _connect(address)
+    with ends_on_interrupt(), tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging:
+        # The replicas run this machine's code, whatever their nodes have installed: Ray ships it with the app.
+        target = _connect(address, _staged_code(spec, Path(staging)))
         try:
             from ray import serve
 
@@ -231,8 +257,15 @@ def status(
 
     from rich.table import Table
 
+    address = _resolve(address)
+    launched = _launched_cluster(address)
+    if launched is not None:
+        from .remote import status_on_head
+
+        status_on_head(launched, as_json)
+        return
     with ends_on_interrupt():
-        target = _connect(_resolve(address))
+        target = _connect(address)
         try:
             rows = target.status()
         finally:
@@ -240,8 +273,10 @@ def status(
     if as_json:
         out.print_json(json.dumps([asdict(r) for r in rows]))
         return
-    table = Table("app", "app status", "deployment", "status", "replicas", "message")
+    placed = any(r.nodes for r in rows)  # Ray's state API says where replicas run (not on `run`'s Ray)
+    table = Table("app", "app status", "deployment", "status", "replicas", *(["nodes"] if placed else []), "message")
     for r in rows:
         replicas = ", ".join(f"{n} {state.lower()}" for state, n in sorted(r.replicas.items())) or "0"
-        table.add_row(r.app, r.app_status, r.deployment, r.status, replicas, escape(r.message))
+        nodes = [", ".join(f"{address} ({n})" for address, n in sorted(r.nodes.items()))] if placed else []
+        table.add_row(r.app, r.app_status, r.deployment, r.status, replicas, *nodes, escape(r.message))
     out.print(table if rows else "no Serve applications on this cluster")
