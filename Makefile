@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 apt_install = $(APT_GET) install -y -q $(1) >/dev/null || ($(APT_GET) update -q >/dev/null && $(APT_GET) install -y -q $(1) >/dev/null)
 
-.PHONY: setup artifacts demo lint test test-fast test-cluster bench clean
+.PHONY: setup artifacts demo demo-cluster demo-cluster-down lint test test-fast test-cluster bench clean
 
 setup: $(INSTALLED) $(AZURITE)
 
@@ -55,6 +55,22 @@ artifacts: $(DIGITS) $(MINILM) $(FRAUD)
 
 demo: setup artifacts
 	$(BIN)/modelfleet run examples/fleet.yaml --host $(HOST) --port $(PORT)
+
+# The on-prem example on this machine (as root): a test bed of 3 hosts (network namespaces with sshd), a Ray cluster
+# launched on them over SSH, and fraud deployed from here with a key made for it. `make demo-cluster-down` ends it.
+TESTBED_HEAD := 10.213.0.10
+demo-cluster: setup artifacts $(SSHD)
+	$(BIN)/python -m cluster.testbed up --hosts 3
+	$(BIN)/modelfleet cluster up examples/clusters/onprem-testbed.yaml
+	@key=$$($(BIN)/python -c 'from serve_apps.auth import new_key; print(new_key())') && \
+	MODELFLEET_API_KEYS="$$key=invoke:*" $(BIN)/modelfleet deploy examples/fraud/app.yaml \
+	  --address $(TESTBED_HEAD):6379 --host 0.0.0.0 && \
+	$(BIN)/modelfleet status --address $(TESTBED_HEAD):6379 && \
+	echo "try: curl -H 'Authorization: Bearer $$key' http://$(TESTBED_HEAD):8000/v2/models/fraud"
+
+demo-cluster-down:
+	-$(BIN)/modelfleet cluster down examples/clusters/onprem-testbed.yaml
+	$(BIN)/python -m cluster.testbed down
 
 # Debian's Chromium, to check the load-test reports in a real browser (tests/test_report.py).
 $(CHROMIUM):

@@ -36,7 +36,7 @@ from .launch import LaunchError, state_dir
 from .render import SERVE_PORT, render
 from .spec import ClusterSpec, Provider
 
-__all__ = ["REMOTE_HOME", "RemoteCluster", "down", "find", "on_head", "send", "status", "up"]
+__all__ = ["REMOTE_HOME", "RemoteCluster", "alive_nodes", "down", "find", "on_head", "send", "status", "up"]
 
 REMOTE_HOME = "~/.modelfleet"  # on the head (and on every node, for what a deploy sends to all of them)
 CODE = f"{REMOTE_HOME}/code"  # this project's packages, as of the last `up` or deploy
@@ -44,6 +44,10 @@ GCS_PORT = 6379  # the rendered head_start_ray_commands' --port
 UP_TIMEOUT_S = 900
 WORKERS_TIMEOUT_S = 300
 BOOTSTRAP_KEY = "~/ray_bootstrap_key.pem"  # where `ray up` leaves the head its key to the workers
+SSH_FROM_HEAD = (
+    f"ssh -i {BOOTSTRAP_KEY} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
+    "-o ConnectTimeout=10"
+)
 
 # Around a command's own output, Ray's launcher prints its own lines (and, on failure, the whole ssh command):
 # the command's output is what comes between these two.
@@ -180,6 +184,12 @@ def down(name: str) -> RemoteCluster | None:
     cluster = load(name)
     if cluster is None:
         return None
+    if cluster.workers:  # on-prem: only the head's launcher knows the workers, so `ray down` from here stops none
+        stops = [
+            f"{_worker_ssh(cluster, worker)} 'bash --login -c \"ray stop --force\"' >/dev/null 2>&1"
+            for worker in cluster.workers
+        ]
+        on_head(cluster, "; ".join(stops) + "; true", quiet=True)  # a lost worker has nothing left to stop
     result = _launcher("down", "-y", cluster.config, timeout=300, log=Path(cluster.log).with_name("ray-down.log"))
     if result.returncode != 0:
         raise LaunchError(f"`ray down` exited {result.returncode}:\n{_tail(result)}")
@@ -195,16 +205,20 @@ def send(cluster: RemoteCluster, local: Path, remote: str, all_nodes: bool = Fal
     if result.returncode != 0:
         raise LaunchError(f"copying {local} to the head failed:\n{_tail(result)}")
     if all_nodes and cluster.workers:
-        ssh = f"ssh -i {BOOTSTRAP_KEY} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
         on_head(
             cluster,
             " && ".join(
-                f"{ssh} {cluster.ssh_user}@{worker} mkdir -p {remote} && "
-                f"rsync -a --delete -e {shlex.quote(ssh)} {remote}/ {cluster.ssh_user}@{worker}:{remote}/"
+                f"{_worker_ssh(cluster, worker)} mkdir -p {remote} && "
+                f"rsync -a --delete -e {shlex.quote(SSH_FROM_HEAD)} {remote}/ {cluster.ssh_user}@{worker}:{remote}/"
                 for worker in cluster.workers
             ),
             quiet=True,
         )
+
+
+def _worker_ssh(cluster: RemoteCluster, worker: str) -> str:
+    """The head's ssh to an on-prem worker, as its autoscaler logs in there."""
+    return f"{SSH_FROM_HEAD} {cluster.ssh_user}@{worker}"
 
 
 def send_code(cluster: RemoteCluster) -> None:
@@ -236,23 +250,28 @@ def on_head(cluster: RemoteCluster, command: str, quiet: bool = False, cwd: str 
     console = f"COLUMNS={shutil.get_terminal_size().columns}" if interactive else "COLUMNS=200 TTY_COMPATIBLE=0"
     environment = f"RAY_AUTH_MODE=token {console} PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"
     remote = f"echo '{BEGIN}'; {prefix}{environment} {command}; code=$?; echo '{END}'; exit $code"
-    process = subprocess.Popen(
-        [_ray_cli(), "exec", cluster.config, remote],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )
-    kept = []
-    assert process.stdout is not None
-    for line in _between_markers(process.stdout):
-        kept.append(line)
-        if not quiet:
-            print(line, end="", flush=True)
-    exit_code = process.wait()
+    # The command's output (stdout and stderr both: the launcher's terminal joins them) comes on the launcher's
+    # stdout; ssh's own notices ("Permanently added ...") on its stderr, kept apart for a failure's message.
+    with tempfile.TemporaryFile("w+") as notices:
+        process = subprocess.Popen(
+            [_ray_cli(), "exec", cluster.config, remote],
+            stdout=subprocess.PIPE,
+            stderr=notices,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+        kept = []
+        assert process.stdout is not None
+        for line in _between_markers(process.stdout):
+            kept.append(line)
+            if not quiet:
+                print(line, end="", flush=True)
+        exit_code = process.wait()
+        notices.seek(0)
+        launcher = [line for line in notices.read().splitlines() if line.strip()][-3:]
     if exit_code != 0:
-        tail = "".join(kept[-8:]).rstrip()
+        tail = "".join(kept[-8:]).rstrip() or "\n".join(launcher)
         raise LaunchError(
             f"on the head ({cluster.head}), `{shlex.join(shlex.split(command)[:4])} ...` exited {exit_code}"
             + (f":\n{tail}" if tail and quiet else "")
@@ -260,19 +279,25 @@ def on_head(cluster: RemoteCluster, command: str, quiet: bool = False, cwd: str 
     return "".join(kept)
 
 
-def status(cluster: RemoteCluster, spec: ClusterSpec) -> dict:
-    """DESIGN.md's `cluster status --json`, read on the head: address, serve_url, and per pool its nodes."""
+def alive_nodes(cluster: RemoteCluster) -> list[dict]:
+    """Every alive node of the cluster, read on the head: {"address", "resources"}."""
     output = on_head(cluster, f"python -m cluster._drivers nodes {cluster.address}", quiet=True)
     answer = [line.removeprefix(ANSWER) for line in output.splitlines() if line.startswith(ANSWER)]
     if not answer:
         raise LaunchError(f"cannot read the cluster's nodes on the head: {output.strip().splitlines()[-1:]}")
-    nodes = json.loads(answer[-1])
+    return json.loads(answer[-1])
+
+
+def status(cluster: RemoteCluster, spec: ClusterSpec) -> dict:
+    """DESIGN.md's `cluster status --json`, read on the head: address, serve_url, and per pool its nodes."""
+    nodes = alive_nodes(cluster)
     pools = {}
     for pool in spec.pools:
         members = [n for n in nodes if n["resources"].get(pool_resource(pool.name), 0) > 0]
         pools[pool.name] = {
             "nodes": len(members),
             "hosts": sorted(n["address"] for n in members),
+            "cpus": sum(n["resources"].get("CPU", 0) for n in members),
             "gpus": sum(int(n["resources"].get("GPU", 0)) for n in members),
             # On-prem, every listed machine joins (Ray's on-prem provider keeps min = max = the listed workers).
             "min_workers": len(pool.hosts) if pool.hosts else pool.min_workers,

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from groundwork.processes import StartedProcess, free_port, session_processes, stop_process_tree
 
-__all__ = ["AppProcess", "AppStartFailed", "ProcessGroup", "free_port", "session_processes"]
+__all__ = ["AppProcess", "AppStartFailed", "DeployedApp", "ProcessGroup", "free_port", "session_processes"]
 
 
 class ProcessGroup:
@@ -65,8 +66,22 @@ class AppStartFailed(RuntimeError):
     """`modelfleet run` exited or did not become ready; the message carries the end of its log."""
 
 
+@dataclass(frozen=True)
+class DeployedApp:
+    """An app on a cluster that runs without us (`--address`): nothing to start or stop, no server process of this
+    machine to measure. `ray_address` is where the tuner deploys its trials; `watch_replicas`: whether a Ray driver
+    here can read its replicas (not for a cluster whose drivers must run on its head)."""
+
+    url: str
+    ray_address: str
+    watch_replicas: bool = False
+    group: None = None
+
+
 class AppProcess(StartedProcess):
     """`modelfleet run SPEC` on a free loopback port, in its own session; a context manager that always stops it."""
+
+    watch_replicas = True
 
     def __init__(
         self, spec_path: Path, log_path: Path, startup_timeout_s: float = 300, env: dict[str, str] | None = None

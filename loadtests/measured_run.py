@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .app_process import AppProcess
+from .app_process import AppProcess, DeployedApp
 from .generator import Progress, generate
 from .measure import summarize
 from .records import RunConfig, RunRecord
@@ -28,7 +28,7 @@ def measure_run(
     stages: list[Stage],
     config: RunConfig,
     *,
-    app: AppProcess | None = None,
+    app: AppProcess | DeployedApp | None = None,
     ingress_replicas: int = 1,
     workers: int = 0,
     report_dir: Path | None = None,
@@ -37,7 +37,7 @@ def measure_run(
     before = scrape(scenario.base_url, scenario.headers, ingress_replicas)
     with tempfile.TemporaryDirectory(prefix="modelfleet-replicas-") as scratch:
         watcher = None
-        if app is not None and app.ray_address and config.app:
+        if app is not None and app.ray_address and app.watch_replicas and config.app:
             watcher = ReplicaWatcher(app.ray_address, config.app, Path(scratch) / "replicas.jsonl")
             watcher.wait_first()
         started = None

@@ -17,7 +17,7 @@ import yaml
 
 from serve_apps.spec import AppSpec
 
-from .app_process import AppProcess
+from .app_process import AppProcess, DeployedApp
 from .generator import Progress
 from .measured_run import measure_run
 from .records import ModelKnobs, RunConfig, RunRecord, Trial, TuneRecord
@@ -54,7 +54,7 @@ def _deploy(spec_file: Path, ray_address: str, log: Path) -> str | None:
 
 def tune(
     spec: AppSpec,
-    app: AppProcess,
+    app: AppProcess | DeployedApp,
     scenario: Scenario,
     space: Space,
     *,

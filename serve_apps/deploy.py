@@ -311,6 +311,16 @@ class RayTarget:
                 )
         return rows
 
+    def proxy_host(self) -> str:
+        """Where Serve's proxies listen on this Ray (once Serve runs): `serve.start` keeps a running Serve's
+        http_options whatever it is given, so a deploy must ask. (Serve's client holds them; no public API does.)"""
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client()
+        if client is None:
+            raise RuntimeError("Serve is not running on this Ray")
+        return str(client.http_config.host)
+
     def disconnect(self) -> None:
         import ray
 
@@ -321,8 +331,11 @@ def _replica_nodes() -> dict[tuple[str, str], dict[str, int]]:
     """Alive Serve replicas per (app, deployment), counted per node address, from Ray's state API (which needs the
     dashboard: empty where a Ray runs without one, as `modelfleet run`'s does)."""
     import ray
+    from ray._private.worker import get_dashboard_url
     from ray.util.state import list_actors
 
+    if not get_dashboard_url():  # no dashboard: the state API would wait out its timeout, and more
+        return {}
     try:
         actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, timeout=5, raise_on_missing_output=False)
     except Exception:  # no dashboard, or it does not answer: the counts above still hold  # noqa: BLE001

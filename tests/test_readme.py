@@ -35,6 +35,8 @@ NOT_RUN = {
     "name: digits": "a spec excerpt",
     "modelfleet loadtest": "minutes of load; tests/test_loadtest.py runs both commands with shorter runs",
     "modelfleet cluster render": "`ray up` needs a cloud account; tests/test_cluster_render.py renders these specs",
+    "sudo .venv/bin/python -m cluster.testbed up": "minutes and root; tests/test_onprem_cluster.py runs these steps "
+    "on a test bed of its own (make test-cluster)",
 }
 # Blocks run here: their first line -> the checks on what they print.
 RUN = {

@@ -64,6 +64,40 @@ def _app_under_test(spec_name: str, spec_path: Path, log_dir: Path):
             app_process.stop()
 
 
+ClusterAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="A cluster's Ray address (or name), as `cluster up` prints it: the app runs there, deployed beforehand "
+        "(tune deploys each trial there), instead of on an embedded Ray here.",
+        show_default=False,
+    ),
+]
+
+
+def _on_cluster(spec, address: str):
+    """The app as deployed on the cluster at `address`, and the CPUs that cluster has for it (None: this machine's)."""
+    from cluster.launch import LaunchError
+    from cluster.remote import alive_nodes, find
+    from groundwork import local_rays
+    from loadtests.app_process import DeployedApp
+
+    launched = find(address)
+    if launched is not None:  # onprem or a cloud: reached at serve_url; its drivers run on its head
+        try:
+            cpus = sum(node["resources"].get("CPU", 0) for node in alive_nodes(launched))
+        except LaunchError as exc:
+            failed(str(exc))
+        return DeployedApp(launched.serve_url, launched.address), cpus  # (the scenario adds the route prefix)
+    for ray in local_rays.live_rays():
+        if ray.kind == "local-sim" and address in (ray.ray_address, ray.name):
+            return DeployedApp(ray.url, ray.ray_address, watch_replicas=True), None
+    bad_input(
+        f"--address {address}: no cluster launched from this machine (`modelfleet cluster up`) has this address; "
+        "for any other server, load-test its URL"
+    )
+
+
 def _interrupted(app_started: bool = True) -> None:
     """Ctrl-C: everything started here has been stopped on the way out (the `finally`s); no report."""
     what = "the app and the load generator are" if app_started else "the load generator is"
@@ -145,8 +179,10 @@ def loadtest(
     api_key: Annotated[
         str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")
     ] = None,
+    address: ClusterAddress = None,
 ) -> None:
-    """Load-test an app (started here) or a URL with Locust, headless: a live progress line, an optional report.
+    """Load-test an app (started here, or on a cluster: --address) or a URL with Locust, headless, with a live
+    progress line and an optional report.
 
     Throughput and latency count successful requests only; failed ones are counted apart, by kind.
 
@@ -170,6 +206,8 @@ def loadtest(
     # Not the models' modules: this process runs Locust's gevent, and Ray, which a module may import, must not
     # share it. The `modelfleet run` started below checks them before its Ray starts.
     spec = load_app(Path(target), modules=False) if is_spec else None
+    if address is not None and spec is None:
+        bad_input(f"--address {address}: give the app's spec (to find it on the cluster), not a URL")
     try:
         if spec is None:
             if payload is None:
@@ -220,6 +258,9 @@ def loadtest(
     try:
         if spec is None:
             record = run(scenario.base_url)
+        elif address is not None:
+            deployed, _ = _on_cluster(spec, address)
+            record = run(deployed.url, deployed)
         else:
             with _app_under_test(
                 spec.name, Path(target), report or Path(tempfile.mkdtemp(prefix="modelfleet-loadtest-"))
@@ -268,6 +309,7 @@ def tune(
     api_key: Annotated[
         str | None, typer.Option(envvar="MODELFLEET_API_KEY", help="Sent as Authorization: Bearer KEY.")
     ] = None,
+    address: ClusterAddress = None,
 ) -> None:
     """Find the settings with the most throughput at p95 within the SLO: deploy, sweep, keep the best, write a spec."""
     from loadtests.app_process import AppStartFailed
@@ -293,7 +335,8 @@ def tune(
         scenario = from_app(spec, "http://127.0.0.1:0", protocol=protocol.value, rows=batch_size, api_key=api_key)
     except ScenarioError as exc:
         bad_input(str(exc))
-    space = default_space(spec, names)
+    deployed, cluster_cpus = _on_cluster(spec, address) if address is not None else (None, None)
+    space = default_space(spec, names, cluster_cpus)
     directory = report or Path(f"{spec.name}-tune")
     directory.mkdir(parents=True, exist_ok=True)
     for note in space.notes:
@@ -310,22 +353,30 @@ def tune(
             f"{trial.error or result}"
         )
 
+    def run(app, line, fresh_app: bool):
+        return run_tuner(
+            spec,
+            app,
+            scenario,
+            space,
+            slo_p95_ms=slo_p95_ms,
+            max_trials=max_trials,
+            max_users=users,
+            trial_s=trial_s,
+            work_dir=directory,
+            seed=seed,
+            fresh_app=fresh_app,  # on a cluster, the spec as given is deployed first: what runs there is unknown
+            on_trial=announce,
+            on_progress=lambda t, p: line.update(escape(f"trial {t.number}: " + progress_line(p))),
+        )
+
     try:
-        with _app_under_test(spec.name, spec_path, directory) as app_process, err.status("tuning…") as line:
-            outcome = run_tuner(
-                spec,
-                app_process,
-                scenario,
-                space,
-                slo_p95_ms=slo_p95_ms,
-                max_trials=max_trials,
-                max_users=users,
-                trial_s=trial_s,
-                work_dir=directory,
-                seed=seed,
-                on_trial=announce,
-                on_progress=lambda t, p: line.update(escape(f"trial {t.number}: " + progress_line(p))),
-            )
+        if deployed is not None:
+            with err.status(f"tuning on {address}…") as line:
+                outcome = run(deployed, line, fresh_app=False)
+        else:
+            with _app_under_test(spec.name, spec_path, directory) as app_process, err.status("tuning…") as line:
+                outcome = run(app_process, line, fresh_app=True)
     except AppStartFailed as exc:
         failed(str(exc))
     except KeyboardInterrupt:

@@ -107,9 +107,10 @@ def status_on_head(cluster, as_json: bool) -> None:
     from cluster import remote
     from cluster.launch import LaunchError
 
+    command = f"python -m modelfleet status --address {cluster.address}" + (" --json" if as_json else "")
     try:
-        remote.on_head(
-            cluster, f"python -m modelfleet status --address {cluster.address}" + (" --json" if as_json else "")
-        )
+        shown = remote.on_head(cluster, command)
     except LaunchError as exc:
         failed(str(exc))
+    if not shown.strip():  # the launcher lost the command's output (the head's output never came back)
+        failed(f"`modelfleet status` on the head ({cluster.head}) printed nothing; try again")

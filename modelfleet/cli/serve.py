@@ -13,7 +13,7 @@ import typer
 import yaml
 from rich.markup import escape
 
-from groundwork import local_rays
+from groundwork import is_loopback_host, local_rays
 from serve_apps.auth import ENV_VAR as KEYS_ENV_VAR
 from serve_apps.auth import KeyRing
 from serve_apps.spec import AppSpec
@@ -240,6 +240,13 @@ def deploy(
             from ray import serve
 
             serve.start(http_options={"host": host, "port": port})  # no-op when Serve already runs there
+            listening = target.proxy_host()
+            if not keys.enabled and not is_loopback_host(listening):
+                bad_input(
+                    f"Serve's proxies on {address} already listen on {listening}: refusing to expose {spec.name!r} "
+                    f"without API keys; set ingress.keys_file in {spec_path} (see `modelfleet keys create`) or "
+                    "MODELFLEET_API_KEYS"
+                )
             deploy_with_progress(target, spec, keys, f"deploying {spec.name} to {address}…", timeout_s)
             out.print(f"deployed {spec.name!r} to {address} (route prefix {spec.route_prefix})")
         except DeployFailed as exc:
