@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,12 @@ def pytest_configure(config: pytest.Config) -> None:
     ):
         folder = Path(tempfile.mkdtemp(prefix="modelfleet-test-schedule-"))
         os.environ[RAY_TESTS_FILE] = str(folder / "ray-tests.txt")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller removes the listing's folder it made (the workers only write into it)."""
+    if RAY_TESTS_FILE in os.environ and not hasattr(config, "workerinput"):
+        shutil.rmtree(Path(os.environ.pop(RAY_TESTS_FILE)).parent, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
