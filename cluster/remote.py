@@ -52,6 +52,7 @@ SSH_FROM_HEAD = (
 # Around a command's own output, Ray's launcher prints its own lines (and, on failure, the whole ssh command):
 # the command's output is what comes between these two.
 BEGIN, END = "--- modelfleet: output begins ---", "--- modelfleet: output ends ---"
+STDOUT = "modelfleet-stdout| "  # marks the command's stdout among its stderr (see on_head)
 
 
 @dataclass
@@ -240,18 +241,23 @@ def _between_markers(stream) -> Iterator[str]:
 
 
 def on_head(cluster: RemoteCluster, command: str, quiet: bool = False, cwd: str | None = None, code: str = CODE) -> str:
-    """Run `command` on the head in a login shell, with the packages in `code` first on PYTHONPATH, and return its
-    output; unless `quiet`, its lines also reach this process's stdout as they come. LaunchError if it fails."""
+    """Run `command` (a shell command line) on the head in a login shell, with the packages in `code` first on
+    PYTHONPATH, and return its stdout. Unless `quiet`, its stdout also reaches this process's stdout and its
+    stderr this process's stderr, as they come. LaunchError if it fails."""
     prefix = f"cd {cwd} && " if cwd else ""
     # Every Ray process of the cluster requires its token (RAY_AUTH_MODE=token in the rendered start commands);
     # a driver sends it only when told to. The output comes through the launcher's terminal (`ssh -tt`): sized
     # as ours, and plain text unless ours is a terminal (rich reads COLUMNS and TTY_COMPATIBLE).
-    interactive = sys.stdout.isatty()
+    interactive = sys.stderr.isatty()
     console = f"COLUMNS={shutil.get_terminal_size().columns}" if interactive else "COLUMNS=200 TTY_COMPATIBLE=0"
     environment = f"RAY_AUTH_MODE=token {console} PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"
-    remote = f"echo '{BEGIN}'; {prefix}{environment} {command}; code=$?; echo '{END}'; exit $code"
-    # The command's output (stdout and stderr both: the launcher's terminal joins them) comes on the launcher's
-    # stdout; ssh's own notices ("Permanently added ...") on its stderr, kept apart for a failure's message.
+    # The launcher's terminal joins the command's stdout and stderr into one stream, where a driver's notices
+    # would land in the middle of an answer (`status --json`): each stdout line comes marked.
+    remote = (
+        f"echo '{BEGIN}'; {prefix}( export {environment}; {command} ) | sed -u 's/^/{STDOUT}/'; "
+        f"code=${{PIPESTATUS[0]}}; echo '{END}'; exit $code"
+    )
+    # ssh's own notices ("Permanently added ...") come on the launcher's stderr, kept apart for a failure's message.
     with tempfile.TemporaryFile("w+") as notices:
         process = subprocess.Popen(
             [_ray_cli(), "exec", cluster.config, remote],
@@ -261,22 +267,26 @@ def on_head(cluster: RemoteCluster, command: str, quiet: bool = False, cwd: str 
             text=True,
             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
         )
-        kept = []
+        answer, everything = [], []
         assert process.stdout is not None
         for line in _between_markers(process.stdout):
-            kept.append(line)
+            own = line.startswith(STDOUT)
+            line = line.removeprefix(STDOUT)
+            everything.append(line)
+            if own:
+                answer.append(line)
             if not quiet:
-                print(line, end="", flush=True)
+                print(line, end="", flush=True, file=sys.stdout if own else sys.stderr)
         exit_code = process.wait()
         notices.seek(0)
         launcher = [line for line in notices.read().splitlines() if line.strip()][-3:]
     if exit_code != 0:
-        tail = "".join(kept[-8:]).rstrip() or "\n".join(launcher)
+        tail = "".join(everything[-8:]).rstrip() or "\n".join(launcher)
         raise LaunchError(
             f"on the head ({cluster.head}), `{shlex.join(shlex.split(command)[:4])} ...` exited {exit_code}"
             + (f":\n{tail}" if tail and quiet else "")
         )
-    return "".join(kept)
+    return "".join(answer)
 
 
 def alive_nodes(cluster: RemoteCluster) -> list[dict]:

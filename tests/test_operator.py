@@ -107,6 +107,26 @@ def test_a_driver_stuck_in_ray_ends_on_the_first_signal(fleet: Fleet, sig: signa
     assert code == -sig, f"ended by {sig.name} (a shell shows {128 + sig}), got {code}"
 
 
+def test_a_drivers_notices_of_the_cluster_go_to_stderr_and_never_into_the_answer(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A Ray driver prints the cluster's events on sys.stdout from a thread of its own, at any moment: a node's
+    death once came out in the middle of `status --json` and broke the script reading it."""
+    from ray._private.worker import print_to_stdstream
+
+    from modelfleet.cli.console import out, ray_notices_on_stderr
+
+    notice = {"lines": ["The node with node id: 42 has been marked dead"], "pid": "raylet", "is_err": False}
+    with ray_notices_on_stderr():
+        print_to_stdstream(notice, ignore_prefix=False)  # what Ray's listen_error_messages thread calls
+        out.print('{"answer": 1}')
+    print_to_stdstream({**notice, "lines": ["after the driver left"]}, ignore_prefix=False)
+    captured = capfd.readouterr()
+    assert captured.out.splitlines()[0] == '{"answer": 1}', captured.out
+    assert "marked dead" in captured.err and "marked dead" not in captured.out
+    assert "after the driver left" in captured.out  # only while a driver: the process's stdout is itself again
+
+
 def test_connect_gives_a_driver_the_fleet_and_says_when_it_is_too_late(fleet: Fleet, tmp_path: Path) -> None:
     env = {**_home_with(tmp_path / "home", fleet_record(fleet, tmp_path)), "PYTHONPATH": str(ROOT)}
     snippet = (

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import re
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -30,6 +31,7 @@ __all__ = [
     "duration_s",
     "ends_on_interrupt",
     "err",
+    "ray_notices_on_stderr",
     "failed",
     "keys_for_host",
     "load_app",
@@ -131,3 +133,20 @@ def ends_on_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def ray_notices_on_stderr() -> Iterator[None]:
+    """While this process is a Ray driver, Ray's own notices go to stderr; stdout stays this command's answer.
+
+    A driver prints the cluster's events ("The node ... has been marked dead") on sys.stdout, from a thread of
+    its own, at any moment: in the middle of `status --json` a script would parse them as the answer.
+    """
+    answer = sys.stdout
+    out.file = answer  # this command's own output keeps the real stdout
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = answer
+        out.file = None  # type: ignore[assignment]  # rich: None means sys.stdout as it is at each print

@@ -30,6 +30,7 @@ from .console import (
     load_app,
     log,
     out,
+    ray_notices_on_stderr,
 )
 
 if TYPE_CHECKING:  # serve_apps.build imports Ray
@@ -233,7 +234,11 @@ def deploy(
         deploy_on_head(launched, spec, keys, host, port, timeout)
         return
     # Ctrl-C ends the deploy here; Serve may still apply the app (`modelfleet status` shows where it stands).
-    with ends_on_interrupt(), tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging:
+    with (
+        ends_on_interrupt(),
+        ray_notices_on_stderr(),
+        tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging,
+    ):
         # The replicas run this machine's code, whatever their nodes have installed: Ray ships it with the app.
         target = _connect(address, _staged_code(spec, Path(staging)))
         try:
@@ -271,7 +276,7 @@ def status(
 
         status_on_head(launched, as_json)
         return
-    with ends_on_interrupt():
+    with ends_on_interrupt(), ray_notices_on_stderr():
         target = _connect(address)
         try:
             rows = target.status()
