@@ -21,6 +21,7 @@ import psutil
 __all__ = [
     "StartedProcess",
     "alive",
+    "end_processes",
     "free_port",
     "session_pids",
     "session_processes",
@@ -119,11 +120,17 @@ def stop_process_tree(
         except subprocess.TimeoutExpired:
             if on_slow is not None:
                 on_slow(sig, wait_s)
-    _, leftovers = psutil.wait_procs(tree, timeout=stragglers_s)
+    return end_processes(tree, stragglers_s)
+
+
+def end_processes(processes: list[psutil.Process], grace_s: float = 10) -> list[psutil.Process]:
+    """Wait up to `grace_s` for `processes` to exit by themselves (Ray's workers and agents follow their driver
+    a moment later); then SIGTERM, and SIGKILL what ignores it. Returns those that had to be ended."""
+    _, leftovers = psutil.wait_procs(processes, timeout=grace_s)
     for straggler in leftovers:
         with contextlib.suppress(psutil.Error):
             straggler.terminate()
-    _, alive_ones = psutil.wait_procs(leftovers, timeout=min(5, stragglers_s))
+    _, alive_ones = psutil.wait_procs(leftovers, timeout=min(5, grace_s))
     for straggler in alive_ones:
         with contextlib.suppress(psutil.Error):
             straggler.kill()

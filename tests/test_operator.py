@@ -6,6 +6,7 @@ own, for losing Ray under it). Stopping on SIGTERM, quietly, is checked where th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from groundwork import local_rays
+from groundwork.processes import free_port, session_pids, stop_session
 from loadtests.app_process import AppProcess
 from tests.helpers import ROOT, Fleet, fleet_record, run_cli
 
@@ -157,6 +159,57 @@ def test_run_exits_with_one_line_when_its_ray_dies(tmp_path: Path) -> None:
     assert code == 1, log[-3000:]
     last = log.strip().splitlines()[-1]
     assert last.startswith("failed: Ray stopped under `run` (Ray's raylet") and "nothing is served" in last, last
+
+
+@pytest.mark.slow
+@pytest.mark.own_ray
+def test_sigterm_stops_run_and_all_its_processes_even_when_its_ray_hangs(tmp_path: Path) -> None:
+    """A GCS that stops answering (suspended here) used to hold `run`'s shutdown for ever after SIGTERM: only
+    SIGKILL ended it, and Ray's processes with it. `run` bounds its stop and ends, by pid, what it started."""
+    app = AppProcess(ECHO_SPEC, tmp_path / "run.log")
+    with app:
+        assert app.proc is not None
+        gcs = next(p for p in psutil.Process(app.proc.pid).children() if p.name() == "gcs_server")
+        gcs.suspend()
+        app.proc.send_signal(signal.SIGTERM)
+        code = app.proc.wait(timeout=60)  # bounds a failure; `run` promises Docker's 10 s grace period
+        leader = app.proc.pid
+        app.proc = None  # stopped: nothing for the context manager to stop
+    log = app.log_path.read_text()
+    assert code == 143, log[-3000:]
+    assert log.strip().splitlines()[-1].startswith("stopped"), log[-3000:]
+    assert session_pids(leader) == [], "every process `run` started is gone with it"
+
+
+@pytest.mark.own_ray
+def test_ctrl_c_while_ray_starts_leaves_none_of_its_processes(tmp_path: Path) -> None:
+    """Ctrl-C while ray.init is still starting Ray's processes: `run` stops, and so do they (Ray's agents used to
+    outlive it, orphaned)."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", "run", str(ECHO_SPEC), "--port", str(free_port())],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and run.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                if any(p.name() == "raylet" for p in psutil.Process(run.pid).children()):
+                    break
+            time.sleep(0.05)
+        assert run.poll() is None, "`run` ended before Ray started"
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            stop_session(run.pid, grace_s=0, first=signal.SIGKILL)
+    assert run.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "stopped.", stderr[-3000:]
+    assert session_pids(run.pid) == [], "every process `run` started is gone with it"
 
 
 def _echo_app(tmp_path: Path, **fields: object) -> Path:

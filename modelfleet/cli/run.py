@@ -8,25 +8,32 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
+import psutil
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from groundwork import local_rays
+from groundwork.processes import end_processes
 from providers.storage import StorageError
 from serve_apps.spec import AppSpec, ModelSpec
 
 from .console import INTERRUPTED, AppPath, bad_input, err, failed, keys_for_host, load_app, out
 from .serve import MAX_PORT, InsecureNoRayAuth, deploy_with_progress, forget_plaintext_keys, require_ray_auth
 
+if TYPE_CHECKING:
+    from serve_apps.local_server import LocalServer
+
 __all__ = ["RAY_LOGS", "run"]
 
 # Ray's documented default (`--temp-dir` moves it): replicas' logs, with full tracebacks, are under serve/.
 RAY_LOGS = "/tmp/ray/session_latest/logs"
+STOP_BOUND_S = 8.0  # Ctrl-C or SIGTERM to stopped, within Docker's 10 s grace period, whatever Ray does
 
 
 def _print_endpoints(spec: AppSpec, base: str) -> None:
@@ -182,13 +189,31 @@ def run(
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # no longer serving: a script must not find a stale address
         local_rays.forget()
-        with _printed_into(Path(RAY_LOGS) / "modelfleet-run-stop.log"):
-            server.stop()
+        if not _stop_ray(server):
+            err.print(f"stopped (Ray did not stop within {STOP_BOUND_S:g}s: its processes were ended)")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Ray's atexit shutdown would wait on what hung: leave without it.
+            os._exit(INTERRUPTED.get(stop_signal.received or signal.SIGINT, 1) if ray_gone is None else 1)
     if ray_gone is not None:
         failed(f"Ray stopped under `run` ({ray_gone}); nothing is served. Ray's logs: {RAY_LOGS}")
     err.print("stopped.")
     if stop_signal.received is not None:
         raise typer.Exit(INTERRUPTED[stop_signal.received])
+
+
+def _stop_ray(server: LocalServer) -> bool:
+    """Stop Ray as Ray stops (Serve first, bounded), within STOP_BOUND_S; then end by pid whatever process this
+    `run` started that outlived it: a stop that came while ray.init was still starting things leaves Ray's agents
+    behind, and Ray's own shutdown can hang. False if it hung."""
+    started = psutil.Process().children(recursive=True)  # Ray's processes: all of them this process's descendants
+    with _printed_into(Path(RAY_LOGS) / "modelfleet-run-stop.log"):
+        stopper = threading.Thread(target=server.stop, name="ray-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_BOUND_S)
+    hung = stopper.is_alive()
+    end_processes(started, grace_s=0 if hung else 1)  # a hung Ray is past waiting for
+    return not hung
 
 
 @contextlib.contextmanager
