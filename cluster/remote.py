@@ -31,23 +31,30 @@ from groundwork.packages import PROJECT_PACKAGES, stage_packages
 from groundwork.ray_env import secure_ray_token
 from providers.compute import pool_resource
 
-from ._drivers import ANSWER
+from ._drivers import ANSWER, SSH_FROM_HEAD
 from .launch import LaunchError, state_dir
 from .render import SERVE_PORT, render
+from .runtime import Versions, mismatches, this_machine
 from .spec import ClusterSpec, Provider
 
-__all__ = ["REMOTE_HOME", "RemoteCluster", "alive_nodes", "down", "find", "on_head", "send", "status", "up"]
+__all__ = [
+    "REMOTE_HOME",
+    "RemoteCluster",
+    "alive_nodes",
+    "check_versions",
+    "down",
+    "find",
+    "on_head",
+    "send",
+    "status",
+    "up",
+]
 
 REMOTE_HOME = "~/.modelfleet"  # on the head (and on every node, for what a deploy sends to all of them)
 CODE = f"{REMOTE_HOME}/code"  # this project's packages, as of the last `up` or deploy
 GCS_PORT = 6379  # the rendered head_start_ray_commands' --port
 UP_TIMEOUT_S = 900
 WORKERS_TIMEOUT_S = 300
-BOOTSTRAP_KEY = "~/ray_bootstrap_key.pem"  # where `ray up` leaves the head its key to the workers
-SSH_FROM_HEAD = (
-    f"ssh -i {BOOTSTRAP_KEY} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
-    "-o ConnectTimeout=10"
-)
 
 # Around a command's own output, Ray's launcher prints its own lines (and, on failure, the whole ssh command):
 # the command's output is what comes between these two.
@@ -68,6 +75,7 @@ class RemoteCluster:
     # Empty on clouds, where workers come and go: artifacts there live at s3://, gs:// or az:// URIs.
     workers: list[str] = field(default_factory=list)
     ssh_user: str = "root"  # how the head's autoscaler logs in to the workers (auth.ssh_user)
+    versions: str = ""  # what every host runs, as `up` found it: "Ray 2.60.0 on Python 3.11.7"
 
     def save(self) -> None:
         (state_dir(self.name) / "remote.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -158,8 +166,35 @@ def up(spec: ClusterSpec, source: str) -> RemoteCluster:
     )
     cluster.save()
     send_code(cluster)
+    cluster.versions = str(check_versions(cluster))
+    cluster.save()
     _wait_for_workers(cluster, spec)
     return cluster
+
+
+def check_versions(cluster: RemoteCluster) -> Versions:
+    """The head's Ray and Python, once every on-prem worker (read over SSH from the head) and this machine are
+    found to match it; else a LaunchError naming each that differs, at once rather than after the workers' wait.
+    (A cloud's workers come and go, from the head's own config and setup: Ray refuses any that would differ.)"""
+    output = on_head(
+        cluster,
+        shlex.join(["python", "-m", "cluster._drivers", "versions", cluster.ssh_user, *cluster.workers]),
+        quiet=True,
+    )
+    answer = [line.removeprefix(ANSWER) for line in output.splitlines() if line.startswith(ANSWER)]
+    if not answer:
+        raise LaunchError(f"cannot read the hosts' Ray and Python versions on the head: {output.strip()[-300:]}")
+    found = json.loads(answer[-1])
+    head = Versions(**found.pop("head"))
+    nodes = {host: Versions(**said) if isinstance(said, dict) else said for host, said in found.items()}
+    problems = mismatches(head, nodes, this_machine())
+    if problems:
+        raise LaunchError(
+            f"Ray refuses nodes and drivers of other versions: {'; '.join(problems)}. Install the same on every "
+            "host (install_runtime: true installs this machine's) and run `cluster up` again; the head is up "
+            "(`modelfleet cluster down` stops it)"
+        )
+    return head
 
 
 def _wait_for_workers(cluster: RemoteCluster, spec: ClusterSpec, timeout_s: float = WORKERS_TIMEOUT_S) -> None:
@@ -319,6 +354,7 @@ def status(cluster: RemoteCluster, spec: ClusterSpec) -> dict:
         "address": cluster.address,
         "serve_url": cluster.serve_url,
         "head": cluster.head,
+        "versions": cluster.versions,
         "reach": f"over SSH through Ray's launcher (`ray exec {cluster.config} ...`)",
         "pools": pools,
     }

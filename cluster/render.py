@@ -19,6 +19,7 @@ import yaml
 from providers.compute import POOL_CAPACITY, InstanceType, catalog, pool_resource
 
 from . import network
+from .runtime import install_commands
 from .spec import ClusterSpec, PoolSpec, Provider
 
 __all__ = [
@@ -109,6 +110,14 @@ class Context:
         if not self.spec.image:
             return []
         return [f"chmod 600 {TOKEN_ON_NODES} && {{ chmod 700 {TOKEN_FOLDER} || sudo -n chmod 700 {TOKEN_FOLDER}; }}"]
+
+    @property
+    def runtime_setup_commands(self) -> list[str]:
+        """Ray and what the replicas import, at this machine's versions, on a host that has only Python
+        (cluster/runtime.py); an image brings its own."""
+        if self.spec.image or not self.spec.install_runtime:
+            return []
+        return install_commands()
 
     @property
     def serve_port(self) -> int:

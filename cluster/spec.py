@@ -201,6 +201,14 @@ class ClusterSpec(Strict):
     setup_commands: list[str] = Field(
         default_factory=list, description="Shell commands run on every node before Ray starts."
     )
+    install_runtime: bool = Field(
+        default=True,
+        description=(
+            "Without an image: install Ray and what the replicas import, at the versions of the machine running "
+            "`cluster up`, in a virtualenv on every node before Ray starts (the hosts need only SSH and Python 3 "
+            "with venv). False when setup_commands or the hosts already provide them."
+        ),
+    )
     ssh: SshSpec = Field(default_factory=SshSpec, description="How the launcher reaches the nodes.")
     network: NetworkSpec | None = Field(
         default=None, description=f"Required except for local-sim: who may reach the cluster, e.g. {NETWORK_EXAMPLE}."

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from cluster import testbed
+from cluster.runtime import this_machine
 from serve_apps.samples import sample_v2
 from serve_apps.spec import load_app_spec
 from tests.helpers import ROOT, run_cli
@@ -104,6 +105,8 @@ def test_cluster_up_launches_every_host_and_status_names_them_by_pool(cluster) -
     assert report["pools"]["cpu"]["hosts"] == [_address(1), _address(2)] and report["pools"]["cpu"]["gpus"] == 0
     assert report["pools"]["gpu"]["hosts"] == [_address(3)] and report["pools"]["gpu"]["gpus"] == 1
     assert report["pools"]["cpu"]["cpus"] == 4  # what the pool declares, not what the machine has
+    # `up` read every host's Ray and Python (the workers' over SSH from the head) and found them all the same.
+    assert state["versions"] == report["versions"] == str(this_machine())
 
 
 def test_fraud_deployed_from_here_runs_across_the_hosts_and_answers_at_serve_url(cluster, tmp_path: Path) -> None:

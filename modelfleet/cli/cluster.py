@@ -191,6 +191,7 @@ def _remote_up(spec, spec_path: Path, as_json: bool) -> None:
         out.print_json(json.dumps(asdict(cluster)))
         return
     out.print(f"cluster {spec.name!r} is up (head {cluster.head}; `ray up` log: {cluster.log})")
+    out.print(f"every host runs {cluster.versions}")
     _print_reach(asdict(cluster))
     out.print(
         f"reach: deploy and status run on the head over SSH, through Ray's launcher (`ray exec {cluster.config}`)"
