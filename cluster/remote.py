@@ -13,8 +13,10 @@ command finds the cluster by its name or its Ray address.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -59,7 +61,7 @@ WORKERS_TIMEOUT_S = 300
 # Around a command's own output, Ray's launcher prints its own lines (and, on failure, the whole ssh command):
 # the command's output is what comes between these two.
 BEGIN, END = "--- modelfleet: output begins ---", "--- modelfleet: output ends ---"
-STDOUT = "modelfleet-stdout| "  # marks the command's stdout among its stderr (see on_head)
+STDOUT = "modelfleet-stdout:"  # marks the line that brings the command's stdout back (see on_head)
 
 
 @dataclass
@@ -287,10 +289,11 @@ def on_head(cluster: RemoteCluster, command: str, quiet: bool = False, cwd: str 
     console = f"COLUMNS={shutil.get_terminal_size().columns}" if interactive else "COLUMNS=200 TTY_COMPATIBLE=0"
     environment = f"RAY_AUTH_MODE=token {console} PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"
     # The launcher's terminal joins the command's stdout and stderr into one stream, where a driver's notices
-    # would land in the middle of an answer (`status --json`): each stdout line comes marked.
+    # land in the middle of an answer (`status --json`), even inside its lines: stdout goes to a file on the
+    # head and comes back once the command has ended, as one base64 line (stderr still streams as it comes).
     remote = (
-        f"echo '{BEGIN}'; {prefix}( export {environment}; {command} ) | sed -u 's/^/{STDOUT}/'; "
-        f"code=${{PIPESTATUS[0]}}; echo '{END}'; exit $code"
+        f"echo '{BEGIN}'; answer=$(mktemp); {prefix}( export {environment}; {command} ) > $answer; code=$?; "
+        f"echo; echo \"{STDOUT}$(base64 -w0 < $answer)\"; rm -f $answer; echo '{END}'; exit $code"
     )
     # ssh's own notices ("Permanently added ...") come on the launcher's stderr, kept apart for a failure's message.
     with tempfile.TemporaryFile("w+") as notices:
@@ -302,16 +305,19 @@ def on_head(cluster: RemoteCluster, command: str, quiet: bool = False, cwd: str 
             text=True,
             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
         )
-        answer, everything = [], []
+        answer, everything = "", []
         assert process.stdout is not None
         for line in _between_markers(process.stdout):
-            own = line.startswith(STDOUT)
-            line = line.removeprefix(STDOUT)
+            if STDOUT in line:
+                encoded = re.match(r"[A-Za-z0-9+/=]*", line.split(STDOUT, 1)[1])
+                answer = base64.b64decode(encoded.group() if encoded else "").decode(errors="replace")
+                everything.append(answer)
+                if not quiet:
+                    print(answer, end="", flush=True)
+                continue
             everything.append(line)
-            if own:
-                answer.append(line)
-            if not quiet:
-                print(line, end="", flush=True, file=sys.stdout if own else sys.stderr)
+            if not quiet and line.strip():
+                print(line, end="", flush=True, file=sys.stderr)
         exit_code = process.wait()
         notices.seek(0)
         launcher = [line for line in notices.read().splitlines() if line.strip()][-3:]
@@ -321,7 +327,7 @@ def on_head(cluster: RemoteCluster, command: str, quiet: bool = False, cwd: str 
             f"on the head ({cluster.head}), `{shlex.join(shlex.split(command)[:4])} ...` exited {exit_code}"
             + (f":\n{tail}" if tail and quiet else "")
         )
-    return "".join(answer)
+    return answer
 
 
 def alive_nodes(cluster: RemoteCluster) -> list[dict]:
