@@ -235,7 +235,8 @@ def apply_knobs(spec: AppSpec, knobs: dict[str, ModelKnobs], *, fixed_replicas: 
     copy = spec.resolved()
     for name, k in knobs.items():
         model = copy.model(name)
-        model.max_ongoing_requests = max(k.max_ongoing_requests, k.max_batch_size or 1)  # room for a full batch
+        # Room for a full batch running and a full one waiting (ModelSpec's own default rule).
+        model.max_ongoing_requests = max(k.max_ongoing_requests, 2 * (k.max_batch_size or 0), 1)
         model.batching = (
             BatchingSpec(max_batch_size=k.max_batch_size, batch_wait_timeout_s=k.batch_wait_timeout_s)
             if k.max_batch_size and k.batch_wait_timeout_s is not None  # a batch size always comes with its wait

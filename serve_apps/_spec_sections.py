@@ -159,10 +159,18 @@ class AutoscalingSpec(Strict):
 
 
 class BatchingSpec(Strict):
-    """Dynamic batching with Ray Serve's @serve.batch."""
+    """Dynamic batching across requests: the next batch forms when the model is free, from every request waiting
+    (serve_apps/batching.py), so batches grow with the load."""
 
     max_batch_size: int = Field(default=16, ge=1, description="Largest batch (in rows) handed to the model.")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="How long to wait for a batch to fill.")
+    batch_wait_timeout_s: float = Field(
+        default=0.005,
+        ge=0,
+        description=(
+            "How long the oldest waiting request may wait for others to fill a batch (Triton's max_queue_delay); "
+            "a request that already waited that long for a busy model goes with the next batch at once."
+        ),
+    )
 
 
 class MultiplexSpec(Strict):

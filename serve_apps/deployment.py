@@ -1,14 +1,16 @@
 """The generic model deployment: fetch the artifact, load it, answer `infer` calls.
 
 One class serves every model; the spec decides what it loads and how Ray
-Serve scales and batches it. Batching is Ray's own `@serve.batch`, sized in
-*rows* (not requests) so that one HTTP call carrying 20 rows and 20 calls
-carrying one row each fill a batch alike.
+Serve scales and batches it. Batching (batching.py) is sized in *rows* (not
+requests) so that one HTTP call carrying 20 rows and 20 calls carrying one row
+each fill a batch alike, and forms each batch when the model is free, from all
+that waits (Ray's `@serve.batch` forms the next batch while the last one runs,
+and under load its batches stayed small).
 
 A multiplexed family (`multiplex:`) is Ray's own `@serve.multiplexed`: each
 request carries a model id, a replica loads that id's artifact on first use
 and evicts the least recently used beyond `max_models_per_replica`; Serve
-routes an id to a replica that already has it. Ray splits batches by id.
+routes an id to a replica that already has it. A batch holds one id.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from ray import serve
@@ -25,6 +26,7 @@ from ray import serve
 from providers.storage import ArtifactNotFound, fetch
 
 from ._replica_console import keep_serve_internals_off_the_console
+from .batching import RowBatcher
 from .loaders import Model, load_model, pick_device, runs_inline
 from .request_error import RequestError
 from .spec import ModelSpec
@@ -33,10 +35,6 @@ from .tensors import rows_of
 __all__ = ["ModelDeployment"]
 
 logger = logging.getLogger("ray.serve")
-
-
-def _rows_in(items: list[dict[str, np.ndarray]]) -> int:
-    return sum(rows_of(item) for item in items)
 
 
 def _concat(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -75,10 +73,9 @@ class ModelDeployment:
         self.spec = ModelSpec.model_validate(model_spec)
         self.device = pick_device(self.spec.resources.num_gpus)
         batching = self.spec.batching
+        self._batcher: RowBatcher[dict[str, np.ndarray], tuple[dict[str, np.ndarray], int]] | None = None
         if batching is not None:
-            batched: Any = self._batched  # serve.batch's wrapper, which typing sees as the plain method
-            batched.set_max_batch_size(batching.max_batch_size)
-            batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+            self._batcher = RowBatcher(self._run_batch, batching.max_batch_size, batching.batch_wait_timeout_s)
         self.model: Model | None = None
         if self.spec.multiplex is None:
             self.model = self._load(None)
@@ -105,10 +102,11 @@ class ModelDeployment:
         )
         return model
 
-    async def _model(self) -> Model:
+    async def _model(self, model_id: str | None = None) -> Model:
+        """The model, or for a family the one with `model_id` (by default, the request's)."""
         if self.model is not None:  # not a family: loaded with the replica
             return self.model
-        model_id = serve.get_multiplexed_model_id()
+        model_id = model_id or serve.get_multiplexed_model_id()
         if model_id not in self._paths:
             # Fetch before asking Serve to load: at capacity Serve evicts first, and an unknown id must cost nothing.
             try:
@@ -120,18 +118,20 @@ class ModelDeployment:
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """(outputs, rows in the batch that served them): the second makes batching observable."""
-        batching = self.spec.batching
-        if batching is None or rows_of(inputs) > batching.max_batch_size:
+        rows = rows_of(inputs)
+        if self._batcher is None or rows > self._batcher.max_rows:
             # Unbatched, or too big to share a batch: it is a batch on its own.
             model = await self._model()
-            return await _predict(model, inputs), rows_of(inputs)
-        return await self._batched(inputs)
+            return await _predict(model, inputs), rows
+        model_id = serve.get_multiplexed_model_id() if self.spec.multiplex is not None else None
+        return await self._batcher.submit(model_id, inputs, rows)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
-    async def _batched(self, items: list[dict[str, np.ndarray]]) -> list[tuple[dict[str, np.ndarray], int]]:
+    async def _run_batch(
+        self, model_id: str | None, items: list[dict[str, np.ndarray]]
+    ) -> list[tuple[dict[str, np.ndarray], int]]:
         sizes = [rows_of(item) for item in items]
-        model = await self._model()  # one multiplexed id per batch: Serve splits batches by id
-        outputs = await _predict(model, _concat(items))
+        model = await self._model(model_id)
+        outputs = await _predict(model, _concat(items) if len(items) > 1 else items[0])
         return [(part, sum(sizes)) for part in _split(outputs, sizes)]
 
     def loaded_models(self) -> list[str]:

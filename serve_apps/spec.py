@@ -110,7 +110,10 @@ class ModelSpec(Strict):
     max_ongoing_requests: int = Field(
         default=16,
         ge=1,
-        description="Concurrent requests one replica accepts (default 16, or max_batch_size when batching needs more).",
+        description=(
+            "Concurrent requests one replica accepts (default 16, or twice max_batch_size when batching needs more: "
+            "a full batch running and a full one waiting)."
+        ),
     )
     max_surge_percent: int = Field(
         default=100,
@@ -146,9 +149,9 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _room_for_a_full_batch(self) -> ModelSpec:
-        # A replica holding fewer requests than max_batch_size could never fill a batch of one-row requests.
+        # One-row requests fill a batch only if the replica holds them: a full batch while the model runs one.
         if self.batching and "max_ongoing_requests" not in self.model_fields_set:
-            self.max_ongoing_requests = max(self.max_ongoing_requests, self.batching.max_batch_size)
+            self.max_ongoing_requests = max(self.max_ongoing_requests, 2 * self.batching.max_batch_size)
         return self
 
     @model_validator(mode="after")

@@ -235,13 +235,13 @@ def test_the_tuned_spec_loads_with_the_chosen_knobs(tmp_path: Path) -> None:
     trial_spec = apply_knobs(spec, knobs)
     assert (
         trial_spec.model("digits").autoscaling.max_replicas == 2
-        and trial_spec.model("digits").max_ongoing_requests == 64
+        and trial_spec.model("digits").max_ongoing_requests == 128
     )
     path = tmp_path / "digits.tuned.yaml"
     path.write_text(tuned_spec_yaml(spec, knobs, {"digits": 6.0}, "a header\nof two lines"))
     tuned = load_app_spec(path).model("digits")
     assert (tuned.batching.max_batch_size, tuned.batching.batch_wait_timeout_s) == (64, 0.002)
-    assert tuned.max_ongoing_requests == 64  # room for a full batch
+    assert tuned.max_ongoing_requests == 128  # room for a full batch running and a full one waiting
     assert (tuned.autoscaling.min_replicas, tuned.autoscaling.initial_replicas, tuned.autoscaling.max_replicas) == (
         1,
         2,
@@ -587,7 +587,7 @@ def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, brow
     tuned = out / "echo.tuned.yaml"
     assert run_cli("validate", str(tuned)).returncode == 0
     model, knobs = yaml.safe_load(tuned.read_text())["models"][0], best["knobs"]["echo"]
-    assert model["max_ongoing_requests"] == max(knobs["max_ongoing_requests"], knobs["max_batch_size"] or 1)
+    assert model["max_ongoing_requests"] == max(knobs["max_ongoing_requests"], 2 * (knobs["max_batch_size"] or 0), 1)
     assert model.get("embedded", False) == knobs["embedded"]
     assert (model.get("batching") or {}).get("max_batch_size") == knobs["max_batch_size"]
     assert_drawn(browser, out / "index.html", {"plot-tradeoff": "scatter", "plot-trials": "bar"})

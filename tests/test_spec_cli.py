@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -14,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modelfleet.cli import app
-from serve_apps.spec import AppSpec
+from serve_apps.spec import AppSpec, load_app_spec
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,7 +376,8 @@ def test_run_refuses_a_busy_port_before_starting_anything(environ_kept) -> None:
 
 def test_batching_leaves_room_for_a_full_batch_unless_told_otherwise() -> None:
     batched = yaml.safe_load(_spec(batching={"max_batch_size": 64}))
-    assert AppSpec.model_validate(batched).models[0].max_ongoing_requests == 64
+    # One full batch running, the next one filling up meanwhile.
+    assert AppSpec.model_validate(batched).models[0].max_ongoing_requests == 128
     batched["models"][0]["max_ongoing_requests"] = 8  # the user's explicit choice stands
     assert AppSpec.model_validate(batched).models[0].max_ongoing_requests == 8
     assert AppSpec.model_validate(yaml.safe_load(_spec())).models[0].max_ongoing_requests == 16
@@ -425,3 +427,22 @@ def test_version_is_the_distributions() -> None:
 
     result = run_cli("--version", timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == f"modelfleet {version('modelfleet')}"
+
+
+def test_run_says_when_a_batched_model_leaves_this_machines_cores_idle(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped embeddings example on a 2-core box: one replica of one torch thread, told rather than silent."""
+    from modelfleet.cli.run import _note_idle_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for example in ("digits", "fraud", "echo"):  # scaled out, light, or no torch: nothing to say
+        _note_idle_cores(load_app_spec(ROOT / "examples" / example / "app.yaml"))
+    assert capsys.readouterr().err == ""
+    _note_idle_cores(load_app_spec(ROOT / "examples" / "embeddings" / "app.yaml"))
+    note = capsys.readouterr().err
+    assert "embeddings: at most 1 replica(s) of 1 torch thread(s)" in note and "2-core machine" in note, note
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user chose
+    _note_idle_cores(load_app_spec(ROOT / "examples" / "embeddings" / "app.yaml"))
+    assert capsys.readouterr().err == ""

@@ -23,7 +23,7 @@ from groundwork.processes import end_processes
 from providers.storage import StorageError
 from serve_apps.spec import AppSpec, ModelSpec
 
-from .console import INTERRUPTED, AppPath, bad_input, err, failed, keys_for_host, load_app, out
+from .console import INTERRUPTED, AppPath, bad_input, err, failed, keys_for_host, load_app, log, out
 from .serve import MAX_PORT, InsecureNoRayAuth, deploy_with_progress, forget_plaintext_keys, require_ray_auth
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ def run(
             f"http://{display_host}:{proxy_port}",
         )
         _print_endpoints(spec, url)
+        _note_idle_cores(spec)
         out.print(f"ray: {server.address}   (add apps: modelfleet deploy APP.yaml --address {server.address})")
         out.print(f"proxy: {proxy_url}   (Ray Serve's proxy: every app on this Ray, by route prefix)")
         sys.stdout.flush()
@@ -214,6 +215,26 @@ def _stop_ray(server: LocalServer) -> bool:
     hung = stopper.is_alive()
     end_processes(started, grace_s=0 if hung else 1)  # a hung Ray is past waiting for
     return not hung
+
+
+def _note_idle_cores(spec: AppSpec) -> None:
+    """Say so when a torch model could use more of this machine's cores than its spec gives it: Ray starts each
+    replica with floor(num_cpus) torch threads (OMP_NUM_THREADS), so `num_cpus: 1` on a 2-core box computes a
+    batch on one core while the other idles."""
+    cores = os.cpu_count() or 1
+    if os.environ.get("OMP_NUM_THREADS"):
+        return  # the user chose the threads
+    for model in spec.models:
+        # A batched model that reserves whole cores is one whose speed is its threads (not a light one sharing a core).
+        if model.embedded or not model.batching or model.resources.num_cpus < 1 or model.format.value == "builtin":
+            continue
+        threads = max(1, int(model.resources.num_cpus))
+        if threads * model.autoscaling.max_replicas < cores:
+            log.info(
+                f"{model.name}: at most {model.autoscaling.max_replicas} replica(s) of {threads} torch thread(s) "
+                f"(resources.num_cpus: {model.resources.num_cpus:g}) on this {cores}-core machine; raise num_cpus "
+                "or max_replicas to use the rest"
+            )
 
 
 @contextlib.contextmanager
