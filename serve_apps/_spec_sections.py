@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -18,6 +19,7 @@ __all__ = [
     "MODEL_ID_PLACEHOLDER",
     "NAME_PATTERN",
     "ArtifactSpec",
+    "AutoscalingPolicySpec",
     "AutoscalingSpec",
     "BatchingSpec",
     "Datatype",
@@ -129,6 +131,15 @@ class ResourcesSpec(Strict):
         return self
 
 
+class AutoscalingPolicySpec(Strict):
+    """Ray Serve's custom autoscaling policy: a function (or class) by import path, and its keyword arguments."""
+
+    policy_function: str = Field(
+        pattern=r"^[\w.]+:[\w.]+$", description="Import path of the policy, module.path:function_name."
+    )
+    policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a policy class.")
+
+
 class AutoscalingSpec(Strict):
     """Ray Serve's autoscaling config, field for field (see ray.serve.config.AutoscalingConfig)."""
 
@@ -140,8 +151,30 @@ class AutoscalingSpec(Strict):
     downscale_delay_s: float = Field(
         default=600.0, ge=0, description="How long load must stay low before scaling down."
     )
+    downscale_to_zero_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long load must stay at zero before the last replica goes (default: downscale_delay_s).",
+    )
     metrics_interval_s: float | None = Field(default=None, gt=0, description="How often replicas report load.")
     look_back_period_s: float | None = Field(default=None, gt=0, description="Window the load is averaged over.")
+    aggregation_function: Literal["mean", "max", "min"] | None = Field(
+        default=None, description="How the load in the look-back window is summarised (Ray's default: mean)."
+    )
+    smoothing_factor: float | None = Field(
+        default=None, gt=0, description="Multiplies every scaling decision (>1 scales faster, <1 slower)."
+    )
+    upscale_smoothing_factor: float | None = Field(default=None, gt=0, description="smoothing_factor for upscaling.")
+    downscale_smoothing_factor: float | None = Field(
+        default=None, gt=0, description="smoothing_factor for downscaling."
+    )
+    upscaling_factor: float | None = Field(default=None, gt=0, description="Ray's newer name for the upscale factor.")
+    downscaling_factor: float | None = Field(
+        default=None, gt=0, description="Ray's newer name for the downscale factor."
+    )
+    policy: AutoscalingPolicySpec | None = Field(
+        default=None, description="A custom autoscaling policy (code: the spec's author is trusted, see SECURITY.md)."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

@@ -446,3 +446,28 @@ def test_run_says_when_a_batched_model_leaves_this_machines_cores_idle(
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user chose
     _note_idle_cores(load_app_spec(ROOT / "examples" / "embeddings" / "app.yaml"))
     assert capsys.readouterr().err == ""
+
+
+def test_every_autoscaling_field_ray_serve_accepts_passes_through_to_it() -> None:
+    """The spec is Ray Serve's autoscaling config, field for field: a field Ray adds shows up here first."""
+    from ray.serve.config import AutoscalingConfig
+
+    from serve_apps._spec_sections import AutoscalingSpec
+    from serve_apps.build import deployment_options
+
+    assert set(AutoscalingSpec.model_fields) == set(AutoscalingConfig.model_fields)
+    spec = yaml.safe_load(_spec())
+    spec["models"][0]["autoscaling"] = {
+        "min_replicas": 0,
+        "max_replicas": 3,
+        "downscale_to_zero_delay_s": 5,
+        "aggregation_function": "max",
+        "upscaling_factor": 2.0,
+        "policy": {"policy_function": "ray.serve.autoscaling_policy:default_autoscaling_policy"},
+    }
+    model = AppSpec.model_validate(spec).models[0]
+    auto = deployment_options(model)["autoscaling_config"]
+    config = AutoscalingConfig(**auto)  # Ray's own validation of what the deployment gets
+    assert (config.downscale_to_zero_delay_s, config.upscaling_factor) == (5, 2.0)
+    assert config.aggregation_function.value == "max" and config.min_replicas == 0
+    assert config.policy.policy_function == "ray.serve.autoscaling_policy:default_autoscaling_policy"
