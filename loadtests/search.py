@@ -230,13 +230,17 @@ def best_point(stages: list[StageResult], slo_p95_ms: float) -> StageResult | No
     return max(ok, key=lambda s: s.rps, default=None)
 
 
+def _max_ongoing(k: ModelKnobs) -> int:
+    """Room for a full batch running and a full one waiting (ModelSpec's own default rule)."""
+    return max(k.max_ongoing_requests, 2 * (k.max_batch_size or 0), 1)
+
+
 def apply_knobs(spec: AppSpec, knobs: dict[str, ModelKnobs], *, fixed_replicas: bool = True) -> AppSpec:
     """A copy of the (resolved) spec with the knobs set; for a trial, the replica count is held fixed."""
     copy = spec.resolved()
     for name, k in knobs.items():
         model = copy.model(name)
-        # Room for a full batch running and a full one waiting (ModelSpec's own default rule).
-        model.max_ongoing_requests = max(k.max_ongoing_requests, 2 * (k.max_batch_size or 0), 1)
+        model.max_ongoing_requests = _max_ongoing(k)
         model.batching = (
             BatchingSpec(max_batch_size=k.max_batch_size, batch_wait_timeout_s=k.batch_wait_timeout_s)
             if k.max_batch_size and k.batch_wait_timeout_s is not None  # a batch size always comes with its wait
@@ -262,7 +266,7 @@ def tuned_spec_yaml(spec: AppSpec, knobs: dict[str, ModelKnobs], targets: dict[s
             continue
         k, original = knobs[model["name"]], spec.model(model["name"]).autoscaling
         upper = max(original.max_replicas, k.replicas)
-        model["max_ongoing_requests"] = max(k.max_ongoing_requests, k.max_batch_size or 1)
+        model["max_ongoing_requests"] = _max_ongoing(k)
         if k.embedded:
             continue  # scales with the ingress (ingress.num_replicas)
         model["autoscaling"] = {
