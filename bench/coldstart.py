@@ -1,0 +1,162 @@
+"""Cold start: from no replica to the first answer, digits through modelfleet and through plain Ray Serve.
+
+Both sides scale the model from zero with Ray Serve's most eager autoscaling settings (no upscale delay,
+metrics every 0.1 s, back to zero 2 s after the last request: bench/coldstart_digits.yaml and
+bench/_coldstart_serve.py), one after the other on this machine. Each trial waits until the model has no
+replica process left, then times one V2 request from send to answer, then a second one (warm). For
+modelfleet, the replica's own log says how long fetching and loading the model took; the rest is Serve's
+part (the autoscaler's decision, the actor's start, imports) plus the first inference.
+
+    python -m bench.coldstart [--trials 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+
+from groundwork.processes import free_port
+from serve_apps.samples import sample_v2
+from serve_apps.spec import load_app_spec
+
+from ._harness import REPO, Server, Target, TargetFailed, console, interrupt_on_signals, print_table, write_results
+
+SPEC = REPO / "bench" / "coldstart_digits.yaml"
+INFER = "/v2/models/digits/infer"
+RAY_SERVE_LOGS = Path("/tmp/ray/session_latest/logs/serve")
+LOADED = re.compile(r"model digits v\S+ loaded on \S+ in ([\d.]+)s")
+SCALE_DOWN_TIMEOUT_S = 60
+
+
+@dataclass
+class Side:
+    name: str
+    cold_s: list[float] = field(default_factory=list)
+    warm_s: list[float] = field(default_factory=list)
+    load_s: list[float] = field(default_factory=list)  # fetch + load, from the replica's log (modelfleet)
+
+
+def _replicas(server: Server) -> int:
+    """Replica processes of the digits deployment (Ray titles them ray::ServeReplica:APP:DEPLOYMENT)."""
+    count = 0
+    for process in server.processes():
+        try:
+            title = process.cmdline()[0] if process.cmdline() else ""
+        except psutil.Error:
+            continue
+        if title.startswith("ray::ServeReplica:digits:") and not title.endswith(":ingress"):
+            count += 1
+    return count
+
+
+def _last_load_s() -> float | None:
+    """The newest 'model digits ... loaded in Ns' line a modelfleet replica logged."""
+    logs = sorted(RAY_SERVE_LOGS.glob("replica_digits_digits_*.log"), key=lambda p: p.stat().st_mtime)
+    for log in reversed(logs):
+        found = LOADED.findall(log.read_text(errors="replace"))
+        if found:
+            return float(found[-1])
+    return None
+
+
+def _post(client: httpx.Client, url: str, body: bytes) -> float:
+    started = time.perf_counter()
+    response = client.post(url, content=body, headers={"Content-Type": "application/json"})
+    took = time.perf_counter() - started
+    if response.status_code != 200 or orjson.loads(response.content)["outputs"][0]["shape"] != [1, 10]:
+        raise TargetFailed(f"{url} answered {response.status_code}: {response.content[:200]!r}")
+    return took
+
+
+def measure(server: Server, side: Side, trials: int, body: bytes, reads_load: bool) -> None:
+    with httpx.Client(timeout=120) as client:
+        for trial in range(trials):
+            deadline = time.monotonic() + SCALE_DOWN_TIMEOUT_S
+            while _replicas(server):
+                if time.monotonic() > deadline:
+                    raise TargetFailed(f"the model still has a replica {SCALE_DOWN_TIMEOUT_S} s after its last request")
+                time.sleep(0.2)
+            time.sleep(0.5)  # the replica's process gone, Serve's own bookkeeping settled
+            side.cold_s.append(_post(client, server.url + INFER, body))
+            side.warm_s.append(_post(client, server.url + INFER, body))
+            load = _last_load_s() if reads_load else None
+            if load is not None:
+                side.load_s.append(load)
+            console.print(
+                f"  {side.name} trial {trial + 1}: cold {side.cold_s[-1] * 1000:.0f} ms, warm "
+                f"{side.warm_s[-1] * 1000:.1f} ms" + (f", load {load * 1000:.0f} ms" if load is not None else "")
+            )
+
+
+def _ms(values: list[float], q: str) -> str:
+    if not values:
+        return "-"
+    value = statistics.median(values) if q == "p50" else max(values)
+    return f"{value * 1000:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=5, help="Cold starts per side.")
+    args = parser.parse_args()
+    interrupt_on_signals()
+    body = orjson.dumps(sample_v2(load_app_spec(SPEC).model("digits")))
+    sides = []
+    port = free_port()
+    modelfleet = Target(
+        "coldstart-modelfleet",
+        [sys.executable, "-m", "modelfleet", "run", str(SPEC), "--host", "127.0.0.1", "--port", str(port)],
+        port,
+    )
+    port = free_port()
+    plain = Target("coldstart-serve", [sys.executable, "-m", "bench._coldstart_serve", str(port)], port, "/-/healthz")
+    try:
+        for target, side, reads_load in ((modelfleet, Side("modelfleet"), True), (plain, Side("Ray Serve"), False)):
+            console.print(f"[bold]{side.name}[/bold]: {args.trials} cold starts of digits")
+            with Server(target) as server:
+                measure(server, side, args.trials, body, reads_load)
+            sides.append(side)
+    except TargetFailed as exc:
+        console.print(f"[red]failed:[/red] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted; the servers were stopped")
+        sys.exit(130)
+    rows = [
+        [
+            s.name,
+            _ms(s.cold_s, "p50"),
+            _ms(s.cold_s, "max"),
+            _ms(s.load_s, "p50"),
+            _ms([c - w for c, w in zip(s.cold_s, s.warm_s, strict=True)], "p50"),
+            f"{statistics.median(s.warm_s) * 1000:.1f}",
+        ]
+        for s in sides
+    ]
+    print_table(
+        f"digits: no replica to first answer ({args.trials} trials each)",
+        ["server", "cold p50 ms", "cold max ms", "fetch+load p50 ms", "cold - warm p50 ms", "warm p50 ms"],
+        rows,
+    )
+    ours, theirs = (statistics.median(s.cold_s) for s in sides)
+    console.print(
+        f"modelfleet cold start = {ours / theirs:.2f}x plain Ray Serve's; goal p50 ≤ 500 ms: "
+        f"{'met' if ours <= 0.5 else 'missed'}"
+    )
+    path = write_results(
+        "coldstart", {"command": " ".join(["python -m bench.coldstart", *sys.argv[1:]]), "sides": sides}
+    )
+    console.print(f"wrote {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
