@@ -7,14 +7,13 @@ the same safetensors weights into the same module (examples/digits) and answers 
 No `from __future__ import annotations`: FastAPI must see the real `Request` class in the handler.
 """
 
-import signal
 import sys
-import threading
 from pathlib import Path
 
-import ray
 from fastapi import FastAPI, Request
 from ray import serve
+
+from bench._default_serve import serve_until_signalled
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "examples" / "digits" / "artifacts" / "digits" / "1" / "model.safetensors"
@@ -57,21 +56,9 @@ class Digits:
 
 
 def main(port: int) -> None:
-    stop = threading.Event()
-    ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(Digits.bind(), route_prefix="/", name="digits")
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        print(f"serving on 127.0.0.1:{port}", flush=True)
-        while not stop.wait(1):
-            pass
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        serve.shutdown()
-        ray.shutdown()
-    print("stopped.", flush=True)
+    serve_until_signalled(
+        port, Digits.bind(), runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, route_prefix="/", name="digits"
+    )
 
 
 if __name__ == "__main__":

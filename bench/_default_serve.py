@@ -12,6 +12,7 @@ class in the pickled-by-value handlers' annotations.
 import signal
 import sys
 import threading
+from typing import Any
 
 import orjson
 import ray
@@ -35,14 +36,15 @@ class Echo:
         return {"ready": True}
 
 
-def main(port: int, max_ongoing_requests: int | None = None) -> None:
+def serve_until_signalled(port: int, app: Any, runtime_env: dict | None = None, **run_options: Any) -> None:
+    """A fresh Ray of our own, `app` on Serve's proxy at 127.0.0.1:`port` until SIGTERM or SIGINT; then both stop.
+    (Also the plain-Serve side of bench.coldstart.)"""
     stop = threading.Event()
     # address="local": a fresh Ray of our own, never a `ray start` cluster that happens to run on this box.
-    ray.init(address="local")
+    ray.init(address="local", runtime_env=runtime_env)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        echo = Echo if max_ongoing_requests is None else Echo.options(max_ongoing_requests=max_ongoing_requests)
-        serve.run(echo.bind())
+        serve.run(app, **run_options)
         # After ray.init, which installs its own SIGTERM handler.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -54,6 +56,11 @@ def main(port: int, max_ongoing_requests: int | None = None) -> None:
         serve.shutdown()
         ray.shutdown()
     print("stopped.", flush=True)
+
+
+def main(port: int, max_ongoing_requests: int | None = None) -> None:
+    echo = Echo if max_ongoing_requests is None else Echo.options(max_ongoing_requests=max_ongoing_requests)
+    serve_until_signalled(port, echo.bind())
 
 
 if __name__ == "__main__":

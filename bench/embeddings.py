@@ -261,7 +261,7 @@ def server_torch_threads() -> tuple[int, str]:
 def report(raw: list[RawRun], http: list[HttpRun], bento: list[HttpRun]) -> dict:
     best_raw = max(raw, key=lambda r: r.sentences_per_s)
     valid = [r for r in http if r.max_abs_error <= TOLERANCE]
-    best_http = max(valid, key=lambda r: r.sentences_per_s, default=None)
+    best_http = _fastest(valid)
     rows = [
         [
             "raw in-process",
@@ -311,34 +311,42 @@ def report(raw: list[RawRun], http: list[HttpRun], bento: list[HttpRun]) -> dict
     if best_http is None:
         console.print(f"[red]no HTTP run returned vectors within {TOLERANCE:g} of in-process ones[/red]")
         return summary
-    single = max((r for r in valid if r.request_size == 1), key=lambda r: r.sentences_per_s, default=None)
+    single = _fastest([r for r in valid if r.request_size == 1])
     if single is not None:
-        single_ratio = single.sentences_per_s / best_raw.sentences_per_s
-        summary["single_item_vs_raw"] = single_ratio
-        console.print(
+        summary["single_item_vs_raw"] = _verdict(
             f"one sentence per request: {single.sentences_per_s:.1f} sentences/s with {single.concurrency} callers "
-            f"(mean batch {single.mean_batch_rows} rows) = {single_ratio:.2f}x raw; target ≥{SINGLE_TARGET_RATIO}x: "
-            f"{'met' if single_ratio >= SINGLE_TARGET_RATIO else 'missed'}"
+            f"(mean batch {single.mean_batch_rows} rows)",
+            single.sentences_per_s / best_raw.sentences_per_s,
+            "raw",
+            SINGLE_TARGET_RATIO,
         )
-        best_bento = max(
-            (r for r in bento if r.max_abs_error <= TOLERANCE), key=lambda r: r.sentences_per_s, default=None
-        )
+        best_bento = _fastest([r for r in bento if r.max_abs_error <= TOLERANCE])
         if best_bento is not None:
-            vs_bento = single.sentences_per_s / best_bento.sentences_per_s
-            summary["single_item_vs_bentoml"] = vs_bento
-            console.print(
+            summary["single_item_vs_bentoml"] = _verdict(
                 f"BentoML {BENTOML_VERSION}, one sentence per request: {best_bento.sentences_per_s:.1f} sentences/s "
-                f"with {best_bento.concurrency} callers; modelfleet = {vs_bento:.2f}x BentoML; target ≥"
-                f"{BENTO_TARGET_RATIO}x: {'met' if vs_bento >= BENTO_TARGET_RATIO else 'missed'}"
+                f"with {best_bento.concurrency} callers; modelfleet",
+                single.sentences_per_s / best_bento.sentences_per_s,
+                "BentoML",
+                BENTO_TARGET_RATIO,
             )
-    ratio = best_http.sentences_per_s / best_raw.sentences_per_s
-    summary["http_vs_raw"] = ratio
-    console.print(
+    summary["http_vs_raw"] = _verdict(
         f"HTTP best: {best_http.sentences_per_s:.1f} sentences/s ({best_http.request_size}/request x "
-        f"{best_http.concurrency}) = "
-        f"{ratio:.2f}x raw; target ≥{TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'missed'}"
+        f"{best_http.concurrency})",
+        best_http.sentences_per_s / best_raw.sentences_per_s,
+        "raw",
+        TARGET_RATIO,
     )
     return summary
+
+
+def _fastest(runs: list[HttpRun]) -> HttpRun | None:
+    return max(runs, key=lambda r: r.sentences_per_s, default=None)
+
+
+def _verdict(what: str, ratio: float, against: str, target: float) -> float:
+    """Print `what` = ratio x `against`, and whether it meets `target`; returns the ratio."""
+    console.print(f"{what} = {ratio:.2f}x {against}; target ≥{target}x: {'met' if ratio >= target else 'missed'}")
+    return ratio
 
 
 def main() -> None:
