@@ -6,7 +6,7 @@ uvicorn, measured minutes apart, is what to compare across runs. Every target
 gets the same load run as `modelfleet loadtest` (bench/_load.py): p50/p95/p99
 from every request's own latency.
 
-    python -m bench.ingress [--duration 20] [--users 32]
+    python -m bench.ingress [--duration 20] [--users 32] [--targets modelfleet-handle-hop,...]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ._payloads import ECHO_BODY, ECHO_PATH, JSON_HEADERS
 TARGET_RATIO = 0.5  # modelfleet's echo should reach half of bare uvicorn's requests/s, with no failures
 FLEET = "modelfleet-embedded"
 FLEET_HANDLE = "modelfleet-handle-hop"
+FLEET_UNCOALESCED = "modelfleet-handle-hop-uncoalesced"
 WARM_UP_REQUESTS = 300
 
 
@@ -103,8 +104,10 @@ def targets() -> list[Target]:
         ),
         # The echo costs less than a hop between processes: embedded in the ingress, as such a model should be.
         modelfleet_target(FLEET, "bench/echo_embedded.yaml"),
-        # The same echo as a deployment of its own, one handle call away (what every non-embedded model pays).
+        # The same echo as a deployment of its own, one handle call away (what every non-embedded model pays):
+        # concurrent requests share calls (coalescing.py), and, to see what that buys, one call per request.
         modelfleet_target(FLEET_HANDLE, "examples/echo/app.yaml"),
+        modelfleet_target(FLEET_UNCOALESCED, "bench/echo_uncoalesced.yaml"),
     ]
 
 
@@ -223,10 +226,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=20, help="Seconds of measured load per target.")
     parser.add_argument("--users", type=int, default=32, help="Concurrent Locust users (no wait time).")
+    parser.add_argument(
+        "--targets",
+        default="",
+        help="Comma-separated target names to run (default: all); bare-uvicorn always runs, as the baseline.",
+    )
     args = parser.parse_args()
+    chosen = {name for name in args.targets.split(",") if name}
     interrupt_on_signals()
     try:
-        results = [measure(target, args.users, args.duration) for target in targets()]
+        results = [
+            measure(target, args.users, args.duration)
+            for target in targets()
+            if not chosen or target.name in chosen | {"bare-uvicorn"}
+        ]
     except KeyboardInterrupt:
         console.print("interrupted; every target was stopped")
         sys.exit(130)
@@ -234,7 +247,8 @@ def main() -> None:
     path = write_results(
         "ingress",
         {
-            "command": f"python -m bench.ingress --duration {args.duration:g} --users {args.users}",
+            "command": f"python -m bench.ingress --duration {args.duration:g} --users {args.users}"
+            + (f" --targets {args.targets}" if chosen else ""),
             "results": results,
             "rps_vs_bare": ratios,
         },

@@ -44,6 +44,13 @@ class IngressMetrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
+        self.call_requests = Histogram(
+            "modelfleet_call_requests",
+            "Requests carried by each handle call to a model's deployment (coalescing at work; see ingress.coalesce).",
+            ["model"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
         # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
         Gauge(
             "modelfleet_ingress_replica",

@@ -296,6 +296,13 @@ class IngressSpec(Strict):
     max_connections: int = Field(
         default=1024, ge=1, description="Open connections per ingress replica; beyond it new ones are closed at once."
     )
+    coalesce: bool = Field(
+        default=True,
+        description=(
+            "Send the requests for one model that wait at the same moment in one handle call (each caller still gets "
+            "its own answer or error): under load, far fewer calls to pay for. Off: one call per request."
+        ),
+    )
     retry_on_replica_death: bool = Field(
         default=True,
         description=(

@@ -17,6 +17,7 @@ from providers.compute import POOL_DEMAND, pool_resource
 from providers.storage import parse_uri, scheme_of
 
 from .auth import KeyRing
+from .autoscaling_policy import POLICY as REQUESTS_POLICY
 from .deployment import ModelDeployment
 from .ingress import Ingress
 from .loaders import traits
@@ -48,6 +49,8 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
     asks for, the model runs on CPU with a warning instead of never scheduling.
     """
     auto = model.autoscaling.model_dump(exclude_none=True)
+    # Serve's default rule, on requests rather than handle calls: a coalesced call carries many (coalescing.py).
+    auto.setdefault("policy", {"policy_function": REQUESTS_POLICY})
     actor: dict[str, Any] = {"num_cpus": model.resources.num_cpus}
     num_gpus = model.resources.num_gpus
     if num_gpus and gpus_in_cluster is not None and gpus_in_cluster < num_gpus:

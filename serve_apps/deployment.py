@@ -11,6 +11,10 @@ A multiplexed family (`multiplex:`) is Ray's own `@serve.multiplexed`: each
 request carries a model id, a replica loads that id's artifact on first use
 and evicts the least recently used beyond `max_models_per_replica`; Serve
 routes an id to a replica that already has it. A batch holds one id.
+
+Callers send requests one by one (`infer`) or several in one handle call (`infer_many`, what the ingress's
+coalescer sends); either way each is one of the requests this replica reports to the autoscaler
+(coalescing.ManyRequests, autoscaling_policy.py), so Serve scales on requests, not calls.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from providers.storage import ArtifactNotFound, fetch
 
 from ._replica_console import keep_serve_internals_off_the_console
 from .batching import RowBatcher
+from .coalescing import ManyRequests
 from .loaders import Model, load_model, pick_device, runs_inline
 from .request_error import RequestError
 from .spec import ModelSpec
@@ -65,7 +70,7 @@ class _Loaded:
         self._loaded.discard(self.model_id)
 
 
-class ModelDeployment:
+class ModelDeployment(ManyRequests):
     """A replica of one model (or one multiplexed family). Built from the model's spec as a plain dict."""
 
     def __init__(self, model_spec: dict):
@@ -76,6 +81,10 @@ class ModelDeployment:
         self._batcher: RowBatcher[dict[str, np.ndarray], tuple[dict[str, np.ndarray], int]] | None = None
         if batching is not None:
             self._batcher = RowBatcher(self._run_batch, batching.max_batch_size, batching.batch_wait_timeout_s)
+        self.name = self.spec.name
+        # An unbatched model runs at most max_ongoing_requests requests at once, however they came (one per call,
+        # or many in one coalesced call), as Serve would admit them one per call.
+        self._slots = asyncio.Semaphore(self.spec.max_ongoing_requests)
         self.model: Model | None = None
         if self.spec.multiplex is None:
             self.model = self._load(None)
@@ -116,13 +125,14 @@ class ModelDeployment:
                 raise RequestError(404, f"model {self.spec.name!r} has no model id {model_id!r}") from None
         return (await self._variant(model_id)).model
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    async def _infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """(outputs, rows in the batch that served them): the second makes batching observable."""
         rows = rows_of(inputs)
         if self._batcher is None or rows > self._batcher.max_rows:
             # Unbatched, or too big to share a batch: it is a batch on its own.
             model = await self._model()
-            return await _predict(model, inputs), rows
+            async with self._slots:
+                return await _predict(model, inputs), rows
         model_id = serve.get_multiplexed_model_id() if self.spec.multiplex is not None else None
         return await self._batcher.submit(model_id, inputs, rows)
 

@@ -9,6 +9,8 @@ traceback in the logs. Every other error is a 4xx with `{"error": ...}`.
 Requests reach it through Ray's proxy, or (under `modelfleet run`) through its
 own listener on the app's port (`listener.py`, `_http.front_door`). Models run in
 deployments of their own, one handle call away, or embedded in this process.
+Requests for one deployment that wait at the same moment share one handle call
+(coalescing.py; `ingress.coalesce`).
 """
 
 import asyncio
@@ -29,6 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from groundwork.net import is_loopback_host
 
+from ._deployment_states import DeploymentStates
 from ._http import (
     INDEX_BODY,
     V1_BODY,
@@ -47,6 +50,7 @@ from ._ingress_metrics import IngressMetrics
 from ._model_ids import family_and_id, model_id_of
 from ._replica_console import keep_serve_internals_off_the_console
 from .auth import ApiKey, KeyRing
+from .coalescing import Coalescer, hop
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
 from .request_error import RequestError
@@ -85,9 +89,15 @@ class Ingress:
         self.meters = IngressMetrics()  # not `metrics`: that name is the /metrics route
         self.listen = listen
         self.listener: Listener | None = None
-        self._states: dict[str, str] = {}
-        self._states_at = -float("inf")
-        self._states_lock = asyncio.Lock()
+        self.states = DeploymentStates(STATES_TTL_S)
+        self.hops: dict[str, Coalescer] = {}
+        if self.app_spec.ingress.coalesce:
+            self.hops = {
+                name: hop(
+                    h, self.specs[name], self.states, self._retry(name), self.meters.call_requests.labels(name).observe
+                )
+                for name, h in models.items()
+            }
         if listen and not self.keys.enabled and not is_loopback_host(listen["host"]):
             raise RuntimeError(
                 f"refusing to serve models on {listen['host']}:{listen['port']} without API keys; "
@@ -237,20 +247,33 @@ class Ingress:
         local = self.embedded.get(spec.name)
         if local is not None:
             return await local.infer(inputs)
+        coalesced = self.hops.get(spec.name)
+        if coalesced is not None:
+            return await coalesced.call(model_id, inputs)
         handle = self.handles[spec.name]
         if model_id is not None:
             handle = handle.options(multiplexed_model_id=model_id)
+        self.meters.call_requests.labels(spec.name).observe(1)
         try:
             return await handle.infer.remote(inputs)
         except (ActorDiedError, ActorUnavailableError):
-            if not self.app_spec.ingress.retry_on_replica_death:
+            if not self._retry(spec.name)():
                 raise
-            # The replica died (or became unreachable) before it answered. Inference is a pure function
-            # of its inputs, so asking again, once, of a replica Serve still holds live is safe; a
-            # second failure is the caller's 503 (see _infer).
-            self.meters.retries.labels(spec.name).inc()
-            logger.warning("model %s: a replica died before answering; retrying once on another", spec.name)
             return await handle.infer.remote(inputs)
+
+    def _retry(self, name: str):
+        """Whether to ask again when a replica died before it answered (and count it): inference is a pure function
+        of its inputs, so asking again, once, of a replica Serve still holds live is safe; a second failure is the
+        caller's 503 (see _infer)."""
+
+        def retry() -> bool:
+            if not self.app_spec.ingress.retry_on_replica_death:
+                return False
+            self.meters.retries.labels(name).inc()
+            logger.warning("model %s: a replica died before answering; retrying once on another", name)
+            return True
+
+        return retry
 
     # ---- inference --------------------------------------------------------
 
@@ -392,19 +415,6 @@ class Ingress:
 
     async def _model_states(self) -> dict[str, str]:
         """Each model's state, asked of Serve's controller at most once a second however often probes come."""
-        if time.monotonic() - self._states_at > STATES_TTL_S:
-            async with self._states_lock:  # one question in flight; the others wait for its answer
-                if time.monotonic() - self._states_at > STATES_TTL_S:
-                    self._states = await self._ask_model_states()
-                    self._states_at = time.monotonic()
-        return self._states
-
-    async def _ask_model_states(self) -> dict[str, str]:
-        app_name = serve.get_replica_context().app_name
-        status = await asyncio.to_thread(serve.status)
-        deployments = status.applications[app_name].deployments if app_name in status.applications else {}
+        statuses = (await self.states.fresh()).statuses
         own = "HEALTHY"  # embedded models loaded with this replica, which is answering
-        return {
-            name: own if name in self.embedded else deployments[name].status.value if name in deployments else "UNKNOWN"
-            for name in self.specs
-        }
+        return {name: own if name in self.embedded else statuses.get(name, "UNKNOWN") for name in self.specs}

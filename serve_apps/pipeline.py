@@ -4,7 +4,8 @@ Each step starts as soon as the steps it takes inputs from have answered,
 so independent branches (e.g. two scorers of one featurizer's output) run
 concurrently. Steps are ordinary model deployments: they batch, scale and
 fail on their own, and a pipeline's requests share their batches with
-direct callers.
+direct callers. Concurrent requests' calls to one step leave as one handle
+call (coalescing.py), as the ingress's do.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import asyncio
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
+from ._deployment_states import DeploymentStates
+from .coalescing import ManyRequests, hop
 from .graph import REQUEST, Plan, Step, plan_pipeline
 from .spec import ModelSpec
 from .tensors import rows_of
@@ -23,16 +26,18 @@ __all__ = ["PipelineDeployment"]
 Tensors = dict[str, np.ndarray]
 
 
-class PipelineDeployment:
+class PipelineDeployment(ManyRequests):
     """A replica of one pipeline. `steps`: a handle per called model; `step_specs`: their specs, as dicts."""
 
     def __init__(self, model_spec: dict, steps: dict[str, DeploymentHandle], step_specs: dict[str, dict]):
         self.spec = ModelSpec.model_validate(model_spec)
+        self.name = self.spec.name
         specs = {name: ModelSpec.model_validate(s) for name, s in step_specs.items()}
         self.plan: Plan = plan_pipeline(self.spec, specs)
-        self.handles = steps
+        self.states = DeploymentStates()
+        self.steps = {name: hop(handle, specs[name], self.states) for name, handle in steps.items()}
 
-    async def infer(self, inputs: Tensors) -> tuple[Tensors, int]:
+    async def _infer(self, inputs: Tensors) -> tuple[Tensors, int]:
         """(outputs, rows): the same contract as ModelDeployment.infer, so callers cannot tell them apart."""
         running: dict[str, asyncio.Task[Tensors]] = {}
 
@@ -41,8 +46,8 @@ class PipelineDeployment:
 
         async def call(step: Step) -> Tensors:
             results = {name: await running[name] for name in step.depends_on()}
-            outputs, _ = await self.handles[step.model].infer.remote(
-                {name: value(source, results) for name, source in step.inputs.items()}
+            outputs, _ = await self.steps[step.model].call(
+                None, {name: value(source, results) for name, source in step.inputs.items()}
             )
             return outputs
 

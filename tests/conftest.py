@@ -183,6 +183,27 @@ def _test_fleet(tmp: Path) -> Path:
         },
     ]
     spec["models"].append(
+        {  # `slow` that may scale to 2, on requests: one call per replica carries them all (test_serving.py)
+            "name": "elastic",
+            "format": "safetensors",
+            "module": "tests.fixtures.tiny:SlowNet",
+            "artifact": {"uri": str(tmp / "slow.safetensors")},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+            "resources": {"num_cpus": 0.01},  # its second replica must not crowd out the apps deployed later
+            "autoscaling": {
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_ongoing_requests": 1,
+                "upscale_delay_s": 0,
+                "downscale_delay_s": 2,
+                "metrics_interval_s": 0.5,
+                "look_back_period_s": 1,
+            },
+            "max_ongoing_requests": 1,
+        }
+    )
+    spec["models"].append(
         {  # two replicas of a deployed echo, for the replica-kill test (test_faults.py)
             "name": "sturdy",
             "format": "builtin",

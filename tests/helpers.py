@@ -102,6 +102,17 @@ def check_docs_page(client: httpx.Client, page: str) -> None:
         assert fetched.status_code == 200 and fetched.content, (url, fetched.status_code)
 
 
+async def eventually(condition, what: str) -> None:
+    """In an asyncio test: yield to the code under test until `condition()` holds (bounded: a failure names `what`)."""
+    import asyncio
+
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never happened: {what}")
+
+
 def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen | None, log: Path) -> None:
     """Poll `ready()` (HTTP errors count as not yet) until true; fail with the log's tail if `process` exits or time
     runs out."""

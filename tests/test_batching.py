@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from serve_apps.batching import RowBatcher
+from tests.helpers import eventually
 
 
 class _Model:
@@ -30,20 +31,12 @@ class _Model:
         return [item * 10 for item in items]
 
 
-async def _until(condition, what: str) -> None:
-    for _ in range(2000):  # bounds a failure; each step yields to the batcher
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"never happened: {what}")
-
-
 async def _release(model: _Model, calls: list[asyncio.Task], batches: int) -> None:
     """Let `batches` batches finish, one at a time, each after the next has started (or every call is done)."""
     for _ in range(batches):
         ran = len(model.batches)
         model.release.set()
-        await _until(lambda ran=ran: len(model.batches) > ran or all(c.done() for c in calls), "the next batch")
+        await eventually(lambda ran=ran: len(model.batches) > ran or all(c.done() for c in calls), "the next batch")
 
 
 def test_a_busy_model_gets_everything_that_waited_as_its_next_batch() -> None:
@@ -56,12 +49,12 @@ def test_a_busy_model_gets_everything_that_waited_as_its_next_batch() -> None:
         first = asyncio.create_task(batcher.submit(None, 0, 1))
         await model.started.wait()
         rest = [asyncio.create_task(batcher.submit(None, i, 1)) for i in range(1, 32)]
-        await _until(lambda: batcher.waiting_rows() == 31, "31 callers waiting")
+        await eventually(lambda: batcher.waiting_rows() == 31, "31 callers waiting")
         await asyncio.sleep(0.01)  # well past max_delay_s: the oldest has waited long enough, the model is busy
         assert len(model.batches) == 1, "no batch forms while the model is busy"
         model.release.set()
         assert await first == 0
-        await _until(lambda: len(model.batches) == 2, "the second batch")
+        await eventually(lambda: len(model.batches) == 2, "the second batch")
         model.release.set()
         assert await asyncio.gather(*rest) == [i * 10 for i in range(1, 32)], "each caller its own answer"
         assert [len(items) for _, items in model.batches] == [1, 31]
@@ -77,7 +70,7 @@ def test_batches_hold_at_most_max_rows_and_a_request_that_overflows_heads_the_ne
         await model.started.wait()
         sized = [(1, 3), (2, 2), (3, 1), (4, 1)]  # (item, rows)
         calls = [asyncio.create_task(batcher.submit(None, item, rows)) for item, rows in sized]
-        await _until(lambda: batcher.waiting_rows() == 7, "all waiting")
+        await eventually(lambda: batcher.waiting_rows() == 7, "all waiting")
         await _release(model, calls, batches=3)
         model.release.set()
         assert await blocker == 1000 and await asyncio.gather(*calls) == [10, 20, 30, 40]
@@ -94,7 +87,7 @@ def test_a_batch_holds_one_model_id_and_the_longest_waiting_id_goes_first() -> N
         await model.started.wait()
         order = ["b", "a", "b", "a", "b"]
         calls = [asyncio.create_task(batcher.submit(key, i, 1)) for i, key in enumerate(order, start=1)]
-        await _until(lambda: batcher.waiting_rows("a") + batcher.waiting_rows("b") == 5, "all waiting")
+        await eventually(lambda: batcher.waiting_rows("a") + batcher.waiting_rows("b") == 5, "all waiting")
         await _release(model, calls, batches=3)
         assert await blocker == 0 and await asyncio.gather(*calls) == [10, 20, 30, 40, 50]
         assert model.batches == [("a", [0]), ("b", [1, 3, 5]), ("a", [2, 4])]
@@ -113,7 +106,7 @@ def test_a_failed_batch_fails_its_callers_alike_and_the_next_batch_runs() -> Non
         results = await asyncio.gather(*doomed, return_exceptions=True)
         assert all(isinstance(r, ValueError) for r in results), results
         later = asyncio.create_task(batcher.submit(None, 7, 1))
-        await _until(lambda: len(model.batches) == 2, "the next batch")
+        await eventually(lambda: len(model.batches) == 2, "the next batch")
         model.release.set()
         assert await later == 70
 
@@ -128,12 +121,12 @@ def test_a_caller_that_gave_up_is_left_out_of_the_batch() -> None:
         await model.started.wait()
         gone = asyncio.create_task(batcher.submit(None, 1, 1))
         kept = asyncio.create_task(batcher.submit(None, 2, 1))
-        await _until(lambda: batcher.waiting_rows() == 2, "both waiting")
+        await eventually(lambda: batcher.waiting_rows() == 2, "both waiting")
         gone.cancel()  # the client disconnected; Serve cancels its request
         with pytest.raises(asyncio.CancelledError):
             await gone
         model.release.set()
-        await _until(lambda: len(model.batches) == 2, "the next batch")
+        await eventually(lambda: len(model.batches) == 2, "the next batch")
         model.release.set()
         assert await blocker == 0 and await kept == 20
         assert model.batches[1] == (None, [2])

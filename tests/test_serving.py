@@ -327,6 +327,80 @@ def test_batch_sizes_are_observable_and_show_callers_sharing_batches(client) -> 
     assert shared, "8 concurrent callers never shared a batch"
 
 
+def _histogram(client, name: str, model: str) -> tuple[float, float]:
+    """(count, sum) of one model's series of an ingress histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    count = total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.name == f"{name}_count":
+                count = sample.value
+            if sample.labels.get("model") == model and sample.name == f"{name}_sum":
+                total = sample.value
+    return count, total
+
+
+def test_concurrent_callers_share_handle_calls_and_each_gets_its_own_rows(client) -> None:
+    """The echo runs in a deployment of its own: requests that wait together cross the handle hop in one call
+    (modelfleet_call_requests counts what each call carried), and every caller gets back exactly what it sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(i: int) -> None:
+        rows = np.arange(i * 3, i * 3 + 3 * (1 + i % 3), dtype=np.float32).reshape(-1, 3)  # 1 to 3 rows, own values
+        body = _v2(
+            client,
+            "echo",
+            [{"name": "x", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}],
+        )
+        (out,) = body["outputs"]
+        assert out["shape"] == list(rows.shape) and out["data"] == rows.ravel().tolist()
+
+    shared = False
+    for _ in range(5):  # calls fill by timing: give concurrent callers a few chances to meet
+        calls_before, requests_before = _histogram(client, "modelfleet_call_requests", "echo")
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(call, range(64)))
+        calls_after, requests_after = _histogram(client, "modelfleet_call_requests", "echo")
+        assert requests_after - requests_before == 64  # every request crossed the hop once
+        if calls_after - calls_before < 64:  # some call carried more than one request
+            shared = True
+            break
+    assert shared, "32 concurrent callers never shared a handle call"
+
+
+def test_serve_scales_on_the_requests_a_coalesced_call_carries(fleet: Fleet) -> None:
+    """`elastic` admits one call per replica (max_ongoing_requests 1) and aims at one request per replica: with 6
+    callers its one call carries them all, so Serve, counting calls, would see 1 and keep 1 replica. It counts the
+    requests the replica reports (autoscaling_policy.py) and starts the second."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loadtests.chaos import replica_pids
+
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
+    stop = threading.Event()
+
+    def caller(_: int) -> None:
+        with fleet.client() as c:
+            while not stop.is_set():
+                response = c.post("/v2/models/elastic/infer", json=body)
+                assert response.status_code == 200, response.text
+
+    deadline = time.monotonic() + 30  # bounds a failure: Serve starts a replica in a few seconds
+    with ThreadPoolExecutor(6) as pool:
+        callers = [pool.submit(caller, i) for i in range(6)]
+        try:
+            while len(replica_pids("fleet", "elastic")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.25)
+        finally:
+            stop.set()
+        for c in callers:
+            c.result()  # a failed request fails the test
+    assert len(replica_pids("fleet", "elastic")) == 2, "Serve never scaled elastic past one replica under 6 callers"
+
+
 def test_v1_instances_may_be_objects_keyed_by_input_name_for_one_input_too(client) -> None:
     rows = client.post("/v1/models/echo:predict", json={"instances": [[1.0, 2.0], [3.0, 4.0]]})
     objects = client.post("/v1/models/echo:predict", json={"instances": [{"x": [1.0, 2.0]}, {"x": [3.0, 4.0]}]})

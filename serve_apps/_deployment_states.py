@@ -1,0 +1,61 @@
+"""What Serve's controller says about this app's deployments, asked at most once per `ttl_s` however often it is read.
+
+Readiness probes read each model's state; coalescing callers (coalescing.py) read how many replicas run, on every
+request, without waiting: a stale answer starts one refresh in the background and is used meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from ray import serve
+
+__all__ = ["DeploymentStates"]
+
+
+@dataclass
+class DeploymentStates:
+    """From inside a replica of the app: each deployment's status and running replicas."""
+
+    ttl_s: float = 1.0
+    statuses: dict[str, str] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    _at: float = -float("inf")
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _refreshing: asyncio.Task[None] | None = None
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._at > self.ttl_s
+
+    async def fresh(self) -> DeploymentStates:
+        """Itself, asked again if older than `ttl_s` (one question in flight; the others wait for its answer)."""
+        if self._stale():
+            async with self._lock:
+                if self._stale():
+                    await self._ask()
+        return self
+
+    def running_replicas(self, name: str) -> int | None:
+        """Running replicas of `name` as last heard (None before the first answer); never waits."""
+        if self._stale() and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_quietly(), name="serve-status")
+        return self.running.get(name)
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.fresh()
+        except Exception:  # the controller is briefly away: keep the last answer, ask again on the next read
+            self._at = time.monotonic()
+
+    async def _ask(self) -> None:
+        app_name = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)
+        deployments = status.applications[app_name].deployments if app_name in status.applications else {}
+        self.statuses = {name: d.status.value for name, d in deployments.items()}
+        self.running = {
+            name: sum(n for state, n in d.replica_states.items() if getattr(state, "value", state) == "RUNNING")
+            for name, d in deployments.items()
+        }
+        self._at = time.monotonic()
