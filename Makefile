@@ -91,9 +91,10 @@ lint: setup
 test: setup artifacts $(CHROMIUM) $(SSHD) lint
 	$(BIN)/pytest $(PYTEST_WORKERS) -m "not onprem"
 
-# The fast lane: everything but the tests marked slow (faults under load, local-sim clusters).
+# The everyday lane: every test that needs no Ray (specs, tensors, storage against its emulators, the CLI's errors,
+# reports in Chromium, the batcher and the coalescer, the test bed's SSH hosts): about two minutes.
 test-fast: setup artifacts $(CHROMIUM) $(SSHD) lint
-	$(BIN)/pytest $(PYTEST_WORKERS) -m "not slow and not onprem"
+	$(BIN)/pytest $(PYTEST_WORKERS) --without-ray -m "not onprem"
 
 # A real multi-node Ray on the on-prem test bed (hosts in network namespaces, reached over SSH): launched, deployed
 # to and stopped from this machine (tests/test_onprem_cluster.py). Needs root; `.ci/run` runs it after `make test`.

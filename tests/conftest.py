@@ -47,6 +47,14 @@ def _uses_ray(item: pytest.Item) -> bool:
 RAY_TESTS_FILE = "MODELFLEET_TEST_RAY_TESTS_FILE"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--without-ray",
+        action="store_true",
+        help="Leave out every test that starts or uses a Ray (`make test-fast`: the everyday lane, in about a minute).",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if (
         config.pluginmanager.has_plugin("xdist")
@@ -63,7 +71,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(Path(os.environ.pop(RAY_TESTS_FILE)).parent, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that use a Ray run after the others, in this order: those that start a Ray of their own, then those
     that use the session's fleet. Under pytest-xdist, each worker also lists them for the scheduler.
 
@@ -71,6 +79,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     that start a Ray of their own (local-sim, a `ray start` head, loadtest and tune of a spec) never share the two
     cores with it, which made each of them up to half again as slow.
     """
+    if config.getoption("without_ray"):
+        with_ray = [item for item in items if _uses_ray(item)]
+        if with_ray:
+            config.hook.pytest_deselected(items=with_ray)
+            items[:] = [item for item in items if not _uses_ray(item)]
     items.sort(key=lambda item: (_uses_ray(item), "fleet" in getattr(item, "fixturenames", ())))
     listing = os.environ.get(RAY_TESTS_FILE)
     if listing and os.environ.get("PYTEST_XDIST_WORKER"):
