@@ -20,6 +20,7 @@ import psutil
 
 __all__ = [
     "StartedProcess",
+    "adopt_orphans",
     "alive",
     "end_processes",
     "free_port",
@@ -121,6 +122,19 @@ def stop_process_tree(
             if on_slow is not None:
                 on_slow(sig, wait_s)
     return end_processes(tree, stragglers_s)
+
+
+def adopt_orphans() -> bool:
+    """Make this process the parent of every orphaned descendant (Linux's child subreaper), so a grandchild whose
+    parent died still counts among `psutil.Process().children(recursive=True)` and can be ended by pid. False where
+    the system has no such thing."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def end_processes(processes: list[psutil.Process], grace_s: float = 10) -> list[psutil.Process]:

@@ -26,20 +26,20 @@ class DeploymentStates:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _refreshing: asyncio.Task[None] | None = None
 
-    def _stale(self) -> bool:
+    def stale(self) -> bool:
         return time.monotonic() - self._at > self.ttl_s
 
     async def fresh(self) -> DeploymentStates:
         """Itself, asked again if older than `ttl_s` (one question in flight; the others wait for its answer)."""
-        if self._stale():
+        if self.stale():
             async with self._lock:
-                if self._stale():
+                if self.stale():
                     await self._ask()
         return self
 
     def running_replicas(self, name: str) -> int | None:
         """Running replicas of `name` as last heard (None before the first answer); never waits."""
-        if self._stale() and (self._refreshing is None or self._refreshing.done()):
+        if self.stale() and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh_quietly(), name="serve-status")
         return self.running.get(name)
 

@@ -51,6 +51,12 @@ class IngressMetrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
+        self.standby_requests = Counter(
+            "modelfleet_standby_requests",
+            "Requests a standby replica answered because the model had no replica of its own (standby:).",
+            ["model"],
+            registry=self.registry,
+        )
         # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
         Gauge(
             "modelfleet_ingress_replica",

@@ -268,6 +268,21 @@ class TlsSpec(Strict):
     )
 
 
+class StandbySpec(Strict):
+    """Warm replicas that answer for a scaled-to-zero model while its own replica starts (serve_apps/standby.py)."""
+
+    num_replicas: int = Field(default=1, ge=1, description="Standby replicas (each can answer for any of the models).")
+    num_cpus: float = Field(default=0.25, ge=0, description="CPUs reserved for each standby replica.")
+    max_models: int = Field(
+        default=4, ge=1, description="Models one standby replica holds at once; the least recently used goes first."
+    )
+    idle_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A model a standby replica has not used for this long is dropped, and its memory goes back.",
+    )
+
+
 class IngressSpec(Strict):
     """The HTTP front door shared by all models of the app."""
 

@@ -23,6 +23,7 @@ from .ingress import Ingress
 from .loaders import traits
 from .pipeline import PipelineDeployment
 from .spec import AppSpec, ModelSpec
+from .standby import StandbyDeployment
 
 __all__ = [
     "LocalNeed",
@@ -37,6 +38,7 @@ __all__ = [
 logger = logging.getLogger("modelfleet")
 
 INGRESS_NAME = "ingress"
+STANDBY_NAME = "standby"
 
 # The ingress only routes (async, no model code): it can hold many requests at once.
 INGRESS_MAX_ONGOING_REQUESTS = 512
@@ -132,7 +134,24 @@ def build_app(
         },
     )
     address = {"host": listen[0], "port": listen[1]} if listen else None
-    return ingress.bind(spec.model_dump(mode="json"), models, keys.hashes(), address)
+    return ingress.bind(spec.model_dump(mode="json"), models, keys.hashes(), address, _standby(spec))
+
+
+def _standby(spec: AppSpec) -> Application | None:
+    """The app's standby replicas (standby.py), when it asks for them and has a model they can answer for."""
+    adopted = spec.standby_models()
+    if spec.standby is None or not adopted:
+        return None
+    return (
+        _deployment(StandbyDeployment)
+        .options(
+            name=STANDBY_NAME,
+            num_replicas=spec.standby.num_replicas,
+            max_ongoing_requests=max(m.max_ongoing_requests for m in adopted) * spec.standby.max_models,
+            ray_actor_options={"num_cpus": spec.standby.num_cpus},
+        )
+        .bind({m.name: m.model_dump(mode="json") for m in adopted}, spec.standby.model_dump(mode="json"))
+    )
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
     from ._deployment_states import DeploymentStates
-    from .spec import ModelSpec
 
 __all__ = ["Coalescer", "ManyRequests", "hop"]
 
@@ -141,13 +140,17 @@ class Coalescer(Generic[Item, Result]):
 
 def hop(
     handle: DeploymentHandle,
-    spec: ModelSpec,
+    deployment: str,
     states: DeploymentStates,
+    *,
+    max_ongoing_requests: int,
+    min_replicas: int = 1,
+    max_queued_requests: int = -1,
     retry_on_replica_death: Callable[[], bool] = lambda: False,
     on_call: Callable[[int], None] = lambda requests: None,
 ) -> Coalescer[Any, Any]:
-    """The coalesced hop to one model's deployment (its `ManyRequests.infer_many`): two calls in flight per running
-    replica (one if it admits one request at a time), one replica's worth while none runs yet (Serve starts one);
+    """The coalesced hop to a deployment (its `ManyRequests.infer_many`): two calls in flight per running replica (one
+    if it admits one request at a time), `min_replicas`' worth (at least one) while none runs yet (Serve starts one);
     Serve's `max_queued_requests` counted beyond `max_ongoing_requests` per replica.
 
     `retry_on_replica_death()`: asked when a call's replica died before answering; True sends the call once more.
@@ -165,14 +168,14 @@ def hop(
             return await target.infer_many.remote(many)
 
     def replicas() -> int:
-        return max(1, states.running_replicas(spec.name) or spec.autoscaling.min_replicas)
+        return max(1, states.running_replicas(deployment) or min_replicas)
 
-    calls_per_replica = min(CALLS_PER_REPLICA, spec.max_ongoing_requests)
+    calls_per_replica = min(CALLS_PER_REPLICA, max_ongoing_requests)
     return Coalescer(
         send,
         max_calls=lambda: replicas() * calls_per_replica,
-        max_queued=spec.max_queued_requests,
-        admitted=lambda: replicas() * spec.max_ongoing_requests,
+        max_queued=max_queued_requests,
+        admitted=lambda: replicas() * max_ongoing_requests,
     )
 
 

@@ -76,6 +76,7 @@ class Ingress:
         models: dict[str, DeploymentHandle],
         keys: list[dict] | None = None,
         listen: dict | None = None,
+        standby: DeploymentHandle | None = None,
     ):
         keep_serve_internals_off_the_console()
         self.app_spec = AppSpec.model_validate(app_spec)
@@ -94,10 +95,30 @@ class Ingress:
         if self.app_spec.ingress.coalesce:
             self.hops = {
                 name: hop(
-                    h, self.specs[name], self.states, self._retry(name), self.meters.call_requests.labels(name).observe
+                    h,
+                    name,
+                    self.states,
+                    max_ongoing_requests=self.specs[name].max_ongoing_requests,
+                    min_replicas=self.specs[name].autoscaling.min_replicas,
+                    max_queued_requests=self.specs[name].max_queued_requests,
+                    retry_on_replica_death=self._retry(name),
+                    on_call=self.meters.call_requests.labels(name).observe,
                 )
                 for name, h in models.items()
             }
+        # Scaled-to-zero models a standby replica answers for while they have no replica of their own (standby.py).
+        self.standby: Coalescer | None = None
+        self.standby_models = {m.name for m in self.app_spec.standby_models()} if standby is not None else set()
+        self._waking: dict[str, asyncio.Task[None]] = {}
+        if standby is not None:
+            assert self.app_spec.standby is not None
+            self.standby = hop(
+                standby,
+                "standby",
+                self.states,
+                max_ongoing_requests=max(self.specs[name].max_ongoing_requests for name in self.standby_models),
+                on_call=self.meters.call_requests.labels("standby").observe,
+            )
         if listen and not self.keys.enabled and not is_loopback_host(listen["host"]):
             raise RuntimeError(
                 f"refusing to serve models on {listen['host']}:{listen['port']} without API keys; "
@@ -247,6 +268,11 @@ class Ingress:
         local = self.embedded.get(spec.name)
         if local is not None:
             return await local.infer(inputs)
+        if spec.name in self.standby_models and await self._has_no_replica(spec.name):
+            assert self.standby is not None
+            self._wake(spec.name)
+            self.meters.standby_requests.labels(spec.name).inc()
+            return await self.standby.call(spec.name, inputs)
         coalesced = self.hops.get(spec.name)
         if coalesced is not None:
             return await coalesced.call(model_id, inputs)
@@ -260,6 +286,29 @@ class Ingress:
             if not self._retry(spec.name)():
                 raise
             return await handle.infer.remote(inputs)
+
+    async def _has_no_replica(self, name: str) -> bool:
+        """Whether `name` has no running replica of its own, as Serve's controller said within the last second.
+        A stale "it runs" (or nothing heard yet) is asked again before it is believed: the first request after a
+        quiet spell is the one that finds the model scaled to zero."""
+        running = self.states.running_replicas(name)
+        if running is None or (running and self.states.stale()):
+            running = (await self.states.fresh()).running.get(name)
+        return running == 0
+
+    def _wake(self, name: str) -> None:
+        """A call to the model's own deployment, so Serve starts its replica as it would for any request (one at a
+        time: it waits in Serve's queue until the replica runs)."""
+        if name in self._waking and not self._waking[name].done():
+            return
+
+        async def wake() -> None:
+            try:
+                await self.handles[name].ready.remote()
+            except Exception as exc:  # the standby answered meanwhile; a model that cannot start says so in status
+                logger.warning("model %s: waking its replica failed: %s", name, exc)
+
+        self._waking[name] = asyncio.get_running_loop().create_task(wake(), name=f"wake-{name}")
 
     def _retry(self, name: str):
         """Whether to ask again when a replica died before it answered (and count it): inference is a pure function

@@ -35,7 +35,17 @@ class PipelineDeployment(ManyRequests):
         specs = {name: ModelSpec.model_validate(s) for name, s in step_specs.items()}
         self.plan: Plan = plan_pipeline(self.spec, specs)
         self.states = DeploymentStates()
-        self.steps = {name: hop(handle, specs[name], self.states) for name, handle in steps.items()}
+        self.steps = {
+            name: hop(
+                handle,
+                name,
+                self.states,
+                max_ongoing_requests=specs[name].max_ongoing_requests,
+                min_replicas=specs[name].autoscaling.min_replicas,
+                max_queued_requests=specs[name].max_queued_requests,
+            )
+            for name, handle in steps.items()
+        }
 
     async def _infer(self, inputs: Tensors) -> tuple[Tensors, int]:
         """(outputs, rows): the same contract as ModelDeployment.infer, so callers cannot tell them apart."""

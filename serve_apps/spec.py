@@ -32,6 +32,7 @@ from ._spec_sections import (
     PipelineSpec,
     PipelineStep,
     ResourcesSpec,
+    StandbySpec,
     TensorSpec,
     TlsSpec,
     valid_model_id,
@@ -53,6 +54,7 @@ __all__ = [
     "PipelineStep",
     "ResourcesSpec",
     "SpecError",
+    "StandbySpec",
     "TensorSpec",
     "TlsSpec",
     "check_artifacts_exist",
@@ -264,6 +266,9 @@ class ModelSpec(Strict):
         return self.artifact.uri.replace(MODEL_ID_PLACEHOLDER, model_id)
 
 
+RESERVED_DEPLOYMENTS = ("ingress", "standby")  # modelfleet's own deployments in every app (build.py)
+
+
 class AppSpec(Strict):
     """An application: models served together behind one HTTP ingress."""
 
@@ -271,6 +276,14 @@ class AppSpec(Strict):
     route_prefix: str = Field(default="/", pattern=r"^/", description="HTTP route prefix of the application.")
     models: list[ModelSpec] = Field(min_length=1, description="The models this application serves.")
     ingress: IngressSpec = Field(default_factory=IngressSpec, description="HTTP ingress settings.")
+    standby: StandbySpec | None = Field(
+        default=None,
+        description=(
+            "Warm replicas with the runtime imported and the artifacts fetched, which answer a model with "
+            "min_replicas: 0 while it has no replica of its own (and wake it): a first answer in milliseconds, not "
+            "seconds. CPU models only; each holds at most max_models, each for idle_s after its last request."
+        ),
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -280,6 +293,9 @@ class AppSpec(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, {dupes} repeat; rename all but one")
+        taken = sorted(set(names) & set(RESERVED_DEPLOYMENTS))
+        if taken:
+            raise ValueError(f"model name {taken[0]!r} is the name of modelfleet's own deployment; rename the model")
         return self
 
     @model_validator(mode="after")
@@ -303,7 +319,24 @@ class AppSpec(Strict):
                 scaling = m.autoscaling
                 first = scaling.initial_replicas if scaling.initial_replicas is not None else scaling.min_replicas
                 needs[m.name] = first * m.resources.num_cpus
+        if self.standby is not None and self.standby_models():
+            needs["standby"] = self.standby.num_replicas * self.standby.num_cpus
         return {name: cpus for name, cpus in needs.items() if cpus}
+
+    def standby_models(self) -> list[ModelSpec]:
+        """The models a standby replica answers for: scaled to zero, in a deployment of their own, one model (not a
+        family or a pipeline), on CPU. None without `standby:`."""
+        if self.standby is None:
+            return []
+        return [
+            m
+            for m in self.models
+            if m.autoscaling.min_replicas == 0
+            and not m.embedded
+            and m.pipeline is None
+            and m.multiplex is None
+            and not m.resources.num_gpus
+        ]
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)

@@ -216,6 +216,24 @@ def _test_fleet(tmp: Path) -> Path:
             "max_ongoing_requests": 1,
         }
     )
+    digits = next(m for m in spec["models"] if m["name"] == "digits")
+    spec["models"].append(
+        {  # digits with no replica while idle, answered by the app's standby replica until its own starts
+            **{k: digits[k] for k in ("format", "module", "artifact", "inputs", "outputs")},
+            "name": "sleepy",
+            "resources": {"num_cpus": 0.01},
+            "autoscaling": {
+                "min_replicas": 0,
+                "initial_replicas": 0,
+                "max_replicas": 1,
+                "upscale_delay_s": 0,
+                "downscale_delay_s": 2,
+                "metrics_interval_s": 0.5,
+                "look_back_period_s": 1,
+            },
+        }
+    )
+    spec["standby"] = {"num_replicas": 1, "num_cpus": 0.01, "idle_s": 5}
     spec["models"].append(
         {  # two replicas of a deployed echo, for the replica-kill test (test_faults.py)
             "name": "sturdy",

@@ -401,6 +401,55 @@ def test_serve_scales_on_the_requests_a_coalesced_call_carries(fleet: Fleet) -> 
     assert len(replica_pids("fleet", "elastic")) == 2, "Serve never scaled elastic past one replica under 6 callers"
 
 
+def _counter(client, name: str, model: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == f"{name}_total" and sample.labels.get("model") == model:
+                return sample.value
+    return 0.0
+
+
+def test_a_scaled_to_zero_model_answers_from_the_standby_then_from_its_own_replica(client) -> None:
+    """`sleepy` (digits, min_replicas 0) has no replica: the app's standby replica answers its first request, right,
+    and wakes it; once its own replica runs, requests go there; idle again, it goes back to no replica."""
+    import time
+
+    from examples.digits.model import load_split
+    from loadtests.chaos import replica_pids
+
+    _, x_test, _, _ = load_split()
+    rows = x_test[:5].astype(np.float32)
+    request = [{"name": "pixels", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]
+
+    def infer() -> np.ndarray:
+        (out,) = _v2(client, "sleepy", request)["outputs"]
+        return np.asarray(out["data"]).reshape(5, 10)
+
+    def eventually(condition, what: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s  # bounds a failure; Serve starts or stops a replica in seconds
+        while not condition():
+            assert time.monotonic() < deadline, f"never happened: {what}"
+            time.sleep(0.25)
+
+    eventually(lambda: not replica_pids("fleet", "sleepy"), "sleepy with no replica of its own")
+    time.sleep(1.5)  # past the ingress's one-second view of the controller: the model is known to be at zero
+    before = _counter(client, "modelfleet_standby_requests", "sleepy")
+    assert np.allclose(infer(), _digits_in_process(rows), atol=1e-5)
+    assert _counter(client, "modelfleet_standby_requests", "sleepy") == before + 1, "the standby did not answer"
+
+    eventually(lambda: len(replica_pids("fleet", "sleepy")) == 1, "the woken model's own replica")
+
+    def answered_by_its_own_replica() -> bool:
+        standby = _counter(client, "modelfleet_standby_requests", "sleepy")
+        assert np.allclose(infer(), _digits_in_process(rows), atol=1e-5)
+        return _counter(client, "modelfleet_standby_requests", "sleepy") == standby
+
+    eventually(answered_by_its_own_replica, "a request answered by sleepy's own replica")
+    eventually(lambda: not replica_pids("fleet", "sleepy"), "sleepy back to no replica once idle")
+
+
 def test_v1_instances_may_be_objects_keyed_by_input_name_for_one_input_too(client) -> None:
     rows = client.post("/v1/models/echo:predict", json={"instances": [[1.0, 2.0], [3.0, 4.0]]})
     objects = client.post("/v1/models/echo:predict", json={"instances": [{"x": [1.0, 2.0]}, {"x": [3.0, 4.0]}]})

@@ -155,6 +155,7 @@ BAD_SPECS = [
         _spec(module="ecko"),
         "models[0:echo].module: unknown builtin 'ecko'; known: ['echo']; did you mean 'echo'?",
     ),
+    ("model-named-like-modelfleets-own", _spec(name="standby"), "model name 'standby' is the name of modelfleet's own"),
 ]
 
 
@@ -168,6 +169,27 @@ def test_bad_spec_exits_2_with_one_clear_line(tmp_path: Path, text: str, expecte
     assert len(lines) == 1, result.stderr
     assert str(path) in lines[0] and expected in lines[0], lines[0]
     assert "Traceback" not in result.output
+
+
+def test_the_standby_answers_only_for_cpu_models_with_no_replica_while_idle_and_reserves_its_cpus() -> None:
+    def model(name: str, **changes) -> dict:
+        return {**GOOD_MODEL, "name": name, "autoscaling": {"min_replicas": 0}, **changes}
+
+    spec = AppSpec.model_validate(
+        {
+            "name": "app",
+            "models": [
+                model("idle"),
+                model("always-on", autoscaling={"min_replicas": 1}),
+                model("gpu", resources={"num_gpus": 1}),
+            ],
+            "standby": {"num_replicas": 2, "num_cpus": 0.25},
+        }
+    )
+    assert [m.name for m in spec.standby_models()] == ["idle"]
+    assert spec.cpus_at_start()["standby"] == 0.5
+    without = AppSpec.model_validate({"name": "app", "models": [model("idle")]})
+    assert without.standby_models() == [] and "standby" not in without.cpus_at_start()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from groundwork import local_rays
-from groundwork.processes import end_processes
+from groundwork.processes import adopt_orphans, end_processes
 from providers.storage import StorageError
 from serve_apps.spec import AppSpec, ModelSpec
 
@@ -148,6 +148,9 @@ def run(
     except StorageError as exc:
         failed(f"fetching artifacts: {exc}")
 
+    # Ray's agents outlive a raylet stopped while it was still starting them: as their subreaper, `run` still sees
+    # them as its descendants when it stops (_stop_ray).
+    adopt_orphans()
     server = LocalServer(host=host, port=port, proxy_port=proxy_port)
     stop_signal, ray_gone = _StopSignal(), None
     signal.signal(signal.SIGINT, stop_signal)  # even if our parent ignored SIGINT
@@ -214,6 +217,11 @@ def _stop_ray(server: LocalServer) -> bool:
         stopper.join(STOP_BOUND_S)
     hung = stopper.is_alive()
     end_processes(started, grace_s=0 if hung else 1)  # a hung Ray is past waiting for
+    for _ in range(3):  # what was still being started when we looked, orphaned to us since (adopt_orphans)
+        late = psutil.Process().children(recursive=True)
+        if not late:
+            break
+        end_processes(late, grace_s=1)
     return not hung
 
 
