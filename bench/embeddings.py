@@ -250,15 +250,15 @@ def bento_runs(server: Server, sentences: list[str], reference: np.ndarray, run_
     return [measure(server, BENTO_API, sentences, 1, users, reference, run_s) for users in CONCURRENCIES[1]]
 
 
-def server_torch_threads() -> tuple[int, str]:
+def server_torch_threads(app: Path = APP) -> tuple[int, str]:
     """What the replica's torch uses: Ray sets OMP_NUM_THREADS to floor(num_cpus) unless the environment has it."""
     if os.environ.get("OMP_NUM_THREADS"):
         return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS in the environment"
-    num_cpus = yaml.safe_load(APP.read_text())["models"][0]["resources"]["num_cpus"]
+    num_cpus = yaml.safe_load(app.read_text())["models"][0]["resources"]["num_cpus"]
     return max(math.floor(num_cpus), 1), f"Ray's rule: floor(num_cpus={num_cpus})"
 
 
-def report(raw: list[RawRun], http: list[HttpRun], bento: list[HttpRun]) -> dict:
+def report(raw: list[RawRun], http: list[HttpRun], bento: list[HttpRun], app: Path = APP) -> dict:
     best_raw = max(raw, key=lambda r: r.sentences_per_s)
     valid = [r for r in http if r.max_abs_error <= TOLERANCE]
     best_http = _fastest(valid)
@@ -297,7 +297,7 @@ def report(raw: list[RawRun], http: list[HttpRun], bento: list[HttpRun]) -> dict
         ["run", "setting", "sentences/s", "vs best raw", "max |error|", "CPU (cores)", "batch rows", "p50 / p95 ms"],
         rows,
     )
-    threads, why = server_torch_threads()
+    threads, why = server_torch_threads(app)
     console.print(
         f"raw: best at batch {best_raw.batch_size}, torch threads {best_raw.torch_threads}; server replica torch "
         f"threads: {threads} ({why})"
@@ -369,6 +369,12 @@ def main() -> None:
     parser.add_argument(
         "--no-bentoml", action="store_true", help="Skip the BentoML baseline (its virtualenv is made on first use)."
     )
+    parser.add_argument(
+        "--spec",
+        type=Path,
+        default=APP,
+        help="The app modelfleet serves (e.g. bench/embeddings_uncoalesced.yaml, one handle call per request).",
+    )
     args = parser.parse_args()
     interrupt_on_signals()
     sentences = make_sentences(args.sentences)
@@ -378,10 +384,12 @@ def main() -> None:
     port = free_port()
     target = Target(
         "modelfleet-embeddings",
-        [sys.executable, "-m", "modelfleet", "run", str(APP), "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "modelfleet", "run", str(args.spec), "--host", "127.0.0.1", "--port", str(port)],
         port,
     )
-    console.print(f"[bold]modelfleet[/bold]: starting {APP} …; each HTTP setting checked, then loaded {run_s:.1f}s")
+    console.print(
+        f"[bold]modelfleet[/bold]: starting {args.spec} …; each HTTP setting checked, then loaded {run_s:.1f}s"
+    )
     try:
         with Server(target) as server:
             http = http_runs(server, sentences, reference, run_s, tuple(args.sizes))
@@ -393,7 +401,7 @@ def main() -> None:
         sys.exit(130)
     bento: list[HttpRun] = []
     if not args.no_bentoml and 1 in args.sizes:
-        model = yaml.safe_load(APP.read_text())["models"][0]
+        model = yaml.safe_load(args.spec.read_text())["models"][0]
         cpus, max_batch = model["resources"]["num_cpus"], model["batching"]["max_batch_size"]
         console.print(f"[bold]BentoML {BENTOML_VERSION}[/bold]: the same model on {cpus} cores, batches ≤ {max_batch}")
         try:
@@ -404,7 +412,7 @@ def main() -> None:
         except KeyboardInterrupt:
             console.print("interrupted; the server was stopped")
             sys.exit(130)
-    summary = report(raw, http, bento)
+    summary = report(raw, http, bento, args.spec)
     path = write_results(
         "embeddings",
         {
