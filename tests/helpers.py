@@ -102,6 +102,16 @@ def check_docs_page(client: httpx.Client, page: str) -> None:
         assert fetched.status_code == 200 and fetched.content, (url, fetched.status_code)
 
 
+def run_async(coroutine) -> None:
+    """`asyncio.run(coroutine)` in a thread of its own: a session fixture (Playwright's sync API) may have left an
+    event loop running in this one, and asyncio.run refuses to start inside it."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, coroutine).result()
+
+
 async def eventually(condition, what: str) -> None:
     """In an asyncio test: yield to the code under test until `condition()` holds (bounded: a failure names `what`)."""
     import asyncio

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from serve_apps.batching import RowBatcher
-from tests.helpers import eventually
+from tests.helpers import eventually, run_async
 
 
 class _Model:
@@ -59,7 +59,7 @@ def test_a_busy_model_gets_everything_that_waited_as_its_next_batch() -> None:
         assert await asyncio.gather(*rest) == [i * 10 for i in range(1, 32)], "each caller its own answer"
         assert [len(items) for _, items in model.batches] == [1, 31]
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_batches_hold_at_most_max_rows_and_a_request_that_overflows_heads_the_next() -> None:
@@ -76,7 +76,7 @@ def test_batches_hold_at_most_max_rows_and_a_request_that_overflows_heads_the_ne
         assert await blocker == 1000 and await asyncio.gather(*calls) == [10, 20, 30, 40]
         assert [items for _, items in model.batches] == [[100], [1], [2, 3, 4]]  # 3 rows, then 2+1+1 = 4
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_a_batch_holds_one_model_id_and_the_longest_waiting_id_goes_first() -> None:
@@ -92,7 +92,7 @@ def test_a_batch_holds_one_model_id_and_the_longest_waiting_id_goes_first() -> N
         assert await blocker == 0 and await asyncio.gather(*calls) == [10, 20, 30, 40, 50]
         assert model.batches == [("a", [0]), ("b", [1, 3, 5]), ("a", [2, 4])]
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_a_failed_batch_fails_its_callers_alike_and_the_next_batch_runs() -> None:
@@ -110,7 +110,7 @@ def test_a_failed_batch_fails_its_callers_alike_and_the_next_batch_runs() -> Non
         model.release.set()
         assert await later == 70
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_a_caller_that_gave_up_is_left_out_of_the_batch() -> None:
@@ -131,4 +131,4 @@ def test_a_caller_that_gave_up_is_left_out_of_the_batch() -> None:
         assert await blocker == 0 and await kept == 20
         assert model.batches[1] == (None, [2])
 
-    asyncio.run(scenario())
+    run_async(scenario())

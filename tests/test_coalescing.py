@@ -12,7 +12,7 @@ import pytest
 from serve_apps.autoscaling_policy import REQUESTS_METRIC, requests_policy
 from serve_apps.coalescing import Coalescer, ManyRequests
 from serve_apps.request_error import RequestError
-from tests.helpers import eventually
+from tests.helpers import eventually, run_async
 
 
 class _Deployment:
@@ -41,7 +41,7 @@ def test_requests_that_wait_together_leave_as_one_call_and_each_caller_gets_its_
         assert await asyncio.gather(*calls) == [i * 10 for i in range(20)]
         assert deployment.calls == [(None, list(range(20)))]
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_under_light_load_a_request_leaves_at_once_and_alone() -> None:
@@ -52,7 +52,7 @@ def test_under_light_load_a_request_leaves_at_once_and_alone() -> None:
         assert [await coalescer.call(None, i) for i in range(3)] == [0, 10, 20]
         assert deployment.calls == [(None, [0]), (None, [1]), (None, [2])]
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_at_capacity_the_rest_wait_and_leave_together_when_a_call_comes_back() -> None:
@@ -70,7 +70,7 @@ def test_at_capacity_the_rest_wait_and_leave_together_when_a_call_comes_back() -
         assert deployment.calls == [(None, [0]), (None, list(range(1, 9)))]
         assert coalescer.calls_in_flight == 0
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_each_model_id_gets_calls_of_its_own() -> None:
@@ -83,7 +83,7 @@ def test_each_model_id_gets_calls_of_its_own() -> None:
         assert await asyncio.gather(*calls) == [i * 10 for i in range(6)]
         assert sorted(deployment.calls) == [("m0", [0, 2, 4]), ("m1", [1, 3, 5])]
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_a_requests_error_is_its_own_and_a_failed_call_fails_only_its_callers() -> None:
@@ -107,7 +107,7 @@ def test_a_requests_error_is_its_own_and_a_failed_call_fails_only_its_callers() 
         deployment.fail_call = False
         assert await coalescer.call(None, 6) == 60, "the coalescer stopped after a failed call"
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_a_caller_that_gave_up_before_its_call_left_is_not_sent() -> None:
@@ -124,7 +124,7 @@ def test_a_caller_that_gave_up_before_its_call_left_is_not_sent() -> None:
         assert (await first, await stays) == (0, 20)
         assert deployment.calls == [(None, [0]), (None, [2])]
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_beyond_capacity_and_max_queued_a_request_is_turned_away_at_once() -> None:
@@ -142,7 +142,7 @@ def test_beyond_capacity_and_max_queued_a_request_is_turned_away_at_once() -> No
         assert all(isinstance(o, BackPressureError) for o in outcomes[2:]), outcomes
         assert await coalescer.call(None, 5) == 50, "the queue did not drain"
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 class _Replica(ManyRequests):
@@ -174,7 +174,7 @@ def test_the_replica_answers_each_request_of_a_call_and_counts_requests_not_call
         assert isinstance(answers[2], RuntimeError) and "ZeroDivisionError: the model broke" in str(answers[2])
         assert replica.record_autoscaling_stats() == {REQUESTS_METRIC: 0}
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def _context(replicas: int, calls: float, queued: float, requests: list[float] | None, target: float = 2.0):
