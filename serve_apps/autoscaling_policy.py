@@ -2,7 +2,7 @@
 
 Serve scales a deployment on its ongoing requests, which it counts as handle calls. The ingress sends many
 requests in one call when they wait together (coalescing.py), so Serve's count would fall as the load rises.
-Every replica reports the requests it holds, however they came (`ModelDeployment.record_autoscaling_stats`), and
+Every replica reports the requests it holds, however they came (`coalescing.ManyRequests.record_autoscaling_stats`), and
 this policy applies Serve's default rule to them: desired replicas = requests / target_ongoing_requests, where
 requests = those in the replicas plus calls still queued at handles (at least one request each), and never fewer
 than Serve's own count. Ray wraps it with everything else its default policy does: the cold-start fast path,

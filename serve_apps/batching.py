@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ._delivery import deliver
+
 __all__ = ["RowBatcher"]
 
 Item = TypeVar("Item")
@@ -110,18 +112,6 @@ class RowBatcher(Generic[Item, Result]):
         return batch
 
     async def _answer(self, key: str | None, batch: list[_Waiting[Item, Result]]) -> None:
-        try:
-            results = await self._run(key, [w.item for w in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"a batch of {len(batch)} requests got {len(results)} results")
-        except BaseException as exc:  # every request of the batch fails alike; the batcher goes on
-            failure = exc if isinstance(exc, Exception) else RuntimeError("the batch was cancelled")
-            for waiting in batch:
-                if not waiting.future.done():
-                    waiting.future.set_exception(failure)
-            if not isinstance(exc, Exception):
-                raise  # cancelled (the replica stops): the batcher stops with it
-            return
-        for waiting, result in zip(batch, results, strict=True):
-            if not waiting.future.done():
-                waiting.future.set_result(result)
+        # Every request of a failed batch fails alike and the batcher goes on; cancelled (the replica stops), it
+        # stops with it.
+        await deliver([w.future for w in batch], self._run(key, [w.item for w in batch]))

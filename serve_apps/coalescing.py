@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError
 
+from ._delivery import deliver
 from .autoscaling_policy import REQUESTS_METRIC
 from .request_error import RequestError
 
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
     from ._deployment_states import DeploymentStates
+    from .spec import ModelSpec
 
-__all__ = ["Coalescer", "ManyRequests", "hop"]
+__all__ = ["Coalescer", "ManyRequests", "hop", "model_hop", "once_more_if_the_replica_died"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -87,23 +89,26 @@ class Coalescer(Generic[Item, Result]):
             queued = self._requests - self._admitted()
             if queued >= self._max_queued:
                 raise BackPressureError(num_queued_requests=max(0, queued), max_queued_requests=self._max_queued)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append(_Waiting(item, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)  # after every request that became ready in this turn of the loop
+        self._schedule_flush()
         self._requests += 1
         try:
             return await future
         finally:
             self._requests -= 1
 
+    def _schedule_flush(self) -> None:
+        """At the end of this turn of the loop: after every request that became ready in it."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         for key in list(self._waiting):  # oldest key first: dicts keep insertion order
             if self._in_flight >= max(1, self._max_calls()):
-                return  # the rest leaves when a call comes back (_sent)
+                return  # the rest leaves when a call comes back (_call)
             batch = [w for w in self._waiting.pop(key) if not w.future.done()]  # drop callers that gave up
             if batch:
                 self._in_flight += 1
@@ -113,29 +118,23 @@ class Coalescer(Generic[Item, Result]):
 
     async def _call(self, key: str | None, batch: list[_Waiting[Item, Result]]) -> None:
         try:
-            results = await self._send(key, [w.item for w in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"a call carrying {len(batch)} requests got {len(results)} answers")
-        except BaseException as exc:  # every caller of this call fails alike
-            failure = exc if isinstance(exc, Exception) else RuntimeError("the call was cancelled")
-            for waiting in batch:
-                if not waiting.future.done():
-                    waiting.future.set_exception(failure)
-            if not isinstance(exc, Exception):
-                raise
-            return
+            await deliver([w.future for w in batch], self._send(key, [w.item for w in batch]))
         finally:
             self._in_flight -= 1
-            if self._waiting and not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
-        for waiting, result in zip(batch, results, strict=True):
-            if waiting.future.done():
-                continue
-            if isinstance(result, Exception):
-                waiting.future.set_exception(result)
-            else:
-                waiting.future.set_result(result)
+            if self._waiting:
+                self._schedule_flush()
+
+
+async def once_more_if_the_replica_died(call: Callable[[], Awaitable[Any]], retry: Callable[[], bool]) -> Any:
+    """`await call()`, and if its replica died (or became unreachable) before it answered, once more when `retry()`
+    says so: inference is a pure function of its inputs, so asking again, of a replica Serve still holds live, is
+    safe; a second failure is the caller's."""
+    try:
+        return await call()
+    except (ActorDiedError, ActorUnavailableError):
+        if not retry():
+            raise
+        return await call()
 
 
 def hop(
@@ -160,12 +159,7 @@ def hop(
     async def send(model_id: str | None, many: list[Any]) -> list[Any]:
         target = handle if model_id is None else handle.options(multiplexed_model_id=model_id)
         on_call(len(many))
-        try:
-            return await target.infer_many.remote(many)
-        except (ActorDiedError, ActorUnavailableError):
-            if not retry_on_replica_death():
-                raise
-            return await target.infer_many.remote(many)
+        return await once_more_if_the_replica_died(lambda: target.infer_many.remote(many), retry_on_replica_death)
 
     def replicas() -> int:
         return max(1, states.running_replicas(deployment) or min_replicas)
@@ -176,6 +170,26 @@ def hop(
         max_calls=lambda: replicas() * calls_per_replica,
         max_queued=max_queued_requests,
         admitted=lambda: replicas() * max_ongoing_requests,
+    )
+
+
+def model_hop(
+    handle: DeploymentHandle,
+    spec: ModelSpec,
+    states: DeploymentStates,
+    retry_on_replica_death: Callable[[], bool] = lambda: False,
+    on_call: Callable[[int], None] = lambda requests: None,
+) -> Coalescer[Any, Any]:
+    """`hop` to a model's own deployment, sized by its spec."""
+    return hop(
+        handle,
+        spec.name,
+        states,
+        max_ongoing_requests=spec.max_ongoing_requests,
+        min_replicas=spec.autoscaling.min_replicas,
+        max_queued_requests=spec.max_queued_requests,
+        retry_on_replica_death=retry_on_replica_death,
+        on_call=on_call,
     )
 
 

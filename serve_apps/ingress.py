@@ -50,7 +50,7 @@ from ._ingress_metrics import IngressMetrics
 from ._model_ids import family_and_id, model_id_of
 from ._replica_console import keep_serve_internals_off_the_console
 from .auth import ApiKey, KeyRing
-from .coalescing import Coalescer, hop
+from .coalescing import Coalescer, hop, model_hop, once_more_if_the_replica_died
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
 from .request_error import RequestError
@@ -94,15 +94,8 @@ class Ingress:
         self.hops: dict[str, Coalescer] = {}
         if self.app_spec.ingress.coalesce:
             self.hops = {
-                name: hop(
-                    h,
-                    name,
-                    self.states,
-                    max_ongoing_requests=self.specs[name].max_ongoing_requests,
-                    min_replicas=self.specs[name].autoscaling.min_replicas,
-                    max_queued_requests=self.specs[name].max_queued_requests,
-                    retry_on_replica_death=self._retry(name),
-                    on_call=self.meters.call_requests.labels(name).observe,
+                name: model_hop(
+                    h, self.specs[name], self.states, self._retry(name), self.meters.call_requests.labels(name).observe
                 )
                 for name, h in models.items()
             }
@@ -280,12 +273,7 @@ class Ingress:
         if model_id is not None:
             handle = handle.options(multiplexed_model_id=model_id)
         self.meters.call_requests.labels(spec.name).observe(1)
-        try:
-            return await handle.infer.remote(inputs)
-        except (ActorDiedError, ActorUnavailableError):
-            if not self._retry(spec.name)():
-                raise
-            return await handle.infer.remote(inputs)
+        return await once_more_if_the_replica_died(lambda: handle.infer.remote(inputs), self._retry(spec.name))
 
     async def _has_no_replica(self, name: str) -> bool:
         """Whether `name` has no running replica of its own, as Serve's controller said within the last second.
@@ -311,8 +299,7 @@ class Ingress:
         self._waking[name] = asyncio.get_running_loop().create_task(wake(), name=f"wake-{name}")
 
     def _retry(self, name: str):
-        """Whether to ask again when a replica died before it answered (and count it): inference is a pure function
-        of its inputs, so asking again, once, of a replica Serve still holds live is safe; a second failure is the
+        """Whether to ask again when a replica died before it answered (and count it); a second failure is the
         caller's 503 (see _infer)."""
 
         def retry() -> bool:

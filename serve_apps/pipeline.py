@@ -16,7 +16,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from ._deployment_states import DeploymentStates
-from .coalescing import ManyRequests, hop
+from .coalescing import ManyRequests, model_hop
 from .graph import REQUEST, Plan, Step, plan_pipeline
 from .spec import ModelSpec
 from .tensors import rows_of
@@ -35,17 +35,7 @@ class PipelineDeployment(ManyRequests):
         specs = {name: ModelSpec.model_validate(s) for name, s in step_specs.items()}
         self.plan: Plan = plan_pipeline(self.spec, specs)
         self.states = DeploymentStates()
-        self.steps = {
-            name: hop(
-                handle,
-                name,
-                self.states,
-                max_ongoing_requests=specs[name].max_ongoing_requests,
-                min_replicas=specs[name].autoscaling.min_replicas,
-                max_queued_requests=specs[name].max_queued_requests,
-            )
-            for name, handle in steps.items()
-        }
+        self.steps = {name: model_hop(handle, specs[name], self.states) for name, handle in steps.items()}
 
     async def _infer(self, inputs: Tensors) -> tuple[Tensors, int]:
         """(outputs, rows): the same contract as ModelDeployment.infer, so callers cannot tell them apart."""

@@ -69,8 +69,7 @@ class StandbyDeployment(ManyRequests):
             raise RequestError(404, f"no model {name!r} has a standby here")
         if name not in self._loading:
             self._loading[name] = asyncio.create_task(self._load(name))
-        model = await asyncio.shield(self._loading[name])
-        return model
+        return await asyncio.shield(self._loading[name])
 
     async def _load(self, name: str) -> ModelDeployment:
         try:

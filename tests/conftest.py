@@ -195,44 +195,30 @@ def _test_fleet(tmp: Path) -> Path:
             "max_queued_requests": 1,
         },
     ]
-    spec["models"].append(
+
+    def same_model(name: str) -> dict:
+        """The fields that make `name`'s model what it is (not how it is served)."""
+        model = next(m for m in spec["models"] if m["name"] == name)
+        return {k: model[k] for k in ("format", "module", "artifact", "inputs", "outputs")}
+
+    # Scales within a second or two of its load, so the tests that watch replicas come and go stay short.
+    eager = {"upscale_delay_s": 0, "downscale_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+    hardly_any_cpu = {"num_cpus": 0.01}  # their extra replicas must not crowd out the apps deployed later
+    spec["models"] += [
         {  # `slow` that may scale to 2, on requests: one call per replica carries them all (test_serving.py)
+            **same_model("slow"),
             "name": "elastic",
-            "format": "safetensors",
-            "module": "tests.fixtures.tiny:SlowNet",
-            "artifact": {"uri": str(tmp / "slow.safetensors")},
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
-            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
-            "resources": {"num_cpus": 0.01},  # its second replica must not crowd out the apps deployed later
-            "autoscaling": {
-                "min_replicas": 1,
-                "max_replicas": 2,
-                "target_ongoing_requests": 1,
-                "upscale_delay_s": 0,
-                "downscale_delay_s": 2,
-                "metrics_interval_s": 0.5,
-                "look_back_period_s": 1,
-            },
+            "resources": dict(hardly_any_cpu),  # a copy: yaml.safe_dump writes a shared dict as an alias
+            "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, **eager},
             "max_ongoing_requests": 1,
-        }
-    )
-    digits = next(m for m in spec["models"] if m["name"] == "digits")
-    spec["models"].append(
+        },
         {  # digits with no replica while idle, answered by the app's standby replica until its own starts
-            **{k: digits[k] for k in ("format", "module", "artifact", "inputs", "outputs")},
+            **same_model("digits"),
             "name": "sleepy",
-            "resources": {"num_cpus": 0.01},
-            "autoscaling": {
-                "min_replicas": 0,
-                "initial_replicas": 0,
-                "max_replicas": 1,
-                "upscale_delay_s": 0,
-                "downscale_delay_s": 2,
-                "metrics_interval_s": 0.5,
-                "look_back_period_s": 1,
-            },
-        }
-    )
+            "resources": dict(hardly_any_cpu),
+            "autoscaling": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, **eager},
+        },
+    ]
     spec["standby"] = {"num_replicas": 1, "num_cpus": 0.01, "idle_s": 5}
     spec["models"].append(
         {  # two replicas of a deployed echo, for the replica-kill test (test_faults.py)
