@@ -107,6 +107,9 @@ bench: setup artifacts
 	$(BIN)/python -m bench.embeddings
 	$(BIN)/python -m bench.tuner
 	$(BIN)/python -m bench.faults
+	$(BIN)/python -m bench.coldstart
+	$(BIN)/python -m bench.many_models
+	$(BIN)/python -m bench.autoscale
 
 clean:
 	rm -rf $(VENV) .tools examples/*/artifacts .pytest_cache

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -210,12 +212,14 @@ class Server(StartedProcess):
 
 
 class CpuSampler:
-    """CPU use (in cores) of some processes, read once a second by a thread while a run is in flight."""
+    """CPU use (in cores) and resident memory of some processes, read once a second by a thread while a run is in
+    flight."""
 
     def __init__(self, roles: dict[int, str], interval_s: float = 1.0):
         self.roles = roles
         self.interval_s = interval_s
         self.samples: list[tuple[float, dict[int, float]]] = []
+        self.rss_mb: list[tuple[float, dict[int, float]]] = []
         self._procs = {}
         for pid in roles:
             try:
@@ -235,14 +239,17 @@ class CpuSampler:
         self._thread.join()
 
     def _sample(self) -> None:
-        row = {}
+        row, rss = {}, {}
         for pid, proc in self._procs.items():
             try:
                 times = proc.cpu_times()
                 row[pid] = times.user + times.system
+                rss[pid] = proc.memory_info().rss / 2**20
             except psutil.Error:
                 continue
-        self.samples.append((time.monotonic(), row))
+        now = time.monotonic()
+        self.samples.append((now, row))
+        self.rss_mb.append((now, rss))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -308,3 +315,20 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def spec_variant(
+    base: Path, out: Path, edit: Callable[[dict], None] = lambda _: None, relative_to: Path | None = None
+) -> Path:
+    """A copy of the app spec `base`, changed by `edit`, written to `out` with its relative artifact paths made
+    absolute (they are relative to `relative_to`, by default the spec's own folder)."""
+    spec = yaml.safe_load(base.read_text())
+    for model in spec["models"]:
+        artifact = model.get("artifact") or {}
+        uri = artifact.get("uri", "")
+        if uri and "://" not in uri and not uri.startswith("/"):
+            artifact["uri"] = str(((relative_to or base.parent) / uri).resolve())
+    edit(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out

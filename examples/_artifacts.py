@@ -32,11 +32,21 @@ def save_weights(tensors: dict[str, torch.Tensor] | torch.nn.Module, out: Path) 
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
-def training_cli(doc: str, default_out: Path, ensure_trained: Callable[[Path, bool], Path]) -> None:
-    """`python -m examples.X.train [--out PATH] [--force]`, the same for every example."""
+def training_cli(
+    doc: str,
+    default_out: Path,
+    ensure_trained: Callable[..., Path],
+    add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """`python -m examples.X.train [--out PATH] [--force] [an example's own options]`, the same for every example.
+
+    An example's own options (`add_options`) reach `ensure_trained` as keyword arguments named after them.
+    """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--force", action="store_true", help="retrain even if the weights exist")
-    args = parser.parse_args()
+    if add_options is not None:
+        add_options(parser)
+    options = vars(parser.parse_args())
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    ensure_trained(args.out, args.force)
+    ensure_trained(options.pop("out"), options.pop("force"), **options)

@@ -76,11 +76,12 @@ def _latency(record: RunRecord) -> go.Figure:
 
 
 def _replicas(record: RunRecord) -> go.Figure | None:
+    """Running replicas per deployment, and p95 latency on a second axis: how scaling follows the load."""
     if not record.replicas:
         return None
     deployments = list(dict.fromkeys(name for point in record.replicas for name in point.replicas))
     t = [p.t_s for p in record.replicas]
-    fig = go.Figure()
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
     for i, name in enumerate(deployments):
         dash, width = _LINE_STYLES[i % len(_LINE_STYLES)]
         fig.add_trace(
@@ -92,7 +93,17 @@ def _replicas(record: RunRecord) -> go.Figure | None:
                 line=dict(shape="hv", dash=dash, width=width),
             )
         )
-    fig.update_yaxes(dtick=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[p.t_s for p in record.timeline],
+            y=[p.p95_ms for p in record.timeline],
+            name="p95 latency",
+            line=dict(color=ORANGE, dash="dot", width=1.5),
+        ),
+        secondary_y=True,
+    )
+    fig.update_yaxes(dtick=1, secondary_y=False)
+    fig.update_yaxes(title_text="p95 ms", rangemode="tozero", showgrid=False, secondary_y=True)
     fig.update_layout(hovermode="x unified")
     return _style(fig, "seconds since start", "replicas")
 

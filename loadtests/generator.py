@@ -43,6 +43,7 @@ gevent.get_hub().NOT_ERROR += (KeyboardInterrupt,)
 logging.getLogger("locust").setLevel(logging.WARNING)  # its per-stage INFO lines would break the live progress line
 STOP_TIMEOUT_S = 5.0  # users finish the request in flight when a stage lowers the count or the run ends
 SAMPLES_KEY = "modelfleet_samples"
+PATH_KEY = "modelfleet_path"  # which of an endpoint's paths a request went to (a family's model id)
 
 # Exception (the first in its class's MRO that is listed) -> the kind of failure it counts as.
 _FAILURE_KINDS: dict[type[BaseException], str] = {
@@ -94,11 +95,14 @@ class _EndpointUser(FastHttpUser):
     @task
     def call(self) -> None:
         endpoint = self.endpoint
-        path = (
-            random.choices(endpoint.paths, cum_weights=self._cum_weights)[0] if self._cum_weights else endpoint.paths[0]
-        )
+        path = random.choices(range(len(endpoint.paths)), cum_weights=self._cum_weights)[0] if self._cum_weights else 0
         with self.client.post(
-            path, data=next(self._bodies), headers=self.headers, name=endpoint.name, catch_response=True
+            endpoint.paths[path],
+            data=next(self._bodies),
+            headers=self.headers,
+            name=endpoint.name,
+            catch_response=True,
+            context={PATH_KEY: path},
         ) as resp:
             if not resp.status_code:  # no HTTP answer at all
                 resp.failure(RequestFailed(failure_kind(resp.error), str(resp.error or "")))
@@ -139,12 +143,18 @@ class _StagedShape(LoadTestShape):
 
 
 def collect_samples(env: Environment, names: list[str], sink: list) -> None:
-    """Append (end time, ms, endpoint index, failure kind or None) for every request."""
+    """Append (end time, ms, endpoint index, failure kind or None, path index) for every request."""
     index = {name: i for i, name in enumerate(names)}
 
-    def on_request(name: str, response_time: float, exception: BaseException | None = None, **_: object) -> None:
+    def on_request(
+        name: str,
+        response_time: float,
+        exception: BaseException | None = None,
+        context: dict | None = None,
+        **_: object,
+    ) -> None:
         kind = None if exception is None else getattr(exception, "kind", None) or failure_kind(exception)
-        sink.append((time.time(), response_time, index.get(name, -1), kind))
+        sink.append((time.time(), response_time, index.get(name, -1), kind, (context or {}).get(PATH_KEY, 0)))
 
     env.events.request.add_listener(on_request)
 

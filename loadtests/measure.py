@@ -29,8 +29,8 @@ class Measurements:
 
     started: float  # wall clock when the first stage began
     endpoint_names: list[str]
-    # (end time, ms, endpoint index, failure kind or None when it succeeded)
-    samples: list[tuple[float, float, int, str | None]] = field(default_factory=list)
+    # (end time, ms, endpoint index, failure kind or None when it succeeded, index of the endpoint's path)
+    samples: list[tuple[float, float, int, str | None, int]] = field(default_factory=list)
     users: list[tuple[float, int]] = field(default_factory=list)  # (t_s, users)
     # (t_s, server cores, server MB, generator cores); server figures are None when it runs elsewhere.
     resources: list[tuple[float, float | None, float | None, float]] = field(default_factory=list)
@@ -65,7 +65,7 @@ class LiveTally:
     def progress(self, now: float, elapsed_s: float, users: int) -> Progress:
         new = self._samples[self._seen :]
         self._seen += len(new)
-        for end, ms, _, failure in new:
+        for end, ms, _, failure, *_ in new:
             if failure is None:
                 self.successes += 1
                 self._recent.append((end, ms))
@@ -125,7 +125,7 @@ def _arrays(measured: Measurements) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     if not measured.samples:
         empty = np.zeros(0)
         return empty, empty, empty.astype(int), empty.astype(object)
-    ends, ms, endpoint, kinds = zip(*measured.samples, strict=True)
+    ends, ms, endpoint, kinds = list(zip(*measured.samples, strict=True))[:4]
     kinds_array = np.empty(len(kinds), dtype=object)
     kinds_array[:] = kinds
     return (

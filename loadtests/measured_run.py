@@ -33,12 +33,13 @@ def measure_run(
     workers: int = 0,
     report_dir: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    replica_interval_s: float = 2.0,
 ) -> RunRecord:
     before = scrape(scenario.base_url, scenario.headers, ingress_replicas)
     with tempfile.TemporaryDirectory(prefix="modelfleet-replicas-") as scratch:
         watcher = None
         if app is not None and app.ray_address and app.watch_replicas and config.app:
-            watcher = ReplicaWatcher(app.ray_address, config.app, Path(scratch) / "replicas.jsonl")
+            watcher = ReplicaWatcher(app.ray_address, config.app, Path(scratch) / "replicas.jsonl", replica_interval_s)
             watcher.wait_first()
         started = None
         try:

@@ -37,7 +37,7 @@ _STAGES = (
 _RUN_PLOTS = {
     "throughput": "Throughput",
     "latency": "Latency percentiles",
-    "replicas": "Running replicas",
+    "replicas": "Running replicas and p95 latency",
     "cpu": "CPU in use",
 }
 

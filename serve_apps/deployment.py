@@ -9,8 +9,9 @@ and under load its batches stayed small).
 
 A multiplexed family (`multiplex:`) is Ray's own `@serve.multiplexed`: each
 request carries a model id, a replica loads that id's artifact on first use
-and evicts the least recently used beyond `max_models_per_replica`; Serve
-routes an id to a replica that already has it. A batch holds one id.
+and unloads one beyond `max_models_per_replica` (the least asked for lately:
+eviction.py); Serve routes an id to a replica that already has it. A batch
+holds one id.
 
 Callers send requests one by one (`infer`) or several in one handle call (`infer_many`, what the ingress's
 coalescer sends); either way each is one of the requests this replica reports to the autoscaler
@@ -32,6 +33,7 @@ from providers.storage import ArtifactNotFound, fetch
 from ._replica_console import keep_serve_internals_off_the_console
 from .batching import RowBatcher
 from .coalescing import ManyRequests
+from .eviction import multiplexed
 from .loaders import Model, load_model, pick_device, runs_inline
 from .request_error import RequestError
 from .spec import ModelSpec
@@ -95,8 +97,8 @@ class ModelDeployment(ManyRequests):
         async def load_variant(model_id: str) -> _Loaded:
             return _Loaded(await asyncio.to_thread(self._load, model_id), model_id, self._loaded)
 
-        self._variant = serve.multiplexed(max_num_models_per_replica=self.spec.multiplex.max_models_per_replica)(
-            load_variant
+        self._variant = multiplexed(
+            load_variant, self.spec.multiplex.max_models_per_replica, self.spec.multiplex.eviction
         )
 
     def _load(self, model_id: str | None) -> Model:
@@ -107,7 +109,7 @@ class ModelDeployment(ManyRequests):
         model = load_model(self.spec, path, self.device)
         label = f"{self.spec.name}:{model_id}" if model_id else self.spec.name
         logger.info(
-            "model %s v%s loaded on %s in %.2fs", label, self.spec.version, self.device, time.perf_counter() - started
+            "model %s v%s loaded on %s in %.3fs", label, self.spec.version, self.device, time.perf_counter() - started
         )
         return model
 

@@ -73,6 +73,34 @@ def test_at_capacity_the_rest_wait_and_leave_together_when_a_call_comes_back() -
     run_async(scenario())
 
 
+def test_a_batched_models_requests_wait_for_company_while_a_call_is_out() -> None:
+    """Requests arriving a moment apart while the replica is busy leave together (up to `gather`), so its next batch
+    is whole; a lone one leaves after `gather_s`; with no call out nothing waits."""
+
+    async def scenario() -> None:
+        deployment = _Deployment()
+        coalescer = Coalescer(deployment.send, max_calls=lambda: 8, gather=4, gather_s=0.3)
+        first = asyncio.create_task(coalescer.call(None, 0))
+        await eventually(lambda: len(deployment.calls) == 1, "the first call, at once: none was out")
+        trickle = []
+        for i in range(1, 4):  # one per turn of the loop, a moment apart: free slots, but a call is out
+            trickle.append(asyncio.create_task(coalescer.call(None, i)))
+            await asyncio.sleep(0.01)
+        assert len(deployment.calls) == 1, "a request left alone while a call was out and it could wait for company"
+        trickle.append(asyncio.create_task(coalescer.call(None, 4)))
+        await eventually(lambda: len(deployment.calls) == 2, "the four, together")
+        assert deployment.calls[1] == (None, [1, 2, 3, 4])
+        lone = asyncio.create_task(coalescer.call(None, 5))
+        await asyncio.sleep(0.05)
+        assert len(deployment.calls) == 2, "the lone request left before gather_s"
+        await eventually(lambda: len(deployment.calls) == 3, "the lone request, after gather_s")
+        deployment.release.set()
+        assert await asyncio.gather(first, *trickle, lone) == [i * 10 for i in range(6)]
+        assert deployment.calls[2] == (None, [5])
+
+    run_async(scenario())
+
+
 def test_each_model_id_gets_calls_of_its_own() -> None:
     async def scenario() -> None:
         deployment = _Deployment()

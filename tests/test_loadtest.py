@@ -122,9 +122,10 @@ REFUSED = "connection refused"
 
 
 def _answers(from_s: float, until_s: float, every_s: float, ms: float, failure: str | None = None) -> list[tuple]:
-    """Samples as the generator keeps them: (end time, ms, endpoint index, failure kind or None), evenly spread."""
+    """Samples as the generator keeps them: (end time, ms, endpoint index, failure kind or None, path index), evenly
+    spread."""
     count = round((until_s - from_s) / every_s)
-    return [(STARTED + from_s + every_s * (i + 0.5), ms, 0, failure) for i in range(count)]
+    return [(STARTED + from_s + every_s * (i + 0.5), ms, 0, failure, 0) for i in range(count)]
 
 
 def _config(plan: list[Stage]) -> RunConfig:
@@ -158,7 +159,7 @@ def test_stages_add_up_to_the_run_and_the_timeline_ends_with_the_load() -> None:
     """The settle second at each stage's start and the answers in flight when the load stopped are counted in a
     stage; the last, partial second is no point of the timeline (it would plot a drop that never was)."""
     plan = stages(Shape.step, users=4, duration_s=3)  # four stages of 0.75 s: a quarter of each is its settle time
-    stragglers = [(STARTED + 3.02, 20.0, 0, None), (STARTED + 3.04, 20.0, 0, "HTTP 503")]
+    stragglers = [(STARTED + 3.02, 20.0, 0, None, 0), (STARTED + 3.04, 20.0, 0, "HTTP 503", 0)]
     samples = _answers(0, 3, 0.005, 20.0) + stragglers
     record = summarize(Measurements(STARTED, ["echo"], samples), plan, _config(plan))
     assert record.requests == len(samples)

@@ -350,7 +350,8 @@ def test_lines_that_coincide_stay_visible():
     so the one beneath shows around it."""
     replicas = run_figures(full_run())["replicas"]
     assert replicas is not None
-    digits, fraud = replicas.data
+    digits, fraud, p95 = replicas.data  # and p95 latency, on the second axis
+    assert p95.yaxis == "y2" and digits.yaxis != "y2" and fraud.yaxis != "y2"
     assert digits.y[0] == fraud.y[0]
     assert digits.line.width > fraud.line.width and digits.line.dash != fraud.line.dash
     latency = run_figures(full_run())["latency"]  # percentiles coincide when a second has few answers

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CATEGORIES", "FEATURE_NAMES", "INPUTS", "MERCHANTS", "generate"]
+__all__ = ["CATEGORIES", "FEATURE_NAMES", "INPUTS", "MERCHANTS", "generate", "merchant_ids"]
 
 CATEGORIES = ["grocery", "fuel", "restaurant", "travel", "electronics", "online", "jewelry", "atm"]
 _RISKY = {"electronics": 0.8, "online": 0.7, "jewelry": 1.0, "atm": 0.5}
@@ -28,7 +28,14 @@ FEATURE_NAMES = [
 ]
 # The raw fields a transaction carries: the request of the `fraud` pipeline and of each merchant model.
 INPUTS = ["amount", "hour", "category", "distance_km", "txn_24h", "card_present", "foreign"]
-MERCHANTS = [f"m{i:03d}" for i in range(50)]
+
+
+def merchant_ids(count: int) -> list[str]:
+    """m000, m001, ...: the ids of `count` merchants (the id's number seeds the merchant's own fraud pattern)."""
+    return [f"m{i:03d}" for i in range(count)]
+
+
+MERCHANTS = merchant_ids(50)  # the example app's family; `train --merchants N` makes more (bench/many_models.py)
 
 
 def _merchant_shift(merchant: str | None) -> tuple[float, float]:
