@@ -10,8 +10,8 @@ What it reports, all from the same run:
   finished loading its model while it was in flight (the replica's log says when and how long each load took);
 - the hit ratio (1 - loads / requests) against what one LRU cache of the family's whole capacity
   (replicas x max_models_per_replica) achieves on the same sequence of model ids (simulated);
-- load latency, requests/s, and each replica's resident memory at the start, half-way, at its peak and at the
-  end (a bounded cache holds it flat once full).
+- load latency, requests/s, and each replica's CPU (how evenly Serve spread the family over the replicas) and
+  resident memory at the start, half-way, at its peak and at the end (a bounded cache holds it flat once full).
 
 It runs twice, one server after the other: with modelfleet's default `eviction: frequency` (unload the model
 asked for least lately, serve_apps/eviction.py) and with Ray Serve's own LRU (`eviction: lru`).
@@ -83,8 +83,11 @@ class Split:
 
 
 @dataclass
-class Memory:
+class ReplicaUse:
+    """One replica's CPU over the run (how evenly Serve spread the family) and its resident memory."""
+
     pid: int
+    cores: float
     start_mb: float
     mid_mb: float  # half-way through the run: a bounded cache is full by then, and the end is no higher
     peak_mb: float
@@ -109,7 +112,7 @@ class Result:
     load_p95_ms: float | None
     hit_ratio: float
     lru_hit_ratio: float
-    memory: list[Memory] = field(default_factory=list)
+    replicas_use: list[ReplicaUse] = field(default_factory=list)
 
 
 def _replica_pids(server: Server) -> list[int]:
@@ -124,13 +127,23 @@ def _replica_pids(server: Server) -> list[int]:
     return sorted(pids)
 
 
-def _memory(sampler: CpuSampler, pids: list[int]) -> list[Memory]:
+def _use(sampler: CpuSampler, pids: list[int]) -> list[ReplicaUse]:
     rows = []
+    cores = sampler.cores()
     for pid in pids:
         series = [row[pid] for _, row in sampler.rss_mb if pid in row]
         if series:
             mid = series[len(series) // 2]
-            rows.append(Memory(pid, round(series[0], 1), round(mid, 1), round(max(series), 1), round(series[-1], 1)))
+            rows.append(
+                ReplicaUse(
+                    pid,
+                    round(cores.get(str(pid), 0.0), 2),
+                    round(series[0], 1),
+                    round(mid, 1),
+                    round(max(series), 1),
+                    round(series[-1], 1),
+                )
+            )
     return rows
 
 
@@ -143,19 +156,19 @@ def _requests(measured: Measurements, paths: list[str]) -> list[Request]:
 
 def run(
     server: Server, spec_path: Path, merchants: int, users: int, duration_s: float
-) -> tuple[RunRecord, list[Request], list[Memory]]:
+) -> tuple[RunRecord, list[Request], list[ReplicaUse]]:
     spec = load_app_spec(spec_path)
     scenario = from_app(spec, server.url, model_ids={"merchant": merchant_ids(merchants)})
     plan = stages(Shape.constant, users, duration_s)
     config = run_config(scenario, plan, app=spec.name)
     pids = _replica_pids(server)
-    with CpuSampler({pid: "replica" for pid in pids}) as sampler:
+    with CpuSampler({pid: str(pid) for pid in pids}) as sampler:
         measured = generate(scenario, plan)
-    return summarize(measured, plan, config), _requests(measured, scenario.endpoints[0].paths), _memory(sampler, pids)
+    return summarize(measured, plan, config), _requests(measured, scenario.endpoints[0].paths), _use(sampler, pids)
 
 
 def analyse(
-    eviction: str, record: RunRecord, requests: list[Request], loads: list[Load], memory: list[Memory], users: int
+    eviction: str, record: RunRecord, requests: list[Request], loads: list[Load], use: list[ReplicaUse], users: int
 ) -> Result:
     family = load_app_spec(SPEC).model("merchant")
     replicas = family.autoscaling.max_replicas
@@ -184,7 +197,7 @@ def analyse(
         load_p95_ms=round(float(np.percentile(load_ms, 95)), 2) if load_ms else None,
         hit_ratio=round(1 - len(during) / len(answered), 3) if answered else 0.0,
         lru_hit_ratio=round(lru_hit_ratio(trace, replicas * capacity), 3),
-        memory=memory,
+        replicas_use=use,
     )
 
 
@@ -228,12 +241,13 @@ def report(results: list[Result], merchants: int) -> None:
         ],
     )
     print_table(
-        "replica resident memory (MB)",
-        ["eviction", "replica pid", "start", "half-way", "peak", "end"],
+        "each replica: CPU over the run, and resident memory (MB)",
+        ["eviction", "replica pid", "cores", "start MB", "half-way MB", "peak MB", "end MB"],
         [
-            [r.eviction, str(m.pid), f"{m.start_mb:.0f}", f"{m.mid_mb:.0f}", f"{m.peak_mb:.0f}", f"{m.end_mb:.0f}"]
+            [r.eviction, str(u.pid), f"{u.cores:.2f}"]
+            + [f"{u.start_mb:.0f}", f"{u.mid_mb:.0f}", f"{u.peak_mb:.0f}", f"{u.end_mb:.0f}"]
             for r in results
-            for m in r.memory
+            for u in r.replicas_use
         ],
     )
     for r in results:
@@ -267,12 +281,12 @@ def measure_side(eviction: str, merchants: int, users: int, duration_s: float) -
     console.print(f"[bold]eviction: {eviction}[/bold]: {users} users for {duration_s:.0f} s")
     with Server(target) as server:
         server.settle()
-        record, requests, memory = run(server, spec_path, merchants, users, duration_s)
+        record, requests, use = run(server, spec_path, merchants, users, duration_s)
         time.sleep(1.0)  # the replicas' last log lines flushed
         logs = sorted(RAY_SERVE_LOGS.glob("replica_many_models_merchant_*.log"))
         lines = (line for log in logs for line in log.read_text(errors="replace").splitlines())
         loads = parse_loads(lines, "merchant")
-    return analyse(eviction, record, requests, loads, memory, users)
+    return analyse(eviction, record, requests, loads, use, users)
 
 
 def main() -> None:

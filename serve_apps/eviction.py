@@ -7,9 +7,8 @@ rarely): under LRU a run of rare ids pushes popular models out, and each comes b
 loaded model with the lowest count, the least recent among equals, so with even traffic it is LRU. Counts are
 halved every `WINDOW_PER_MODEL` x capacity requests (TinyLFU's reset), so a model that stops being popular does
 not stay forever and the counter holds only ids asked for lately. On bench/many_models.py (1,000 models, Zipf
-traffic, 2 replicas x 50) this turned a hit ratio below an ideal LRU's into one above it (0.73 vs 0.67); where a
-load costs next to nothing, the popular models staying put on one replica cost more requests/s than the loads
-saved (BENCHMARKS.md), so `eviction: lru` remains for families whose models load in a millisecond.
+traffic, 2 replicas x 50) this turned a hit ratio below an ideal LRU's into one above it (0.73 vs 0.67), with the
+two replicas' load still even (BENCHMARKS.md).
 
 It is Serve's own multiplexing (routing by model id, loading under Serve's lock, its metrics), with one
 method changed: the wrapper Serve creates on a multiplexed function's first call is created here first, as a
