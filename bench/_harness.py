@@ -10,6 +10,7 @@ found, measured and stopped by pid, whatever happens to the benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -55,6 +56,20 @@ def interrupt_on_signals() -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
+
+
+@contextlib.contextmanager
+def exit_on_failure(what: str = "", failures: tuple[type[Exception], ...] = (TargetFailed,)) -> Iterator[None]:
+    """A benchmark's target failing prints one line and exits 1; Ctrl-C exits 130 (each target's context manager
+    has stopped it on the way out)."""
+    try:
+        yield
+    except failures as exc:
+        console.print(f"[red]{what + ' ' if what else ''}failed:[/red] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted; the servers were stopped")
+        sys.exit(130)
 
 
 @dataclass

@@ -36,7 +36,16 @@ from loadtests.shapes import Stage
 from serve_apps.spec import load_app_spec
 
 from ._autoscale_analysis import recovery_s, release_s, replica_seconds
-from ._harness import REPO, RESULTS, console, interrupt_on_signals, print_table, spec_variant, write_results
+from ._harness import (
+    REPO,
+    RESULTS,
+    console,
+    exit_on_failure,
+    interrupt_on_signals,
+    print_table,
+    spec_variant,
+    write_results,
+)
 from ._load import run_config
 
 SPEC = REPO / "bench" / "autoscale_digits.yaml"
@@ -138,16 +147,8 @@ def main() -> None:
         "ray": _ray_defaults_spec,
         "tuned": lambda: args.tuned or _tuned_spec(args.slo_p95_ms),
     }
-    sides = []
-    try:
-        for name in args.sides.split(","):
-            sides.append(_measure(name, specs[name](), args.slo_p95_ms))
-    except AppStartFailed as exc:
-        console.print(f"[red]failed:[/red] {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("interrupted; the app was stopped")
-        sys.exit(130)
+    with exit_on_failure(failures=(AppStartFailed,)):
+        sides = [_measure(name, specs[name](), args.slo_p95_ms) for name in args.sides.split(",")]
     print_table(
         f"digits (accelerated), {LOW_USERS} -> {HIGH_USERS} users at {STEP_UP_S:.0f} s -> {LOW_USERS} at "
         f"{STEP_DOWN_S:.0f} s, {END_S:.0f} s; SLO p95 ≤ {args.slo_p95_ms:g} ms",

@@ -30,7 +30,17 @@ from groundwork.processes import free_port
 from serve_apps.samples import sample_v2
 from serve_apps.spec import load_app_spec
 
-from ._harness import REPO, Server, Target, TargetFailed, console, interrupt_on_signals, print_table, write_results
+from ._harness import (
+    REPO,
+    Server,
+    Target,
+    TargetFailed,
+    console,
+    exit_on_failure,
+    interrupt_on_signals,
+    print_table,
+    write_results,
+)
 
 SPEC = REPO / "bench" / "coldstart_digits.yaml"
 STANDBY_SPEC = REPO / "bench" / "coldstart_digits_standby.yaml"
@@ -131,7 +141,7 @@ def main() -> None:
     )
     port = free_port()
     plain = Target("coldstart-serve", [sys.executable, "-m", "bench._coldstart_serve", str(port)], port, "/-/healthz")
-    try:
+    with exit_on_failure():
         for target, side, loads_in in (
             (modelfleet, Side("modelfleet"), "digits"),
             (standby, Side("modelfleet + standby"), "standby"),
@@ -141,12 +151,6 @@ def main() -> None:
             with Server(target) as server:
                 measure(server, side, args.trials, body, loads_in)
             sides.append(side)
-    except TargetFailed as exc:
-        console.print(f"[red]failed:[/red] {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("interrupted; the servers were stopped")
-        sys.exit(130)
     rows = [
         [
             s.name,

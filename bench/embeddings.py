@@ -39,7 +39,16 @@ from groundwork.processes import free_port
 from loadtests.scenario import from_bodies
 
 from ._bentoml import BENTOML_VERSION, bentoml_embeddings
-from ._harness import Server, Target, TargetFailed, console, interrupt_on_signals, print_table, write_results
+from ._harness import (
+    Server,
+    Target,
+    TargetFailed,
+    console,
+    exit_on_failure,
+    interrupt_on_signals,
+    print_table,
+    write_results,
+)
 from ._payloads import JSON_HEADERS, embeddings_body
 
 APP = Path("bench/embeddings_app.yaml")
@@ -390,15 +399,8 @@ def main() -> None:
     console.print(
         f"[bold]modelfleet[/bold]: starting {args.spec} …; each HTTP setting checked, then loaded {run_s:.1f}s"
     )
-    try:
-        with Server(target) as server:
-            http = http_runs(server, sentences, reference, run_s, tuple(args.sizes))
-    except TargetFailed as exc:
-        console.print(f"[red]modelfleet failed:[/red] {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("interrupted; the server was stopped")
-        sys.exit(130)
+    with exit_on_failure("modelfleet"), Server(target) as server:
+        http = http_runs(server, sentences, reference, run_s, tuple(args.sizes))
     bento: list[HttpRun] = []
     if not args.no_bentoml and 1 in args.sizes:
         model = yaml.safe_load(args.spec.read_text())["models"][0]

@@ -41,7 +41,7 @@ from loadtests.measure import Measurements, summarize
 from loadtests.records import RunRecord
 from loadtests.scenario import from_app
 from loadtests.shapes import Shape, stages
-from serve_apps.spec import load_app_spec
+from serve_apps.spec import AppSpec, ModelSpec, load_app_spec
 
 from ._cache_trace import Load, Request, lru_hit_ratio, misses, parse_loads
 from ._harness import (
@@ -49,8 +49,8 @@ from ._harness import (
     CpuSampler,
     Server,
     Target,
-    TargetFailed,
     console,
+    exit_on_failure,
     interrupt_on_signals,
     print_table,
     spec_variant,
@@ -155,9 +155,8 @@ def _requests(measured: Measurements, paths: list[str]) -> list[Request]:
 
 
 def run(
-    server: Server, spec_path: Path, merchants: int, users: int, duration_s: float
+    server: Server, spec: AppSpec, merchants: int, users: int, duration_s: float
 ) -> tuple[RunRecord, list[Request], list[ReplicaUse]]:
-    spec = load_app_spec(spec_path)
     scenario = from_app(spec, server.url, model_ids={"merchant": merchant_ids(merchants)})
     plan = stages(Shape.constant, users, duration_s)
     config = run_config(scenario, plan, app=spec.name)
@@ -168,9 +167,8 @@ def run(
 
 
 def analyse(
-    eviction: str, record: RunRecord, requests: list[Request], loads: list[Load], use: list[ReplicaUse], users: int
+    family: ModelSpec, record: RunRecord, requests: list[Request], loads: list[Load], use: list[ReplicaUse], users: int
 ) -> Result:
-    family = load_app_spec(SPEC).model("merchant")
     replicas = family.autoscaling.max_replicas
     capacity = family.multiplex.max_models_per_replica
     first = min(r.started for r in requests)
@@ -181,7 +179,7 @@ def analyse(
     load_ms = [load.seconds * 1000 for load in during]
     trace = [r.model_id for r in sorted(requests, key=lambda r: r.started)]
     return Result(
-        eviction=eviction,
+        eviction=family.multiplex.eviction,
         merchants=len(set(trace)),
         replicas=replicas,
         capacity_per_replica=capacity,
@@ -272,6 +270,7 @@ def _spec_for(eviction: str) -> Path:
 
 def measure_side(eviction: str, merchants: int, users: int, duration_s: float) -> Result:
     spec_path = _spec_for(eviction)
+    spec = load_app_spec(spec_path)
     port = free_port()
     target = Target(
         f"many-models-{eviction}",
@@ -281,12 +280,12 @@ def measure_side(eviction: str, merchants: int, users: int, duration_s: float) -
     console.print(f"[bold]eviction: {eviction}[/bold]: {users} users for {duration_s:.0f} s")
     with Server(target) as server:
         server.settle()
-        record, requests, use = run(server, spec_path, merchants, users, duration_s)
+        record, requests, use = run(server, spec, merchants, users, duration_s)
         time.sleep(1.0)  # the replicas' last log lines flushed
         logs = sorted(RAY_SERVE_LOGS.glob("replica_many_models_merchant_*.log"))
         lines = (line for log in logs for line in log.read_text(errors="replace").splitlines())
         loads = parse_loads(lines, "merchant")
-    return analyse(eviction, record, requests, loads, use, users)
+    return analyse(spec.model("merchant"), record, requests, loads, use, users)
 
 
 def main() -> None:
@@ -302,16 +301,10 @@ def main() -> None:
     from examples.fraud.train import ensure_trained
 
     ensure_trained(ARTIFACTS, merchants=args.merchants)
-    try:
+    with exit_on_failure():
         results = [
             measure_side(eviction, args.merchants, args.users, args.duration) for eviction in args.eviction.split(",")
         ]
-    except TargetFailed as exc:
-        console.print(f"[red]failed:[/red] {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("interrupted; the server was stopped")
-        sys.exit(130)
     report(results, args.merchants)
     path = write_results(
         "many_models", {"command": " ".join(["python -m bench.many_models", *sys.argv[1:]]), "results": results}
