@@ -1,8 +1,9 @@
-"""Plain Ray Serve's side of bench.coldstart: the digits CNN as a Ray Serve user writes it, scaling from zero
+"""Plain Ray Serve's side of bench.coldstart: digits or MiniLM as a Ray Serve user writes them, scaling from zero
 with Ray Serve's most eager autoscaling settings, reached through Serve's own HTTP proxy.
 
-Run as a script (`python -m bench._coldstart_serve PORT`); serves until SIGTERM or SIGINT. The replica loads
-the same safetensors weights into the same module (examples/digits) and answers the same V2 body.
+Run as a script (`python -m bench._coldstart_serve PORT digits|embeddings`); serves until SIGTERM or SIGINT. The
+replica loads the same weights as modelfleet's side (digits: the safetensors into examples/digits' module; MiniLM:
+the folder into sentence-transformers) and answers the same V2 body.
 
 No `from __future__ import annotations`: FastAPI must see the real `Request` class in the handler.
 """
@@ -16,7 +17,8 @@ from ray import serve
 from bench._default_serve import serve_until_signalled
 
 REPO = Path(__file__).resolve().parent.parent
-WEIGHTS = REPO / "examples" / "digits" / "artifacts" / "digits" / "1" / "model.safetensors"
+DIGITS_WEIGHTS = REPO / "examples" / "digits" / "artifacts" / "digits" / "1" / "model.safetensors"
+MINILM = REPO / "examples" / "embeddings" / "artifacts" / "all-MiniLM-L6-v2"
 # Ray Serve at its most eager: decide at once on the fewest metrics, go back to zero soon after.
 EAGER = {
     "min_replicas": 0,
@@ -28,11 +30,16 @@ EAGER = {
     "metrics_interval_s": 0.1,
     "look_back_period_s": 0.5,
 }
-api = FastAPI()
+digits_api, embeddings_api = FastAPI(), FastAPI()
+
+
+def _v2(model: str, name: str, array) -> dict:
+    output = {"name": name, "datatype": "FP32", "shape": list(array.shape), "data": array.ravel().tolist()}
+    return {"model_name": model, "outputs": [output]}
 
 
 @serve.deployment(autoscaling_config=EAGER, ray_actor_options={"num_cpus": 0.5})
-@serve.ingress(api)
+@serve.ingress(digits_api)
 class Digits:
     def __init__(self) -> None:
         import torch
@@ -42,24 +49,36 @@ class Digits:
 
         self.torch = torch
         self.net = DigitsNet()
-        self.net.load_state_dict(load_file(str(WEIGHTS)))
+        self.net.load_state_dict(load_file(str(DIGITS_WEIGHTS)))
         self.net.eval()
 
-    @api.post("/v2/models/digits/infer")
+    @digits_api.post("/v2/models/digits/infer")
     async def infer(self, request: Request) -> dict:
         tensor = (await request.json())["inputs"][0]
         with self.torch.inference_mode():
             pixels = self.torch.tensor(tensor["data"], dtype=self.torch.float32).reshape(tensor["shape"])
-            probabilities = self.net(pixels).numpy()
-        output = {"name": "probabilities", "datatype": "FP32", "shape": list(probabilities.shape)}
-        return {"model_name": "digits", "outputs": [{**output, "data": probabilities.ravel().tolist()}]}
+            return _v2("digits", "probabilities", self.net(pixels).numpy())
 
 
-def main(port: int) -> None:
-    serve_until_signalled(
-        port, Digits.bind(), runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, route_prefix="/", name="digits"
-    )
+@serve.deployment(autoscaling_config=EAGER, ray_actor_options={"num_cpus": 1})
+@serve.ingress(embeddings_api)
+class Embeddings:
+    def __init__(self) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(MINILM), device="cpu", local_files_only=True)
+
+    @embeddings_api.post("/v2/models/embeddings/infer")
+    async def infer(self, request: Request) -> dict:
+        texts = (await request.json())["inputs"][0]["data"]
+        return _v2("embeddings", "embedding", self.model.encode(texts, normalize_embeddings=True))
+
+
+def main(port: int, model: str) -> None:
+    app = {"digits": Digits, "embeddings": Embeddings}[model].bind()
+    env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    serve_until_signalled(port, app, runtime_env={"env_vars": env}, route_prefix="/", name=model)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), sys.argv[2])

@@ -37,11 +37,12 @@ SIMULATED_NODE_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"
 # `modelfleet loadtest` exits this when requests failed (cli/load.py REQUESTS_FAILED); its summary is written, and
 # failures under faults are what the callers count.
 LOADTEST_REQUESTS_FAILED = 3
+LOADTEST_INTERRUPTED = 130  # stopped by Ctrl-C (BackgroundLoad.stop): its summary covers what ran
 
 
 class BackgroundLoad:
-    """`modelfleet loadtest URL --payload ...` for `seconds`, started now; `finish()` waits and returns its
-    summary.json, failed requests or not."""
+    """`modelfleet loadtest URL --payload ...` for at most `seconds`, started now; `finish()` waits for its end,
+    `stop()` ends it now (Ctrl-C: it reports what ran); both return its summary.json, failed requests or not."""
 
     def __init__(self, url: str, body: dict, folder: Path, seconds: float, users: int = 4, api_key: str | None = None):
         folder.mkdir(parents=True, exist_ok=True)
@@ -66,13 +67,20 @@ class BackgroundLoad:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
+    def stop(self) -> dict:
+        """End the load now; its summary covers the seconds it ran (`interrupted_at_s`), or all of them if it had
+        already ended."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        return self.finish()
+
     def finish(self) -> dict:
         try:
             code = self.process.wait(timeout=self.seconds + 120)
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
-        if code not in (0, LOADTEST_REQUESTS_FAILED):
+        if code not in (0, LOADTEST_REQUESTS_FAILED, LOADTEST_INTERRUPTED):
             raise RuntimeError(f"modelfleet loadtest exited {code}:\n{self.log.read_text(errors='replace')[-3000:]}")
         return json.loads((self.report / "summary.json").read_text())
 

@@ -206,8 +206,12 @@ def generate(
     csv_prefix: Path | None = None,
     server: ProcessGroup | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    stop_on_interrupt: bool = False,
 ) -> Measurements:
-    """Run the stages against the scenario's endpoints and return every measurement; bounded by the last stage's end."""
+    """Run the stages against the scenario's endpoints and return every measurement; bounded by the last stage's end.
+
+    `stop_on_interrupt`: Ctrl-C ends the run there and what was measured is returned (`interrupted_at_s` set), as
+    Locust and k6 report an interrupted run; a second Ctrl-C, or without it the first, raises KeyboardInterrupt."""
     env = Environment(
         user_classes=user_classes(scenario), shape_class=_StagedShape(stages), stop_timeout=STOP_TIMEOUT_S
     )
@@ -233,19 +237,25 @@ def generate(
         measured.started = time.time()
         runner.start_shape()
         deadline = time.monotonic() + stages[-1].until_s + STOP_TIMEOUT_S + 30
-        while True:
-            gevent.sleep(1.0)
-            t_s = time.time() - measured.started
-            server_use = server.sample() if server else (None, None)
-            measured.users.append((t_s, runner.user_count))
-            measured.resources.append((t_s, *server_use, generator.sample()[0] or 0.0))
-            if on_progress:
-                on_progress(tally.progress(time.time(), min(t_s, tally.total_s), runner.user_count))
-            if runner.state == STATE_STOPPED and runner.shape_greenlet is None:
-                break
-            if time.monotonic() > deadline:
-                runner.stop()
-                break
+        try:
+            while True:
+                gevent.sleep(1.0)
+                t_s = time.time() - measured.started
+                server_use = server.sample() if server else (None, None)
+                measured.users.append((t_s, runner.user_count))
+                measured.resources.append((t_s, *server_use, generator.sample()[0] or 0.0))
+                if on_progress:
+                    on_progress(tally.progress(time.time(), min(t_s, tally.total_s), runner.user_count))
+                if runner.state == STATE_STOPPED and runner.shape_greenlet is None:
+                    break
+                if time.monotonic() > deadline:
+                    runner.stop()
+                    break
+        except KeyboardInterrupt:
+            if not stop_on_interrupt:
+                raise
+            measured.interrupted_at_s = round(time.time() - measured.started, 2)
+            runner.stop()
         if worker_procs:
             gevent.sleep(WORKER_REPORT_INTERVAL + 1)  # the workers' last samples arrive with their next report
         if writer_greenlet:

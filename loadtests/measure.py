@@ -35,6 +35,7 @@ class Measurements:
     # (t_s, server cores, server MB, generator cores); server figures are None when it runs elsewhere.
     resources: list[tuple[float, float | None, float | None, float]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)  # Locust's "endpoint: message" -> count
+    interrupted_at_s: float | None = None  # Ctrl-C ended the run this long after it started
 
 
 @dataclass
@@ -228,6 +229,7 @@ def summarize(measured: Measurements, stages: list[Stage], config: RunConfig) ->
         duration_s=round(duration, 2),
         **totals,
         errors=dict(sorted(measured.errors.items(), key=lambda kv: -kv[1])),
+        interrupted_at_s=measured.interrupted_at_s,
         endpoints=endpoints,
         stages=stage_results(t, ms, kinds, stages),
         timeline=_timeline(t, ms, kinds, measured.users, whole_seconds(stages)),

@@ -34,7 +34,9 @@ def measure_run(
     report_dir: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     replica_interval_s: float = 2.0,
+    stop_on_interrupt: bool = False,
 ) -> RunRecord:
+    """`stop_on_interrupt`: Ctrl-C ends the load and the record covers what ran (`RunRecord.interrupted_at_s`)."""
     before = scrape(scenario.base_url, scenario.headers, ingress_replicas)
     with tempfile.TemporaryDirectory(prefix="modelfleet-replicas-") as scratch:
         watcher = None
@@ -50,6 +52,7 @@ def measure_run(
                 csv_prefix=report_dir / "locust" if report_dir else None,
                 server=app.group if app else None,
                 on_progress=on_progress,
+                stop_on_interrupt=stop_on_interrupt,
             )
             started = measured.started
         finally:

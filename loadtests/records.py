@@ -150,6 +150,9 @@ class RunRecord(Latencies):
         default=None, description="Requests the server counted over the run (its /metrics)."
     )
     warnings: list[str] = Field(default_factory=list)
+    interrupted_at_s: float | None = Field(
+        default=None, description="Set when Ctrl-C ended the run early: how long it had run (the figures cover that)."
+    )
 
 
 class ModelKnobs(BaseModel):

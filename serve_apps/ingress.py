@@ -412,10 +412,14 @@ class Ingress:
 
     @api.get(
         "/v2/health/ready",
-        summary="Server readiness: every model has a running replica (no model names: probes carry no key)",
+        summary="Server readiness: every model's deployment and the standby are healthy (no model names: probes carry "
+        "no key)",
     )
     async def ready(self) -> Response:
-        ready = all(s == "HEALTHY" for s in (await self._model_states()).values())
+        states = list((await self._model_states()).values())
+        if self.standby is not None:  # until it runs, a scaled-to-zero model's first answer waits seconds
+            states.append((await self.states.fresh()).statuses.get("standby", "UNKNOWN"))
+        ready = all(s == "HEALTHY" for s in states)
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @api.get("/v2/models/{name}", summary="Model metadata")

@@ -3,12 +3,13 @@
 From no replica, Ray Serve answers a model's first request after its autoscaler decided, a new actor process
 started and imported Python, Ray and torch: about 3 s for digits on this machine, of which fetching and loading
 the model is 10 ms (BENCHMARKS.md, "Cold start"). A standby replica has done all of that already: it started with
-the app, imported every scaled-to-zero model's loader and code, and fetched their artifacts. When the ingress has a
-request for such a model and the model has no running replica, it sends the request here (and wakes the model's own
-deployment, which Serve then starts as before); the standby loads the model on its first request, answers, and keeps
-it for later ones until it has been idle `idle_s` (or `max_models` others were used since), then drops it, so the
-memory goes back. The model's own deployment keeps its meaning: `min_replicas: 0` still holds no replica of its own
-while idle, and once its replica runs, the ingress sends it the traffic again.
+the app, imported every scaled-to-zero model's libraries (torch, sentence-transformers: seconds) and code, and
+fetched their artifacts. When the ingress has a request for such a model and the model has no running replica, it
+sends the request here (and wakes the model's own deployment, which Serve then starts as before); the standby loads
+the model on its first request, answers, and keeps it for later ones until it has been idle `idle_s` (or
+`max_models` others were used since), then drops it, so the memory goes back. The model's own deployment keeps its
+meaning: `min_replicas: 0` still holds no replica of its own while idle, and once its replica runs, the ingress
+sends it the traffic again.
 
 Requests reach the standby through the same coalesced hop as any model (coalescing.py), with the model's name as the
 multiplexed model id, so Serve routes a model's requests to the standby replica that already holds it.
@@ -29,7 +30,7 @@ from providers.storage import fetch
 from ._replica_console import keep_serve_internals_off_the_console
 from .coalescing import ManyRequests
 from .deployment import ModelDeployment
-from .loaders import resolve_module
+from .loaders import import_runtime
 from .request_error import RequestError
 from .spec import ModelSpec, StandbySpec
 
@@ -51,7 +52,7 @@ class StandbyDeployment(ManyRequests):
         self._loading: dict[str, asyncio.Task[ModelDeployment]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         for spec in self.specs.values():  # what a cold start would otherwise pay: imports and the download
-            resolve_module(spec)
+            import_runtime(spec)
             if spec.artifact is not None:
                 fetch(spec.artifact_uri(None), sha256=spec.artifact.sha256)
 

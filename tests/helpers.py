@@ -102,14 +102,14 @@ def check_docs_page(client: httpx.Client, page: str) -> None:
         assert fetched.status_code == 200 and fetched.content, (url, fetched.status_code)
 
 
-def run_async(coroutine) -> None:
-    """`asyncio.run(coroutine)` in a thread of its own: a session fixture (Playwright's sync API) may have left an
-    event loop running in this one, and asyncio.run refuses to start inside it."""
+def run_async(coroutine):
+    """`asyncio.run(coroutine)`, and its result, in a thread of its own: a session fixture (Playwright's sync API) may
+    have left an event loop running in this one, and asyncio.run refuses to start inside it."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, coroutine).result()
+        return thread.submit(asyncio.run, coroutine).result()
 
 
 async def eventually(condition, what: str) -> None:
@@ -123,9 +123,11 @@ async def eventually(condition, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen | None, log: Path) -> None:
-    """Poll `ready()` (HTTP errors count as not yet) until true; fail with the log's tail if `process` exits or time
-    runs out."""
+def wait_until(
+    ready, timeout_s: float, what: str, process: subprocess.Popen | None, log: Path, every_s: float = 0.25
+) -> None:
+    """Poll `ready()` every `every_s` (HTTP errors count as not yet) until true; fail with the log's tail if `process`
+    exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -135,7 +137,7 @@ def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen | N
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(every_s)
     pytest.fail(f"{what}: not ready after {timeout_s}s:\n{log.read_text(errors='replace')[-4000:]}")
 
 

@@ -344,7 +344,7 @@ def test_the_request_count_matches_what_the_server_counted(fleet, tmp_path: Path
         "--users",
         "4",
         "--duration",
-        "6s",
+        "4s",
         "--report",
         str(tmp_path / "out"),
         *extra,
@@ -353,7 +353,7 @@ def test_the_request_count_matches_what_the_server_counted(fleet, tmp_path: Path
     assert result.returncode == 0, result.stderr
     served = _served_count(fleet, "echo") - before
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["failures"] == 0 and summary["requests"] > 50
+    assert summary["failures"] == 0 and summary["requests"] > 30
     assert abs(summary["requests"] - served) <= 0.05 * served, (summary["requests"], served)
     assert summary["server_requests"] == served  # the command's own scrape agrees with ours
     if extra:
@@ -474,8 +474,11 @@ def test_a_server_stopped_mid_run_is_failures_not_faster_answers(tmp_path: Path)
     assert f"{summary['failures']} failed (" in stdout and "connection refused: " in stdout
 
 
-def _interrupt(cli: subprocess.Popen, started: Callable[[], bool]) -> tuple[int, str, list[psutil.Process]]:
-    """Ctrl-C to `cli` once `started()` holds: its exit code, its stderr and what it had started by then."""
+def _interrupt(
+    cli: subprocess.Popen, started: Callable[[], bool], again_after_s: float | None = None
+) -> tuple[int, str, list[psutil.Process]]:
+    """Ctrl-C to `cli` once `started()` holds (and a second one `again_after_s` later): its exit code, its stderr and
+    what it had started by then."""
     try:
         deadline = time.monotonic() + 120
         while not started() and cli.poll() is None and time.monotonic() < deadline:
@@ -483,6 +486,9 @@ def _interrupt(cli: subprocess.Popen, started: Callable[[], bool]) -> tuple[int,
         assert cli.poll() is None, "the command ended before it could be interrupted"
         children = psutil.Process(cli.pid).children(recursive=True)
         cli.send_signal(signal.SIGINT)
+        if again_after_s is not None:
+            time.sleep(again_after_s)
+            cli.send_signal(signal.SIGINT)
         _, stderr = cli.communicate(timeout=120)  # bounds a hang; the stop itself is quick
     finally:
         if cli.poll() is None:
@@ -497,7 +503,8 @@ def _left_running(processes: list[psutil.Process]) -> list[str]:
 
 
 @pytest.mark.parametrize("extra", [[], ["--workers", "2"]], ids=["local", "worker-processes"])
-def test_ctrl_c_ends_a_loadtest_with_130_and_leaves_no_generator_running(tmp_path: Path, extra: list[str]) -> None:
+def test_ctrl_c_ends_a_loadtest_with_130_and_reports_what_ran(tmp_path: Path, extra: list[str]) -> None:
+    """As Locust and k6 do: the load stops there, and the summary and report cover the seconds that ran."""
     server = _CountingServer(free_port())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/v2/models/echo/infer"
@@ -508,9 +515,31 @@ def test_ctrl_c_ends_a_loadtest_with_130_and_leaves_no_generator_running(tmp_pat
         server.shutdown()
         server.server_close()
     assert code == 130, stderr
-    assert stderr.strip() == "interrupted; the load generator is stopped", stderr  # no traceback, no gevent notice
+    said = stderr.strip().splitlines()[-1]  # no traceback, no gevent notice
+    assert re.fullmatch(r"interrupted after \d+s \(the figures cover that much\); the load generator is stopped", said)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert _left_running(started) == []
-    assert not (tmp_path / "out" / "summary.json").exists(), "an interrupted run writes no report"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert 0 < summary["interrupted_at_s"] < 120 and summary["duration_s"] <= summary["interrupted_at_s"] + 6
+    assert 50 <= summary["successes"] <= server.answered and summary["failures"] == 0, summary
+    assert (tmp_path / "out" / "index.html").exists()
+
+
+def test_a_second_ctrl_c_leaves_at_once_without_a_report(tmp_path: Path) -> None:
+    server = _CountingServer(free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v2/models/echo/infer"
+    cli = _cli_process(*_loadtest_url(url, tmp_path, "--users", "4", "--duration", "5m"), keep_stdout=False)
+    try:
+        # The second comes while the first is winding the run down (Locust's CSV writer's last pass takes a second).
+        code, stderr, started = _interrupt(cli, lambda: server.answered >= 50, again_after_s=0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 130, stderr
+    assert stderr.strip() == "interrupted; the load generator is stopped", stderr
+    assert _left_running(started) == []
+    assert not (tmp_path / "out" / "summary.json").exists(), "a run left at once writes no report"
 
 
 @pytest.mark.slow
@@ -539,14 +568,14 @@ def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
     """The acceptance command: starts digits on its own embedded Ray, measures, stops it, writes the report."""
     out = tmp_path / "out"
     result = run_cli(
-        "loadtest", "examples/digits/app.yaml", "--duration", "10s", "--users", "8", "--report", str(out), timeout=400
+        "loadtest", "examples/digits/app.yaml", "--duration", "6s", "--users", "8", "--report", str(out), timeout=400
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failures"] == 0 and summary["requests"] > 0
     assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
     assert summary["requests"] == pytest.approx(summary["rps"] * summary["duration_s"], rel=0.02)
-    assert 9 <= summary["duration_s"] <= 15
+    assert 5 <= summary["duration_s"] <= 10
     assert summary["server_requests"] == summary["requests"]
     assert summary["endpoints"][0]["mean_batch_rows"] >= 1
     assert {"digits", "ingress"} <= set(summary["replicas"][0]["replicas"]), "replica counts come from Serve"

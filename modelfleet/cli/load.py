@@ -99,7 +99,8 @@ def _on_cluster(spec, address: str):
 
 
 def _interrupted(app_started: bool = True) -> None:
-    """Ctrl-C: everything started here has been stopped on the way out (the `finally`s); no report."""
+    """Ctrl-C before any load ran, or a second one while the first was stopping it: everything started here has been
+    stopped on the way out (the `finally`s); no report."""
     what = "the app and the load generator are" if app_started else "the load generator is"
     err.print(f"\ninterrupted; {what} stopped")
     raise typer.Exit(130)
@@ -187,7 +188,8 @@ def loadtest(
     Throughput and latency count successful requests only; failed ones are counted apart, by kind.
 
     Exit codes: 0 every request succeeded; 3 some failed (the summary and report are still written); 1 the run could
-    not start (the app, or Locust's workers); 2 bad input; 130 interrupted.
+    not start (the app, or Locust's workers); 2 bad input; 130 interrupted (Ctrl-C during the load ends it there and
+    still prints and writes what ran; a second Ctrl-C leaves at once).
     """
     from loadtests.app_process import AppStartFailed
     from loadtests.generator import generate  # noqa: F401  (first: Locust's gevent patches the process)
@@ -253,6 +255,7 @@ def loadtest(
                 workers=workers,
                 report_dir=report,
                 on_progress=lambda p: line.update(escape(progress_line(p))),
+                stop_on_interrupt=True,
             )
 
     try:
@@ -278,6 +281,13 @@ def loadtest(
 
         index = write_run_report(record, report)
         out.print(f"report: {index}   (summary.json, locust_*.csv next to it)")
+    if record.interrupted_at_s is not None:
+        what = "the app and the load generator are" if spec is not None else "the load generator is"
+        err.print(
+            f"interrupted after {record.interrupted_at_s:.0f}s (the figures cover that much); {what} stopped",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
     if record.failures:
         raise typer.Exit(REQUESTS_FAILED)
 

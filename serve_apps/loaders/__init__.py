@@ -30,6 +30,7 @@ __all__ = [
     "LoadError",
     "Model",
     "ModuleError",
+    "import_runtime",
     "known_formats",
     "load_model",
     "pick_device",
@@ -91,6 +92,17 @@ def resolve_module(spec: ModelSpec) -> Any:
     if not traits(spec.format.value).needs_module:
         return None
     return importlib.import_module(_FORMATS[spec.format.value]).resolve(spec)
+
+
+def import_runtime(spec: ModelSpec) -> None:
+    """Import the libraries `spec`'s format loads with (its `TRAITS.runtime`) and its module, ahead of loading (in a
+    replica: a standby)."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # as the sentence_transformers loader sets it: a replica never reaches a hub
+    for name in traits(spec.format.value).runtime:
+        importlib.import_module(name)
+    resolve_module(spec)
 
 
 def load_model(spec: ModelSpec, artifact_path: Path | None, device: str) -> Model:

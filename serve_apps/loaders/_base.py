@@ -52,6 +52,9 @@ class FormatTraits:
     program: str | None = None
     calls_models: bool = False  # a pipeline: it runs no model of its own, it calls the app's other models
     may_embed: bool = True  # may run inside the ingress (ModelSpec.embedded) rather than in a deployment of its own
+    # The libraries load() imports: a standby replica imports them ahead (serve_apps/standby.py), so adopting a model
+    # costs its load, not its imports (sentence-transformers: about 4 s of imports against 0.4 s of load).
+    runtime: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.artifact == "none" and self.artifact_required:

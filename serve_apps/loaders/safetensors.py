@@ -13,7 +13,12 @@ if TYPE_CHECKING:
 
 __all__ = ["TRAITS", "load", "resolve"]
 
-TRAITS = FormatTraits(artifact="file", artifact_required=True, module="class")
+TRAITS = FormatTraits(
+    artifact="file",
+    artifact_required=True,
+    module="class",
+    runtime=("torch", "safetensors.torch", "serve_apps.loaders._torch"),
+)
 
 
 def resolve(spec: ModelSpec) -> Any:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TRAITS", "SentenceEncoder", "load"]
 
-TRAITS = FormatTraits(artifact="folder", artifact_required=True)
+TRAITS = FormatTraits(artifact="folder", artifact_required=True, runtime=("torch", "sentence_transformers"))
 
 
 class SentenceEncoder:

@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 __all__ = ["TRAITS", "load"]
 
-TRAITS = FormatTraits(artifact="file", artifact_required=True, program="an exported program")
+TRAITS = FormatTraits(
+    artifact="file",
+    artifact_required=True,
+    program="an exported program",
+    runtime=("torch", "serve_apps.loaders._torch"),
+)
 
 _ENV_LOCK = threading.Lock()
 

@@ -13,7 +13,12 @@ if TYPE_CHECKING:
 
 __all__ = ["TRAITS", "load"]
 
-TRAITS = FormatTraits(artifact="file", artifact_required=True, program="a TorchScript program")
+TRAITS = FormatTraits(
+    artifact="file",
+    artifact_required=True,
+    program="a TorchScript program",
+    runtime=("torch", "serve_apps.loaders._torch"),
+)
 
 
 def load(spec: ModelSpec, path: Path, device: str) -> TorchModel:
