@@ -37,7 +37,8 @@ def measure_run(
     stop_on_interrupt: bool = False,
 ) -> RunRecord:
     """`stop_on_interrupt`: Ctrl-C ends the load and the record covers what ran (`RunRecord.interrupted_at_s`)."""
-    before = scrape(scenario.base_url, scenario.headers, ingress_replicas)
+    metrics_url = scenario.base_url + scenario.metrics_path
+    before = scrape(metrics_url, scenario.headers, ingress_replicas)
     with tempfile.TemporaryDirectory(prefix="modelfleet-replicas-") as scratch:
         watcher = None
         if app is not None and app.ray_address and app.watch_replicas and config.app:
@@ -57,7 +58,7 @@ def measure_run(
             started = measured.started
         finally:
             replicas = watcher.stop(started or 0.0) if watcher else []
-    after = scrape(scenario.base_url, scenario.headers, ingress_replicas)
+    after = scrape(metrics_url, scenario.headers, ingress_replicas)
     record = summarize(measured, stages, config)
     record.replicas = replicas
     if before is not None and after is not None:

@@ -56,6 +56,7 @@ class Scenario(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     protocol: str = "v2"
     rows_per_request: int = 1
+    metrics_path: str = "/metrics"  # where the ingress counts what it served: under the app's route prefix
 
 
 def parse_weights(items: list[str]) -> dict[str, float]:
@@ -194,6 +195,7 @@ def from_app(
         headers=_headers(api_key),
         protocol=protocol,
         rows_per_request=rows,
+        metrics_path=f"{prefix}/metrics",
     )
 
 

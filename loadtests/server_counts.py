@@ -63,13 +63,14 @@ def _parse(text: str) -> tuple[str | None, ServerCounts]:
     return replica, counts
 
 
-def scrape(base_url: str, headers: dict[str, str], replicas: int = 1, attempts: int = 40) -> ServerCounts | None:
-    """The ingress's counters summed over `replicas` replicas; None when the target has no modelfleet /metrics."""
+def scrape(metrics_url: str, headers: dict[str, str], replicas: int = 1, attempts: int = 40) -> ServerCounts | None:
+    """The ingress's counters (at `metrics_url`) summed over `replicas` replicas; None when the target has no
+    modelfleet metrics there."""
     seen: dict[str, ServerCounts] = {}
     with httpx.Client(timeout=10, headers={k: v for k, v in headers.items() if k == "Authorization"}) as client:
         for _ in range(attempts):
             try:
-                resp = client.get(f"{base_url}/metrics")
+                resp = client.get(metrics_url)
             except httpx.HTTPError:
                 return None
             if resp.status_code != 200:

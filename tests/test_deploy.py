@@ -85,10 +85,10 @@ def test_unreachable_cluster_is_a_clear_failure() -> None:
 def test_an_update_that_cannot_start_is_rolled_back(fleet: Fleet, ray_address: str, extra_app: Path) -> None:
     """It passes preflight (it loads fine) but can never be scheduled: deploy puts the old version back."""
     spec = _write_extra(extra_app, {"resources": {"num_cpus": 64}})
-    result = _cli("deploy", str(spec), "--address", ray_address, "--timeout", "8s")
+    result = _cli("deploy", str(spec), "--address", ray_address, "--timeout", "4s")
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     assert (
-        "not running after 8s" in result.stderr
+        "not running after 4s" in result.stderr
         and "rolled back to the previous version, which is serving" in result.stderr
     )
     after = httpx.post(f"{fleet.proxy_url}/{EXTRA}/v2/models/echo/infer", json=ECHO, timeout=30)

@@ -564,30 +564,6 @@ def test_ctrl_c_while_the_app_under_test_starts_stops_it_and_exits_130(tmp_path:
 
 @pytest.mark.slow
 @pytest.mark.own_ray
-def test_loadtest_an_app_spec_writes_a_report(tmp_path: Path, browser) -> None:
-    """The acceptance command: starts digits on its own embedded Ray, measures, stops it, writes the report."""
-    out = tmp_path / "out"
-    result = run_cli(
-        "loadtest", "examples/digits/app.yaml", "--duration", "6s", "--users", "8", "--report", str(out), timeout=400
-    )
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["failures"] == 0 and summary["requests"] > 0
-    assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
-    assert summary["requests"] == pytest.approx(summary["rps"] * summary["duration_s"], rel=0.02)
-    assert 5 <= summary["duration_s"] <= 10
-    assert summary["server_requests"] == summary["requests"]
-    assert summary["endpoints"][0]["mean_batch_rows"] >= 1
-    assert {"digits", "ingress"} <= set(summary["replicas"][0]["replicas"]), "replica counts come from Serve"
-    assert summary["server_cpu_cores"] > 0 and summary["generator_cpu_cores"] > 0
-    with open(out / "locust_stats.csv", newline="") as stats:
-        aggregated = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
-    assert int(aggregated["Request Count"]) == summary["requests"]
-    assert_drawn(browser, out / "index.html", RUN_PLOTS)
-
-
-@pytest.mark.slow
-@pytest.mark.own_ray
 def test_tune_writes_a_valid_tuned_spec_and_states_the_gain(tmp_path: Path, browser) -> None:
     out = tmp_path / "out"
     result = run_cli(

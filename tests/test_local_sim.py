@@ -7,6 +7,7 @@ of the cluster behind. The cluster runs in its own session.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -18,7 +19,9 @@ import yaml
 
 from groundwork.processes import session_pids
 from loadtests.chaos import BackgroundLoad, kill_node, replaced_elsewhere, replica_nodes
+from tests.fixtures.browser import assert_drawn
 from tests.helpers import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
+from tests.test_loadtest import RUN_PLOTS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,13 @@ def cluster(tmp_path_factory):
         pool.update(cpus=1, max_workers=2 if pool["name"] == "cpu" else 1)  # cpu: one node per sturdy replica
     path = tmp / "local-sim.yaml"
     path.write_text(yaml.safe_dump(spec))
-    env = {**{k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"}, "MODELFLEET_HOME": str(tmp / "home")}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MODELFLEET_API_KEYS"},
+        "MODELFLEET_HOME": str(tmp / "home"),
+        # Ray's autoscaler decides every second instead of every 5: these tests wait on its decisions (nodes added for
+        # pending replicas, idle nodes removed).
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+    }
     result = run_cli("cluster", "up", str(path), "--json", env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     state = json.loads(result.stdout)  # what `up --json` prints is what it records
@@ -178,3 +187,38 @@ def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_else
     assert during_summary["requests"] > 100 and during_summary["failures"] == 0, during_summary
     assert after["requests"] > 20 and after["failures"] == 0, after
     delete_app(state["address"], SIM_APP)
+
+
+@pytest.mark.slow
+@pytest.mark.own_ray
+def test_loadtest_of_an_app_on_the_cluster_writes_a_report(cluster, tmp_path: Path, browser) -> None:
+    """The operator's path: deploy examples/digits to the cluster, then `loadtest APP.yaml --address` measures it
+    from here (the replica counts read from the cluster's Serve) and writes the report. (`tune`'s test covers the
+    app that `loadtest` and `tune` start and stop themselves.)"""
+    path, env, state = cluster
+    spec = yaml.safe_load((ROOT / "examples/digits/app.yaml").read_text())
+    model = spec["models"][0]
+    model["artifact"]["uri"] = str(ROOT / "examples/digits" / model["artifact"]["uri"])
+    spec.update(name="digits-sim", route_prefix="/digits-sim")
+    app = tmp_path / "digits-sim.yaml"
+    app.write_text(yaml.safe_dump(spec))
+    deploy = run_cli("deploy", str(app), "--address", state["address"], "--timeout-s", "300", env=env, timeout=420)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr[-3000:]
+    out = tmp_path / "out"
+    command = ["loadtest", str(app), "--address", state["address"], "--duration", "6s", "--users", "8"]
+    result = run_cli(*command, "--report", str(out), env=env, timeout=400)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == 0 and summary["requests"] > 0
+    assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
+    assert summary["requests"] == pytest.approx(summary["rps"] * summary["duration_s"], rel=0.02)
+    assert 5 <= summary["duration_s"] <= 10
+    assert summary["server_requests"] == summary["requests"]
+    assert summary["endpoints"][0]["mean_batch_rows"] >= 1
+    assert {"digits", "ingress"} <= set(summary["replicas"][0]["replicas"]), "replica counts come from Serve"
+    assert summary["generator_cpu_cores"] > 0
+    with open(out / "locust_stats.csv", newline="") as stats:
+        aggregated = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
+    assert int(aggregated["Request Count"]) == summary["requests"]
+    assert_drawn(browser, out / "index.html", RUN_PLOTS)
+    delete_app(state["address"], "digits-sim")
