@@ -24,7 +24,7 @@ from tests.helpers import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
 
 LOAD_S = 12
-KILL_LOAD_S = 20  # Serve takes several seconds to replace a killed replica: room for two kills
+KILL_LOAD_S = 15  # Serve takes several seconds to replace a killed replica: room for two kills
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 ROLLING = "rolling"  # an app deployed next to the fleet, updated while under load
 INGRESS_REPLICAS = 2  # rolling's ingress replicas share its port (SO_REUSEPORT), as under `modelfleet run`
@@ -137,7 +137,7 @@ def test_rolling_updates_under_load_lose_no_request(ray_address: str, rolling_ap
     updates = 1  # a deploy takes 15-30 s here (bench.faults runs 20); the load runs until 2 s after the last
     load = BackgroundLoad(rolling_app.url, ECHO, rolling_app.folder / "load", 120)
     started = time.monotonic()
-    time.sleep(3)  # the load is on before the first update
+    time.sleep(2)  # the load is on before the first update
     for n in range(2, 2 + updates):
         result = run_cli(
             "deploy", str(_rolling_spec(rolling_app.folder, str(n))), "--address", ray_address, "--timeout-s", "180"
@@ -145,7 +145,7 @@ def test_rolling_updates_under_load_lose_no_request(ray_address: str, rolling_ap
         assert result.returncode == 0, result.stderr[-3000:]
         assert _served_version(rolling_app) == str(n)
     updated_s = time.monotonic() - started
-    time.sleep(2)  # and the new version under load for a moment
+    time.sleep(1)  # and the new version under load for a moment
     summary = load.stop()
     print(
         f"\n{updates} rolling updates in {updated_s:.0f} s: {summary['requests']} requests, {summary['failures']} "

@@ -164,7 +164,7 @@ def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_else
     url = f"{state['serve_url']}/{SIM_APP}/v2/models/echo/infer"
 
     during = BackgroundLoad(url, ECHO, tmp_path / "during", 240)  # stopped once the replacement runs
-    time.sleep(3)
+    time.sleep(2)  # the load is on before the loss
     lost = before[0]
     killed, lost_at = kill_node(lost), time.monotonic()
     assert "raylet" in killed.values(), f"node {lost} was not lost: killed {killed}"
@@ -178,7 +178,7 @@ def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_else
     )
     recovered_s = time.monotonic() - lost_at
     during_summary = during.stop()
-    after = BackgroundLoad(url, ECHO, tmp_path / "after", 5).finish()
+    after = BackgroundLoad(url, ECHO, tmp_path / "after", 3).finish()
     print(
         f"\nlocal-sim node loss: {sorted(killed.values())} of node {lost[-5:]} killed, replica back on another node in "
         f"{recovered_s:.0f} s; during: {during_summary['requests']} requests, {during_summary['failures']} failed; "
@@ -186,7 +186,7 @@ def test_a_lost_node_under_load_loses_no_request_and_its_replica_comes_back_else
     )
     assert during_summary["requests"] > 100 and during_summary["failures"] == 0, during_summary
     assert after["requests"] > 20 and after["failures"] == 0, after
-    delete_app(state["address"], SIM_APP)
+    # Left deployed: the next test's app fits beside it, and `cluster down` stops both (deleting it cost a driver).
 
 
 @pytest.mark.slow
@@ -220,5 +220,4 @@ def test_loadtest_of_an_app_on_the_cluster_writes_a_report(cluster, tmp_path: Pa
     with open(out / "locust_stats.csv", newline="") as stats:
         aggregated = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
     assert int(aggregated["Request Count"]) == summary["requests"]
-    assert_drawn(browser, out / "index.html", RUN_PLOTS)
-    delete_app(state["address"], "digits-sim")
+    assert_drawn(browser, out / "index.html", RUN_PLOTS)  # left deployed: `cluster down` stops it
