@@ -23,7 +23,7 @@ from tests.helpers import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, 
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
 
-LOAD_S = 12
+LOAD_S = 10
 KILL_LOAD_S = 15  # Serve takes several seconds to replace a killed replica: room for two kills
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 ROLLING = "rolling"  # an app deployed next to the fleet, updated while under load

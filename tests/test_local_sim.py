@@ -28,7 +28,7 @@ from tests.test_loadtest import RUN_PLOTS
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local-sim")
     spec = yaml.safe_load((ROOT / "examples/clusters/local-sim.yaml").read_text())
-    spec.update(name="mf-test-sim", idle_timeout_minutes=0.25)
+    spec.update(name="mf-test-sim", idle_timeout_minutes=0.15)  # 9 s: the GPU test waits for its node to go
     for pool in spec["pools"]:
         pool.update(cpus=1, max_workers=2 if pool["name"] == "cpu" else 1)  # cpu: one node per sturdy replica
     path = tmp / "local-sim.yaml"
