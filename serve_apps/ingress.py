@@ -416,9 +416,9 @@ class Ingress:
         "no key)",
     )
     async def ready(self) -> Response:
-        states = list((await self._model_states()).values())
+        states = list((await self._model_states()).values())  # (asks Serve, at most once a second)
         if self.standby is not None:  # until it runs, a scaled-to-zero model's first answer waits seconds
-            states.append((await self.states.fresh()).statuses.get("standby", "UNKNOWN"))
+            states.append(self.states.statuses.get("standby", "UNKNOWN"))
         ready = all(s == "HEALTHY" for s in states)
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 

@@ -49,7 +49,6 @@ from tests.fixtures.browser import assert_drawn
 from tests.helpers import ADMIN_KEY, ROOT, free_port, run_cli
 
 FRAUD = ROOT / "examples" / "fraud" / "app.yaml"
-RUN_PLOTS = {"plot-throughput": "scatter", "plot-latency": "scatter", "plot-replicas": "scatter", "plot-cpu": "scatter"}
 
 
 # --- scenarios and shapes -------------------------------------------------------------------------

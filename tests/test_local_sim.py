@@ -19,9 +19,8 @@ import yaml
 
 from groundwork.processes import session_pids
 from loadtests.chaos import BackgroundLoad, kill_node, replaced_elsewhere, replica_nodes
-from tests.fixtures.browser import assert_drawn
+from tests.fixtures.browser import RUN_PLOTS, assert_drawn
 from tests.helpers import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
-from tests.test_loadtest import RUN_PLOTS
 
 
 @pytest.fixture(scope="module")
@@ -220,4 +219,6 @@ def test_loadtest_of_an_app_on_the_cluster_writes_a_report(cluster, tmp_path: Pa
     with open(out / "locust_stats.csv", newline="") as stats:
         aggregated = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
     assert int(aggregated["Request Count"]) == summary["requests"]
-    assert_drawn(browser, out / "index.html", RUN_PLOTS)  # left deployed: `cluster down` stops it
+    assert_drawn(
+        browser, out / "index.html", dict.fromkeys(RUN_PLOTS, "scatter")
+    )  # left deployed: `cluster down` stops it

@@ -29,7 +29,7 @@ from loadtests.records import (
     TuneRecord,
 )
 from loadtests.report import render_run_html, render_tune_html, write_run_report, write_tune_report
-from tests.fixtures.browser import assert_drawn
+from tests.fixtures.browser import RUN_PLOTS, assert_drawn
 
 XSS = "<script>alert(1)</script>"
 PLOTLYJS_BANNER = "* plotly.js v"
@@ -229,9 +229,6 @@ def all_failed_tune() -> TuneRecord:
         Trial(number=n, knobs=_knobs(4, None, 1), baseline=n == 0, error=f"trial {n} did not deploy") for n in range(2)
     ]
     return TuneRecord(app="fleet", slo_p95_ms=50.0, max_trials=2, trials=trials, stopped_because="max trials reached")
-
-
-RUN_PLOTS = ["plot-throughput", "plot-latency", "plot-replicas", "plot-cpu"]
 
 
 @pytest.fixture(scope="module")
