@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import threading
-from collections.abc import Callable, Set
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 import psutil
@@ -81,28 +80,37 @@ class LocalServer(RayTarget):
 
     def stop(self) -> None:
         import ray
-        from ray import serve
 
         if ray.is_initialized():
             try:
                 if self.ray_stopped() is None:  # else there is no Serve left to stop gracefully
-                    # Serve's own shutdown lets replicas finish what they hold, but may wait 30 s on a busy
-                    # controller: bounded, so SIGTERM stops within Docker's 10 s grace period.
-                    graceful = threading.Thread(target=_quietly(serve.shutdown), name="serve-shutdown", daemon=True)
-                    graceful.start()
-                    graceful.join(SERVE_SHUTDOWN_GRACE_S)
+                    _shut_serve_down(SERVE_SHUTDOWN_GRACE_S)
             finally:
                 ray.shutdown()  # stops every process this Ray started, whatever Serve's state
 
 
-def _quietly(action: Callable[[], object]) -> Callable[[], None]:
-    """For a thread whose failure changes nothing (what follows it cleans up anyway): no traceback on the console."""
+def _shut_serve_down(timeout_s: float) -> None:
+    """Serve's own shutdown, which lets replicas finish what they hold, bounded by Serve's own timeout: a busy
+    controller may take 30 s, and SIGTERM must stop within Docker's 10 s grace period.
 
-    def run() -> None:
-        with contextlib.suppress(Exception):
-            action()
+    In this thread, not one of its own: a thread still waiting on the controller when ray.shutdown() runs makes Ray's
+    core end the whole process with exit code 1 ("The core worker has already been shutdown"). `serve.shutdown` takes
+    no timeout; Serve's client does (its client is also what `serve.shutdown` calls).
+    """
+    from ray.exceptions import RayError
+    from ray.serve.context import _get_global_client
 
-    return run
+    serve_log = logging.getLogger("ray.serve")
+    level = serve_log.level
+    serve_log.setLevel(logging.ERROR)  # "Controller failed to shut down within ...": ray.shutdown() follows anyway
+    try:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is not None:
+            client.shutdown(timeout_s=timeout_s)
+    except RayError:
+        pass  # no Serve, or its controller already gone: ray.shutdown() stops the rest
+    finally:
+        serve_log.setLevel(level)
 
 
 def _core_processes() -> dict[str, psutil.Process]:
