@@ -1,4 +1,4 @@
-"""The embedded echo of this tree against another revision's, alternated round by round, with bare uvicorn.
+"""An echo of this tree against another revision's, alternated round by round, with bare uvicorn.
 
 A ratio measured on another day, or by another measuring stack, cannot say
 whether a code change made serving slower: this box drifts by ±15% between
@@ -9,7 +9,9 @@ round as the yardstick. The other revision is checked out into a temporary git
 worktree and served from there (its own `serve_apps` first on PYTHONPATH, which
 Ray's workers inherit), with this tree's Python environment.
 
-    python -m bench.ingress_ab REV [--rounds 3] [--duration 20] [--users 32]
+    python -m bench.ingress_ab REV [--rounds 3] [--duration 20] [--users 32] [--spec bench/echo_embedded.yaml]
+
+`--spec examples/echo/app.yaml` compares the echo one hop away (a deployment of its own) instead of the embedded one.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def worktree(revision: str) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False)
 
 
-def _served_from(tree: Path, name: str) -> Target:
-    """`modelfleet run` of the tree's embedded echo, with the tree's packages ahead of this one's."""
-    target = modelfleet_target(name, str(tree / SPEC))
+def _served_from(tree: Path, name: str, spec: str) -> Target:
+    """`modelfleet run` of the tree's `spec`, with the tree's packages ahead of this one's."""
+    target = modelfleet_target(name, str(tree / spec))
     target.argv = ["bash", "-c", f'cd "{tree}" && exec "$@"', "run-from-tree", *target.argv]
     target.env = {"PYTHONPATH": str(tree)}
     return target
@@ -57,13 +59,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of (bare, this, other), order alternating.")
     parser.add_argument("--duration", type=float, default=20, help="Seconds of measured load per target.")
     parser.add_argument("--users", type=int, default=32, help="Concurrent Locust users (no wait time).")
+    parser.add_argument("--spec", default=SPEC, help="The app both revisions serve (a path inside the repository).")
     args = parser.parse_args()
     interrupt_on_signals()
     results: dict[str, list[LoadResult]] = {"bare-uvicorn": [], "this-tree": [], args.revision: []}
     try:
         with worktree(args.revision) as tree:
-            bare, this = targets()[0], modelfleet_target("this-tree", SPEC)
-            other = _served_from(tree, args.revision)
+            bare, this = targets()[0], modelfleet_target("this-tree", args.spec)
+            other = _served_from(tree, args.revision, args.spec)
             for round_ in range(args.rounds):
                 pair = [this, other] if round_ % 2 == 0 else [other, this]
                 for target in [bare, *pair]:
@@ -91,7 +94,7 @@ def main() -> None:
             ]
         )
     print_table(
-        f"Embedded echo, this tree against {args.revision} ({args.users} users, {args.duration:g}s per run)",
+        f"{args.spec}, this tree against {args.revision} ({args.users} users, {args.duration:g}s per run)",
         ["target", "req/s per round", "median req/s", "vs bare, same round", "failures"],
         rows,
     )
@@ -99,7 +102,7 @@ def main() -> None:
         "ingress_ab",
         {
             "command": f"python -m bench.ingress_ab {args.revision} --rounds {args.rounds} "
-            f"--duration {args.duration:g} --users {args.users}",
+            f"--duration {args.duration:g} --users {args.users} --spec {args.spec}",
             "results": results,
             "summary": summary,
         },

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 from typing import Any
 
 import orjson
@@ -28,7 +27,7 @@ from groundwork.net import is_loopback_host
 from groundwork.version import VERSION
 
 from .request_error import RequestError
-from .tensors import valid_request_id
+from .tensors import new_request_id, valid_request_id
 
 __all__ = [
     "INDEX_BODY",
@@ -105,7 +104,7 @@ async def model_failed(_: Request, exc: ModelFailed) -> JSONResponse:
 def request_id_of(request: Request) -> str:
     """The caller's x-request-id if it is safe to echo in a header and a log line, else a new one."""
     given = request.headers.get("x-request-id")
-    return given if valid_request_id(given) else uuid.uuid4().hex
+    return given if valid_request_id(given) else new_request_id()
 
 
 @api.exception_handler(Exception)

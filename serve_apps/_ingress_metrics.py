@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -46,10 +47,17 @@ class IngressMetrics:
         )
         self.call_requests = Histogram(
             "modelfleet_call_requests",
-            "Requests carried by each handle call to a model's deployment (coalescing at work; see ingress.coalesce).",
+            "Requests carried by each call to a model's deployment (coalescing at work; see ingress.coalesce).",
             ["model"],
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        self.local_calls = Counter(
+            "modelfleet_local_hop_calls",
+            "Calls to a model's deployment that went over the local hop (a Unix socket to a replica on this node) "
+            "instead of a Ray Serve handle (see ingress.local_hop).",
+            ["model"],
+            registry=self.registry,
         )
         self.standby_requests = Counter(
             "modelfleet_standby_requests",
@@ -57,6 +65,7 @@ class IngressMetrics:
             ["model"],
             registry=self.registry,
         )
+        self._answered: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
         # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
         Gauge(
             "modelfleet_ingress_replica",
@@ -64,3 +73,23 @@ class IngressMetrics:
             ["replica"],
             registry=self.registry,
         ).labels(f"{socket.gethostname()}:{os.getpid()}").set(1)
+
+    def answered(self, model: str, protocol: str, status: int, seconds: float, rows: int, batch_rows: int) -> None:
+        """One inference request done: its status and latency, and for a success its rows and its batch's rows.
+        The labelled series are looked up once per (model, protocol, status): `labels()` costs more than the update,
+        and this runs on every request."""
+        key = (model, protocol, status)
+        series = self._answered.get(key)
+        if series is None:
+            series = self._answered[key] = (
+                self.requests.labels(model, protocol, str(status)),
+                self.latency.labels(model, protocol),
+                self.rows.labels(model),
+                self.batch_rows.labels(model),
+            )
+        requests, latency, rows_done, batches = series
+        requests.inc()
+        latency.observe(seconds)
+        if status == 200:
+            rows_done.inc(rows)
+            batches.observe(batch_rows)

@@ -20,11 +20,11 @@ def family_and_id(name: str) -> tuple[str, str | None]:
 
 def model_id_of(spec: ModelSpec, in_path: str | None, request: Request | None) -> str | None:
     """The multiplexed model id a request names (URL `family:id` or Ray's header), checked; None for other models."""
-    header = request.headers.get(MULTIPLEX_HEADER) if request is not None else None
     if spec.multiplex is None:
         if in_path is not None:
             raise RequestError(404, f"model {spec.name!r} is not a multiplexed family, so it has no model {in_path!r}")
-        return None  # a client may send the header to every model; only families use it
+        return None  # a client may send the header to every model; only families use it (read it only for them)
+    header = request.headers.get(MULTIPLEX_HEADER) if request is not None else None
     if in_path is not None and header is not None and in_path != header:
         raise RequestError(400, f"the URL names model id {in_path!r} but the {MULTIPLEX_HEADER} header says {header!r}")
     model_id = in_path if in_path is not None else header

@@ -344,6 +344,15 @@ class IngressSpec(Strict):
             "its own answer or error): under load, far fewer calls to pay for. Off: one call per request."
         ),
     )
+    local_hop: bool = Field(
+        default=True,
+        description=(
+            "Call a model whose running replicas are all on the caller's Ray node (the ingress's, or a pipeline's) "
+            "over a Unix socket to them instead of a Ray Serve handle: Serve still places, scales, health-checks "
+            "and stops them, and a call costs a fraction of a handle call. Multiplexed families always use the "
+            "handle. Off: always the handle."
+        ),
+    )
     retry_on_replica_death: bool = Field(
         default=True,
         description=(

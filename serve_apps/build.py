@@ -105,7 +105,11 @@ def build_app(
         if model.name not in models:
             options = deployment_options(model, gpus_in_cluster)
             if model.pipeline is None:
-                models[model.name] = _deployment(ModelDeployment).options(**options).bind(model.model_dump(mode="json"))
+                models[model.name] = (
+                    _deployment(ModelDeployment)
+                    .options(**options)
+                    .bind(model.model_dump(mode="json"), spec.ingress.local_hop)
+                )
             else:
                 steps = [spec.model(s.model) for s in model.pipeline.steps]
                 models[model.name] = (
@@ -115,6 +119,7 @@ def build_app(
                         model.model_dump(mode="json"),
                         {step.name: bind(step) for step in steps},
                         {step.name: step.model_dump(mode="json") for step in steps},
+                        spec.ingress.local_hop,
                     )
                 )
         return models[model.name]

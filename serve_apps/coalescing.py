@@ -3,7 +3,8 @@
 Each Ray Serve handle call costs about a millisecond of CPU in the caller and most of one in the replica (router,
 gRPC, pickling), whatever it carries; an echo behind one answered 0.17x what a bare uvicorn echo does. Here,
 requests for the same deployment and model id that wait at the same moment leave as one call carrying them all,
-and each caller gets back its own answer (or its own error).
+and each caller gets back its own answer (or its own error). A call to replicas that all run on the caller's node
+skips the handle too: it goes over a Unix socket (local_hop.py).
 
 Requests that arrive in the same turn of the event loop leave together at its end, and while the deployment
 already holds `max_calls()` calls (two per running replica: one being answered, one on its way, as a batcher keeps
@@ -34,6 +35,7 @@ from ray.serve.exceptions import BackPressureError
 
 from ._delivery import deliver
 from .autoscaling_policy import REQUESTS_METRIC
+from .local_hop import LocalDoor, LocalReplicas, NotSent, ReplicaLost
 from .request_error import RequestError
 
 if TYPE_CHECKING:
@@ -47,6 +49,9 @@ __all__ = ["Coalescer", "ManyRequests", "hop", "model_hop", "once_more_if_the_re
 logger = logging.getLogger("ray.serve")
 
 CALLS_PER_REPLICA = 2  # in flight to each replica: one being answered, one on its way
+# How old the count of a deployment's running replicas may be when it sizes calls and picks the local hop: a few
+# seconds' lag costs a scaled deployment a little concurrency; a fresher count costs Serve's controller a status each.
+RUNNING_MAX_AGE_S = 5.0
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -165,7 +170,7 @@ async def once_more_if_the_replica_died(call: Callable[[], Awaitable[Any]], retr
     safe; a second failure is the caller's."""
     try:
         return await call()
-    except (ActorDiedError, ActorUnavailableError):
+    except (ActorDiedError, ActorUnavailableError, ReplicaLost):
         if not retry():
             raise
         return await call()
@@ -183,6 +188,8 @@ def hop(
     on_call: Callable[[int], None] = lambda requests: None,
     gather: int = 0,
     gather_s: float = 0.0,
+    local: LocalReplicas | None = None,
+    on_local_call: Callable[[], None] = lambda: None,
 ) -> Coalescer[Any, Any]:
     """The coalesced hop to a deployment (its `ManyRequests.infer_many`): two calls in flight per running replica (one
     if it admits one request at a time), `min_replicas`' worth (at least one) while none runs yet (Serve starts one);
@@ -191,15 +198,34 @@ def hop(
 
     `retry_on_replica_death()`: asked when a call's replica died before answering; True sends the call once more.
     `on_call(requests)`: told what each call carries (for metrics).
+    `local`: the deployment's replicas on this node, called over the local hop (local_hop.py) while every running
+    replica is one of them; `on_local_call()` is told of each such call.
     """
 
     async def send(model_id: str | None, many: list[Any]) -> list[Any]:
         target = handle if model_id is None else handle.options(multiplexed_model_id=model_id)
         on_call(len(many))
-        return await once_more_if_the_replica_died(lambda: target.infer_many.remote(many), retry_on_replica_death)
+
+        async def one_call() -> list[Any]:
+            door = (
+                local.pick(states.running_replicas(deployment, RUNNING_MAX_AGE_S))
+                if local is not None and model_id is None
+                else None
+            )
+            if door is not None:
+                try:
+                    answers = await door.call(many)
+                except NotSent:
+                    pass  # it never reached the replica: the handle takes it
+                else:
+                    on_local_call()
+                    return answers
+            return await target.infer_many.remote(many)
+
+        return await once_more_if_the_replica_died(one_call, retry_on_replica_death)
 
     def replicas() -> int:
-        return max(1, states.running_replicas(deployment) or min_replicas)
+        return max(1, states.running_replicas(deployment, RUNNING_MAX_AGE_S) or min_replicas)
 
     calls_per_replica = min(CALLS_PER_REPLICA, max_ongoing_requests)
     return Coalescer(
@@ -218,8 +244,12 @@ def model_hop(
     states: DeploymentStates,
     retry_on_replica_death: Callable[[], bool] = lambda: False,
     on_call: Callable[[int], None] = lambda requests: None,
+    local_hop: bool = False,
+    on_local_call: Callable[[], None] = lambda: None,
 ) -> Coalescer[Any, Any]:
-    """`hop` to a model's own deployment, sized by its spec (a batched model's requests gathered as its batches)."""
+    """`hop` to a model's own deployment, sized by its spec (a batched model's requests gathered as its batches);
+    `local_hop`: over a Unix socket to its replicas on this node, when all run here (a multiplexed family's calls keep
+    the handle, which routes a model id to the replica holding it)."""
     batching = spec.batching
     return hop(
         handle,
@@ -232,6 +262,8 @@ def model_hop(
         on_call=on_call,
         gather=batching.max_batch_size if batching else 0,
         gather_s=batching.batch_wait_timeout_s if batching else 0.0,
+        local=LocalReplicas(spec.name) if local_hop and spec.multiplex is None else None,
+        on_local_call=on_local_call,
     )
 
 
@@ -241,6 +273,21 @@ class ManyRequests:
 
     name: str = "model"
     _requests: int = 0  # requests in this replica, running or waiting: what the autoscaler counts
+    _door: LocalDoor | None = None
+
+    def _open_local_door(self) -> None:
+        """Answer `infer_many` calls over the local hop too (local_hop.py); from the constructor of a replica of the
+        deployment (never of a model embedded in the ingress). Closed by `__del__`, which Serve calls on stopping."""
+        from ray import serve
+
+        context = serve.get_replica_context()
+        self._door = LocalDoor.open(context.app_name, context.deployment, self.infer_many)
+
+    def __del__(self) -> Awaitable[None] | None:
+        """Serve awaits what this returns when it stops the replica: the local door's drain. (Not `async def`: the
+        garbage collector calls `__del__` too, and a model embedded in the ingress has no door to close.)"""
+        door = self.__dict__.get("_door")
+        return door.close() if door is not None else None
 
     async def _infer(self, inputs: Any) -> Any:
         raise NotImplementedError

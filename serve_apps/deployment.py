@@ -14,8 +14,8 @@ eviction.py); Serve routes an id to a replica that already has it. A batch
 holds one id.
 
 Callers send requests one by one (`infer`) or several in one handle call (`infer_many`, what the ingress's
-coalescer sends); either way each is one of the requests this replica reports to the autoscaler
-(coalescing.ManyRequests, autoscaling_policy.py), so Serve scales on requests, not calls.
+coalescer sends, over a handle or the local hop); either way each is one of the requests this replica reports to the
+autoscaler (coalescing.ManyRequests, autoscaling_policy.py), so Serve scales on requests, not calls.
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ class _Loaded:
 
 
 class ModelDeployment(ManyRequests):
-    """A replica of one model (or one multiplexed family). Built from the model's spec as a plain dict."""
+    """A replica of one model (or one multiplexed family). Built from the model's spec as a plain dict; `local_door`:
+    also answer callers on this node over the local hop (local_hop.py; not for a family, whose ids Serve routes)."""
 
-    def __init__(self, model_spec: dict):
+    def __init__(self, model_spec: dict, local_door: bool = False):
         keep_serve_internals_off_the_console()
         self.spec = ModelSpec.model_validate(model_spec)
         self.device = pick_device(self.spec.resources.num_gpus)
@@ -90,6 +91,8 @@ class ModelDeployment(ManyRequests):
         self.model: Model | None = None
         if self.spec.multiplex is None:
             self.model = self._load(None)
+            if local_door:
+                self._open_local_door()
             return
         self._paths: dict[str, Path] = {}  # model id -> fetched artifact (ids are few: the family's size)
         self._loaded: set[str] = set()

@@ -10,13 +10,13 @@ Requests reach it through Ray's proxy, or (under `modelfleet run`) through its
 own listener on the app's port (`listener.py`, `_http.front_door`). Models run in
 deployments of their own, one handle call away, or embedded in this process.
 Requests for one deployment that wait at the same moment share one handle call
-(coalescing.py; `ingress.coalesce`).
+(coalescing.py; `ingress.coalesce`), which goes over a Unix socket instead when
+all of the deployment's replicas run on this node (local_hop.py; `ingress.local_hop`).
 """
 
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -53,9 +53,10 @@ from .auth import ApiKey, KeyRing
 from .coalescing import Coalescer, hop, model_hop, once_more_if_the_replica_died
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
+from .local_hop import ReplicaLost
 from .request_error import RequestError
 from .spec import AppSpec, ModelSpec
-from .tensors import check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, rows_of, tensor_metadata
+from .tensors import check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, new_request_id, rows_of, tensor_metadata
 
 __all__ = ["Ingress", "api"]
 
@@ -95,7 +96,13 @@ class Ingress:
         if self.app_spec.ingress.coalesce:
             self.hops = {
                 name: model_hop(
-                    h, self.specs[name], self.states, self._retry(name), self.meters.call_requests.labels(name).observe
+                    h,
+                    self.specs[name],
+                    self.states,
+                    self._retry(name),
+                    self.meters.call_requests.labels(name).observe,
+                    local_hop=self.app_spec.ingress.local_hop,
+                    on_local_call=self.meters.local_calls.labels(name).inc,
                 )
                 for name, h in models.items()
             }
@@ -211,11 +218,10 @@ class Ingress:
         self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str, model_id: str | None = None
     ) -> dict:
         started = time.perf_counter()
-        status = 200
+        status, batch_rows = 200, 0
         try:
             async with asyncio.timeout(self.request_timeout_s):  # no extra task per request, unlike wait_for
                 outputs, batch_rows = await self._call(spec, inputs, model_id)
-            self.meters.batch_rows.labels(spec.name).observe(batch_rows)
             return outputs
         except (RequestError, RayTaskError) as exc:
             # A replica refusing the request (e.g. an unknown model id) raises a RequestError; Ray
@@ -240,7 +246,7 @@ class Ingress:
             raise RequestError(
                 503, f"model {spec.name!r} is at capacity (max_queued_requests); retry shortly", {"Retry-After": "1"}
             ) from None
-        except (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError) as exc:
+        except (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError, ReplicaLost) as exc:
             status = 503
             raise RequestError(
                 503,
@@ -252,10 +258,14 @@ class Ingress:
             logger.exception("model %s failed on request %s", spec.name, request_id)
             raise ModelFailed(spec.name, request_id) from None
         finally:
-            self.meters.requests.labels(spec.name, protocol, str(status)).inc()
-            self.meters.latency.labels(spec.name, protocol).observe(time.perf_counter() - started)
-            if status == 200:
-                self.meters.rows.labels(spec.name).inc(rows_of(inputs))
+            self.meters.answered(
+                spec.name,
+                protocol,
+                status,
+                time.perf_counter() - started,
+                rows_of(inputs) if status == 200 else 0,
+                batch_rows,
+            )
 
     async def _call(self, spec: ModelSpec, inputs: dict, model_id: str | None) -> tuple[dict, int]:
         local = self.embedded.get(spec.name)
@@ -360,7 +370,7 @@ class Ingress:
         if spec is None:
             raise RequestError(404, f"model {name!r} not found; this server has {sorted(self.specs)}")
         model_id = model_id_of(spec, model_id or in_name, None)
-        return await self._infer(spec, check_inputs(inputs, spec), "handle", uuid.uuid4().hex, model_id)
+        return await self._infer(spec, check_inputs(inputs, spec), "handle", new_request_id(), model_id)
 
     # ---- metadata and health ----------------------------------------------
 

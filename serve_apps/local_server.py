@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from collections.abc import Set
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 from groundwork.ray_env import secure_ray_token
 
 from .deploy import RayTarget, prepare_ray_env, quiet_serve_driver_log
+from .local_hop import node_dir
 
 __all__ = ["SERVE_SHUTDOWN_GRACE_S", "LocalServer"]
 
@@ -33,6 +36,7 @@ class LocalServer(RayTarget):
     port: int = 8000
     proxy_port: int = 8001
     _core: dict[str, psutil.Process] = field(default_factory=dict, init=False, repr=False)
+    _hop_sockets: Path | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__init__(gpus_known=True, can_add_nodes=False)
@@ -61,6 +65,7 @@ class LocalServer(RayTarget):
         )
         secure_ray_token()  # the token ray.init generated, if it did
         self._core = _core_processes()
+        self._hop_sockets = node_dir()
         quiet_serve_driver_log()
         serve.start(
             proxy_location="HeadOnly",
@@ -87,6 +92,8 @@ class LocalServer(RayTarget):
                     _shut_serve_down(SERVE_SHUTDOWN_GRACE_S)
             finally:
                 ray.shutdown()  # stops every process this Ray started, whatever Serve's state
+        if self._hop_sockets is not None:  # what replicas that did not stop gracefully left of their local hop
+            shutil.rmtree(self._hop_sockets, ignore_errors=True)
 
 
 def _shut_serve_down(timeout_s: float) -> None:

@@ -5,7 +5,8 @@ so independent branches (e.g. two scorers of one featurizer's output) run
 concurrently. Steps are ordinary model deployments: they batch, scale and
 fail on their own, and a pipeline's requests share their batches with
 direct callers. Concurrent requests' calls to one step leave as one handle
-call (coalescing.py), as the ingress's do.
+call (coalescing.py), or one call over the local hop (local_hop.py), as the
+ingress's do.
 """
 
 from __future__ import annotations
@@ -27,15 +28,23 @@ Tensors = dict[str, np.ndarray]
 
 
 class PipelineDeployment(ManyRequests):
-    """A replica of one pipeline. `steps`: a handle per called model; `step_specs`: their specs, as dicts."""
+    """A replica of one pipeline. `steps`: a handle per called model; `step_specs`: their specs, as dicts;
+    `local_hop`: call steps whose replicas all run on this node over the local hop, and answer callers on this node
+    over it too (local_hop.py)."""
 
-    def __init__(self, model_spec: dict, steps: dict[str, DeploymentHandle], step_specs: dict[str, dict]):
+    def __init__(
+        self, model_spec: dict, steps: dict[str, DeploymentHandle], step_specs: dict[str, dict], local_hop: bool = False
+    ):
         self.spec = ModelSpec.model_validate(model_spec)
         self.name = self.spec.name
         specs = {name: ModelSpec.model_validate(s) for name, s in step_specs.items()}
         self.plan: Plan = plan_pipeline(self.spec, specs)
         self.states = DeploymentStates()
-        self.steps = {name: model_hop(handle, specs[name], self.states) for name, handle in steps.items()}
+        self.steps = {
+            name: model_hop(handle, specs[name], self.states, local_hop=local_hop) for name, handle in steps.items()
+        }
+        if local_hop:
+            self._open_local_door()
 
     async def _infer(self, inputs: Tensors) -> tuple[Tensors, int]:
         """(outputs, rows): the same contract as ModelDeployment.infer, so callers cannot tell them apart."""
