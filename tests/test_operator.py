@@ -147,10 +147,21 @@ def test_connect_gives_a_driver_the_fleet_and_says_when_it_is_too_late(fleet: Fl
     assert ran.returncode == 1 and "must run before `import ray`" in ran.stderr, ran.stderr[-3000:]
 
 
+def _embedded_echo(tmp_path: Path) -> Path:
+    """The echo example served inside its ingress: a `run` of one replica, for tests of `run` itself (each starts a
+    Ray of its own, and a replica costs seconds of CPU to start)."""
+    spec = yaml.safe_load(ECHO_SPEC.read_text())
+    spec["models"][0]["embedded"] = True
+    del spec["models"][0]["autoscaling"]  # the ingress's, for an embedded model
+    path = tmp_path / "echo.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.own_ray
 def test_run_exits_with_one_line_when_its_ray_dies(tmp_path: Path) -> None:
-    with AppProcess(ECHO_SPEC, tmp_path / "run.log") as app:
+    with AppProcess(_embedded_echo(tmp_path), tmp_path / "run.log") as app:
         assert app.proc is not None
         raylet = next(p for p in psutil.Process(app.proc.pid).children() if p.name() == "raylet")
         raylet.kill()
@@ -166,7 +177,7 @@ def test_run_exits_with_one_line_when_its_ray_dies(tmp_path: Path) -> None:
 def test_sigterm_stops_run_and_all_its_processes_even_when_its_ray_hangs(tmp_path: Path) -> None:
     """A GCS that stops answering (suspended here) used to hold `run`'s shutdown for ever after SIGTERM: only
     SIGKILL ended it, and Ray's processes with it. `run` bounds its stop and ends, by pid, what it started."""
-    app = AppProcess(ECHO_SPEC, tmp_path / "run.log")
+    app = AppProcess(_embedded_echo(tmp_path), tmp_path / "run.log")
     with app:
         assert app.proc is not None
         gcs = next(p for p in psutil.Process(app.proc.pid).children() if p.name() == "gcs_server")
@@ -187,7 +198,7 @@ def test_sigterm_stops_run_cleanly_when_serve_outlasts_its_graceful_shutdown(tmp
     """A Serve controller that does not finish its graceful shutdown in time (suspended here; on CI, a busy one)
     used to leave a thread waiting on it while Ray shut down under it, and Ray's core then ended `run` with exit
     code 1 ("The core worker has already been shutdown"). The wait is bounded by Serve's own timeout instead."""
-    app = AppProcess(ECHO_SPEC, tmp_path / "run.log")
+    app = AppProcess(_embedded_echo(tmp_path), tmp_path / "run.log")
     with app:
         assert app.proc is not None
         controller = next(
