@@ -1,0 +1,7 @@
+"""The model registry: registered models, immutable versions with lineage, aliases with their whole history, and a
+record of every deployment. SQLite by default (`$MODELFLEET_HOME/registry.db`, no set-up), PostgreSQL for teams
+(`MODELFLEET_REGISTRY_URL=postgresql+psycopg://...`), behind SQLAlchemy 2 with Alembic migrations."""
+
+from .store import AliasSpan, ModelVersion, Registry, RegistryError, VersionRef, parse_ref, registry_url
+
+__all__ = ["AliasSpan", "ModelVersion", "Registry", "RegistryError", "VersionRef", "parse_ref", "registry_url"]

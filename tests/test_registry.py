@@ -1,0 +1,159 @@
+"""The model registry's store (registry/), on SQLite: versions numbered per model and read back as written, aliases
+with their whole history, deletion refused while a version is in use, concurrent writers from two processes, and
+migrations that run once. (PostgreSQL runs the same class once the test bed starts one: issue 17.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from registry import Registry, RegistryError, parse_ref
+from tests.helpers import ROOT, wait_until
+
+SHA = "a" * 64
+
+
+def _register(registry: Registry, name: str = "digits", **extra) -> int:
+    return registry.register(
+        name, artifact_uri=f"file:///models/{name}.safetensors", sha256=SHA, format="safetensors", **extra
+    ).version
+
+
+class TestRegistryOnSQLite:
+    @pytest.fixture()
+    def registry(self, tmp_path: Path):
+        store = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+        yield store
+        store.close()
+
+    def test_versions_count_from_one_per_model_and_read_back_as_written(self, registry: Registry) -> None:
+        first = registry.register(
+            "digits",
+            artifact_uri="s3://models/digits/1/model.safetensors",
+            sha256=SHA,
+            format="safetensors",
+            module="examples.digits.model:DigitsNet",
+            signature={"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]},
+            metrics={"accuracy": 0.97},
+            params={"epochs": 20},
+            tags={"team": "vision"},
+            lineage={
+                "dataset": {"uri": "sklearn:digits", "sha256": "b" * 64},
+                "code": {"commit": "abc", "dirty": False},
+            },
+            actor="alice",
+        )
+        assert (first.name, first.version, first.uri) == ("digits", 1, "models:/digits/1")
+        assert _register(registry) == 2
+        assert _register(registry, "fraud") == 1, "numbers are per model"
+        read = registry.get("models:/digits/1")
+        assert read == first
+        assert read.metrics == {"accuracy": 0.97} and read.lineage["code"] == {"commit": "abc", "dirty": False}
+        assert read.created_by == "alice"
+        assert registry.get("digits").version == 2, "a bare name is its newest version"
+        assert [v.version for v in registry.versions("digits")] == [1, 2]
+        assert registry.models() == ["digits", "fraud"]
+
+    def test_an_alias_points_at_one_version_and_every_move_is_kept(self, registry: Registry) -> None:
+        for _ in range(3):
+            _register(registry)
+        registry.set_alias("digits", "champion", 1, actor="alice")
+        registry.set_alias("digits", "challenger", 2, actor="bob")
+        registry.set_alias("digits", "champion", 2, actor="bob")  # promoted
+        registry.set_alias("digits", "champion", 3, actor="carol")
+        registry.remove_alias("digits", "challenger", actor="carol")
+        assert registry.aliases("digits") == {"champion": 3}
+        assert registry.get("digits@champion").version == 3
+        assert registry.get("models:/digits/3").aliases == ["champion"]
+        history = registry.alias_history("digits")
+        assert [(s.alias, s.version, s.set_by, s.end is None) for s in history] == [
+            ("champion", 1, "alice", False),
+            ("challenger", 2, "bob", False),
+            ("champion", 2, "bob", False),
+            ("champion", 3, "carol", True),
+        ]
+        champion = [s for s in history if s.alias == "champion"]
+        assert all(a.end == b.start for a, b in zip(champion, champion[1:], strict=False)), "spans meet: no gap"
+        with pytest.raises(RegistryError, match="has no alias 'challenger'"):
+            registry.get("digits@challenger")
+
+    def test_a_version_in_use_cannot_be_deleted(self, registry: Registry) -> None:
+        _register(registry)
+        _register(registry)
+        registry.set_alias("digits", "champion", 1)
+        with pytest.raises(RegistryError, match=r"models:/digits/1 is aliased \(champion\)"):
+            registry.delete_version("digits", 1)
+        registry.record_deployment("fleet", "digits", 2, "127.0.0.1:6379", "deployed")
+        with pytest.raises(RegistryError, match="models:/digits/2 is deployed in fleet"):
+            registry.delete_version("digits", 2)
+        registry.record_deployment("fleet", "digits", 2, "127.0.0.1:6379", "removed")
+        registry.delete_version("digits", 2)
+        assert [v.version for v in registry.versions("digits")] == [1]
+        assert _register(registry) == 2, "numbers follow the newest version left"
+
+    def test_unknown_names_and_bad_references_say_what_is_wrong(self, registry: Registry) -> None:
+        _register(registry)
+        with pytest.raises(RegistryError, match="no model 'fraud' is registered"):
+            registry.get("fraud")
+        with pytest.raises(RegistryError, match="has no version 9"):
+            registry.get("digits/9")
+        with pytest.raises(RegistryError, match="has no version 9"):
+            registry.set_alias("digits", "champion", 9)
+        with pytest.raises(RegistryError, match="is not a model reference"):
+            parse_ref("models:/digits:3")
+        with pytest.raises(RegistryError, match="is not an alias"):
+            registry.set_alias("digits", "1st", 1)
+        with pytest.raises(RegistryError, match="sha256 must be 64 lowercase hex digits"):
+            registry.register("digits", artifact_uri="x", sha256="abc", format="safetensors")
+        with pytest.raises(RegistryError, match="is not a model name"):
+            registry.register("../etc", artifact_uri="x", sha256=SHA, format="safetensors")
+
+    def test_opening_migrates_once_to_the_newest_revision(self, registry: Registry) -> None:
+        again = Registry(registry.url)  # a second open finds the tables at head and changes nothing
+        with again.engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+            tables = set(inspect(connection).get_table_names())
+        again.close()
+        assert {"registered_models", "model_versions", "alias_events", "deployments"} <= tables
+
+    def test_two_processes_writing_at_once_leave_a_consistent_store(self, registry: Registry, tmp_path: Path) -> None:
+        """Each process registers 25 versions and points `latest` at each as it goes, both starting at once: 50
+        versions numbered 1 to 50, none lost or doubled, and an alias history of 50 moves by both."""
+        go = tmp_path / "go"
+        writer = textwrap.dedent(
+            f"""
+            import os, sys, time
+            from registry import Registry
+            store = Registry(sys.argv[1])
+            open(sys.argv[3] + "." + sys.argv[2], "w").close()  # ready
+            while not os.path.exists(sys.argv[3]):
+                time.sleep(0.001)
+            for _ in range(25):
+                v = store.register("digits", artifact_uri="file:///m", sha256="{SHA}", format="safetensors").version
+                store.set_alias("digits", "latest", v, actor=sys.argv[2])
+            store.close()
+            """
+        )
+        logs = [tmp_path / f"writer-{i}.log" for i in range(2)]
+        writers = [
+            subprocess.Popen(
+                [sys.executable, "-c", writer, registry.url, f"writer-{i}", str(go)],
+                cwd=ROOT,
+                stdout=logs[i].open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            for i in range(2)
+        ]
+        for w, log in zip(writers, logs, strict=True):  # both have opened the store: start them together
+            wait_until(lambda: all(go.with_name(f"go.writer-{i}").exists() for i in range(2)), 60, "ready", w, log)
+        go.touch()
+        assert [w.wait(timeout=120) for w in writers] == [0, 0], [log.read_text()[-2000:] for log in logs]
+        assert [v.version for v in registry.versions("digits")] == list(range(1, 51))
+        history = registry.alias_history("digits")
+        assert len(history) == 50 and {s.set_by for s in history} == {"writer-0", "writer-1"}
+        assert registry.aliases("digits")["latest"] == history[-1].version
