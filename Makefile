@@ -8,6 +8,7 @@ INSTALLED := $(VENV)/.installed
 AZURITE  := .tools/azurite/node_modules/.bin/azurite-blob
 CHROMIUM := /usr/bin/chromium
 SSHD     := /usr/sbin/sshd
+POSTGRES := /usr/bin/pg_ctlcluster
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DIGITS   := examples/digits/artifacts/digits/1/model.safetensors
 MINILM   := examples/embeddings/artifacts/all-MiniLM-L6-v2/config.json
@@ -81,6 +82,11 @@ $(CHROMIUM):
 $(SSHD):
 	$(call apt_install,--no-install-recommends openssh-server rsync)
 
+# Debian's PostgreSQL, for the registry's conformance tests (tests/fixtures/postgres.py starts its own server, as
+# the unprivileged `postgres` user, in a temporary folder on a free loopback port).
+$(POSTGRES):
+	$(call apt_install,--no-install-recommends postgresql)
+
 # Style, lint and the rooms' layering (pyproject.toml's import-linter contracts): seconds, before the tests.
 lint: setup
 	$(BIN)/ruff format --check --quiet .
@@ -88,12 +94,12 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
-test: setup artifacts $(CHROMIUM) $(SSHD) lint
+test: setup artifacts $(CHROMIUM) $(SSHD) $(POSTGRES) lint
 	$(BIN)/pytest $(PYTEST_WORKERS) -m "not onprem"
 
 # The everyday lane: every test that needs no Ray (specs, tensors, storage against its emulators, the CLI's errors,
 # reports in Chromium, the batcher and the coalescer, the test bed's SSH hosts): about two minutes.
-test-fast: setup artifacts $(CHROMIUM) $(SSHD) lint
+test-fast: setup artifacts $(CHROMIUM) $(SSHD) $(POSTGRES) lint
 	$(BIN)/pytest $(PYTEST_WORKERS) --without-ray -m "not onprem"
 
 # A real multi-node Ray on the on-prem test bed (hosts in network namespaces, reached over SSH): launched, deployed

@@ -1,6 +1,6 @@
-"""The model registry's store (registry/), on SQLite: versions numbered per model and read back as written, aliases
-with their whole history, deletion refused while a version is in use, concurrent writers from two processes, and
-migrations that run once. (PostgreSQL runs the same class once the test bed starts one: issue 17.)"""
+"""The model registry's store (registry/), one conformance class run on SQLite and on a real PostgreSQL: versions
+numbered per model and read back as written, aliases with their whole history, deletion refused while a version is
+in use, concurrent writers from two processes, and migrations that run once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from registry import Registry, RegistryError, parse_ref
+from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
 from tests.helpers import ROOT, wait_until
 
 SHA = "a" * 64
@@ -24,10 +25,15 @@ def _register(registry: Registry, name: str = "digits", **extra) -> int:
     ).version
 
 
-class TestRegistryOnSQLite:
-    @pytest.fixture()
-    def registry(self, tmp_path: Path):
-        store = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+class TestRegistry:
+    @pytest.fixture(params=["sqlite", "postgresql"])
+    def registry(self, request: pytest.FixtureRequest, tmp_path: Path):
+        url = (
+            f"sqlite:///{tmp_path / 'registry.db'}"
+            if request.param == "sqlite"
+            else request.getfixturevalue("postgres_url")
+        )
+        store = Registry(url)
         yield store
         store.close()
 
