@@ -2,6 +2,17 @@
 record of every deployment. SQLite by default (`$MODELFLEET_HOME/registry.db`, no set-up), PostgreSQL for teams
 (`MODELFLEET_REGISTRY_URL=postgresql+psycopg://...`), behind SQLAlchemy 2 with Alembic migrations."""
 
+from .artifacts import artifact_root, publish
 from .store import AliasSpan, ModelVersion, Registry, RegistryError, VersionRef, parse_ref, registry_url
 
-__all__ = ["AliasSpan", "ModelVersion", "Registry", "RegistryError", "VersionRef", "parse_ref", "registry_url"]
+__all__ = [
+    "AliasSpan",
+    "ModelVersion",
+    "Registry",
+    "RegistryError",
+    "VersionRef",
+    "artifact_root",
+    "parse_ref",
+    "publish",
+    "registry_url",
+]

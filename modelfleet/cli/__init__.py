@@ -2,7 +2,7 @@
 
 One module per command group, over one shared console module (`console`):
 `serve` (validate, schema, build, deploy, status), `run`, `keys`, `cluster`,
-and `load` (loadtest, tune). This module only assembles them.
+`load` (loadtest, tune) and `models` (the registry). This module only assembles them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from groundwork.version import VERSION
 
-from . import cluster, keys, load, run, serve
+from . import cluster, keys, load, models, run, serve
 from .console import err
 
 __all__ = ["app", "main"]
@@ -57,6 +57,7 @@ for command in (
     app.command()(command)
 app.add_typer(keys.app, name="keys")
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:

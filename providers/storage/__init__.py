@@ -8,7 +8,7 @@ provider translates its SDK's errors into the tree below, so callers catch
 `StorageError` and nothing cloud-specific.
 """
 
-from ._cache import cache_root, directory_sha256, fetch, upload
+from ._cache import artifact_sha256, cache_root, directory_sha256, fetch, upload
 from ._errors import (
     AccessDenied,
     ArtifactNotFound,
@@ -38,6 +38,7 @@ __all__ = [
     "SymlinkInArtifact",
     "UnsafeCacheDir",
     "UnsafeRedirect",
+    "artifact_sha256",
     "UnsupportedScheme",
     "cache_root",
     "directory_sha256",

@@ -116,6 +116,12 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_sha256(path: Path | str) -> str:
+    """The sha256 to declare for an artifact: a file's own, or a folder's `directory_sha256`."""
+    path = Path(path)
+    return directory_sha256(path) if path.is_dir() else _file_sha256(path)
+
+
 def directory_sha256(path: Path | str) -> str:
     """The sha256 to declare for a directory artifact (hash of its sorted file manifest)."""
     root = Path(path)

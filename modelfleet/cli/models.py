@@ -1,0 +1,233 @@
+"""`modelfleet models`: the model registry (registry/): register versions, move aliases, read history and lineage.
+
+The store is `MODELFLEET_REGISTRY_URL` (default: SQLite at `$MODELFLEET_HOME/registry.db`); artifacts are published
+under `MODELFLEET_ARTIFACT_ROOT` (default: `$MODELFLEET_HOME/artifacts`) at a content-addressed path.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from providers.storage import StorageError, artifact_sha256
+from registry import ModelVersion, Registry, RegistryError, parse_ref, publish
+
+from .console import bad_input, failed, out
+
+app = typer.Typer(help="The model registry: versions, aliases and their history, lineage.", no_args_is_help=True)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@contextmanager
+def _registry() -> Iterator[Registry]:
+    """The store, opened (and migrated); a refusal is bad input (exit 2), a store that cannot be reached a failure."""
+    try:
+        store = Registry()
+    except Exception as exc:  # a bad URL, an unreachable server, a missing driver: the cause, in one line
+        failed(f"the model registry cannot be opened: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+    try:
+        yield store
+    except RegistryError as exc:
+        bad_input(str(exc))
+    finally:
+        store.close()
+
+
+def _get(ref: str) -> ModelVersion:
+    with _registry() as store:
+        return store.get(ref)
+
+
+def _pairs(values: list[str], option: str) -> dict[str, Any]:
+    """`k=v` options as a dict, numbers as numbers."""
+    pairs: dict[str, Any] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            bad_input(f"{option} {value!r}: expected KEY=VALUE")
+        try:
+            pairs[key] = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+        except ValueError:
+            pairs[key] = raw
+    return pairs
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _lineage(dataset: str | None) -> dict[str, Any]:
+    """Where this version came from, as far as this machine can tell: the data, the code, the command, the runtime."""
+    lineage: dict[str, Any] = {"command": sys.argv, "runtime": {"python": platform.python_version()}}
+    try:
+        lineage["runtime"]["torch"] = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        pass
+    commit = _git("rev-parse", "HEAD")
+    if commit is not None:
+        lineage["code"] = {"commit": commit, "dirty": bool(_git("status", "--porcelain"))}
+    if dataset is not None:
+        lineage["dataset"] = {"uri": dataset}
+        if Path(dataset).exists():
+            lineage["dataset"]["sha256"] = artifact_sha256(dataset)
+    return lineage
+
+
+def _show(version: ModelVersion) -> None:
+    out.print(f"{version.uri}  ({', '.join(version.aliases) or 'no alias'})", markup=False)
+    for label, value in (
+        ("artifact", version.artifact_uri),
+        ("sha256", version.sha256),
+        ("format", version.format),
+        ("module", version.module or "-"),
+        ("created", f"{version.created_at:%Y-%m-%d %H:%M:%S %Z} by {version.created_by}"),
+        ("metrics", json.dumps(version.metrics) if version.metrics else "-"),
+        ("params", json.dumps(version.params) if version.params else "-"),
+        ("tags", json.dumps(version.tags) if version.tags else "-"),
+    ):
+        out.print(f"  {label:<8} {value}", markup=False)
+
+
+@app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="The model's name (created on its first version).", show_default=False)],
+    source: Annotated[str, typer.Argument(help="The artifact: a local file or folder, or a storage URI.")],
+    format: Annotated[str, typer.Option("--format", help="Its format, as a spec's `format:` says.")],
+    module: Annotated[str | None, typer.Option("--module", help="The module:Class that loads it, if any.")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="KEY=VALUE; repeatable.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE; repeatable.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE; repeatable.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="The training data's URI or path.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Register a new version of NAME: its artifact published at a content-addressed place, its lineage recorded."""
+    metrics, params, tags = _pairs(metric or [], "--metric"), _pairs(param or [], "--param"), _pairs(tag or [], "--tag")
+    try:
+        parse_ref(name)
+    except RegistryError as exc:
+        bad_input(str(exc))
+    if "://" not in source and not Path(source).exists():
+        bad_input(f"{source}: no such file or folder (or give a storage URI: file://, s3://, gs://, az://, https://)")
+    try:
+        uri, sha256 = publish(source)
+    except StorageError as exc:
+        failed(f"publishing {source}: {exc}")
+    with _registry() as store:
+        version = store.register(
+            name,
+            artifact_uri=uri,
+            sha256=sha256,
+            format=format,
+            module=module,
+            metrics=metrics,
+            params=params,
+            tags=tags,
+            lineage=_lineage(dataset),
+        )
+    if as_json:
+        out.print_json(version.model_dump_json())
+    else:
+        out.print(f"registered {version.uri} (sha256 {sha256[:12]}…, {uri})", markup=False)
+
+
+@app.command("list")
+def models_list(as_json: AsJson = False) -> None:
+    """Every registered model: its newest version and its aliases."""
+    with _registry() as store:
+        rows = [(name, store.get(name).version, store.aliases(name)) for name in store.models()]
+    if as_json:
+        out.print_json(json.dumps([{"name": n, "latest": v, "aliases": a} for n, v, a in rows]))
+        return
+    if not rows:
+        out.print("no model is registered", markup=False)
+        return
+    width = max(len("NAME"), *(len(n) for n, _, _ in rows))
+    out.print(f"{'NAME':<{width}}  LATEST  ALIASES", markup=False)
+    for n, v, a in rows:
+        aliases = ", ".join(f"{alias}={version}" for alias, version in sorted(a.items())) or "-"
+        out.print(f"{n:<{width}}  {v:<6}  {aliases}", markup=False)
+
+
+@app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME/VERSION or NAME@ALIAS.", show_default=False)],
+    as_json: AsJson = False,
+) -> None:
+    """One version: its artifact, sha256, format, metrics, params, tags and aliases."""
+    version = _get(ref)
+    if as_json:
+        out.print_json(version.model_dump_json())
+    else:
+        _show(version)
+
+
+@app.command("alias")
+def models_alias(
+    target: Annotated[str, typer.Argument(help="NAME@ALIAS.", show_default=False)],
+    version: Annotated[int, typer.Argument(help="The version the alias points at from now on.", show_default=False)],
+) -> None:
+    """Point NAME@ALIAS at VERSION (the move is kept in `models history`)."""
+    with _registry() as store:
+        ref = parse_ref(target)
+        if ref.alias is None:
+            raise RegistryError(f"{target!r} names no alias: NAME@ALIAS")
+        store.set_alias(ref.name, ref.alias, version)
+    out.print(f"{ref.name}@{ref.alias} -> models:/{ref.name}/{version}", markup=False)
+
+
+@app.command("history")
+def models_history(
+    name: Annotated[str, typer.Argument(help="The model's name.", show_default=False)], as_json: AsJson = False
+) -> None:
+    """Which version held which alias, from when to when."""
+    with _registry() as store:
+        spans = store.alias_history(name)
+    if as_json:
+        out.print_json(json.dumps([span.model_dump(mode="json") for span in spans]))
+        return
+    for span in spans:
+        until = f"{span.end:%Y-%m-%d %H:%M:%S}" if span.end else "now"
+        out.print(
+            f"{span.alias:<12} v{span.version:<4} {span.start:%Y-%m-%d %H:%M:%S} .. {until}  (by {span.set_by})",
+            markup=False,
+        )
+
+
+@app.command("lineage")
+def models_lineage(
+    ref: Annotated[str, typer.Argument(help="NAME/VERSION (or NAME@ALIAS).", show_default=False)],
+    as_json: AsJson = False,
+) -> None:
+    """Where a version came from: its data, code, command and runtime."""
+    version = _get(ref)
+    if as_json:
+        out.print_json(json.dumps({"model": version.name, "version": version.version, **version.lineage}))
+        return
+    out.print(version.uri, markup=False)
+    for key, value in version.lineage.items():
+        out.print(f"  {key:<8} {json.dumps(value)}", markup=False)
+
+
+@app.command("delete")
+def models_delete(ref: Annotated[str, typer.Argument(help="NAME/VERSION.", show_default=False)]) -> None:
+    """Delete one version (refused while an alias points at it or it is deployed)."""
+    with _registry() as store:
+        parsed = parse_ref(ref)
+        if parsed.version is None:
+            raise RegistryError(f"{ref!r} names no version: NAME/VERSION")
+        store.delete_version(parsed.name, parsed.version)
+    out.print(f"deleted models:/{parsed.name}/{parsed.version}", markup=False)
