@@ -180,14 +180,14 @@ class Registry:
 
     def _write(self, change: Callable[[Session], T]) -> T:
         """`change` in one transaction; again (bounded) when another writer took the same new key meanwhile."""
-        for attempt in range(WRITE_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS - 1):
             try:
                 with self._session() as session:
                     return change(session)
             except IntegrityError:
-                if attempt == WRITE_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+                continue
+        with self._session() as session:  # the last attempt: its conflict is the caller's
+            return change(session)
 
     # ---- versions ---------------------------------------------------------
 

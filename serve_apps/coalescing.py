@@ -286,8 +286,7 @@ class ManyRequests:
     def __del__(self) -> Awaitable[None] | None:
         """Serve awaits what this returns when it stops the replica: the local door's drain. (Not `async def`: the
         garbage collector calls `__del__` too, and a model embedded in the ingress has no door to close.)"""
-        door = self.__dict__.get("_door")
-        return door.close() if door is not None else None
+        return self._door.close() if self._door is not None else None
 
     async def _infer(self, inputs: Any) -> Any:
         raise NotImplementedError

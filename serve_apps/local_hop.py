@@ -224,7 +224,7 @@ class _Connection:
         self._connecting: asyncio.Lock = asyncio.Lock()
         self._answers: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
-        self._reading: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None  # held: the loop keeps only weak references to tasks
 
     async def call(self, requests: list[Any]) -> list[Any]:
         self.in_flight += 1
@@ -238,11 +238,15 @@ class _Connection:
             result = await answer
         finally:
             self.in_flight -= 1
-            if not self.usable and not self.in_flight and self._writer is not None:
-                self._writer.close()  # after a goodbye, our close is what lets the replica stop
+            self._close_if_done()
         if isinstance(result, Exception):
             raise result
         return result
+
+    def _close_if_done(self) -> None:
+        """After a goodbye, once no call of ours is out: our close is what lets the stopping replica go."""
+        if not self.usable and not self.in_flight and self._writer is not None:
+            self._writer.close()
 
     async def _connected(self) -> asyncio.StreamWriter:
         async with self._connecting:
@@ -266,8 +270,7 @@ class _Connection:
                 length, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
                 if call_id == GOODBYE:
                     self.usable = False
-                    if not self.in_flight and self._writer is not None:
-                        self._writer.close()
+                    self._close_if_done()
                     continue
                 payload = await reader.readexactly(length)
                 answer = self._answers.pop(call_id, None)
