@@ -39,7 +39,7 @@ class Head:
 @pytest.fixture(scope="module")
 def head(tmp_path_factory) -> Head:
     tmp = tmp_path_factory.mktemp("head")
-    gcs, dashboard, serve_port = free_port(), free_port(), free_port()
+    gcs, dashboard, serve_port, metrics = free_port(), free_port(), free_port(), free_port()
     log = tmp / "ray-start.log"
     ray = Path(sys.executable).parent / "ray"
     # Loopback only, as every local Ray of ours.
@@ -61,6 +61,9 @@ def head(tmp_path_factory) -> Head:
                 "--node-ip-address=127.0.0.1",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dashboard}",
+                # Ray would pick this one itself, from the ports free when it starts: once it picked the Serve port
+                # reserved above (free until Serve binds it), and Serve's proxy could not start.
+                f"--metrics-export-port={metrics}",
                 "--num-cpus=1",
                 "--disable-usage-stats",
             ],
