@@ -3,10 +3,20 @@ record of every deployment. SQLite by default (`$MODELFLEET_HOME/registry.db`, n
 (`MODELFLEET_REGISTRY_URL=postgresql+psycopg://...`), behind SQLAlchemy 2 with Alembic migrations."""
 
 from .artifacts import artifact_root, publish
-from .store import AliasSpan, ModelVersion, Registry, RegistryError, VersionRef, parse_ref, registry_url
+from .store import (
+    AliasSpan,
+    DeploymentRecord,
+    ModelVersion,
+    Registry,
+    RegistryError,
+    VersionRef,
+    parse_ref,
+    registry_url,
+)
 
 __all__ = [
     "AliasSpan",
+    "DeploymentRecord",
     "ModelVersion",
     "Registry",
     "RegistryError",

@@ -84,6 +84,8 @@ class DeploymentRow(Base):
     model: Mapped[str] = mapped_column(ForeignKey("registered_models.name"))
     version: Mapped[int] = mapped_column(Integer)
     target: Mapped[str] = mapped_column(Text)  # where: a Ray address, a cluster name, a serve config file
-    outcome: Mapped[str] = mapped_column(String(32))  # deployed | failed | rolled_back | removed
+    outcome: Mapped[str] = mapped_column(
+        String(32)
+    )  # deployed | failed | replaced | stopped | built (a serve config written) | rolled_back
     at: Mapped[datetime] = mapped_column(UtcDateTime)
     actor: Mapped[str] = mapped_column(String(256))

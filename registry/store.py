@@ -107,6 +107,20 @@ class AliasSpan(BaseModel):
     set_by: str
 
 
+class DeploymentRecord(BaseModel):
+    """Version `version` of `model` was `outcome` (deployed, failed, replaced, stopped, built) in `app` at `target`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    app: str
+    model: str
+    version: int
+    target: str
+    outcome: str
+    at: datetime
+    actor: str
+
+
 def registry_url() -> str:
     """`MODELFLEET_REGISTRY_URL`, or SQLite at `$MODELFLEET_HOME/registry.db`."""
     return os.environ.get("MODELFLEET_REGISTRY_URL") or f"sqlite:///{modelfleet_home() / 'registry.db'}"
@@ -358,7 +372,61 @@ class Registry:
 
         self._write(change)
 
+    def record_served(
+        self, app: str, target: str, served: list[tuple[str, int]], outcome: str, actor: str | None = None
+    ) -> None:
+        """What app `app` at `target` serves now, as (model, version) pairs, after a deploy with `outcome`.
+
+        "deployed": those versions are deployed there, and any other version recorded as deployed in that app at that
+        target is "replaced" (a new version, or a model the app no longer has). "failed": the attempt is recorded and
+        what served before still stands. "stopped": the app is gone from the target.
+        """
+
+        def change(session: Session) -> None:
+            now, who = _now(), actor or _actor()
+            rows = [(model, version, outcome) for model, version in served]
+            if outcome == "deployed":
+                rows += [(m, v, "replaced") for m, v in self._deployed_at(session, app, target) if (m, v) not in served]
+            for model, version, what in rows:
+                if session.get(VersionRow, (model, version)) is None:
+                    raise RegistryError(f"model {model!r} has no version {version}")
+                session.add(
+                    DeploymentRow(app=app, model=model, version=version, target=target, outcome=what, at=now, actor=who)
+                )
+
+        self._write(change)
+
+    def deployments(self, name: str) -> list[DeploymentRecord]:
+        """Every recorded deployment of model `name`'s versions, oldest first."""
+        with self._session() as session:
+            self._known(session, name)
+            rows = session.scalars(select(DeploymentRow).where(DeploymentRow.model == name).order_by(DeploymentRow.id))
+            return [
+                DeploymentRecord(
+                    app=r.app,
+                    model=r.model,
+                    version=r.version,
+                    target=r.target,
+                    outcome=r.outcome,
+                    at=r.at,
+                    actor=r.actor,
+                )
+                for r in rows
+            ]
+
     # ---- reading rows -----------------------------------------------------
+
+    @staticmethod
+    def _deployed_at(session: Session, app: str, target: str) -> list[tuple[str, int]]:
+        """(model, version) pairs whose newest record in `app` at `target` says deployed."""
+        newest: dict[tuple[str, int], str] = {}
+        for model, version, outcome in session.execute(
+            select(DeploymentRow.model, DeploymentRow.version, DeploymentRow.outcome)
+            .where(DeploymentRow.app == app, DeploymentRow.target == target)
+            .order_by(DeploymentRow.id)
+        ):
+            newest[(model, version)] = outcome
+        return sorted(pair for pair, outcome in newest.items() if outcome == "deployed")
 
     @staticmethod
     def _known(session: Session, name: str) -> None:
@@ -379,15 +447,15 @@ class Registry:
 
     @staticmethod
     def _deployed_in(session: Session, name: str, version: int) -> list[str]:
-        """Apps whose newest record for this version says it is deployed."""
-        newest: dict[str, str] = {}
-        for app, outcome in session.execute(
-            select(DeploymentRow.app, DeploymentRow.outcome)
+        """Apps (as `app at target`) whose newest record for this version there says it is deployed."""
+        newest: dict[tuple[str, str], str] = {}
+        for app, target, outcome in session.execute(
+            select(DeploymentRow.app, DeploymentRow.target, DeploymentRow.outcome)
             .where(DeploymentRow.model == name, DeploymentRow.version == version)
             .order_by(DeploymentRow.id)
         ):
-            newest[app] = outcome
-        return sorted(app for app, outcome in newest.items() if outcome == "deployed")
+            newest[(app, target)] = outcome
+        return sorted(f"{app} at {target}" for (app, target), outcome in newest.items() if outcome == "deployed")
 
     def _version(self, session: Session, row: VersionRow) -> ModelVersion:
         aliases = sorted(alias for alias, v in self._aliases(session, row.model).items() if v == row.version)

@@ -29,7 +29,7 @@ def load_app_spec(path: str | Path) -> AppSpec:
 def check_artifacts_exist(spec: AppSpec, path: Path | str) -> None:
     """Local artifacts must exist at validate time; remote ones are checked when fetched."""
     for i, model in enumerate(spec.models):
-        if model.artifact is None or scheme_of(model.artifact.uri) != "file":
+        if model.artifact is None or model.artifact.registry_ref or scheme_of(model.artifact.uri) != "file":
             continue
         if model.multiplex is not None and model.multiplex.example_id is None:
             continue  # a family's ids are only known at request time

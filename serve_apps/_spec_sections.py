@@ -35,6 +35,8 @@ __all__ = [
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
 MODEL_ID_PLACEHOLDER = "{model_id}"
+# A model version in the registry: models:/NAME/VERSION or models:/NAME@ALIAS (registry.store.parse_ref reads them).
+REGISTRY_REF = re.compile(r"models:/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[1-9][0-9]{0,8}|@[A-Za-z][A-Za-z0-9_-]{0,127})")
 
 
 def valid_model_id(model_id: str) -> bool:
@@ -94,14 +96,35 @@ class ArtifactSpec(Strict):
         ),
     )
 
+    registered_as: str | None = Field(
+        default=None,
+        pattern=REGISTRY_REF.pattern,
+        description=(
+            "Set by modelfleet when it pins a models:/ reference (validate, build, deploy, run): the reference the "
+            "uri and sha256 were resolved from, kept for the record."
+        ),
+    )
+
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, uri: str) -> str:
+        if uri.startswith("models:"):
+            if not REGISTRY_REF.fullmatch(uri):
+                raise ValueError(
+                    f"{uri!r}: a registry reference is models:/NAME/VERSION or models:/NAME@ALIAS "
+                    "(see `modelfleet models list`)"
+                )
+            return uri
         try:
             scheme_of(uri)
         except UnsupportedScheme as exc:
             raise ValueError(str(exc)) from None
         return uri
+
+    @property
+    def registry_ref(self) -> str | None:
+        """The `models:/` reference this artifact still names (None: a storage URI, or a reference pinned already)."""
+        return self.uri if self.uri.startswith("models:") else None
 
 
 class ResourcesSpec(Strict):

@@ -208,6 +208,8 @@ class ModelSpec(Strict):
         program, artifact = traits(self.format.value).program, self.artifact
         if program is None or artifact is None or artifact.sha256 or artifact.allow_unpinned_code:
             return self
+        if artifact.registry_ref:  # pinned to the registered sha256 before anything loads it
+            return self
         why = (
             f"format {self.format.value!r} carries code ({program} can call any ATen op, "
             "e.g. aten::from_file reads any file), so whoever can replace the artifact runs code in the replica"
@@ -338,6 +340,10 @@ class AppSpec(Strict):
             and not m.resources.num_gpus
         ]
 
+    def registry_refs(self) -> list[tuple[int, ModelSpec]]:
+        """(index, model) of each model whose artifact is a `models:/` reference not pinned yet."""
+        return [(i, m) for i, m in enumerate(self.models) if m.artifact is not None and m.artifact.registry_ref]
+
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 
@@ -358,8 +364,14 @@ class AppSpec(Strict):
             if tls.client_ca_file:
                 tls.client_ca_file = self._local_path(tls.client_ca_file)
         for model in copy.models:
-            if model.artifact is not None:
-                model.artifact.uri = resolve_uri(model.artifact.uri, self._base_dir)
+            if model.artifact is None:
+                continue
+            if model.artifact.registry_ref:
+                raise ValueError(
+                    f"model {model.name!r}: {model.artifact.registry_ref} is not pinned yet; modelfleet's validate, "
+                    "build, deploy and run resolve registry references"
+                )
+            model.artifact.uri = resolve_uri(model.artifact.uri, self._base_dir)
         copy._base_dir = self._base_dir
         return copy
 

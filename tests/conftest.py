@@ -212,8 +212,10 @@ def _test_fleet(tmp: Path) -> Path:
             "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, **eager},
             "max_ongoing_requests": 1,
         },
-        {  # digits with no replica while idle, answered by the app's standby replica until its own starts
+        {  # digits with no replica while idle, answered by the app's standby replica until its own starts;
+            # its artifact is the registry's digits@champion (version 2, registered below), pinned by `run`
             **same_model("digits"),
+            "artifact": {"uri": "models:/digits@champion"},
             "name": "sleepy",
             "resources": dict(hardly_any_cpu),
             "autoscaling": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, **eager},
@@ -239,9 +241,30 @@ def _test_fleet(tmp: Path) -> Path:
         "header_timeout_s": HEADER_TIMEOUT_S,
         "body_timeout_s": BODY_TIMEOUT_S,
     }
+    _register_digits_champion(Path(same_model("digits")["artifact"]["uri"]))
     path = tmp / "fleet.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def _register_digits_champion(weights: Path) -> None:
+    """digits registered twice in the session's registry (MODELFLEET_HOME), digits@champion -> version 2."""
+    from registry import Registry, publish
+
+    registry = Registry()
+    try:
+        uri, sha256 = publish(str(weights))
+        for _ in range(2):
+            registered = registry.register(
+                "digits",
+                artifact_uri=uri,
+                sha256=sha256,
+                format="safetensors",
+                module="examples.digits.model:DigitsNet",
+            )
+        registry.set_alias("digits", "champion", registered.version)
+    finally:
+        registry.close()
 
 
 @pytest.fixture(scope="session")
@@ -295,6 +318,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, modelfleet_home: Path) -> Fl
         assert noise not in log, f"Ray's notice {noise!r} reached the console"
     assert not fleet.ready_path.exists(), "run removes its ready file when it stops"
     assert not (modelfleet_home / "rays" / f"{process.pid}.json").exists(), "and its record of its Ray"
+    from registry import Registry
+
+    registry = Registry()
+    try:
+        newest = registry.deployments("digits")[-1]  # sleepy's models:/digits@champion
+    finally:
+        registry.close()
+    assert (newest.app, newest.version, newest.outcome) == ("fleet", 2, "stopped"), "and records it no longer serves"
 
 
 @pytest.fixture()

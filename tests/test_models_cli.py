@@ -61,7 +61,7 @@ def test_aliases_move_and_their_history_is_kept(home: dict[str, str], tmp_path: 
     assert _models(home, "alias", "fraud@champion", "2").returncode == 0
     shown = json.loads(_models(home, "show", "models:/fraud@champion", "--json").stdout)
     assert shown["version"] == 2 and shown["aliases"] == ["champion"]
-    history = json.loads(_models(home, "history", "fraud", "--json").stdout)
+    history = json.loads(_models(home, "history", "fraud", "--json").stdout)["aliases"]
     assert [(h["alias"], h["version"], h["end"] is None) for h in history] == [
         ("champion", 1, False),
         ("champion", 2, True),

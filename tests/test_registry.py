@@ -95,12 +95,37 @@ class TestRegistry:
         with pytest.raises(RegistryError, match=r"models:/digits/1 is aliased \(champion\)"):
             registry.delete_version("digits", 1)
         registry.record_deployment("fleet", "digits", 2, "127.0.0.1:6379", "deployed")
-        with pytest.raises(RegistryError, match="models:/digits/2 is deployed in fleet"):
+        with pytest.raises(RegistryError, match="models:/digits/2 is deployed in fleet at 127.0.0.1:6379"):
             registry.delete_version("digits", 2)
         registry.record_deployment("fleet", "digits", 2, "127.0.0.1:6379", "removed")
         registry.delete_version("digits", 2)
         assert [v.version for v in registry.versions("digits")] == [1]
         assert _register(registry) == 2, "numbers follow the newest version left"
+
+    def test_what_an_app_serves_replaces_what_it_served_at_that_target(self, registry: Registry) -> None:
+        for _ in range(3):
+            _register(registry)
+        head, laptop = "10.0.0.5:6379", "run:127.0.0.1:8000"
+        registry.record_served("fleet", head, [("digits", 1)], "deployed")
+        registry.record_served("fleet", laptop, [("digits", 1)], "deployed")
+        registry.record_served("fleet", head, [("digits", 2)], "deployed")  # an update: 1 replaced there
+        registry.record_served("fleet", head, [("digits", 3)], "failed")  # and 2 still serves
+        with pytest.raises(RegistryError, match=rf"deployed in fleet at {laptop}"):
+            registry.delete_version("digits", 1)
+        registry.record_served("fleet", laptop, [("digits", 1)], "stopped")
+        registry.delete_version("digits", 1)
+        with pytest.raises(RegistryError, match=rf"models:/digits/2 is deployed in fleet at {head}"):
+            registry.delete_version("digits", 2)
+        registry.delete_version("digits", 3)  # its deploy failed: never served
+        outcomes = [(d.target, d.version, d.outcome) for d in registry.deployments("digits")]
+        assert outcomes == [
+            (head, 1, "deployed"),
+            (laptop, 1, "deployed"),
+            (head, 2, "deployed"),
+            (head, 1, "replaced"),
+            (head, 3, "failed"),
+            (laptop, 1, "stopped"),
+        ]
 
     def test_unknown_names_and_bad_references_say_what_is_wrong(self, registry: Registry) -> None:
         _register(registry)

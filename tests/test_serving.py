@@ -114,6 +114,25 @@ def test_versioned_route_and_metadata(client) -> None:
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
 
 
+def test_a_registry_reference_serves_the_version_it_was_pinned_to(client, fleet: Fleet) -> None:
+    """`sleepy` names models:/digits@champion, version 2 when `run` read the spec: it reports that version, its
+    versioned routes know no other, and the registry recorded the deployment. (Metadata only: a request would wake
+    sleepy, whose standby test wants it idle.)"""
+    from registry import Registry
+
+    meta = client.get("/v2/models/sleepy").json()
+    assert meta["versions"] == ["2"] and meta["platform"] == "modelfleet/safetensors", meta
+    assert client.get("/v2/models/sleepy/versions/2").status_code == 200
+    other = client.get("/v2/models/sleepy/versions/1")
+    assert other.status_code == 404 and "it serves version '2'" in other.json()["error"], other.text
+    registry = Registry()
+    try:
+        records = [(d.app, d.version, d.target, d.outcome) for d in registry.deployments("digits")]
+    finally:
+        registry.close()
+    assert ("fleet", 2, f"run:127.0.0.1:{fleet.url.rsplit(':', 1)[1]}", "deployed") in records, records
+
+
 def test_model_listings_v1_v2_and_the_repository_index(client, fleet: Fleet) -> None:
     specs = {m["name"]: m for m in yaml.safe_load(fleet.spec_path.read_text())["models"]}
     names = sorted(specs)
@@ -124,8 +143,9 @@ def test_model_listings_v1_v2_and_the_repository_index(client, fleet: Fleet) -> 
     assert [e["name"] for e in index.json()] == names
     by_name = {e["name"]: e for e in index.json()}
     assert by_name["digits"] == {"name": "digits", "version": "1", "state": "READY", "reason": ""}
+    pinned = {"sleepy": "2"}  # models:/digits@champion when `run` read the spec (conftest)
     for entry in index.json():
-        assert entry["version"] == str(specs[entry["name"]].get("version", "1"))
+        assert entry["version"] == pinned.get(entry["name"], str(specs[entry["name"]].get("version", "1")))
         assert entry["state"] in ("READY", "UNAVAILABLE") and (entry["state"] == "READY") == (entry["reason"] == "")
     ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
     assert {e["state"] for e in ready_only} == {"READY"} and "digits" in {e["name"] for e in ready_only}

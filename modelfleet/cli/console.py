@@ -83,10 +83,14 @@ def load_app(path: Path, *, artifacts: bool = True, modules: bool = True) -> App
     """The app spec, checked as far as this machine can: exit 2 with its one line otherwise.
 
     `modules`: import each model's `module:` here, as the replicas will (off where this process must not import
-    model code, or the replicas import it from elsewhere).
+    model code, or the replicas import it from elsewhere). `models:/` artifacts are pinned to what the registry
+    holds now (cli/registry_refs.py).
     """
+    from .registry_refs import pin_registry_refs
+
     try:
         spec = load_app_spec(path)
+        pin_registry_refs(spec, path)
         if artifacts:
             check_artifacts_exist(spec, path)
         if modules:

@@ -10,8 +10,6 @@ import json
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,32 +17,18 @@ from typing import Annotated, Any
 import typer
 
 from providers.storage import StorageError, artifact_sha256
-from registry import ModelVersion, Registry, RegistryError, parse_ref, publish
+from registry import ModelVersion, RegistryError, parse_ref, publish
 
 from .console import bad_input, failed, out
+from .registry_refs import open_registry
 
 app = typer.Typer(help="The model registry: versions, aliases and their history, lineage.", no_args_is_help=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-@contextmanager
-def _registry() -> Iterator[Registry]:
-    """The store, opened (and migrated); a refusal is bad input (exit 2), a store that cannot be reached a failure."""
-    try:
-        store = Registry()
-    except Exception as exc:  # a bad URL, an unreachable server, a missing driver: the cause, in one line
-        failed(f"the model registry cannot be opened: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
-    try:
-        yield store
-    except RegistryError as exc:
-        bad_input(str(exc))
-    finally:
-        store.close()
-
-
 def _get(ref: str) -> ModelVersion:
-    with _registry() as store:
+    with open_registry() as store:
         return store.get(ref)
 
 
@@ -126,7 +110,7 @@ def models_register(
         uri, sha256 = publish(source)
     except StorageError as exc:
         failed(f"publishing {source}: {exc}")
-    with _registry() as store:
+    with open_registry() as store:
         version = store.register(
             name,
             artifact_uri=uri,
@@ -147,7 +131,7 @@ def models_register(
 @app.command("list")
 def models_list(as_json: AsJson = False) -> None:
     """Every registered model: its newest version and its aliases."""
-    with _registry() as store:
+    with open_registry() as store:
         rows = [(name, store.get(name).version, store.aliases(name)) for name in store.models()]
     if as_json:
         out.print_json(json.dumps([{"name": n, "latest": v, "aliases": a} for n, v, a in rows]))
@@ -181,7 +165,7 @@ def models_alias(
     version: Annotated[int, typer.Argument(help="The version the alias points at from now on.", show_default=False)],
 ) -> None:
     """Point NAME@ALIAS at VERSION (the move is kept in `models history`)."""
-    with _registry() as store:
+    with open_registry() as store:
         ref = parse_ref(target)
         if ref.alias is None:
             raise RegistryError(f"{target!r} names no alias: NAME@ALIAS")
@@ -193,16 +177,29 @@ def models_alias(
 def models_history(
     name: Annotated[str, typer.Argument(help="The model's name.", show_default=False)], as_json: AsJson = False
 ) -> None:
-    """Which version held which alias, from when to when."""
-    with _registry() as store:
-        spans = store.alias_history(name)
+    """Which version held which alias, from when to when; and every deployment of its versions (app, target,
+    outcome). JSON: {"aliases": [...], "deployments": [...]}."""
+    with open_registry() as store:
+        spans, deployments = store.alias_history(name), store.deployments(name)
     if as_json:
-        out.print_json(json.dumps([span.model_dump(mode="json") for span in spans]))
+        out.print_json(
+            json.dumps(
+                {
+                    "aliases": [span.model_dump(mode="json") for span in spans],
+                    "deployments": [d.model_dump(mode="json") for d in deployments],
+                }
+            )
+        )
         return
     for span in spans:
         until = f"{span.end:%Y-%m-%d %H:%M:%S}" if span.end else "now"
         out.print(
             f"{span.alias:<12} v{span.version:<4} {span.start:%Y-%m-%d %H:%M:%S} .. {until}  (by {span.set_by})",
+            markup=False,
+        )
+    for d in deployments:
+        out.print(
+            f"{d.outcome:<12} v{d.version:<4} {d.at:%Y-%m-%d %H:%M:%S}  app {d.app} at {d.target}  (by {d.actor})",
             markup=False,
         )
 
@@ -225,7 +222,7 @@ def models_lineage(
 @app.command("delete")
 def models_delete(ref: Annotated[str, typer.Argument(help="NAME/VERSION.", show_default=False)]) -> None:
     """Delete one version (refused while an alias points at it or it is deployed)."""
-    with _registry() as store:
+    with open_registry() as store:
         parsed = parse_ref(ref)
         if parsed.version is None:
             raise RegistryError(f"{ref!r} names no version: NAME/VERSION")

@@ -24,6 +24,7 @@ from providers.storage import StorageError
 from serve_apps.spec import AppSpec, ModelSpec
 
 from .console import INTERRUPTED, AppPath, bad_input, err, failed, keys_for_host, load_app, log, out
+from .registry_refs import record_served
 from .serve import MAX_PORT, InsecureNoRayAuth, deploy_with_progress, forget_plaintext_keys, require_ray_auth
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def run(
     # them as its descendants when it stops (_stop_ray).
     adopt_orphans()
     server = LocalServer(host=host, port=port, proxy_port=proxy_port)
-    stop_signal, ray_gone = _StopSignal(), None
+    stop_signal, ray_gone, target = _StopSignal(), None, None
     signal.signal(signal.SIGINT, stop_signal)  # even if our parent ignored SIGINT
     try:
         with err.status("starting Ray (loopback only)…"):
@@ -172,6 +173,7 @@ def run(
         out.print(f"proxy: {proxy_url}   (Ray Serve's proxy: every app on this Ray, by route prefix)")
         sys.stdout.flush()
         local_rays.record("run", spec.name, server.address, url)  # `status`, `deploy`, `connect()` find it
+        record_served(spec, target := f"run:{display_host}:{port}", "deployed")
         if ready_file is not None:
             ready = {
                 "app": spec.name,
@@ -193,6 +195,8 @@ def run(
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # no longer serving: a script must not find a stale address
         local_rays.forget()
+        if target is not None:
+            record_served(spec, target, "stopped")
         if not _stop_ray(server):
             err.print(f"stopped (Ray did not stop within {STOP_BOUND_S:g}s: its processes were ended)")
             sys.stdout.flush()

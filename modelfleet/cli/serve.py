@@ -32,6 +32,7 @@ from .console import (
     out,
     ray_notices_on_stderr,
 )
+from .registry_refs import record_served
 
 if TYPE_CHECKING:  # serve_apps.build imports Ray
     from serve_apps.build import LocalNeed
@@ -119,6 +120,7 @@ def build(
     else:
         output.write_text(text)
         err.print(f"wrote {output}", soft_wrap=True, markup=False)
+    record_served(spec, f"serve-config:{output.resolve() if output else 'stdout'}", "built")
     _print_local_needs(local_needs(config))
 
 
@@ -232,6 +234,7 @@ def deploy(
         from .remote import deploy_on_head
 
         deploy_on_head(launched, spec, keys, host, port, timeout)
+        record_served(spec, address, "deployed")
         return
     # Ctrl-C ends the deploy here; Serve may still apply the app (`modelfleet status` shows where it stands).
     with (
@@ -253,8 +256,10 @@ def deploy(
                     "MODELFLEET_API_KEYS"
                 )
             deploy_with_progress(target, spec, keys, f"deploying {spec.name} to {address}…", timeout_s)
+            record_served(spec, address, "deployed")
             out.print(f"deployed {spec.name!r} to {address} (route prefix {spec.route_prefix})")
         except DeployFailed as exc:
+            record_served(spec, address, "failed")
             failed(f"deploying {spec.name!r}: {exc}")
         finally:
             target.disconnect()
