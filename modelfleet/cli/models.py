@@ -20,6 +20,7 @@ from providers.storage import StorageError, artifact_sha256
 from registry import ModelVersion, RegistryError, parse_ref, publish
 
 from .console import bad_input, failed, out
+from .events import registry_events
 from .registry_refs import open_registry
 
 app = typer.Typer(help="The model registry: versions, aliases and their history, lineage.", no_args_is_help=True)
@@ -106,11 +107,11 @@ def models_register(
         bad_input(str(exc))
     if "://" not in source and not Path(source).exists():
         bad_input(f"{source}: no such file or folder (or give a storage URI: file://, s3://, gs://, az://, https://)")
-    try:
-        uri, sha256 = publish(source)
-    except StorageError as exc:
-        failed(f"publishing {source}: {exc}")
-    with open_registry() as store:
+    with registry_events() as send, open_registry() as store:
+        try:
+            uri, sha256 = publish(source)
+        except StorageError as exc:
+            failed(f"publishing {source}: {exc}")
         version = store.register(
             name,
             artifact_uri=uri,
@@ -122,6 +123,7 @@ def models_register(
             tags=tags,
             lineage=_lineage(dataset),
         )
+        send("model_version.created", version.model_dump(mode="json"), f"{version.name}/{version.version}")
     if as_json:
         out.print_json(version.model_dump_json())
     else:
@@ -165,11 +167,14 @@ def models_alias(
     version: Annotated[int, typer.Argument(help="The version the alias points at from now on.", show_default=False)],
 ) -> None:
     """Point NAME@ALIAS at VERSION (the move is kept in `models history`)."""
-    with open_registry() as store:
+    with registry_events() as send, open_registry() as store:
         ref = parse_ref(target)
         if ref.alias is None:
             raise RegistryError(f"{target!r} names no alias: NAME@ALIAS")
+        before = store.aliases(ref.name).get(ref.alias)
         store.set_alias(ref.name, ref.alias, version)
+        moved = {"name": ref.name, "alias": ref.alias, "version": version, "previous_version": before}
+        send("model_version_alias.created", moved, f"{ref.name}@{ref.alias}")
     out.print(f"{ref.name}@{ref.alias} -> models:/{ref.name}/{version}", markup=False)
 
 
@@ -222,9 +227,11 @@ def models_lineage(
 @app.command("delete")
 def models_delete(ref: Annotated[str, typer.Argument(help="NAME/VERSION.", show_default=False)]) -> None:
     """Delete one version (refused while an alias points at it or it is deployed)."""
-    with open_registry() as store:
+    with registry_events() as send, open_registry() as store:
         parsed = parse_ref(ref)
         if parsed.version is None:
             raise RegistryError(f"{ref!r} names no version: NAME/VERSION")
         store.delete_version(parsed.name, parsed.version)
+        gone = {"name": parsed.name, "version": parsed.version}
+        send("model_version.deleted", gone, f"{parsed.name}/{parsed.version}")
     out.print(f"deleted models:/{parsed.name}/{parsed.version}", markup=False)

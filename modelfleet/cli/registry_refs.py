@@ -15,6 +15,7 @@ from groundwork import SpecError
 from serve_apps.spec import AppSpec
 
 from .console import bad_input, failed, log
+from .events import REGISTRY_SOURCE
 
 __all__ = ["open_registry", "pin_registry_refs", "record_served", "served_versions"]
 
@@ -100,6 +101,7 @@ def record_served(spec: AppSpec, target: str, outcome: str) -> None:
     served = served_versions(spec)
     if not served:
         return
+    from monitoring.notifier import notifier_from_env
     from registry import Registry
 
     try:
@@ -110,3 +112,11 @@ def record_served(spec: AppSpec, target: str, outcome: str) -> None:
             store.close()
     except Exception as exc:
         log.warning(f"the registry did not record that {spec.name!r} was {outcome} at {target}: {exc}")
+        return
+    try:
+        with notifier_from_env() as notifier:
+            for name, version in served:
+                data = {"app": spec.name, "name": name, "version": version, "target": target, "outcome": outcome}
+                notifier.send(REGISTRY_SOURCE, "deployment.recorded", data, f"{name}/{version}")
+    except SpecError as exc:
+        log.warning(f"no webhook was told that {spec.name!r} was {outcome} at {target}: {exc}")
