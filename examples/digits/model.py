@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import time
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DigitsNet", "load_split"]
+__all__ = ["DigitsNet", "FaultyDigitsNet", "load_split"]
 
 
 class DigitsNet(nn.Module):
@@ -29,6 +32,26 @@ class DigitsNet(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(pixels), dim=1)
+
+
+class FaultyDigitsNet(DigitsNet):
+    """DigitsNet gone bad on purpose, for the canary rollback tour: each call sleeps `fault_delay_s`, then fails with
+    probability `fault_fail_rate`. Both are buffers saved with the weights, so the artifact itself is the bad version
+    (and plain DigitsNet refuses it)."""
+
+    fault_fail_rate: torch.Tensor
+    fault_delay_s: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fault_fail_rate", torch.tensor(0.0))
+        self.register_buffer("fault_delay_s", torch.tensor(0.0))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        time.sleep(float(self.fault_delay_s))
+        if random.random() < float(self.fault_fail_rate):
+            raise RuntimeError("injected failure (examples.digits FaultyDigitsNet)")
+        return super().forward(pixels)
 
 
 def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

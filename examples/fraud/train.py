@@ -1,8 +1,11 @@
 """Train the fraud pipeline's models and the per-merchant models on synthetic data (seeded, CPU, seconds).
 
-    python -m examples.fraud.train [--out DIR] [--force] [--merchants N]
+    python -m examples.fraud.train [--out DIR] [--force] [--merchants N] [--register]
 
 N merchants (50 by default; bench/many_models.py asks for 1,000) train together, one logistic model each.
+--register then registers the pipeline's models that have one artifact each (featurizer, scorer_mlp, scorer_lr,
+ensemble; not the merchants) under their app.yaml names, with the format and module app.yaml gives them and their
+held-out AUC: `modelfleet models register`, in $MODELFLEET_HOME's registry unless MODELFLEET_REGISTRY_URL says.
 
 Writes DIR/{featurizer,scorer_mlp,scorer_lr,ensemble}/1/model.safetensors,
 DIR/merchants/<id>/model.safetensors and DIR/metrics.json (held-out ROC AUC).
@@ -14,15 +17,18 @@ import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from examples._artifacts import save_weights, training_cli
+from examples._artifacts import Registration, save_weights, training_cli
 from examples.fraud.data import INPUTS, MERCHANTS, generate, merchant_ids
 from examples.fraud.model import N_FEATURES, Featurizer, FraudLogistic, FraudMLP, MerchantModel
 
 DEFAULT_OUT = Path(__file__).parent / "artifacts"
+APP_SPEC = Path(__file__).parent / "app.yaml"  # serves DEFAULT_OUT's models
+DATASET = "synthetic:examples.fraud.data"
 MIN_AUC = 0.80  # the ensemble on held-out data; below it nothing is saved
 
 
@@ -135,7 +141,7 @@ def artifact_paths(out: Path, merchants: int = len(MERCHANTS)) -> list[Path]:
 
 def ensure_trained(out: Path = DEFAULT_OUT, force: bool = False, merchants: int = len(MERCHANTS)) -> Path:
     """Train and save everything unless it is all there; refuse to save an ensemble below MIN_AUC."""
-    if all(p.exists() for p in artifact_paths(out, merchants)) and not force:
+    if all(p.exists() for p in [*artifact_paths(out, merchants), out / "metrics.json"]) and not force:
         print(f"{out} holds the fraud models (use --force to retrain)")
         return out
     models, metrics = train_pipeline()
@@ -158,6 +164,35 @@ def ensure_trained(out: Path = DEFAULT_OUT, force: bool = False, merchants: int 
     return out
 
 
+AUC_OF = {"scorer_mlp": "auc_mlp", "scorer_lr": "auc_lr", "ensemble": "auc_ensemble"}  # in metrics.json
+
+
+def registrations(out: Path, options: dict[str, Any] | None = None) -> list[Registration]:
+    """The models app.yaml serves from one artifact each, found under `out` where app.yaml finds them under
+    DEFAULT_OUT; the per-merchant family (one artifact per merchant) is left out."""
+    from serve_apps.spec import load_app_spec
+
+    app = load_app_spec(APP_SPEC)
+    metrics = json.loads((out / "metrics.json").read_text())
+    found = []
+    for model in app.models:
+        if model.artifact is None or model.multiplex is not None:
+            continue
+        weights = out / (app.base_dir / model.artifact.uri).resolve().relative_to(DEFAULT_OUT.resolve())
+        auc = {"auc": round(metrics[AUC_OF[model.name]], 4)} if model.name in AUC_OF else {}
+        found.append(
+            Registration(
+                name=model.name,
+                path=weights,
+                format=model.format.value,
+                module=model.module,
+                dataset=DATASET,
+                metrics=auc,
+            )
+        )
+    return found
+
+
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--merchants", type=int, default=len(MERCHANTS), help="how many per-merchant models (m000, m001, ...)"
@@ -165,7 +200,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    training_cli(__doc__, DEFAULT_OUT, ensure_trained, _options)
+    training_cli(__doc__, DEFAULT_OUT, ensure_trained, _options, registrations)
 
 
 if __name__ == "__main__":
