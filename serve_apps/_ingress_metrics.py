@@ -18,14 +18,14 @@ class IngressMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelfleet_requests",
-            "Inference requests by model, protocol and HTTP status.",
-            ["model", "protocol", "status"],
+            "Inference requests by model, the version that answered, protocol and HTTP status.",
+            ["model", "version", "protocol", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "modelfleet_request_latency_seconds",
-            "Inference latency seen by the ingress.",
-            ["model", "protocol"],
+            "Inference latency seen by the ingress, by model, the version that answered, and protocol.",
+            ["model", "version", "protocol"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
@@ -65,7 +65,21 @@ class IngressMetrics:
             ["model"],
             registry=self.registry,
         )
-        self._answered: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self.shadow_requests = Counter(
+            "modelfleet_shadow_requests",
+            "Copies of requests sent to a shadow version (its answer compared, never returned), by outcome: "
+            "answered, failed, or skipped (too many copies already in flight).",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+        self.shadow_rows = Counter(
+            "modelfleet_shadow_rows",
+            "Rows a shadow version answered, by whether its label (argmax of scores, else the value) agreed with the "
+            "answering version's.",
+            ["model", "version", "agreement"],
+            registry=self.registry,
+        )
+        self._answered: dict[tuple[str, str, str, int], tuple[Any, Any, Any, Any]] = {}
         # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
         Gauge(
             "modelfleet_ingress_replica",
@@ -74,16 +88,18 @@ class IngressMetrics:
             registry=self.registry,
         ).labels(f"{socket.gethostname()}:{os.getpid()}").set(1)
 
-    def answered(self, model: str, protocol: str, status: int, seconds: float, rows: int, batch_rows: int) -> None:
+    def answered(
+        self, model: str, version: str, protocol: str, status: int, seconds: float, rows: int, batch_rows: int
+    ) -> None:
         """One inference request done: its status and latency, and for a success its rows and its batch's rows.
-        The labelled series are looked up once per (model, protocol, status): `labels()` costs more than the update,
-        and this runs on every request."""
-        key = (model, protocol, status)
+        The labelled series are looked up once per (model, version, protocol, status): `labels()` costs more than the
+        update, and this runs on every request."""
+        key = (model, version, protocol, status)
         series = self._answered.get(key)
         if series is None:
             series = self._answered[key] = (
-                self.requests.labels(model, protocol, str(status)),
-                self.latency.labels(model, protocol),
+                self.requests.labels(model, version, protocol, str(status)),
+                self.latency.labels(model, version, protocol),
                 self.rows.labels(model),
                 self.batch_rows.labels(model),
             )

@@ -28,16 +28,20 @@ def load_app_spec(path: str | Path) -> AppSpec:
 
 def check_artifacts_exist(spec: AppSpec, path: Path | str) -> None:
     """Local artifacts must exist at validate time; remote ones are checked when fetched."""
-    for i, model in enumerate(spec.models):
-        if model.artifact is None or model.artifact.registry_ref or scheme_of(model.artifact.uri) != "file":
+    for where, model, artifact, candidate in spec.artifacts():
+        if artifact.registry_ref or scheme_of(artifact.uri) != "file":
             continue
         if model.multiplex is not None and model.multiplex.example_id is None:
             continue  # a family's ids are only known at request time
-        uri = model.artifact_uri(model.multiplex.example_id if model.multiplex else None)
+        uri = (
+            model.artifact_uri(model.multiplex.example_id if model.multiplex else None)
+            if candidate is None
+            else (artifact.uri)
+        )
         local = Path(resolve_uri(uri, spec.base_dir).removeprefix("file://"))
         if not local.exists():
             hint = "run the example's train.py first, or fix the path (plain paths are relative to the spec's folder)"
-            raise SpecError(path, f"models[{i}:{model.name}].artifact.uri", f"{local} does not exist; {hint}")
+            raise SpecError(path, f"{where}.uri", f"{local} does not exist; {hint}")
 
 
 @contextmanager
@@ -62,7 +66,11 @@ def check_modules_resolve(spec: AppSpec, path: Path | str) -> None:
     """
     with _as_replicas_import():
         for i, model in enumerate(spec.models):
-            try:
-                resolve_module(model)
-            except ModuleError as exc:
-                raise SpecError(path, f"models[{i}:{model.name}].module", exc.problem) from None
+            versions = [("", model)] + [
+                (f".candidates[{j}]", model.candidate_spec(c)) for j, c in enumerate(model.candidates) if c.module
+            ]
+            for where, version in versions:
+                try:
+                    resolve_module(version)
+                except ModuleError as exc:
+                    raise SpecError(path, f"models[{i}:{model.name}]{where}.module", exc.problem) from None

@@ -307,6 +307,28 @@ class PipelineSpec(Strict):
     )
 
 
+class CandidateSpec(Strict):
+    """Another version of the model, served beside it by a deployment of its own: a canary (`weight`), an A/B arm
+    (`weight` with `split: sticky`) or a shadow (`shadow`). Everything not set here is the model's own."""
+
+    version: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Its version (a models:/ artifact's is the registry's number); not the model's own.",
+    )
+    artifact: ArtifactSpec = Field(description="Its weights (models:/NAME/VERSION, or any storage URI).")
+    module: str | None = Field(default=None, description="Its class, where it is not the model's own module.")
+    weight: float = Field(default=0, ge=0, le=100, description="Percent of the model's requests it answers.")
+    shadow: float = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Percent of the model's requests copied to it; callers get the model's answer.",
+    )
+    resources: ResourcesSpec | None = Field(default=None, description="Its replicas' resources (default: the model's).")
+    autoscaling: AutoscalingSpec | None = Field(default=None, description="Its replica bounds (default: the model's).")
+
+
 class TlsSpec(Strict):
     """HTTPS for the app's port: keys then never cross the network in cleartext."""
 

@@ -24,6 +24,7 @@ from .loaders import traits
 from .pipeline import PipelineDeployment
 from .spec import AppSpec, ModelSpec
 from .standby import StandbyDeployment
+from .traffic import candidate_deployment
 
 __all__ = [
     "LocalNeed",
@@ -44,8 +45,10 @@ STANDBY_NAME = "standby"
 INGRESS_MAX_ONGOING_REQUESTS = 512
 
 
-def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -> dict[str, Any]:
-    """Ray Serve deployment options for one model.
+def deployment_options(
+    model: ModelSpec, gpus_in_cluster: float | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """Ray Serve deployment options for one model (`name`: its deployment's, when not the model's: a candidate's).
 
     `gpus_in_cluster`: when known (a local run) and smaller than what the model
     asks for, the model runs on CPU with a warning instead of never scheduling.
@@ -69,7 +72,7 @@ def deployment_options(model: ModelSpec, gpus_in_cluster: float | None = None) -
     if model.resources.memory_mb:
         actor["memory"] = model.resources.memory_mb * 1024 * 1024
     return {
-        "name": model.name,
+        "name": name or model.name,
         "autoscaling_config": auto,
         "max_ongoing_requests": model.max_ongoing_requests,
         "max_queued_requests": model.max_queued_requests,
@@ -127,6 +130,13 @@ def build_app(
     for model in spec.models:
         if not model.embedded:
             bind(model)
+    for candidate in spec.candidate_specs():
+        name = candidate_deployment(candidate.name, candidate.version)
+        models[name] = (
+            _deployment(ModelDeployment)
+            .options(**deployment_options(candidate, gpus_in_cluster, name))
+            .bind(candidate.model_dump(mode="json"), spec.ingress.local_hop)
+        )
     ingress = _deployment(Ingress).options(
         name=INGRESS_NAME,
         num_replicas=spec.ingress.num_replicas,
@@ -245,6 +255,10 @@ def local_needs(config: dict[str, Any]) -> list[LocalNeed]:
             else:
                 nodes = "nodes that may run its replicas"
             where = f"models[{i}:{model.name}]"
+            for j, candidate in enumerate(model.candidates):
+                if scheme_of(candidate.artifact.uri) == "file":
+                    field = f"{where}.candidates[{j}].artifact.uri"
+                    needs.append(LocalNeed(parse_uri(candidate.artifact.uri).key, field, nodes))
             if model.artifact is not None and scheme_of(model.artifact.uri) == "file":
                 needs.append(LocalNeed(parse_uri(model.artifact.uri).key, f"{where}.artifact.uri", nodes))
             if model.module and traits(model.format.value).module == "class":

@@ -190,11 +190,12 @@ def hop(
     gather_s: float = 0.0,
     local: LocalReplicas | None = None,
     on_local_call: Callable[[], None] = lambda: None,
+    app: str | None = None,
 ) -> Coalescer[Any, Any]:
-    """The coalesced hop to a deployment (its `ManyRequests.infer_many`): two calls in flight per running replica (one
-    if it admits one request at a time), `min_replicas`' worth (at least one) while none runs yet (Serve starts one);
-    Serve's `max_queued_requests` counted beyond `max_ongoing_requests` per replica; `gather`, `gather_s` as in
-    `Coalescer`.
+    """The coalesced hop to a deployment (its `ManyRequests.infer_many`; of application `app`, when not the caller's):
+    two calls in flight per running replica (one if it admits one request at a time), `min_replicas`' worth (at least
+    one) while none runs yet (Serve starts one); Serve's `max_queued_requests` counted beyond `max_ongoing_requests` per
+    replica; `gather`, `gather_s` as in `Coalescer`.
 
     `retry_on_replica_death()`: asked when a call's replica died before answering; True sends the call once more.
     `on_call(requests)`: told what each call carries (for metrics).
@@ -208,7 +209,7 @@ def hop(
 
         async def one_call() -> list[Any]:
             door = (
-                local.pick(states.running_replicas(deployment, RUNNING_MAX_AGE_S))
+                local.pick(states.running_replicas(deployment, RUNNING_MAX_AGE_S, app))
                 if local is not None and model_id is None
                 else None
             )
@@ -225,7 +226,7 @@ def hop(
         return await once_more_if_the_replica_died(one_call, retry_on_replica_death)
 
     def replicas() -> int:
-        return max(1, states.running_replicas(deployment, RUNNING_MAX_AGE_S) or min_replicas)
+        return max(1, states.running_replicas(deployment, RUNNING_MAX_AGE_S, app) or min_replicas)
 
     calls_per_replica = min(CALLS_PER_REPLICA, max_ongoing_requests)
     return Coalescer(
@@ -246,14 +247,18 @@ def model_hop(
     on_call: Callable[[int], None] = lambda requests: None,
     local_hop: bool = False,
     on_local_call: Callable[[], None] = lambda: None,
+    deployment: str | None = None,
+    app: str | None = None,
 ) -> Coalescer[Any, Any]:
-    """`hop` to a model's own deployment, sized by its spec (a batched model's requests gathered as its batches);
-    `local_hop`: over a Unix socket to its replicas on this node, when all run here (a multiplexed family's calls keep
-    the handle, which routes a model id to the replica holding it)."""
+    """`hop` to a model's own deployment (`deployment`, when not named after the model: a candidate version's), sized
+    by its spec (a batched model's requests gathered as its batches); `local_hop`: over a Unix socket to its replicas
+    on this node, when all run here (a multiplexed family's calls keep the handle, which routes a model id to the
+    replica holding it)."""
     batching = spec.batching
+    deployment = deployment or spec.name
     return hop(
         handle,
-        spec.name,
+        deployment,
         states,
         max_ongoing_requests=spec.max_ongoing_requests,
         min_replicas=spec.autoscaling.min_replicas,
@@ -262,8 +267,9 @@ def model_hop(
         on_call=on_call,
         gather=batching.max_batch_size if batching else 0,
         gather_s=batching.batch_wait_timeout_s if batching else 0.0,
-        local=LocalReplicas(spec.name) if local_hop and spec.multiplex is None else None,
+        local=LocalReplicas(deployment, app=app) if local_hop and spec.multiplex is None else None,
         on_local_call=on_local_call,
+        app=app,
     )
 
 

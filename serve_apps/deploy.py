@@ -24,6 +24,7 @@ from providers.storage import fetch
 from .auth import KeyRing
 from .preflight import PreflightFailed, preflight
 from .spec import AppSpec
+from .traffic import candidate_deployment
 
 __all__ = [
     "DeployFailed",
@@ -75,11 +76,12 @@ def prefetch_artifacts(
     progress is shown where the user is looking rather than in replica logs.
     """
     paths: dict[str, Path] = {}
-    for model in spec.resolved().models:
-        if model.artifact is None or model.multiplex is not None:
+    for _, model, artifact, candidate in spec.resolved().artifacts():
+        if model.multiplex is not None:
             continue  # a multiplexed family's models are fetched by the replica that first needs each
-        callback = (lambda done, total, name=model.name: progress(name, done, total)) if progress else None
-        paths[model.name] = fetch(model.artifact.uri, sha256=model.artifact.sha256, progress=callback)
+        name = model.name if candidate is None else candidate_deployment(model.name, str(candidate.version))
+        callback = (lambda done, total, name=name: progress(name, done, total)) if progress else None
+        paths[name] = fetch(artifact.uri, sha256=artifact.sha256, progress=callback)
     return paths
 
 

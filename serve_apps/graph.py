@@ -149,6 +149,13 @@ def check_pipelines(models: list[ModelSpec]) -> None:
         for callee in calls.get(name, []):
             visit(callee, [*path, name])
 
+    for name, steps in calls.items():
+        versioned = sorted(s for s in steps if s in by_name and by_name[s].candidates)
+        if versioned:
+            raise ValueError(
+                f"models[{name}].pipeline: its step(s) {versioned} serve candidates, and a pipeline calls one version "
+                "of each step; remove their candidates"
+            )
     for name in calls:
         visit(name, [])
     for name in calls:

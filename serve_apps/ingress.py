@@ -16,6 +16,8 @@ all of the deployment's replicas run on this node (local_hop.py; `ingress.local_
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from typing import Any
 
@@ -55,14 +57,26 @@ from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
 from .local_hop import ReplicaLost
 from .request_error import RequestError
+from .rollout import DESK_NAMESPACE, SYNC_S, VersionTally, agreement, desk_name
 from .spec import AppSpec, ModelSpec
 from .tensors import check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, new_request_id, rows_of, tensor_metadata
+from .traffic import UNIT_HEADER, ModelTraffic, Route, candidate_deployment
 
 __all__ = ["Ingress", "api"]
 
 logger = logging.getLogger("ray.serve")
 
 STATES_TTL_S = 1.0  # how stale readiness may be: probes must not each cost a controller round trip
+MAX_SHADOWS_IN_FLIGHT = 64  # copies for shadow versions beyond this are skipped (and counted): never a backlog
+
+
+def _spec_traffic(model: ModelSpec) -> ModelTraffic:
+    """A model's split as its spec states it (`candidates:`, each a deployment of this app)."""
+    routes = tuple(
+        Route(str(c.version), candidate_deployment(model.name, str(c.version)), None, c.weight, c.shadow)
+        for c in model.candidates
+    )
+    return ModelTraffic(model.version, routes, sticky=model.split == "sticky")
 
 
 # serve.ingress() freezes `api` and this class when it decorates: every handler
@@ -92,18 +106,18 @@ class Ingress:
         self.listen = listen
         self.listener: Listener | None = None
         self.states = DeploymentStates(STATES_TTL_S)
+        # Versions: a model with candidates routes by its traffic (traffic.py), from its spec or a rollout's desk.
+        self.candidate_specs = {candidate_deployment(c.name, c.version): c for c in self.app_spec.candidate_specs()}
+        self.spec_traffic = {m.name: _spec_traffic(m) for m in self.app_spec.models if m.candidates}
+        self.traffic: dict[str, ModelTraffic] = dict(self.spec_traffic)
+        self.tallies: dict[tuple[str, str], VersionTally] = {}  # (model, version) of models with candidates
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._desk_task: asyncio.Task[None] | None = None
+        self._shadows_in_flight = 0
         self.hops: dict[str, Coalescer] = {}
         if self.app_spec.ingress.coalesce:
             self.hops = {
-                name: model_hop(
-                    h,
-                    self.specs[name],
-                    self.states,
-                    self._retry(name),
-                    self.meters.call_requests.labels(name).observe,
-                    local_hop=self.app_spec.ingress.local_hop,
-                    on_local_call=self.meters.local_calls.labels(name).inc,
-                )
+                name: self._model_hop(h, self.candidate_specs.get(name) or self.specs[name], name)
                 for name, h in models.items()
             }
         # Scaled-to-zero models a standby replica answers for while they have no replica of their own (standby.py).
@@ -140,6 +154,21 @@ class Ingress:
         if listener is not None:
             await listener.stop()
 
+    def _model_hop(
+        self, handle: DeploymentHandle, spec: ModelSpec, deployment: str, app: str | None = None
+    ) -> Coalescer:
+        return model_hop(
+            handle,
+            spec,
+            self.states,
+            self._retry(spec.name),
+            self.meters.call_requests.labels(spec.name).observe,
+            local_hop=self.app_spec.ingress.local_hop,
+            on_local_call=self.meters.local_calls.labels(spec.name).inc,
+            deployment=deployment,
+            app=app,
+        )
+
     def describe(self) -> dict:
         """This app's own spec, key hashes and listen address (a handle method): what a rollback redeploys."""
         return {"spec": self.app_spec.model_dump(mode="json"), "keys": self.keys.hashes(), "listen": self.listen}
@@ -168,14 +197,27 @@ class Ingress:
 
         Authorizing first hides from a key what exists beyond its scopes.
         """
+        return self._target(request, name, version)[0]
+
+    def _target(self, request: Request, name: str, version: str | None = None) -> tuple[ModelSpec, Route | None]:
+        """The model a request names, once its key may use it, and the candidate that answers it (None: the model's
+        own version): the one its URL names, else its traffic's pick."""
         name, _ = family_and_id(name)
-        self._authorize(request, name)
+        key = self._authorize(request, name)
         spec = self.specs.get(name)
         if spec is None:
             raise RequestError(404, f"model {name!r} not found; this server has {sorted(self.specs)}")
-        if version is not None and version != spec.version:
-            raise RequestError(404, f"model {name!r} has no version {version!r}; it serves version {spec.version!r}")
-        return spec
+        traffic = self.traffic.get(name)
+        if version is not None:
+            route = traffic.route(version) if traffic is not None else None
+            if version != spec.version and route is None:
+                serving = traffic.versions() if traffic is not None else [spec.version]
+                raise RequestError(404, f"model {name!r} has no version {version!r}; it serves version(s) {serving}")
+            return spec, route
+        if traffic is None:
+            return spec, None
+        unit = request.headers.get(UNIT_HEADER) or (key.name if key is not None else None)
+        return spec, traffic.pick(name, unit)
 
     async def _json_body(self, request: Request, optional: bool = False) -> Any:
         """The parsed body; None for no body at all when `optional`."""
@@ -215,13 +257,27 @@ class Ingress:
             raise RequestError(400, f"body is not valid JSON: {exc}") from None
 
     async def _infer(
-        self, spec: ModelSpec, inputs: dict, protocol: str, request_id: str, model_id: str | None = None
+        self,
+        spec: ModelSpec,
+        inputs: dict,
+        protocol: str,
+        request_id: str,
+        model_id: str | None = None,
+        route: Route | None = None,
     ) -> dict:
+        """The outputs of the model's version `route` (None: its own) for `inputs`; shadow versions get a copy."""
+        if self._desk_task is None:
+            self._desk_task = asyncio.get_running_loop().create_task(self._follow_desk(), name="rollout-desk")
         started = time.perf_counter()
         status, batch_rows = 200, 0
+        version = route.version if route is not None else spec.version
         try:
             async with asyncio.timeout(self.request_timeout_s):  # no extra task per request, unlike wait_for
-                outputs, batch_rows = await self._call(spec, inputs, model_id)
+                outputs, batch_rows = await self._call(spec, inputs, model_id, route)
+            traffic = self.traffic.get(spec.name)
+            if traffic is not None:
+                for shadow in traffic.shadows(route):
+                    self._shadow(spec, shadow, inputs, outputs)
             return outputs
         except (RequestError, RayTaskError) as exc:
             # A replica refusing the request (e.g. an unknown model id) raises a RequestError; Ray
@@ -258,16 +314,104 @@ class Ingress:
             logger.exception("model %s failed on request %s", spec.name, request_id)
             raise ModelFailed(spec.name, request_id) from None
         finally:
+            seconds = time.perf_counter() - started
             self.meters.answered(
-                spec.name,
-                protocol,
-                status,
-                time.perf_counter() - started,
-                rows_of(inputs) if status == 200 else 0,
-                batch_rows,
+                spec.name, version, protocol, status, seconds, rows_of(inputs) if status == 200 else 0, batch_rows
             )
+            if spec.name in self.traffic:
+                self._tally(spec.name, version).record(status, seconds)
 
-    async def _call(self, spec: ModelSpec, inputs: dict, model_id: str | None) -> tuple[dict, int]:
+    def _tally(self, model: str, version: str) -> VersionTally:
+        tally = self.tallies.get((model, version))
+        if tally is None:
+            tally = self.tallies[(model, version)] = VersionTally()
+        return tally
+
+    def _shadow(self, spec: ModelSpec, route: Route, inputs: dict, answer: dict) -> None:
+        """A copy of a request for a shadow version, in the background; its answer is only compared with `answer`."""
+        if self._shadows_in_flight >= MAX_SHADOWS_IN_FLIGHT:
+            self.meters.shadow_requests.labels(spec.name, route.version, "skipped").inc()
+            return
+        self._shadows_in_flight += 1
+
+        async def copy() -> None:
+            started, compared = time.perf_counter(), None
+            try:
+                async with asyncio.timeout(self.request_timeout_s):
+                    outputs, _ = await self._call(spec, inputs, None, route)
+                compared = agreement(answer, outputs)
+                rows, agreed, _ = compared
+                self.meters.shadow_rows.labels(spec.name, route.version, "agreed").inc(agreed)
+                self.meters.shadow_rows.labels(spec.name, route.version, "differed").inc(rows - agreed)
+            except Exception as exc:  # the shadow's failure is its own: the caller has its answer already
+                logger.info("shadow version %s of model %s failed: %s", route.version, spec.name, exc)
+            finally:
+                self._shadows_in_flight -= 1
+                outcome = "failed" if compared is None else "answered"
+                self.meters.shadow_requests.labels(spec.name, route.version, outcome).inc()
+                self._tally(spec.name, route.version).record_shadow(time.perf_counter() - started, compared)
+
+        asyncio.get_running_loop().create_task(copy(), name=f"shadow-{spec.name}-{route.version}")
+
+    async def _follow_desk(self) -> None:
+        """Each SYNC_S: hand this replica's tallies to the app's rollout desk (rollout.py) and route by its traffic;
+        without a desk, by the specs' own. Started by the first request."""
+        import ray
+
+        desk = None
+        while True:
+            try:
+                if desk is None:
+                    desk = await asyncio.to_thread(self._find_desk, ray)
+                if desk is None:
+                    self._route_by({})
+                else:
+                    tallies: dict[str, dict[str, dict]] = {}
+                    for (model, version), tally in self.tallies.items():
+                        tallies.setdefault(model, {})[version] = tally.to_dict()
+                    self._route_by(await desk.sync.remote(self.replica_id, tallies))
+            except Exception as exc:  # the desk went away (a rollout ended) or is restarting: look again
+                logger.debug("rollout desk: %s", exc)
+                desk = None
+            await asyncio.sleep(SYNC_S)
+
+    def _find_desk(self, ray: Any) -> Any:
+        try:
+            return ray.get_actor(desk_name(self.app_spec.name), namespace=DESK_NAMESPACE)
+        except ValueError:  # no rollout runs
+            return None
+
+    def _route_by(self, desk_traffic: dict[str, dict]) -> None:
+        """Route by the desk's traffic where it has some for a model, else by the spec's; reach new candidates."""
+        traffic = dict(self.spec_traffic)
+        for model, data in desk_traffic.items():
+            if model in self.specs:
+                traffic[model] = ModelTraffic.from_dict(data)
+        for model, split in traffic.items():
+            for route in split.candidates:
+                if route.app is not None and route.deployment not in self.handles:
+                    self._reach(self.specs[model], route)
+        self.traffic = traffic
+
+    def _reach(self, spec: ModelSpec, route: Route) -> None:
+        """A handle (and hop) to a candidate served from an application of its own (a rollout's)."""
+        assert route.app is not None
+        # Unchecked: checking asks the controller and blocks the event loop; the desk names what the rollout deployed.
+        handle = serve.get_deployment_handle(route.deployment, route.app, _check_exists=False)
+        self.handles[route.deployment] = handle
+        if self.app_spec.ingress.coalesce:
+            self.hops[route.deployment] = self._model_hop(handle, spec, route.deployment, route.app)
+
+    async def _call(
+        self, spec: ModelSpec, inputs: dict, model_id: str | None, route: Route | None = None
+    ) -> tuple[dict, int]:
+        if route is not None:  # a candidate version: a deployment of its own, never embedded or multiplexed
+            coalesced = self.hops.get(route.deployment)
+            if coalesced is not None:
+                return await coalesced.call(None, inputs)
+            handle = self.handles[route.deployment]
+            self.meters.call_requests.labels(spec.name).observe(1)
+            return await once_more_if_the_replica_died(lambda: handle.infer.remote(inputs), self._retry(spec.name))
         local = self.embedded.get(spec.name)
         if local is not None:
             return await local.infer(inputs)
@@ -325,12 +469,12 @@ class Ingress:
 
     @api.post("/v1/models/{name}:predict", summary="KServe V1 predict", openapi_extra=json_body_doc(V1_BODY))
     async def predict_v1(self, name: str, request: Request) -> Response:
-        spec = self._authorized_model(request, name)
+        spec, route = self._target(request, name)
         model_id = model_id_of(spec, family_and_id(name)[1], request)
         inputs = decode_v1(await self._json_body(request), spec)
         request_id = request_id_of(request)
-        outputs = await self._infer(spec, inputs, "v1", request_id, model_id)
-        return json_response(encode_v1(outputs, spec), request_id, spec.version)
+        outputs = await self._infer(spec, inputs, "v1", request_id, model_id, route)
+        return json_response(encode_v1(outputs, spec), request_id, route.version if route else spec.version)
 
     @api.post(
         "/v2/models/{name}/infer",
@@ -338,7 +482,7 @@ class Ingress:
         openapi_extra=json_body_doc(V2_BODY),
     )
     async def infer_v2(self, name: str, request: Request) -> Response:
-        return await self._infer_v2(name, self._authorized_model(request, name), request)
+        return await self._infer_v2(name, *self._target(request, name), request)
 
     @api.post(
         "/v2/models/{name}/versions/{version}/infer",
@@ -346,16 +490,18 @@ class Ingress:
         openapi_extra=json_body_doc(V2_BODY),
     )
     async def infer_v2_version(self, name: str, version: str, request: Request) -> Response:
-        return await self._infer_v2(name, self._authorized_model(request, name, version), request)
+        return await self._infer_v2(name, *self._target(request, name, version), request)
 
-    async def _infer_v2(self, name: str, spec: ModelSpec, request: Request) -> Response:
+    async def _infer_v2(self, name: str, spec: ModelSpec, route: Route | None, request: Request) -> Response:
         model_id = model_id_of(spec, family_and_id(name)[1], request)
         inputs, request_id, only = decode_v2(await self._json_body(request), spec)
-        outputs = await self._infer(spec, inputs, "v2", request_id, model_id)
+        outputs = await self._infer(spec, inputs, "v2", request_id, model_id, route)
         payload = encode_v2(outputs, spec, request_id, only)
         if model_id is not None:
             payload["model_name"] = f"{spec.name}:{model_id}"
-        return json_response(payload, request_id, spec.version)
+        if route is not None:
+            payload["model_version"] = route.version
+        return json_response(payload, request_id, payload["model_version"])
 
     # ---- Python callers ---------------------------------------------------
 
@@ -370,7 +516,9 @@ class Ingress:
         if spec is None:
             raise RequestError(404, f"model {name!r} not found; this server has {sorted(self.specs)}")
         model_id = model_id_of(spec, model_id or in_name, None)
-        return await self._infer(spec, check_inputs(inputs, spec), "handle", new_request_id(), model_id)
+        traffic = self.traffic.get(name)
+        route = traffic.pick(name, None) if traffic is not None else None
+        return await self._infer(spec, check_inputs(inputs, spec), "handle", new_request_id(), model_id, route)
 
     # ---- metadata and health ----------------------------------------------
 
@@ -427,6 +575,7 @@ class Ingress:
     )
     async def ready(self) -> Response:
         states = list((await self._model_states()).values())  # (asks Serve, at most once a second)
+        states += [self.states.statuses.get(name, "UNKNOWN") for name in self.candidate_specs]
         if self.standby is not None:  # until it runs, a scaled-to-zero model's first answer waits seconds
             states.append(self.states.statuses.get("standby", "UNKNOWN"))
         ready = all(s == "HEALTHY" for s in states)
@@ -436,9 +585,10 @@ class Ingress:
     @api.get("/v2/models/{name}/versions/{version}", summary="Model metadata (versioned)")
     async def model_metadata(self, name: str, request: Request, version: str | None = None) -> dict:
         spec = self._authorized_model(request, name, version)
+        traffic = self.traffic.get(spec.name)
         return {
             "name": spec.name,
-            "versions": [spec.version],
+            "versions": traffic.versions() if traffic is not None else [spec.version],
             "platform": f"modelfleet/{spec.format.value}",
             "inputs": tensor_metadata(spec.inputs),
             "outputs": tensor_metadata(spec.outputs),

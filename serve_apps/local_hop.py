@@ -295,8 +295,8 @@ class LocalReplicas:
     """A caller's view of one deployment's replicas on its own node (in `directory`: by default, found from the
     caller's Serve replica context on first use)."""
 
-    def __init__(self, deployment: str, directory: Path | None = None):
-        self.deployment = deployment
+    def __init__(self, deployment: str, directory: Path | None = None, app: str | None = None):
+        self.deployment, self.app = deployment, app  # app: the deployment's application, when not the caller's
         self._dir = directory
         self._looked = directory is not None
         self._connections: dict[str, _Connection] = {}
@@ -320,7 +320,7 @@ class LocalReplicas:
             from ray import serve
 
             self._looked = True
-            self._dir = door_dir(serve.get_replica_context().app_name, self.deployment)
+            self._dir = door_dir(self.app or serve.get_replica_context().app_name, self.deployment)
         if self._dir is None:
             return
         try:

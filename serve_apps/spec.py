@@ -13,7 +13,7 @@ import re
 from collections.abc import Collection
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -26,6 +26,7 @@ from ._spec_sections import (
     ArtifactSpec,
     AutoscalingSpec,
     BatchingSpec,
+    CandidateSpec,
     Datatype,
     IngressSpec,
     MultiplexSpec,
@@ -38,12 +39,14 @@ from ._spec_sections import (
     valid_model_id,
 )
 from .loaders import refusal, traits
+from .traffic import candidate_deployment
 
 __all__ = [
     "AppSpec",
     "ArtifactSpec",
     "AutoscalingSpec",
     "BatchingSpec",
+    "CandidateSpec",
     "Datatype",
     "IngressSpec",
     "MODEL_ID_PLACEHOLDER",
@@ -132,6 +135,20 @@ class ModelSpec(Strict):
         default=None, description="Serve a family of models from one deployment; the artifact URI holds {model_id}."
     )
     pipeline: PipelineSpec | None = Field(default=None, description="For format: pipeline, the models it calls.")
+    candidates: list[CandidateSpec] = Field(
+        default_factory=list,
+        description=(
+            "Other versions served beside this one, each a deployment of its own: canaries and A/B arms take `weight` "
+            "percent of the requests, shadows get a copy of `shadow` percent (rollouts add and remove them too)."
+        ),
+    )
+    split: Literal["random", "sticky"] = Field(
+        default="random",
+        description=(
+            "How requests pick a candidate: at random by weight, or sticky by the request's unit (the "
+            "x-modelfleet-unit header, else its API key), so a unit always meets the same version (A/B tests)."
+        ),
+    )
     embedded: bool = Field(
         default=False,
         description=(
@@ -224,6 +241,42 @@ class ModelSpec(Strict):
             f"{why}; pin it with artifact.sha256 (the hex from `sha256sum {file}`) "
             "or accept that with artifact.allow_unpinned_code: true"
         )
+
+    @model_validator(mode="after")
+    def _candidates_fit(self) -> ModelSpec:
+        if not self.candidates:
+            return self
+        if self.embedded or self.multiplex is not None or self.pipeline is not None:
+            kind = "an embedded model" if self.embedded else "a multiplexed family" if self.multiplex else "a pipeline"
+            raise ValueError(f"candidates: {kind} serves one version; remove candidates")
+        weights = sum(c.weight for c in self.candidates)
+        if weights > 100:
+            raise ValueError(f"candidates' weights add up to {weights:g}%; at most 100 (the rest goes to this version)")
+        versions = [self.version, *(c.version for c in self.candidates if c.version is not None)]
+        dupes = sorted({v for v in versions if versions.count(v) > 1})
+        if dupes:
+            raise ValueError(
+                f"candidates: version(s) {dupes} served twice; each version once, the model's own included"
+            )
+        for i, candidate in enumerate(self.candidates):
+            if candidate.version is None and candidate.artifact.registry_ref is None:
+                raise ValueError(f"candidates[{i}] needs a version: (only a models:/ artifact brings its own)")
+            self.candidate_spec(candidate, version=candidate.version or "0")  # its own checks, as a model of its own
+        return self
+
+    def candidate_spec(self, candidate: CandidateSpec, version: str | None = None) -> ModelSpec:
+        """The candidate as a model of its own: this model's spec with the candidate's version, artifact and what
+        else it sets, and no candidates."""
+        data = self.model_dump(exclude={"candidates", "split"}, exclude_unset=False)
+        data.update(
+            version=version or candidate.version,
+            artifact=candidate.artifact.model_dump(exclude_none=True),
+            module=candidate.module or self.module,
+        )
+        for field in ("resources", "autoscaling"):
+            if getattr(candidate, field) is not None:
+                data[field] = getattr(candidate, field).model_dump(exclude_none=True)
+        return ModelSpec.model_validate(data)
 
     @model_validator(mode="after")
     def _embedded_fields(self) -> ModelSpec:
@@ -321,6 +374,10 @@ class AppSpec(Strict):
                 scaling = m.autoscaling
                 first = scaling.initial_replicas if scaling.initial_replicas is not None else scaling.min_replicas
                 needs[m.name] = first * m.resources.num_cpus
+        for m in self.candidate_specs():
+            scaling = m.autoscaling
+            first = scaling.initial_replicas if scaling.initial_replicas is not None else scaling.min_replicas
+            needs[candidate_deployment(m.name, m.version)] = first * m.resources.num_cpus
         if self.standby is not None and self.standby_models():
             needs["standby"] = self.standby.num_replicas * self.standby.num_cpus
         return {name: cpus for name, cpus in needs.items() if cpus}
@@ -338,11 +395,29 @@ class AppSpec(Strict):
             and m.pipeline is None
             and m.multiplex is None
             and not m.resources.num_gpus
+            and not m.candidates  # a standby answers for one version
         ]
 
-    def registry_refs(self) -> list[tuple[int, ModelSpec]]:
-        """(index, model) of each model whose artifact is a `models:/` reference not pinned yet."""
-        return [(i, m) for i, m in enumerate(self.models) if m.artifact is not None and m.artifact.registry_ref]
+    def artifacts(self) -> list[tuple[str, ModelSpec, ArtifactSpec, CandidateSpec | None]]:
+        """Every artifact the app names, with where (`models[i:name].artifact`, or `...candidates[j].artifact`), its
+        model and, for a candidate's, the candidate."""
+        found: list[tuple[str, ModelSpec, ArtifactSpec, CandidateSpec | None]] = []
+        for i, model in enumerate(self.models):
+            if model.artifact is not None:
+                found.append((f"models[{i}:{model.name}].artifact", model, model.artifact, None))
+            for j, candidate in enumerate(model.candidates):
+                found.append(
+                    (f"models[{i}:{model.name}].candidates[{j}].artifact", model, candidate.artifact, candidate)
+                )
+        return found
+
+    def registry_refs(self) -> list[tuple[str, ModelSpec, ArtifactSpec, CandidateSpec | None]]:
+        """`artifacts()` that are `models:/` references not pinned yet."""
+        return [found for found in self.artifacts() if found[2].registry_ref]
+
+    def candidate_specs(self) -> list[ModelSpec]:
+        """Each candidate version of each model, as a model of its own (`ModelSpec.candidate_spec`)."""
+        return [m.candidate_spec(c) for m in self.models for c in m.candidates]
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -363,15 +438,13 @@ class AppSpec(Strict):
             tls.cert_file, tls.key_file = self._local_path(tls.cert_file), self._local_path(tls.key_file)
             if tls.client_ca_file:
                 tls.client_ca_file = self._local_path(tls.client_ca_file)
-        for model in copy.models:
-            if model.artifact is None:
-                continue
-            if model.artifact.registry_ref:
+        for _, model, artifact, _ in copy.artifacts():
+            if artifact.registry_ref:
                 raise ValueError(
-                    f"model {model.name!r}: {model.artifact.registry_ref} is not pinned yet; modelfleet's validate, "
+                    f"model {model.name!r}: {artifact.registry_ref} is not pinned yet; modelfleet's validate, "
                     "build, deploy and run resolve registry references"
                 )
-            model.artifact.uri = resolve_uri(model.artifact.uri, self._base_dir)
+            artifact.uri = resolve_uri(artifact.uri, self._base_dir)
         copy._base_dir = self._base_dir
         return copy
 

@@ -221,6 +221,19 @@ def _test_fleet(tmp: Path) -> Path:
             "autoscaling": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, **eager},
         },
     ]
+    twin_weights = same_model("digits")["artifact"]
+    spec["models"].append(
+        {  # digits served as three versions (the same weights): 2 takes half the units, 3 gets a copy of every request
+            **same_model("digits"),
+            "name": "twin",
+            "resources": dict(hardly_any_cpu),
+            "candidates": [
+                {"version": "2", "artifact": dict(twin_weights), "weight": 50},
+                {"version": "3", "artifact": dict(twin_weights), "shadow": 100},
+            ],
+            "split": "sticky",
+        }
+    )
     spec["standby"] = {"num_replicas": 1, "num_cpus": 0.01, "idle_s": 5}
     spec["models"].append(
         {  # two replicas of a deployed echo, for the replica-kill test (test_faults.py)

@@ -124,13 +124,44 @@ def test_a_registry_reference_serves_the_version_it_was_pinned_to(client, fleet:
     assert meta["versions"] == ["2"] and meta["platform"] == "modelfleet/safetensors", meta
     assert client.get("/v2/models/sleepy/versions/2").status_code == 200
     other = client.get("/v2/models/sleepy/versions/1")
-    assert other.status_code == 404 and "it serves version '2'" in other.json()["error"], other.text
+    assert other.status_code == 404 and "it serves version(s) ['2']" in other.json()["error"], other.text
     registry = Registry()
     try:
         records = [(d.app, d.version, d.target, d.outcome) for d in registry.deployments("digits")]
     finally:
         registry.close()
     assert ("fleet", 2, f"run:127.0.0.1:{fleet.url.rsplit(':', 1)[1]}", "deployed") in records, records
+
+
+def test_versions_side_by_side_split_sticky_by_unit_and_a_shadow_only_compares(client) -> None:
+    """`twin` serves version 1, candidate 2 (50% of units, sticky) and shadow 3 (a copy of every request): each
+    answer says which version gave it, a unit always meets the same one, either is reachable by its versioned route,
+    and the shadow's answers are compared, never returned."""
+    pixels = [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [float(i % 17) for i in range(64)]}]
+    assert client.get("/v2/models/twin").json()["versions"] == ["1", "2", "3"]
+    met: dict[str, set[str]] = {}
+    for unit in [f"user-{i}" for i in range(16)] * 2:
+        answer = client.post("/v2/models/twin/infer", json={"inputs": pixels}, headers={"x-modelfleet-unit": unit})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-modelfleet-model-version"] == answer.json()["model_version"]
+        met.setdefault(unit, set()).add(answer.json()["model_version"])
+    assert all(len(versions) == 1 for versions in met.values()), f"a unit met two versions: {met}"
+    assert set().union(*met.values()) == {"1", "2"}, "half the units each (all 16 on one side: 1 in 32,768)"
+    for version in ("1", "2", "3"):
+        direct = client.post(f"/v2/models/twin/versions/{version}/infer", json={"inputs": pixels})
+        assert direct.status_code == 200 and direct.json()["model_version"] == version, direct.text
+        assert direct.json()["outputs"] == answer.json()["outputs"], "the same weights in every version"
+    assert client.post("/v2/models/twin/versions/4/infer", json={"inputs": pixels}).status_code == 404
+
+    def shadow(series: str, **labels: str) -> float:
+        return _counter(client, series, "twin", version="3", **labels)
+
+    eventually(lambda: shadow("modelfleet_shadow_requests", outcome="answered") >= 32, "every request copied")
+    assert shadow("modelfleet_shadow_rows", agreement="agreed") >= 32
+    assert shadow("modelfleet_shadow_rows", agreement="differed") == 0
+    assert _counter(client, "modelfleet_requests", "twin", version="3", protocol="v2", status="200") == 1, (
+        "version 3 answered a caller once: its own versioned route"
+    )
 
 
 def test_model_listings_v1_v2_and_the_repository_index(client, fleet: Fleet) -> None:
@@ -184,7 +215,7 @@ def test_docs_pages_load_everything_from_this_server(fleet: Fleet, page: str) ->
 def test_metrics_count_requests(client) -> None:
     def served() -> float:
         text = client.get("/metrics").text
-        series = 'modelfleet_requests_total{model="echo",protocol="v1",status="200"}'
+        series = 'modelfleet_requests_total{model="echo",protocol="v1",status="200",version="1"}'
         found = [line for line in text.splitlines() if line.startswith(series)]
         return float(found[0].split()[-1]) if found else 0.0
 
@@ -427,14 +458,26 @@ def test_serve_scales_on_the_requests_a_coalesced_call_carries(fleet: Fleet) -> 
     assert len(replica_pids("fleet", "elastic")) == 2, "Serve never scaled elastic past one replica under 6 callers"
 
 
-def _counter(client, name: str, model: str) -> float:
+def eventually(condition, what: str, timeout_s: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s  # bounds a failure; Serve starts or stops a replica in seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.25)
+
+
+def _counter(client, name: str, model: str, **labels: str) -> float:
+    """Counter `name` of `model`, summed over the series that have `labels`."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == f"{name}_total" and sample.labels.get("model") == model:
-                return sample.value
-    return 0.0
+    wanted = {"model": model, **labels}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+        if sample.name == f"{name}_total" and wanted.items() <= sample.labels.items()
+    )
 
 
 def test_a_scaled_to_zero_model_answers_from_the_standby_then_from_its_own_replica(client) -> None:
@@ -452,12 +495,6 @@ def test_a_scaled_to_zero_model_answers_from_the_standby_then_from_its_own_repli
     def infer() -> np.ndarray:
         (out,) = _v2(client, "sleepy", request)["outputs"]
         return np.asarray(out["data"]).reshape(5, 10)
-
-    def eventually(condition, what: str, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s  # bounds a failure; Serve starts or stops a replica in seconds
-        while not condition():
-            assert time.monotonic() < deadline, f"never happened: {what}"
-            time.sleep(0.25)
 
     eventually(lambda: not replica_pids("fleet", "sleepy"), "sleepy with no replica of its own")
     time.sleep(1.5)  # past the ingress's one-second view of the controller: the model is known to be at zero

@@ -38,61 +38,78 @@ def open_registry() -> Iterator:
 
 
 def pin_registry_refs(spec: AppSpec, path: Path | str) -> None:
-    """Replace each `models:/` artifact by the registered version's URI and sha256, and set the model's version to
-    the registered number; SpecError (file, field, fix) when the reference or the spec's own fields disagree."""
+    """Replace each `models:/` artifact (a model's or a candidate's) by the registered version's URI and sha256, and
+    set its version to the registered number; SpecError (file, field, fix) when the reference or the spec's own fields
+    disagree. A candidate takes the registered module where the model's differs; a model must name it."""
     refs = spec.registry_refs()
     if not refs:
         return
     from registry import RegistryError
 
     with open_registry() as store:
-        for i, model in refs:
-            assert model.artifact is not None and model.artifact.registry_ref is not None
-            ref, where = model.artifact.registry_ref, f"models[{i}:{model.name}]"
+        for where, model, artifact, candidate in refs:
+            assert artifact.registry_ref is not None
+            ref, owner = artifact.registry_ref, where.rsplit(".", 1)[0]
             try:
                 registered = store.get(ref)
             except RegistryError as exc:
-                raise SpecError(path, f"{where}.artifact.uri", f"{exc} (see `modelfleet models list`)") from None
+                raise SpecError(path, f"{where}.uri", f"{exc} (see `modelfleet models list`)") from None
             if registered.format != model.format.value:
                 raise SpecError(
                     path,
-                    f"{where}.format",
+                    f"{owner}.format",
                     f"{ref} is {registered.uri}, a {registered.format} artifact; set format: {registered.format}",
                 )
-            if registered.module and model.module and registered.module != model.module:
+            module = candidate.module if candidate is not None and candidate.module else model.module
+            if registered.module and module and registered.module != module:
+                if candidate is not None and not candidate.module:
+                    candidate.module = registered.module  # a candidate's class may differ from the model's
+                else:
+                    raise SpecError(
+                        path,
+                        f"{owner}.module",
+                        f"{registered.uri} was registered with module {registered.module}; "
+                        f"set module: {registered.module}",
+                    )
+            if artifact.sha256 and artifact.sha256 != registered.sha256:
                 raise SpecError(
                     path,
-                    f"{where}.module",
-                    f"{registered.uri} was registered with module {registered.module}; set module: {registered.module}",
+                    f"{where}.sha256",
+                    f"{registered.uri} has sha256 {registered.sha256}; remove the spec's "
+                    "sha256 (the registry pins it) or fix it",
                 )
-            if model.artifact.sha256 and model.artifact.sha256 != registered.sha256:
+            holder = candidate if candidate is not None else model
+            if "version" in holder.model_fields_set and holder.version != str(registered.version):
                 raise SpecError(
                     path,
-                    f"{where}.artifact.sha256",
-                    f"{registered.uri} has sha256 {registered.sha256}; remove the "
-                    "spec's sha256 (the registry pins it) or fix it",
-                )
-            if "version" in model.model_fields_set and model.version != str(registered.version):
-                raise SpecError(
-                    path,
-                    f"{where}.version",
+                    f"{owner}.version",
                     f"{ref} is version {registered.version}, the spec says "
-                    f"{model.version!r}; remove version: (the registry's number is served)",
+                    f"{holder.version!r}; remove version: (the registry's number is served)",
                 )
-            model.artifact.uri, model.artifact.sha256 = registered.artifact_uri, registered.sha256
-            model.artifact.registered_as = ref
-            model.version = str(registered.version)
+            artifact.uri, artifact.sha256 = registered.artifact_uri, registered.sha256
+            artifact.registered_as = ref
+            holder.version = str(registered.version)
+    for i, model in enumerate(spec.models):
+        versions = [model.version, *(c.version for c in model.candidates)]
+        dupes = sorted({v for v in versions if v is not None and versions.count(v) > 1})
+        if dupes:
+            raise SpecError(
+                path,
+                f"models[{i}:{model.name}].candidates",
+                f"version(s) {dupes} served twice once pinned; each version once, the model's own included",
+            )
 
 
 def served_versions(spec: AppSpec) -> list[tuple[str, int]]:
     """(registered name, version) of each model the spec pinned from the registry."""
     from registry import parse_ref
 
-    return [
-        (parse_ref(m.artifact.registered_as).name, int(m.version))
-        for m in spec.models
-        if m.artifact is not None and m.artifact.registered_as
-    ]
+    served = []
+    for _, model, artifact, candidate in spec.artifacts():
+        if artifact.registered_as:
+            version = candidate.version if candidate is not None else model.version
+            served.append((parse_ref(artifact.registered_as).name, int(str(version))))
+    return served
 
 
 def record_served(spec: AppSpec, target: str, outcome: str) -> None:

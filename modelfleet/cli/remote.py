@@ -53,14 +53,15 @@ def _bundle_spec(spec: AppSpec, keys: KeyRing, into: Path, fixed_nodes: bool) ->
     from providers.storage import scheme_of
 
     resolved = spec.resolved()
-    for i, model in enumerate(resolved.models):
-        if model.artifact is not None and scheme_of(model.artifact.uri) == "file":
+    for where, model, artifact, candidate in resolved.artifacts():
+        if scheme_of(artifact.uri) == "file":
             if not fixed_nodes:
                 bad_input(
-                    f"{spec.name}: models[{i}:{model.name}].artifact.uri is a file of this machine, and this cluster's "
+                    f"{spec.name}: {where}.uri is a file of this machine, and this cluster's "
                     "nodes come and go; give it an s3://, gs://, az:// or https:// URI, which each node fetches"
                 )
-            model.artifact.uri = _copy_artifact(model.artifact.uri, into, model.name)
+            name = model.name if candidate is None else f"{model.name}@{candidate.version}"
+            artifact.uri = _copy_artifact(artifact.uri, into, name)
     tls = resolved.ingress.tls
     if tls is not None:
         for field in ("cert_file", "key_file", "client_ca_file"):
