@@ -3,6 +3,7 @@ record of every deployment. SQLite by default (`$MODELFLEET_HOME/registry.db`, n
 (`MODELFLEET_REGISTRY_URL=postgresql+psycopg://...`), behind SQLAlchemy 2 with Alembic migrations."""
 
 from .artifacts import artifact_root, publish
+from .rollouts import ACTIVE_STATES, Rollout, RolloutEvent
 from .store import (
     AliasSpan,
     DeploymentRecord,
@@ -15,11 +16,14 @@ from .store import (
 )
 
 __all__ = [
+    "ACTIVE_STATES",
     "AliasSpan",
     "DeploymentRecord",
     "ModelVersion",
     "Registry",
     "RegistryError",
+    "Rollout",
+    "RolloutEvent",
     "VersionRef",
     "artifact_root",
     "parse_ref",

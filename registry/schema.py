@@ -5,10 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AliasEventRow", "Base", "DeploymentRow", "ModelRow", "UtcDateTime", "VersionRow"]
+__all__ = [
+    "AliasEventRow",
+    "Base",
+    "DeploymentRow",
+    "ModelRow",
+    "RolloutEventRow",
+    "RolloutRow",
+    "UtcDateTime",
+    "VersionRow",
+]
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -36,6 +45,8 @@ class ModelRow(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     created_by: Mapped[str] = mapped_column(String(256))
+    # The highest version number ever given: a deleted version's number is never given again.
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class VersionRow(Base):
@@ -89,3 +100,43 @@ class DeploymentRow(Base):
     )  # deployed | failed | replaced | stopped | built (a serve config written) | rolled_back
     at: Mapped[datetime] = mapped_column(UtcDateTime)
     actor: Mapped[str] = mapped_column(String(256))
+
+
+class RolloutRow(Base):
+    """A rollout of a candidate version of an app's model: its plan, and where it stands (read by whoever resumes
+    it). `active` holds "app/model/target" while it runs or is paused, else NULL: at most one active per model."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(Text)
+    active: Mapped[str | None] = mapped_column(Text, unique=True)
+    strategy: Mapped[str] = mapped_column(String(16))
+    baseline_version: Mapped[str] = mapped_column(String(64))
+    candidate_version: Mapped[str] = mapped_column(String(64))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)  # the candidate, steps, interval, limits, what to promote
+    state: Mapped[str] = mapped_column(String(16))  # running | paused | promoted | rolled_back | aborted
+    step: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_by: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    controller: Mapped[str | None] = mapped_column(String(256))  # host:pid of the command driving it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class RolloutEventRow(Base):
+    """Append-only: what happened to a rollout (started, each step, a verdict, a pause, the end), by whom."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = (Index("ix_rollout_events_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    actor: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)

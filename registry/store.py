@@ -7,17 +7,19 @@ deployed.
 
 Concurrent writers (two processes registering or moving aliases at once) leave a consistent store: on SQLite every
 transaction takes the write lock when it begins (`BEGIN IMMEDIATE`, waiting up to 30 s for another), on PostgreSQL
-a version number taken by another writer meanwhile is a primary-key conflict, and the write is tried again.
+a registration locks its model's row, and a key taken by another writer meanwhile (a new model's first version) is a
+primary-key conflict, and the write is tried again. A deleted version's number is never given again.
+
+Rollouts (rollouts.py) keep their plan and where they stand here too.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +30,8 @@ from sqlalchemy.orm import Session
 
 from groundwork.local_rays import modelfleet_home
 
+from ._common import RegistryError, _actor, _now
+from .rollouts import RolloutRecords
 from .schema import AliasEventRow, DeploymentRow, ModelRow, VersionRow
 
 __all__ = ["AliasSpan", "ModelVersion", "Registry", "RegistryError", "VersionRef", "parse_ref", "registry_url"]
@@ -40,10 +44,6 @@ _REF = re.compile(rf"(?:models:/)?(?P<name>{NAME})(?:/(?P<version>[1-9][0-9]{{0,
 _ALIAS = re.compile(ALIAS)
 WRITE_ATTEMPTS = 10  # a version number another writer took meanwhile: try again with the next one
 MIGRATION_LOCK = 7_313_029_581  # PostgreSQL advisory lock: one process migrates at a time
-
-
-class RegistryError(Exception):
-    """A request the registry refuses (an unknown model, version or alias; a version still in use): one line."""
 
 
 class VersionRef(BaseModel):
@@ -126,18 +126,6 @@ def registry_url() -> str:
     return os.environ.get("MODELFLEET_REGISTRY_URL") or f"sqlite:///{modelfleet_home() / 'registry.db'}"
 
 
-def _actor() -> str:
-    """Who writes, when the caller does not say: the OS user (never a secret)."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no name for this uid (a container)
-        return f"uid:{os.getuid()}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
@@ -162,7 +150,7 @@ def _engine(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> None:
+def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the store's tables to the newest revision (registry/migrations): on first use, and after an upgrade."""
     from alembic import command
     from alembic.config import Config
@@ -173,10 +161,10 @@ def migrate(engine: Engine) -> None:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
 
 
-class Registry:
+class Registry(RolloutRecords):
     """The store at `url` (default: `registry_url()`), migrated to the newest revision when opened."""
 
     def __init__(self, url: str | None = None):
@@ -228,13 +216,18 @@ class Registry:
         who, when = actor or _actor(), _now()
 
         def change(session: Session) -> ModelVersion:
-            if session.get(ModelRow, name) is None:
-                session.add(ModelRow(name=name, created_at=when, created_by=who))
+            # Locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises): a second writer waits here, then reads
+            # the number the first one gave, rather than conflict on it.
+            model = session.get(ModelRow, name, with_for_update=True)
+            if model is None:
+                model = ModelRow(name=name, created_at=when, created_by=who, last_version=0)
+                session.add(model)
                 session.flush()
             latest = session.scalar(select(func.max(VersionRow.version)).where(VersionRow.model == name))
+            model.last_version = max(model.last_version, latest or 0) + 1  # a deleted number never comes back
             row = VersionRow(
                 model=name,
-                version=(latest or 0) + 1,
+                version=model.last_version,
                 artifact_uri=artifact_uri,
                 sha256=sha256,
                 format=format,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,7 @@ class TestRegistry:
         registry.record_deployment("fleet", "digits", 2, "127.0.0.1:6379", "removed")
         registry.delete_version("digits", 2)
         assert [v.version for v in registry.versions("digits")] == [1]
-        assert _register(registry) == 2, "numbers follow the newest version left"
+        assert _register(registry) == 3, "a deleted version's number never comes back: it named other bytes"
 
     def test_what_an_app_serves_replaces_what_it_served_at_that_target(self, registry: Registry) -> None:
         for _ in range(3):
@@ -127,6 +128,28 @@ class TestRegistry:
             (laptop, 1, "stopped"),
         ]
 
+    def test_a_rollout_is_stored_with_its_plan_and_every_step_and_one_at_a_time(self, registry: Registry) -> None:
+        plan = {"steps": [5, 50, 100], "candidate": {"artifact": {"uri": "models:/digits/2"}}}
+        started = registry.start_rollout("fleet", "digits", "127.0.0.1:6379", "canary", "1", "2", plan)
+        assert (started.state, started.step, started.weight, started.plan) == ("running", 0, 0.0, plan)
+        with pytest.raises(RegistryError, match=r"a rollout of fleet/digits on 127.0.0.1:6379 is already active \(#"):
+            registry.start_rollout("fleet", "digits", "127.0.0.1:6379", "canary", "1", "3", plan)
+        other = registry.start_rollout("fleet", "digits", "10.0.0.5:6379", "ab", "1", "3", plan)  # another cluster
+        registry.update_rollout(started.id, step=1, weight=50.0, event=("step", {"weight": 50}))
+        paused = registry.update_rollout(started.id, expect=("running",), state="paused", event=("paused", {}))
+        with pytest.raises(RegistryError, match=r"is paused, not running"):
+            registry.update_rollout(started.id, expect=("running",), state="paused")
+        assert registry.rollout("fleet", "digits", "127.0.0.1:6379") == paused and paused.active
+        assert registry.rollout("fleet", "digits") == registry.get_rollout(other.id), "the newest of any target"
+        done = registry.update_rollout(started.id, state="rolled_back", reason="error rate 20%", event=("breach", {}))
+        assert not done.active
+        again = registry.start_rollout("fleet", "digits", "127.0.0.1:6379", "canary", "1", "3", plan)
+        assert again.id != started.id, "a finished rollout no longer blocks a new one"
+        kinds = [(e.kind, e.detail) for e in registry.rollout_events(started.id)]
+        assert kinds == [("started", plan), ("step", {"weight": 50}), ("paused", {}), ("breach", {})]
+        with pytest.raises(ValueError, match="cannot set"):
+            registry.update_rollout(started.id, plan={})
+
     def test_unknown_names_and_bad_references_say_what_is_wrong(self, registry: Registry) -> None:
         _register(registry)
         with pytest.raises(RegistryError, match="no model 'fraud' is registered"):
@@ -147,10 +170,41 @@ class TestRegistry:
     def test_opening_migrates_once_to_the_newest_revision(self, registry: Registry) -> None:
         again = Registry(registry.url)  # a second open finds the tables at head and changes nothing
         with again.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
             tables = set(inspect(connection).get_table_names())
         again.close()
-        assert {"registered_models", "model_versions", "alias_events", "deployments"} <= tables
+        assert {"registered_models", "model_versions", "alias_events", "deployments", "rollouts"} <= tables
+
+    @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+    def test_a_store_of_the_first_revision_is_upgraded_with_its_versions_numbered_on(
+        self, backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> None:
+        from registry.store import _engine, migrate
+
+        url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+        engine = _engine(url)
+        migrate(engine, "0001")
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO registered_models (name, created_at, created_by) VALUES ('digits', :at, 'ci')"),
+                {"at": datetime.now(UTC)},
+            )
+            for version in (1, 2):
+                connection.execute(
+                    text(
+                        "INSERT INTO model_versions (model, version, artifact_uri, sha256, format, signature, metrics, "
+                        "params, tags, lineage, created_at, created_by) VALUES ('digits', :v, 'x', :sha, "
+                        "'safetensors', '{}', '{}', '{}', '{}', '{}', :at, 'ci')"
+                    ),
+                    {"v": version, "sha": SHA, "at": datetime.now(UTC)},
+                )
+        engine.dispose()
+        upgraded = Registry(url)
+        try:
+            assert [v.version for v in upgraded.versions("digits")] == [1, 2]
+            assert _register(upgraded) == 3
+        finally:
+            upgraded.close()
 
     def test_two_processes_writing_at_once_leave_a_consistent_store(self, registry: Registry, tmp_path: Path) -> None:
         """Each process registers 25 versions and points `latest` at each as it goes, both starting at once: 50
