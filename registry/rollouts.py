@@ -23,8 +23,8 @@ from .schema import RolloutEventRow, RolloutRow
 
 __all__ = ["ACTIVE_STATES", "Rollout", "RolloutEvent", "RolloutRecords", "RolloutState"]
 
-RolloutState = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
-ACTIVE_STATES = ("running", "paused")
+RolloutState = Literal["running", "paused", "promoting", "promoted", "rolled_back", "aborted"]
+ACTIVE_STATES = ("running", "paused", "promoting")
 
 
 class Rollout(BaseModel):

@@ -104,7 +104,8 @@ class DeploymentRow(Base):
 
 class RolloutRow(Base):
     """A rollout of a candidate version of an app's model: its plan, and where it stands (read by whoever resumes
-    it). `active` holds "app/model/target" while it runs or is paused, else NULL: at most one active per model."""
+    it). `active` holds "app/model/target" while it runs, is paused or is being promoted, else NULL: at most one
+    active per model."""
 
     __tablename__ = "rollouts"
 
@@ -117,7 +118,7 @@ class RolloutRow(Base):
     baseline_version: Mapped[str] = mapped_column(String(64))
     candidate_version: Mapped[str] = mapped_column(String(64))
     plan: Mapped[dict[str, Any]] = mapped_column(JSON)  # the candidate, steps, interval, limits, what to promote
-    state: Mapped[str] = mapped_column(String(16))  # running | paused | promoted | rolled_back | aborted
+    state: Mapped[str] = mapped_column(String(16))  # running | paused | promoting | promoted | rolled_back | aborted
     step: Mapped[int] = mapped_column(Integer)
     weight: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)

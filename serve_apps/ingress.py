@@ -57,7 +57,7 @@ from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
 from .local_hop import ReplicaLost
 from .request_error import RequestError
-from .rollout import DESK_NAMESPACE, SYNC_S, VersionTally, agreement, desk_name
+from .rollout import DESK_NAMESPACE, LOOK_S, SYNC_S, VersionTally, agreement, desk_name
 from .spec import AppSpec, ModelSpec
 from .tensors import check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, new_request_id, rows_of, tensor_metadata
 from .traffic import UNIT_HEADER, ModelTraffic, Route, candidate_deployment
@@ -355,7 +355,7 @@ class Ingress:
 
     async def _follow_desk(self) -> None:
         """Each SYNC_S: hand this replica's tallies to the app's rollout desk (rollout.py) and route by its traffic;
-        without a desk, by the specs' own. Started by the first request."""
+        without a desk (looked for each LOOK_S), by the specs' own. Started by the first request."""
         import ray
 
         desk = None
@@ -373,7 +373,7 @@ class Ingress:
             except Exception as exc:  # the desk went away (a rollout ended) or is restarting: look again
                 logger.debug("rollout desk: %s", exc)
                 desk = None
-            await asyncio.sleep(SYNC_S)
+            await asyncio.sleep(SYNC_S if desk is not None else LOOK_S)
 
     def _find_desk(self, ray: Any) -> Any:
         try:

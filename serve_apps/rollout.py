@@ -4,7 +4,7 @@ candidate's own Serve application, and the judgement of a window.
 A rollout serves its candidate from a Serve application of its own (`candidate_app`), so that starting, stopping or
 failing it never touches the app: Serve redeploys every deployment of an app on any change, and a rollback must leave
 the baseline as it was. The weights live on the app's desk, a small named Ray actor (`RolloutDesk`): the rollout
-command sets them, and every ingress replica asks for them each second (`SYNC_S`) while handing over its tallies, so
+command sets them, and every ingress replica asks for them twice a second (`SYNC_S`) while handing over its tallies, so
 a weight change reaches all of them in place, with nothing redeployed and nothing dropped. Without a desk the ingress
 serves the spec's own `candidates:`.
 
@@ -22,9 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .spec import ModelSpec
+from .traffic import candidate_deployment
+
 __all__ = [
     "DESK_NAMESPACE",
     "LATENCY_BUCKETS_S",
+    "LOOK_S",
     "Limits",
     "RolloutDesk",
     "SYNC_S",
@@ -32,11 +36,17 @@ __all__ = [
     "VersionTally",
     "agreement",
     "candidate_app",
+    "close_desk_if_idle",
+    "deploy_candidate",
     "desk_name",
+    "find_desk",
     "judge",
+    "open_desk",
+    "remove_candidate",
 ]
 
-SYNC_S = 1.0  # how often an ingress replica reports to the desk and reads its traffic (and looks for one)
+SYNC_S = 0.5  # how often an ingress replica reports to the desk and reads its traffic, while there is a desk
+LOOK_S = 2.0  # how often it looks for a desk while there is none (a rollout's first step waits this long at most)
 DESK_NAMESPACE = "modelfleet"
 # Latency buckets for a version's p95: 0.5 ms to ~28 s, each 20% wider than the last (a p95 within 10%).
 LATENCY_BUCKETS_S = tuple(0.0005 * 1.2**i for i in range(61))
@@ -225,3 +235,61 @@ def judge(candidate: VersionTally, baseline: VersionTally, limits: Limits, basel
                 "breach", f"p95 {p95 * 1000:.1f} ms > {limits.max_p95_ratio:g} x the baseline's {base * 1000:.1f} ms"
             )
     return Verdict("pass", f"{seen} requests, error rate {rate:.2%}, p95 {p95 * 1000:.1f} ms")
+
+
+# ---- on the cluster: the desk and the candidate's application (a Ray driver calls these) --------------------------
+
+
+def open_desk(app: str) -> Any:
+    """The app's desk (a handle to the named actor), made if none runs."""
+    import ray
+
+    desk = ray.remote(num_cpus=0)(RolloutDesk)
+    return desk.options(name=desk_name(app), namespace=DESK_NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+
+
+def find_desk(app: str) -> Any | None:
+    import ray
+
+    try:
+        return ray.get_actor(desk_name(app), namespace=DESK_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def close_desk_if_idle(app: str) -> None:
+    """Remove the app's desk once no model's traffic is on it (the ingress replicas then follow their specs)."""
+    import ray
+
+    desk = find_desk(app)
+    if desk is not None and not ray.get(desk.traffic.remote(), timeout=30):
+        ray.kill(desk)
+
+
+def deploy_candidate(app: str, candidate: ModelSpec, local_hop: bool = True) -> str:
+    """Start serving `candidate` (a model's other version, `ModelSpec.candidate_spec`) in an application of its own,
+    beside `app`, without waiting; its name. (No route prefix: only the app's ingress reaches it.)"""
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    from .build import deployment_options
+    from .deployment import ModelDeployment
+
+    name = candidate_app(app, candidate.name, candidate.version)
+    deployment = candidate_deployment(candidate.name, candidate.version)
+    bound = (
+        serve.deployment(ModelDeployment)  # type: ignore[attr-defined]  # Ray's hints cover its decorator forms only
+        .options(**deployment_options(candidate, None, deployment))
+        .bind(candidate.model_dump(mode="json"), local_hop)
+    )
+    serve.run_many([RunTarget(target=bound, name=name, route_prefix=None)], wait_for_applications_running=False)
+    return name
+
+
+def remove_candidate(app: str, model: str, version: str) -> None:
+    """Stop serving a candidate (its replicas drain); nothing of `app` itself changes."""
+    from ray import serve
+
+    name = candidate_app(app, model, version)
+    if name in serve.status().applications:
+        serve.delete(name, _blocking=False)

@@ -130,7 +130,7 @@ def test_a_registry_reference_serves_the_version_it_was_pinned_to(client, fleet:
         records = [(d.app, d.version, d.target, d.outcome) for d in registry.deployments("digits")]
     finally:
         registry.close()
-    assert ("fleet", 2, f"run:127.0.0.1:{fleet.url.rsplit(':', 1)[1]}", "deployed") in records, records
+    assert ("fleet", 2, fleet.ready()["ray_address"], "deployed") in records, records
 
 
 def test_versions_side_by_side_split_sticky_by_unit_and_a_shadow_only_compares(client) -> None:

@@ -173,7 +173,7 @@ def run(
         out.print(f"proxy: {proxy_url}   (Ray Serve's proxy: every app on this Ray, by route prefix)")
         sys.stdout.flush()
         local_rays.record("run", spec.name, server.address, url)  # `status`, `deploy`, `connect()` find it
-        record_served(spec, target := f"run:{display_host}:{port}", "deployed")
+        record_served(spec, target := server.address, "deployed")  # the Ray address, as `deploy` and rollouts say
         if ready_file is not None:
             ready = {
                 "app": spec.name,
