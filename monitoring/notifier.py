@@ -262,7 +262,7 @@ class Notifier:
             self._settle(job, str(exc) if isinstance(exc, _Retryable | _Rejected) else f"{type(exc).__name__}: {exc}")
         else:
             if not self._settle(job, ""):
-                log.info("event %s reached %s after close() had dead-lettered it", job.event.id, job.hook.url)
+                log.debug("event %s reached %s after close() had dead-lettered it", job.event.id, job.hook.url)
 
     def _post(self, job: _Job) -> None:
         job.attempts += 1

@@ -575,7 +575,6 @@ class Ingress:
     )
     async def ready(self) -> Response:
         states = list((await self._model_states()).values())  # (asks Serve, at most once a second)
-        states += [self.states.statuses.get(name, "UNKNOWN") for name in self.candidate_specs]
         if self.standby is not None:  # until it runs, a scaled-to-zero model's first answer waits seconds
             states.append(self.states.statuses.get("standby", "UNKNOWN"))
         ready = all(s == "HEALTHY" for s in states)
@@ -614,7 +613,9 @@ class Ingress:
         return Response(generate_latest(self.meters.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _model_states(self) -> dict[str, str]:
-        """Each model's state, asked of Serve's controller at most once a second however often probes come."""
+        """Each model's state (and each of its spec's candidates', as NAME@VERSION), asked of Serve's controller at
+        most once a second however often probes come."""
         statuses = (await self.states.fresh()).statuses
         own = "HEALTHY"  # embedded models loaded with this replica, which is answering
-        return {name: own if name in self.embedded else statuses.get(name, "UNKNOWN") for name in self.specs}
+        states = {name: own if name in self.embedded else statuses.get(name, "UNKNOWN") for name in self.specs}
+        return states | {name: statuses.get(name, "UNKNOWN") for name in self.candidate_specs}

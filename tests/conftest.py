@@ -167,7 +167,7 @@ def _test_fleet(tmp: Path) -> Path:
     from safetensors.torch import save_file
 
     save_file({}, str(tmp / "slow.safetensors"))  # SlowNet has no weights
-    tiny = {"num_cpus": 0.1}
+    tiny = {"num_cpus": 0.05}  # the session Ray (2 CPUs) also holds the apps later tests deploy beside the fleet
     spec["models"] += [
         {
             **TYPES_MODEL,
@@ -226,7 +226,7 @@ def _test_fleet(tmp: Path) -> Path:
         {  # digits served as three versions (the same weights): 2 takes half the units, 3 gets a copy of every request
             **same_model("digits"),
             "name": "twin",
-            "resources": dict(hardly_any_cpu),
+            "resources": {"num_cpus": 0.001},  # three deployments in a Ray whose CPUs the other apps nearly fill
             "candidates": [
                 {"version": "2", "artifact": dict(twin_weights), "weight": 50},
                 {"version": "3", "artifact": dict(twin_weights), "shadow": 100},

@@ -312,6 +312,7 @@ def test_registry_commands_send_their_events_before_they_exit(
     for args in (
         ["models", "register", "digits", str(weights), "--format", "safetensors"],
         ["models", "alias", "digits@champion", "1"],
+        ["models", "alias", "digits@champion", "--remove"],
     ):
         done = CliRunner().invoke(app, args)
         assert done.exit_code == 0, done.output
@@ -320,6 +321,7 @@ def test_registry_commands_send_their_events_before_they_exit(
     assert [(e["type"], e["subject"], e["source"]) for e in events] == [
         ("model_version.created", "digits/1", "/modelfleet/registry"),
         ("model_version_alias.created", "digits@champion", "/modelfleet/registry"),
+        ("model_version_alias.deleted", "digits@champion", "/modelfleet/registry"),
     ]
     assert events[0]["data"]["sha256"] and events[1]["data"] == {
         "name": "digits",

@@ -34,6 +34,8 @@ NOT_RUN = {
     "ingress:": "a spec excerpt",
     "name: digits": "a spec excerpt",
     "modelfleet loadtest": "minutes of load; tests/test_loadtest.py runs both commands with shorter runs",
+    "# Train digits twice": "minutes of training and load; tests/test_examples_register.py runs --register and the "
+    "faulty version, tests/test_rollout.py every rollout outcome with short intervals",
     "modelfleet cluster render": "`ray up` needs a cloud account; tests/test_cluster_render.py renders these specs",
     "sudo .venv/bin/python -m cluster.testbed up": "minutes and root; tests/test_onprem_cluster.py runs these steps "
     "on a test bed of its own (make test-cluster)",

@@ -1,8 +1,9 @@
 """`modelfleet rollout` end to end, under a constant bounded load from loadtests/: an app of registered digits versions
 deployed onto the session's Ray, then a good canary promoted with no failed request, a canary that fails 20% of its
-requests rolled back at its first step, one 3x slower rolled back on latency, a shadow that fails and callers who
-never see it, and a killed `rollout start` carried on by `rollout resume`. Intervals are short here; real-length
-runs belong to bench/. The pieces without Ray: test_traffic.py; the store: test_registry.py."""
+requests rolled back at its first step, a shadow that fails and callers who never see it, and a killed `rollout
+start` of a version 50 ms slower (3x and more) carried on by `rollout resume`, which takes it back on latency.
+Intervals are short here; real-length runs belong to bench/. The pieces without Ray: test_traffic.py; the store:
+test_registry.py."""
 
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ def canary(fleet: Fleet, ray_address: str, tmp_path_factory: pytest.TempPathFact
     model.pop("version")
     model |= {
         "artifact": {"uri": f"models:/{MODEL}@champion"},
-        "resources": {"num_cpus": 0.05},
+        "resources": {"num_cpus": 0.002},  # the session's Ray has little CPU left to reserve; load is what counts
         "autoscaling": {"min_replicas": 1, "max_replicas": 1},
     }
-    spec |= {"name": APP, "route_prefix": f"/{APP}", "ingress": {"num_cpus": 0.05}}
+    spec |= {"name": APP, "route_prefix": f"/{APP}", "ingress": {"num_cpus": 0.002}}
     path = folder / "app.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     deployed = run_cli("deploy", str(path), "--address", ray_address)
@@ -168,19 +169,6 @@ def test_a_canary_failing_a_fifth_of_its_requests_is_rolled_back_at_its_first_st
     bound = 0.20 * 0.20 * 2 * 5 * summary["rps"]
     assert 0 < summary["failures"] <= bound, (summary["failures"], bound, summary["errors"])
     assert _served_version(canary) == baseline
-
-
-def test_a_canary_3x_slower_is_rolled_back_on_latency(canary: Canary) -> None:
-    load = _load(canary, "slow")
-    try:
-        to = f"models:/{MODEL}/{canary.versions['slow']}"
-        done = _rollout(canary, "start", "--to", to, "--steps", "20,50,100", *LIMITS)
-    finally:
-        summary = load.stop()
-    assert done.returncode == ROLLED_BACK, done.stderr
-    status = _stored()
-    assert status["state"] == "rolled_back" and "x the baseline's" in status["reason"], status
-    assert summary["failures"] == 0, summary
 
 
 def test_a_shadow_that_fails_never_reaches_callers(canary: Canary) -> None:

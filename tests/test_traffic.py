@@ -125,3 +125,18 @@ def test_shadow_agreement_is_by_label_and_gives_the_largest_gap() -> None:
     labels = np.array([1, 2, 3])
     assert agreement({"y": labels}, {"y": np.array([1, 0, 3])})[:2] == (3, 2)
     assert agreement({"y": labels}, {"y": np.array([1, 2])}) == (3, 0, math.inf), "a shape that differs agrees nowhere"
+
+
+def test_a_serve_config_carries_the_candidates_and_names_their_files(tmp_path) -> None:
+    """For `serve deploy`, KubeRay and GitOps: `build`'s config holds the candidates and their weights, and says
+    which of this machine's files the nodes need for them."""
+    from serve_apps.build import local_needs, serve_config
+
+    spec = AppSpec.model_validate(_app(weight=10, shadow=5))
+    spec._base_dir = tmp_path
+    config = serve_config(spec)
+    (model,) = config["applications"][0]["args"]["spec"]["models"]
+    assert [(c["version"], c["weight"], c["shadow"]) for c in model["candidates"]] == [("2", 10.0, 5.0)]
+    assert model["candidates"][0]["artifact"]["uri"] == f"file://{tmp_path}/v2/model.safetensors"
+    fields = [need.field for need in local_needs(config)]
+    assert "models[0:digits].candidates[0].artifact.uri" in fields and "models[0:digits].artifact.uri" in fields

@@ -14,15 +14,16 @@ from groundwork import SpecError
 
 from .console import bad_input
 
-__all__ = ["REGISTRY_SOURCE", "Send", "registry_events"]
+__all__ = ["REGISTRY_SOURCE", "ROLLOUT_SOURCE", "Send", "registry_events"]
 
 REGISTRY_SOURCE = "/modelfleet/registry"
+ROLLOUT_SOURCE = "/modelfleet/rollouts"
 Send = Callable[[str, dict[str, Any], str | None], object]
 
 
 @contextmanager
-def registry_events() -> Iterator[Send]:
-    """`send(type, data, subject)` for the registry's events; they leave before the command exits (bounded)."""
+def registry_events(source: str = REGISTRY_SOURCE) -> Iterator[Send]:
+    """`send(type, data, subject)` for events from `source`; they leave before the command exits (bounded)."""
     from monitoring.notifier import notifier_from_env
 
     try:
@@ -30,6 +31,6 @@ def registry_events() -> Iterator[Send]:
     except SpecError as exc:
         bad_input(str(exc))
     try:
-        yield lambda type, data, subject: notifier.send(REGISTRY_SOURCE, type, data, subject)
+        yield lambda type, data, subject: notifier.send(source, type, data, subject)
     finally:
         notifier.close()

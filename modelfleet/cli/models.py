@@ -164,18 +164,27 @@ def models_show(
 @app.command("alias")
 def models_alias(
     target: Annotated[str, typer.Argument(help="NAME@ALIAS.", show_default=False)],
-    version: Annotated[int, typer.Argument(help="The version the alias points at from now on.", show_default=False)],
+    version: Annotated[
+        int | None, typer.Argument(help="The version the alias points at from now on.", show_default=False)
+    ] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Point the alias at nothing (kept in history).")] = False,
 ) -> None:
-    """Point NAME@ALIAS at VERSION (the move is kept in `models history`)."""
+    """Point NAME@ALIAS at VERSION, or at nothing with --remove (either is kept in `models history`)."""
+    if (version is None) != remove:
+        bad_input(f"models alias {target}: give a VERSION, or --remove, not both")
     with registry_events() as send, open_registry() as store:
         ref = parse_ref(target)
         if ref.alias is None:
             raise RegistryError(f"{target!r} names no alias: NAME@ALIAS")
         before = store.aliases(ref.name).get(ref.alias)
-        store.set_alias(ref.name, ref.alias, version)
-        moved = {"name": ref.name, "alias": ref.alias, "version": version, "previous_version": before}
-        send("model_version_alias.created", moved, f"{ref.name}@{ref.alias}")
-    out.print(f"{ref.name}@{ref.alias} -> models:/{ref.name}/{version}", markup=False)
+        if version is None:
+            store.remove_alias(ref.name, ref.alias)
+            send("model_version_alias.deleted", {"name": ref.name, "alias": ref.alias, "version": before}, target)
+        else:
+            store.set_alias(ref.name, ref.alias, version)
+            moved = {"name": ref.name, "alias": ref.alias, "version": version, "previous_version": before}
+            send("model_version_alias.created", moved, f"{ref.name}@{ref.alias}")
+    out.print(f"{ref.name}@{ref.alias} -> " + (f"models:/{ref.name}/{version}" if version else "(none)"), markup=False)
 
 
 @app.command("history")

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from .console import bad_input, duration_s, err, failed, load_app, out, ray_notices_on_stderr
-from .events import registry_events
+from .events import ROLLOUT_SOURCE, registry_events
 from .registry_refs import open_registry, record_served
 from .serve import InsecureNoRayAuth, RayAddress, _connect, _launched_cluster, _resolve, _staged_code, require_ray_auth
 
@@ -36,7 +36,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ROLLOUT_SOURCE = "/modelfleet/rollouts"
 CONTROLLER_STALE_S = 15  # a controller this long without a heartbeat is gone: `resume` takes over
 ROLLED_BACK = 3  # exit code: the rollout ran, and the answer is no (as `tune` and `loadtest` use 3)
 CANDIDATE_START_S = 600  # how long the candidate's replicas may take to start
@@ -400,7 +399,7 @@ def rollout_start(
         bad_input(
             f"{spec_path}: model {model!r} is embedded, a multiplexed family or a pipeline: it serves one version"
         )
-    with registry_events() as send, open_registry() as store:
+    with registry_events(ROLLOUT_SOURCE) as send, open_registry() as store:
         ref = parse_ref(to)
         if ref.version is None:
             bad_input(f"--to {to!r}: name one version, models:/NAME/VERSION")
@@ -583,7 +582,7 @@ def _act(
     spec_path: Path, model: str, address: str | None, insecure_no_ray_auth: bool, action: Callable[..., None]
 ) -> None:
     spec, address = _open(spec_path, model, address, insecure_no_ray_auth)
-    with registry_events() as send, open_registry() as store:
+    with registry_events(ROLLOUT_SOURCE) as send, open_registry() as store:
         action(store, spec, address, _active(store, spec, model, address), send)
 
 
