@@ -103,7 +103,7 @@ def _case(
             )  # fmt: skip
             seen = json.loads(status.stdout)["versions"].get(str(to), {})
             abort = [sys.executable, "-m", "modelfleet", "rollout", "abort", *where]
-            subprocess.run(abort, env=env, cwd=REPO, check=True)
+            subprocess.run(abort, env=env, cwd=REPO)  # (refused, exit 2, if it was taken back meanwhile)
         _, stderr = started.communicate(timeout=3 * 3600)
     finally:
         summary = load.stop()

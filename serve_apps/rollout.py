@@ -211,11 +211,15 @@ class Verdict:
     reason: str
 
 
-def judge(candidate: VersionTally, baseline: VersionTally, limits: Limits, baseline_p95_s: float | None) -> Verdict:
+def judge(
+    candidate: VersionTally, baseline: VersionTally, limits: Limits, baseline_p95_s: float | None, latency: bool = True
+) -> Verdict:
     """One window of the candidate against the same window of the baseline. `baseline_p95_s`: the baseline's p95
     from an earlier window, for when this one gave the baseline too few requests (at 100% it gets none).
 
-    Too few requests is inconclusive, never a pass; errors are judged first (they need no baseline)."""
+    Too few requests is inconclusive, never a pass; errors are judged first (they need no baseline). `latency`
+    False leaves latency out: a window still running is judged on errors alone, since failed requests are lost at
+    once, while a p95 over its first seconds is mostly the candidate's warm-up."""
     seen = candidate.requests + candidate.shadowed
     if seen < limits.min_requests:
         return Verdict("inconclusive", f"{seen} requests, fewer than --min-requests {limits.min_requests}")
@@ -224,6 +228,8 @@ def judge(candidate: VersionTally, baseline: VersionTally, limits: Limits, basel
         return Verdict("breach", f"error rate {rate:.2%} > {limits.max_error_rate:.2%}")
     p95 = candidate.quantile_s(0.95)
     assert p95 is not None  # it has requests
+    if not latency:
+        return Verdict("pass", f"{seen} requests, error rate {rate:.2%} (latency judged at the window's end)")
     if limits.max_p95_ms is not None and p95 * 1000 > limits.max_p95_ms:
         return Verdict("breach", f"p95 {p95 * 1000:.1f} ms > {limits.max_p95_ms:g} ms")
     if limits.max_p95_ratio is not None:

@@ -103,6 +103,9 @@ def test_a_window_is_judged_on_errors_then_latency_and_too_few_requests_never_pa
     assert judge(_tally([0.030] * 100), VersionTally(), limits, 0.010).outcome == "breach"
     assert judge(_tally([0.010] * 100), VersionTally(), limits, None).outcome == "inconclusive"
     assert judge(_tally([0.2] * 100), baseline, Limits(max_p95_ratio=None, max_p95_ms=150), None).outcome == "breach"
+    # While a window runs, only errors are judged: its first seconds are the candidate's warm-up.
+    assert judge(_tally([0.030] * 100), baseline, limits, None, latency=False).outcome == "pass"
+    assert judge(_tally([0.010] * 100, errors=20), baseline, limits, None, latency=False).outcome == "breach"
 
 
 def test_tallies_subtract_into_windows_and_give_quantiles_within_a_bucket() -> None:

@@ -306,11 +306,12 @@ class _Rollout:
                 started = time.monotonic()
                 continue
             base, cand = self._tallies()
-            verdict = judge(cand.minus(cand0), base.minus(base0), self.limits, self.baseline_p95_s)
+            whole = time.monotonic() - started >= self.interval_s  # a window still running is judged on errors alone
+            verdict = judge(cand.minus(cand0), base.minus(base0), self.limits, self.baseline_p95_s, latency=whole)
             if verdict.outcome == "breach":
                 self._take_back("rolled_back", verdict.reason)
                 return self.rollout.state
-            if time.monotonic() - started < self.interval_s:
+            if not whole:
                 continue
             if verdict.outcome == "inconclusive":
                 if verdict.reason != said:
