@@ -410,16 +410,27 @@ class Registry(RolloutRecords):
     # ---- reading rows -----------------------------------------------------
 
     @staticmethod
-    def _deployed_at(session: Session, app: str, target: str) -> list[tuple[str, int]]:
-        """(model, version) pairs whose newest record in `app` at `target` says deployed."""
-        newest: dict[tuple[str, int], str] = {}
-        for model, version, outcome in session.execute(
-            select(DeploymentRow.model, DeploymentRow.version, DeploymentRow.outcome)
-            .where(DeploymentRow.app == app, DeploymentRow.target == target)
+    def _deployed(session: Session, *where: Any) -> list[tuple[str, str, str, int]]:
+        """(app, target, model, version) of the records matching `where` whose newest outcome there is deployed."""
+        newest: dict[tuple[str, str, str, int], str] = {}
+        for app, target, model, version, outcome in session.execute(
+            select(
+                DeploymentRow.app,
+                DeploymentRow.target,
+                DeploymentRow.model,
+                DeploymentRow.version,
+                DeploymentRow.outcome,
+            )
+            .where(*where)
             .order_by(DeploymentRow.id)
         ):
-            newest[(model, version)] = outcome
-        return sorted(pair for pair, outcome in newest.items() if outcome == "deployed")
+            newest[(app, target, model, version)] = outcome
+        return sorted(key for key, outcome in newest.items() if outcome == "deployed")
+
+    def _deployed_at(self, session: Session, app: str, target: str) -> list[tuple[str, int]]:
+        """(model, version) pairs deployed in `app` at `target`."""
+        found = self._deployed(session, DeploymentRow.app == app, DeploymentRow.target == target)
+        return [(model, version) for _, _, model, version in found]
 
     @staticmethod
     def _known(session: Session, name: str) -> None:
@@ -438,17 +449,10 @@ class Registry(RolloutRecords):
             newest[alias] = version
         return {alias: version for alias, version in newest.items() if version is not None}
 
-    @staticmethod
-    def _deployed_in(session: Session, name: str, version: int) -> list[str]:
-        """Apps (as `app at target`) whose newest record for this version there says it is deployed."""
-        newest: dict[tuple[str, str], str] = {}
-        for app, target, outcome in session.execute(
-            select(DeploymentRow.app, DeploymentRow.target, DeploymentRow.outcome)
-            .where(DeploymentRow.model == name, DeploymentRow.version == version)
-            .order_by(DeploymentRow.id)
-        ):
-            newest[(app, target)] = outcome
-        return sorted(f"{app} at {target}" for (app, target), outcome in newest.items() if outcome == "deployed")
+    def _deployed_in(self, session: Session, name: str, version: int) -> list[str]:
+        """Apps (as `app at target`) where this version is deployed."""
+        found = self._deployed(session, DeploymentRow.model == name, DeploymentRow.version == version)
+        return [f"{app} at {target}" for app, target, _, _ in found]
 
     def _version(self, session: Session, row: VersionRow) -> ModelVersion:
         aliases = sorted(alias for alias, v in self._aliases(session, row.model).items() if v == row.version)

@@ -20,6 +20,7 @@ import yaml
 
 from serve_apps.auth import KeyRing
 from serve_apps.spec import AppSpec
+from serve_apps.traffic import candidate_deployment
 
 from .console import bad_input, failed
 
@@ -60,7 +61,7 @@ def _bundle_spec(spec: AppSpec, keys: KeyRing, into: Path, fixed_nodes: bool) ->
                     f"{spec.name}: {where}.uri is a file of this machine, and this cluster's "
                     "nodes come and go; give it an s3://, gs://, az:// or https:// URI, which each node fetches"
                 )
-            name = model.name if candidate is None else f"{model.name}@{candidate.version}"
+            name = model.name if candidate is None else candidate_deployment(model.name, str(candidate.version))
             artifact.uri = _copy_artifact(artifact.uri, into, name)
     tls = resolved.ingress.tls
     if tls is not None:

@@ -19,12 +19,15 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+
+from registry import RegistryError
 
 from .console import bad_input, duration_s, err, failed, load_app, out, ray_notices_on_stderr
 from .events import ROLLOUT_SOURCE, registry_events
@@ -82,6 +85,17 @@ class _Cluster:
         return described
 
 
+@contextmanager
+def _connected(address: str, spec) -> Iterator[_Cluster]:
+    """The cluster at `address`, joined as a driver with this project's code and the models' staged, for a block."""
+    with tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging:
+        cluster = _Cluster(address, spec, staging)
+        try:
+            yield cluster
+        finally:
+            cluster.target.disconnect()
+
+
 def _serve():
     from ray import serve
 
@@ -104,6 +118,7 @@ class _Rollout:
         self.limits = Limits(**plan["limits"])
         self.tick_s = min(0.5, self.interval_s / 4)  # a breach is acted on within a tick and the ingress's sync
         self.baseline_p95_s: float | None = plan.get("baseline_p95_s")
+        self._opened_desk = None
 
     # ---- the record ---------------------------------------------------------------------------------------------
 
@@ -138,31 +153,31 @@ class _Rollout:
         )
         return ModelTraffic(self.rollout.baseline_version, (route,), sticky=strategy == "ab").to_dict()
 
+    @property
+    def _desk(self):
+        """The app's desk, opened once: each open is a round trip to Ray's GCS, and the loop reads it twice a second."""
+        from serve_apps.rollout import open_desk
+
+        if self._opened_desk is None:
+            self._opened_desk = open_desk(self.rollout.app)
+        return self._opened_desk
+
     def _set_share(self, share: float | None) -> None:
         import ray
 
-        from serve_apps.rollout import open_desk
-
-        desk = open_desk(self.rollout.app)
-        ray.get(desk.set_traffic.remote(self.rollout.model, self._traffic(share)), timeout=30)
+        ray.get(self._desk.set_traffic.remote(self.rollout.model, self._traffic(share)), timeout=30)
 
     def _tallies(self):
+        """(baseline, candidate) tallies, summed over the ingress replicas, as the desk has them now."""
         import ray
 
-        from serve_apps.rollout import VersionTally, open_desk
+        from serve_apps.rollout import VersionTally
 
-        found = ray.get(open_desk(self.rollout.app).tallies.remote(self.rollout.model), timeout=30)
-        base = (
-            VersionTally.from_dict(found[self.rollout.baseline_version])
-            if self.rollout.baseline_version in found
-            else VersionTally()
+        found = ray.get(self._desk.tallies.remote(self.rollout.model), timeout=30)
+        return tuple(
+            VersionTally.from_dict(found[v]) if v in found else VersionTally()
+            for v in (self.rollout.baseline_version, self.rollout.candidate_version)
         )
-        cand = (
-            VersionTally.from_dict(found[self.rollout.candidate_version])
-            if self.rollout.candidate_version in found
-            else VersionTally()
-        )
-        return base, cand
 
     def _start_candidate(self) -> bool:
         """The candidate's application, started unless it runs; False (and rolled back) if it does not start."""
@@ -257,14 +272,12 @@ class _Rollout:
         alias, registered = self.rollout.plan.get("alias"), self.rollout.plan.get("candidate_registered")
         if not alias or not registered:
             return None
-        name = parse_ref(registered).name
-        self.store.set_alias(name, alias, parse_ref(registered).version)
-        self.send(
-            "model_version_alias.created",
-            {"name": name, "alias": alias, "version": parse_ref(registered).version},
-            f"{name}@{alias}",
-        )
-        return f"{name}@{alias} -> {registered}"
+        ref = parse_ref(registered)
+        assert ref.version is not None
+        self.store.set_alias(ref.name, alias, ref.version)
+        data = {"name": ref.name, "alias": alias, "version": ref.version}
+        self.send("model_version_alias.created", data, f"{ref.name}@{alias}")
+        return f"{ref.name}@{alias} -> {registered}"
 
     # ---- the loop -------------------------------------------------------------------------------------------------
 
@@ -294,14 +307,17 @@ class _Rollout:
         started, said, held = time.monotonic(), "", False
         while True:
             time.sleep(self.tick_s)
-            stored = self.store.get_rollout(self.rollout.id)
-            if stored.state not in ("running", "paused"):  # promoted, promoting or aborted by another command
-                self.rollout = stored
-                return stored.state
-            self.rollout = self.store.update_rollout(
-                self.rollout.id, heartbeat_at=datetime.now(UTC), controller=_controller_id()
-            )
-            if stored.state == "paused":
+            try:  # the heartbeat, and where the rollout stands: one write
+                self.rollout = self.store.update_rollout(
+                    self.rollout.id,
+                    expect=("running", "paused"),
+                    heartbeat_at=datetime.now(UTC),
+                    controller=_controller_id(),
+                )
+            except RegistryError:  # promoted, promoting or aborted by another command meanwhile
+                self.rollout = self.store.get_rollout(self.rollout.id)
+                return self.rollout.state
+            if self.rollout.state == "paused":
                 base0, cand0 = self._tallies()  # a window starts again on resume
                 started = time.monotonic()
                 continue
@@ -420,36 +436,30 @@ def rollout_start(
         named = baseline.artifact.registered_as if baseline.artifact is not None else None
         if promote_alias is None and named and "@" in named:
             promote_alias = named.rsplit("@", 1)[1]
-        with tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging:
-            cluster = _Cluster(address, spec, staging)
-            try:
-                running = _running_spec(cluster.running_app(spec.name)).model(model)
-                if running.version == candidate.version:
-                    bad_input(f"--to {to}: {spec.name}/{model} already serves version {candidate.version}")
-                plan = {
-                    "candidate": candidate.model_dump(mode="json"),
-                    "candidate_registered": registered.uri,
-                    "steps": plan_steps,
-                    "interval_s": interval_s,
-                    "limits": {
-                        "max_error_rate": max_error_rate,
-                        "max_p95_ratio": ratio,
-                        "max_p95_ms": max_p95_ms,
-                        "min_requests": min_requests,
-                    },
-                    "alias": promote_alias,
-                }
-                rollout = store.start_rollout(
-                    spec.name, model, address, strategy, running.version, candidate.version, plan
-                )
-                send(
-                    "rollout.started",
-                    {"rollout": rollout.id, "app": spec.name, "model": model, **plan},
-                    f"{spec.name}/{model}",
-                )
-                _drive(store, cluster, rollout, send)
-            finally:
-                cluster.target.disconnect()
+        with _connected(address, spec) as cluster:
+            running = _running_spec(cluster.running_app(spec.name)).model(model)
+            if running.version == candidate.version:
+                bad_input(f"--to {to}: {spec.name}/{model} already serves version {candidate.version}")
+            plan = {
+                "candidate": candidate.model_dump(mode="json"),
+                "candidate_registered": registered.uri,
+                "steps": plan_steps,
+                "interval_s": interval_s,
+                "limits": {
+                    "max_error_rate": max_error_rate,
+                    "max_p95_ratio": ratio,
+                    "max_p95_ms": max_p95_ms,
+                    "min_requests": min_requests,
+                },
+                "alias": promote_alias,
+            }
+            rollout = store.start_rollout(spec.name, model, address, strategy, running.version, candidate.version, plan)
+            send(
+                "rollout.started",
+                {"rollout": rollout.id, "app": spec.name, "model": model, **plan},
+                f"{spec.name}/{model}",
+            )
+            _drive(store, cluster, rollout, send)
 
 
 def _running_spec(described: dict):
@@ -613,12 +623,8 @@ def rollout_resume(
         if _controller_alive(rollout):
             out.print(f"rollout #{rollout.id} resumed; {rollout.controller} drives it", markup=False)
             return
-        with tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging:
-            cluster = _Cluster(address, spec, staging)
-            try:
-                _drive(store, cluster, rollout, send)
-            finally:
-                cluster.target.disconnect()
+        with _connected(address, spec) as cluster:
+            _drive(store, cluster, rollout, send)
 
     _act(spec_path, model, address, insecure_no_ray_auth, resume)
 
@@ -632,12 +638,8 @@ def rollout_promote(
     def promote(store, spec, address, rollout, send) -> None:
         if not rollout.active:
             bad_input(f"rollout #{rollout.id} is {rollout.state}: nothing to promote")
-        with tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging:
-            cluster = _Cluster(address, spec, staging)
-            try:
-                _Rollout(store, cluster, rollout, send).promote()
-            finally:
-                cluster.target.disconnect()
+        with _connected(address, spec) as cluster:
+            _Rollout(store, cluster, rollout, send).promote()
 
     _act(spec_path, model, address, insecure_no_ray_auth, promote)
 
@@ -651,11 +653,7 @@ def rollout_abort(
     def abort(store, spec, address, rollout, send) -> None:
         if not rollout.active:
             bad_input(f"rollout #{rollout.id} is {rollout.state}: nothing to abort")
-        with tempfile.TemporaryDirectory(prefix="modelfleet-code-") as staging:
-            cluster = _Cluster(address, spec, staging)
-            try:
-                _Rollout(store, cluster, rollout, send)._take_back("aborted", "aborted by an operator")
-            finally:
-                cluster.target.disconnect()
+        with _connected(address, spec) as cluster:
+            _Rollout(store, cluster, rollout, send)._take_back("aborted", "aborted by an operator")
 
     _act(spec_path, model, address, insecure_no_ray_auth, abort)
