@@ -9,6 +9,7 @@ AZURITE  := .tools/azurite/node_modules/.bin/azurite-blob
 CHROMIUM := /usr/bin/chromium
 SSHD     := /usr/sbin/sshd
 POSTGRES := /usr/bin/pg_ctlcluster
+PROMETHEUS := /usr/bin/promtool
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DIGITS   := examples/digits/artifacts/digits/1/model.safetensors
 MINILM   := examples/embeddings/artifacts/all-MiniLM-L6-v2/config.json
@@ -87,6 +88,11 @@ $(SSHD):
 $(POSTGRES):
 	$(call apt_install,--no-install-recommends postgresql)
 
+# Debian's Prometheus and promtool: tests scrape a running app with a real Prometheus and check and unit-test the
+# shipped and generated rules (tests/fixtures/prometheus.py starts it on a free loopback port).
+$(PROMETHEUS):
+	$(call apt_install,--no-install-recommends prometheus)
+
 # Style, lint and the rooms' layering (pyproject.toml's import-linter contracts): seconds, before the tests.
 lint: setup
 	$(BIN)/ruff format --check --quiet .
@@ -94,18 +100,20 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
-test: setup artifacts $(CHROMIUM) $(SSHD) $(POSTGRES) lint
-	$(BIN)/pytest $(PYTEST_WORKERS) -m "not onprem"
+test: setup artifacts $(CHROMIUM) $(SSHD) $(POSTGRES) $(PROMETHEUS) lint
+	$(BIN)/pytest $(PYTEST_WORKERS) -m "not multinode"
 
 # The everyday lane: every test that needs no Ray (specs, tensors, storage against its emulators, the CLI's errors,
 # reports in Chromium, the batcher and the coalescer, the test bed's SSH hosts): about two minutes.
-test-fast: setup artifacts $(CHROMIUM) $(SSHD) $(POSTGRES) lint
-	$(BIN)/pytest $(PYTEST_WORKERS) --without-ray -m "not onprem"
+test-fast: setup artifacts $(CHROMIUM) $(SSHD) $(POSTGRES) $(PROMETHEUS) lint
+	$(BIN)/pytest $(PYTEST_WORKERS) --without-ray -m "not multinode"
 
-# A real multi-node Ray on the on-prem test bed (hosts in network namespaces, reached over SSH): launched, deployed
-# to and stopped from this machine (tests/test_onprem_cluster.py). Needs root; `.ci/run` runs it after `make test`.
+# Rays of several nodes (the `multinode` marker), one at a time: local-sim's simulated CPU and GPU pools scaling on
+# this machine (tests/test_local_sim.py), and a real multi-node Ray on the on-prem test bed (hosts in network
+# namespaces, reached over SSH), launched, deployed to and stopped from here (tests/test_onprem_cluster.py).
+# Needs root; `.ci/run` runs it after `make test`.
 test-cluster: setup artifacts $(SSHD)
-	$(BIN)/pytest -m onprem
+	$(BIN)/pytest -m multinode
 
 # Benchmarks with their baselines run side by side (minutes; not part of `make test`): see BENCHMARKS.md.
 bench: setup artifacts

@@ -3,6 +3,9 @@
 An app with a GPU-pool model (the fraud example's GPU scorer) makes the autoscaler add a simulated GPU node, which
 goes away after the idle timeout once the app is removed; `down` leaves no process
 of the cluster behind. The cluster runs in its own session.
+
+In `make test-cluster` with the on-prem test bed (the `multinode` marker): a Ray of several nodes is too much to
+share two cores with the rest of `make test`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from groundwork.processes import session_pids
 from loadtests.chaos import BackgroundLoad, kill_node, replaced_elsewhere, replica_nodes
 from tests.fixtures.browser import RUN_PLOTS, assert_drawn
 from tests.helpers import ROOT, delete_app, listening_addresses, not_on_loopback, ray_driver, run_cli, wait_until
+
+pytestmark = pytest.mark.multinode
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from tests.helpers import ROOT, run_cli
 
 pytestmark = [
     pytest.mark.onprem,
+    pytest.mark.multinode,
     pytest.mark.skipif(os.geteuid() != 0, reason="the test bed needs root (namespaces, bridges, mounts)"),
     pytest.mark.skipif(
         not testbed.SSHD.exists(), reason="Debian's openssh-server is not installed (`make test` installs it)"
