@@ -46,6 +46,7 @@ class BackgroundLoad:
 
     def __init__(self, url: str, body: dict, folder: Path, seconds: float, users: int = 4, api_key: str | None = None):
         folder.mkdir(parents=True, exist_ok=True)
+        self.users = users
         payload, self.report, self.log = folder / "payload.json", folder / "report", folder / "loadtest.log"
         payload.write_text(json.dumps(body))
         command = [

@@ -14,7 +14,7 @@ from .generator import Progress, generate
 from .measure import summarize
 from .records import RunConfig, RunRecord
 from .scenario import Scenario
-from .server_counts import ReplicaWatcher, ServerCounts, scrape
+from .server_counts import SETTLE_S, ReplicaWatcher, ServerCounts, scrape
 from .shapes import Stage
 
 __all__ = ["COUNT_TOLERANCE", "measure_run"]
@@ -29,7 +29,6 @@ def measure_run(
     config: RunConfig,
     *,
     app: AppProcess | DeployedApp | None = None,
-    ingress_replicas: int = 1,
     workers: int = 0,
     report_dir: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
@@ -38,7 +37,7 @@ def measure_run(
 ) -> RunRecord:
     """`stop_on_interrupt`: Ctrl-C ends the load and the record covers what ran (`RunRecord.interrupted_at_s`)."""
     metrics_url = scenario.base_url + scenario.metrics_path
-    before = scrape(metrics_url, scenario.headers, ingress_replicas)
+    before = scrape(metrics_url, scenario.headers, settle_s=SETTLE_S)
     with tempfile.TemporaryDirectory(prefix="modelfleet-replicas-") as scratch:
         watcher = None
         if app is not None and app.ray_address and app.watch_replicas and config.app:
@@ -58,7 +57,7 @@ def measure_run(
             started = measured.started
         finally:
             replicas = watcher.stop(started or 0.0) if watcher else []
-    after = scrape(metrics_url, scenario.headers, ingress_replicas)
+    after = scrape(metrics_url, scenario.headers, settle_s=SETTLE_S)
     record = summarize(measured, stages, config)
     record.replicas = replicas
     if before is not None and after is not None:

@@ -1,9 +1,8 @@
 """What the server itself saw: request counts and batch sizes from the ingress's /metrics, replicas from Serve.
 
 The generator's numbers are only trusted when the server agrees: a run's
-request count is compared with the ingress's own counter. Each ingress
-replica serves its own /metrics (and labels itself), so the scraper keeps
-asking until it has heard from every replica.
+request count is compared with the ingress's own counter, summed over its
+replicas by the app's monitor (serve_apps/monitor.py).
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .records import ReplicaPoint
 
-__all__ = ["ReplicaWatcher", "ServerCounts", "scrape"]
+__all__ = ["SETTLE_S", "ReplicaWatcher", "ServerCounts", "scrape"]
+
+SETTLE_S = 1.2  # a little over how often replicas hand their counts to the app's monitor (serve_apps/monitor.py)
 
 
 @dataclass
@@ -47,50 +48,40 @@ class ServerCounts:
         return round(self.batch_rows_sum.get(model, 0.0) / count, 2) if count else None
 
 
-def _parse(text: str) -> tuple[str | None, ServerCounts]:
-    replica, counts = None, ServerCounts()
+def _parse(text: str) -> ServerCounts:
+    counts = ServerCounts()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             model = sample.labels.get("model", "")
-            if sample.name == "modelfleet_ingress_replica":
-                replica = sample.labels.get("replica")
-            elif sample.name == "modelfleet_requests_total":
-                counts.requests[model] = counts.requests.get(model, 0.0) + sample.value
-            elif sample.name == "modelfleet_batch_rows_sum":
-                counts.batch_rows_sum[model] = sample.value
-            elif sample.name == "modelfleet_batch_rows_count":
-                counts.batch_rows_count[model] = sample.value
-    return replica, counts
+            for name, into in (
+                ("modelfleet_requests_total", counts.requests),
+                ("modelfleet_batch_rows_sum", counts.batch_rows_sum),
+                ("modelfleet_batch_rows_count", counts.batch_rows_count),
+            ):
+                if sample.name == name:  # summed over versions
+                    into[model] = into.get(model, 0.0) + sample.value
+    return counts
 
 
-def scrape(metrics_url: str, headers: dict[str, str], replicas: int = 1, attempts: int = 40) -> ServerCounts | None:
-    """The ingress's counters (at `metrics_url`) summed over `replicas` replicas; None when the target has no
-    modelfleet metrics there."""
-    seen: dict[str, ServerCounts] = {}
+def scrape(metrics_url: str, headers: dict[str, str], settle_s: float = 0.0, attempts: int = 10) -> ServerCounts | None:
+    """The app's counters at `metrics_url` (the app's monitor sums its replicas: one scrape sees them all); None when
+    the target has no modelfleet metrics there. `settle_s`: after a load, scrape again this far apart until two
+    scrapes agree (each replica hands its counts to the monitor every second: PUSH_S in serve_apps/monitor.py)."""
     with httpx.Client(timeout=10, headers={k: v for k, v in headers.items() if k == "Authorization"}) as client:
+        last = None
         for _ in range(attempts):
             try:
                 resp = client.get(metrics_url)
             except httpx.HTTPError:
                 return None
-            if resp.status_code != 200:
+            if resp.status_code != 200 or "modelfleet_" not in resp.text:
                 return None
-            replica, counts = _parse(resp.text)
-            seen[replica or "?"] = counts
-            if replica is None or len(seen) >= replicas:
-                break
-    if len(seen) < replicas:
-        return None  # a replica never answered: a partial count would look like lost requests
-    total = ServerCounts()
-    for counts in seen.values():
-        for mine, theirs in (
-            (total.requests, counts.requests),
-            (total.batch_rows_sum, counts.batch_rows_sum),
-            (total.batch_rows_count, counts.batch_rows_count),
-        ):
-            for model, value in theirs.items():
-                mine[model] = mine.get(model, 0.0) + value
-    return total
+            counts = _parse(resp.text)
+            if not settle_s or (last is not None and counts.requests == last.requests):
+                return counts
+            last = counts
+            time.sleep(settle_s)
+        return last
 
 
 class ReplicaWatcher:

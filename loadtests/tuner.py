@@ -112,7 +112,6 @@ def tune(
                 plan,
                 config,
                 app=app,
-                ingress_replicas=spec.ingress.num_replicas,
                 on_progress=functools.partial(on_progress, trial) if on_progress else None,
             )
             runs[trial.number] = run

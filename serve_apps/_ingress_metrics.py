@@ -1,20 +1,25 @@
-"""The ingress's Prometheus metrics: each ingress replica keeps and serves its own."""
+"""The ingress's Prometheus metrics: each ingress replica counts its own and pushes them to the app's monitor
+(monitor.py), whose merged view `/metrics` answers (docs/metrics.md lists every series)."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["IngressMetrics"]
+__all__ = ["LATENCY_BUCKETS", "IngressMetrics"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class IngressMetrics:
     """Per-ingress-replica Prometheus metrics (each replica exposes its own /metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, slo_bounds_s: Iterable[float] = ()) -> None:
+        """`slo_bounds_s`: latency bounds of the app's SLOs, made bucket bounds so an SLO's ratio is exact."""
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "modelfleet_requests",
@@ -27,10 +32,25 @@ class IngressMetrics:
             "Inference latency seen by the ingress, by model, the version that answered, and protocol.",
             ["model", "version", "protocol"],
             registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=sorted({*LATENCY_BUCKETS, *slo_bounds_s}),
+        )
+        self.in_flight = Gauge(
+            "modelfleet_requests_in_flight",
+            "Inference requests the ingress is answering, by model and the version answering.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.cold_starts = Counter(
+            "modelfleet_cold_starts",
+            "Requests that found their model with no running replica (scaled to zero): each waits for a start.",
+            ["model", "version"],
+            registry=self.registry,
         )
         self.rows = Counter(
-            "modelfleet_rows", "Rows (batch items) inferred, by model.", ["model"], registry=self.registry
+            "modelfleet_rows",
+            "Rows (batch items) inferred, by model and version.",
+            ["model", "version"],
+            registry=self.registry,
         )
         self.retries = Counter(
             "modelfleet_replica_retries",
@@ -41,7 +61,7 @@ class IngressMetrics:
         self.batch_rows = Histogram(
             "modelfleet_batch_rows",
             "Rows in the model batch that served each request (dynamic batching at work).",
-            ["model"],
+            ["model", "version"],
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
@@ -80,10 +100,10 @@ class IngressMetrics:
             registry=self.registry,
         )
         self._answered: dict[tuple[str, str, str, int], tuple[Any, Any, Any, Any]] = {}
-        # Which replica answered this scrape: a scraper behind a shared port can tell replicas apart and sum them.
+        # One series per live ingress replica in the merged view: how many there are, and which.
         Gauge(
             "modelfleet_ingress_replica",
-            "This ingress replica (each serves its own /metrics).",
+            "An ingress replica that is alive and counting (one series each).",
             ["replica"],
             registry=self.registry,
         ).labels(f"{socket.gethostname()}:{os.getpid()}").set(1)
@@ -100,8 +120,8 @@ class IngressMetrics:
             series = self._answered[key] = (
                 self.requests.labels(model, version, protocol, str(status)),
                 self.latency.labels(model, version, protocol),
-                self.rows.labels(model),
-                self.batch_rows.labels(model),
+                self.rows.labels(model, version),
+                self.batch_rows.labels(model, version),
             )
         requests, latency, rows_done, batches = series
         requests.inc()

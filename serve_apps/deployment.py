@@ -23,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
 from ray import serve
 
 from providers.storage import ArtifactNotFound, fetch
@@ -35,11 +38,15 @@ from .batching import RowBatcher
 from .coalescing import ManyRequests
 from .eviction import multiplexed
 from .loaders import Model, load_model, pick_device, runs_inline
+from .monitor import ReplicaMetrics
 from .request_error import RequestError
 from .spec import ModelSpec
 from .tensors import rows_of
 
-__all__ = ["ModelDeployment"]
+__all__ = ["LATENCY_BUCKETS", "ModelDeployment"]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 logger = logging.getLogger("ray.serve")
 
@@ -54,22 +61,70 @@ def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, n
     return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(sizes))]
 
 
-async def _predict(model: Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """In a worker thread, so a slow model never blocks the replica's event loop; inline when cheaper than the hop."""
+async def _predict(model: Model, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    """(outputs, seconds the model took). In a worker thread, so a slow model never blocks the replica's event loop;
+    inline when cheaper than the hop."""
+    started = time.perf_counter()
     if runs_inline(model):
-        return model.predict(inputs)
-    return await asyncio.to_thread(model.predict, inputs)
+        outputs = model.predict(inputs)
+    else:
+        outputs = await asyncio.to_thread(model.predict, inputs)
+    return outputs, time.perf_counter() - started
 
 
 class _Loaded:
     """A multiplexed model, which says when Serve evicts it (Serve calls `__del__` on eviction)."""
 
-    def __init__(self, model: Model, model_id: str, loaded: set[str]):
-        self.model, self.model_id, self._loaded = model, model_id, loaded
+    def __init__(self, model: Model, model_id: str, loaded: set[str], evicted: Counter):
+        self.model, self.model_id, self._loaded, self._evicted = model, model_id, loaded, evicted
         loaded.add(model_id)
 
     def __del__(self) -> None:
         self._loaded.discard(self.model_id)
+        self._evicted.inc()
+
+
+class _ModelMetrics(ReplicaMetrics):
+    """What a model replica counts (pushed to the app's monitor, monitor.py; docs/metrics.md)."""
+
+    def __init__(self, spec: ModelSpec, requests: Callable[[], float], loaded: Callable[[], float]) -> None:
+        super().__init__(f"model:{spec.name}@{spec.version}")
+        labels = {"model": spec.name, "version": spec.version}
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+            return Histogram(name, doc, list(labels), registry=self.registry, buckets=buckets).labels(**labels)
+
+        self.model_latency = histogram(
+            "modelfleet_model_latency_seconds", "Time the model took per call (a batch, or a request unbatched)."
+        )
+        self.queue_latency = histogram(
+            "modelfleet_queue_latency_seconds",
+            "Time a request waited in the model's replica before its batch ran (arrival to the model's start).",
+        )
+        self.load = histogram(
+            "modelfleet_model_load_seconds",
+            "Time to fetch and load a model (a replica's start, or a multiplexed model's first use).",
+            LOAD_BUCKETS,
+        )
+        self.evictions = Counter(
+            "modelfleet_multiplexed_evictions",
+            "Multiplexed models unloaded from a replica to make room for another.",
+            list(labels),
+            registry=self.registry,
+        ).labels(**labels)
+        gauge = Gauge(
+            "modelfleet_multiplexed_models_loaded",
+            "Multiplexed models loaded in the model's replicas.",
+            list(labels),
+            registry=self.registry,
+        )
+        gauge.labels(**labels).set_function(loaded)
+        Gauge(
+            "modelfleet_replica_requests",
+            "Requests in the model's replicas, running or waiting: what Serve's autoscaler scales on.",
+            list(labels),
+            registry=self.registry,
+        ).labels(**labels).set_function(requests)
 
 
 class ModelDeployment(ManyRequests):
@@ -79,9 +134,12 @@ class ModelDeployment(ManyRequests):
     def __init__(self, model_spec: dict, local_door: bool = False):
         keep_serve_internals_off_the_console()
         self.spec = ModelSpec.model_validate(model_spec)
+        self._loaded: set[str] = set()
+        self.meters = _ModelMetrics(self.spec, lambda: self._requests, lambda: len(self._loaded))
+        self.meters.start_pushing()
         self.device = pick_device(self.spec.resources.num_gpus)
         batching = self.spec.batching
-        self._batcher: RowBatcher[dict[str, np.ndarray], tuple[dict[str, np.ndarray], int]] | None = None
+        self._batcher: RowBatcher[dict[str, np.ndarray], tuple[dict[str, np.ndarray], int, float]] | None = None
         if batching is not None:
             self._batcher = RowBatcher(self._run_batch, batching.max_batch_size, batching.batch_wait_timeout_s)
         self.name = self.spec.name
@@ -95,14 +153,23 @@ class ModelDeployment(ManyRequests):
                 self._open_local_door()
             return
         self._paths: dict[str, Path] = {}  # model id -> fetched artifact (ids are few: the family's size)
-        self._loaded: set[str] = set()
 
         async def load_variant(model_id: str) -> _Loaded:
-            return _Loaded(await asyncio.to_thread(self._load, model_id), model_id, self._loaded)
+            model = await asyncio.to_thread(self._load, model_id)
+            return _Loaded(model, model_id, self._loaded, self.meters.evictions)
 
         self._variant = multiplexed(
             load_variant, self.spec.multiplex.max_models_per_replica, self.spec.multiplex.eviction
         )
+
+    def __del__(self) -> Awaitable[Any] | None:
+        """Serve awaits this when it stops the replica: the local door's drain, and the last push of its metrics."""
+        door = super().__del__()
+        meters = getattr(self, "meters", None)  # absent when the constructor failed early
+        goodbye = meters.goodbye_soon() if meters is not None else None
+        if goodbye is None or door is None:
+            return door or goodbye
+        return asyncio.gather(door, goodbye)  # (a loop runs: goodbye is a task of it)
 
     def _load(self, model_id: str | None) -> Model:
         started = time.perf_counter()
@@ -111,9 +178,9 @@ class ModelDeployment(ManyRequests):
             path = fetch(self.spec.artifact_uri(model_id), sha256=self.spec.artifact.sha256)
         model = load_model(self.spec, path, self.device)
         label = f"{self.spec.name}:{model_id}" if model_id else self.spec.name
-        logger.info(
-            "model %s v%s loaded on %s in %.3fs", label, self.spec.version, self.device, time.perf_counter() - started
-        )
+        seconds = time.perf_counter() - started
+        self.meters.load.observe(seconds)
+        logger.info("model %s v%s loaded on %s in %.3fs", label, self.spec.version, self.device, seconds)
         return model
 
     async def _model(self, model_id: str | None = None) -> Model:
@@ -132,22 +199,28 @@ class ModelDeployment(ManyRequests):
 
     async def _infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """(outputs, rows in the batch that served them): the second makes batching observable."""
+        arrived = time.perf_counter()
         rows = rows_of(inputs)
         if self._batcher is None or rows > self._batcher.max_rows:
             # Unbatched, or too big to share a batch: it is a batch on its own.
             model = await self._model()
             async with self._slots:
-                return await _predict(model, inputs), rows
-        model_id = serve.get_multiplexed_model_id() if self.spec.multiplex is not None else None
-        return await self._batcher.submit(model_id, inputs, rows)
+                outputs, model_s = await _predict(model, inputs)
+            self.meters.model_latency.observe(model_s)
+        else:
+            model_id = serve.get_multiplexed_model_id() if self.spec.multiplex is not None else None
+            outputs, rows, model_s = await self._batcher.submit(model_id, inputs, rows)
+        self.meters.queue_latency.observe(max(0.0, time.perf_counter() - arrived - model_s))
+        return outputs, rows
 
     async def _run_batch(
         self, model_id: str | None, items: list[dict[str, np.ndarray]]
-    ) -> list[tuple[dict[str, np.ndarray], int]]:
+    ) -> list[tuple[dict[str, np.ndarray], int, float]]:
         sizes = [rows_of(item) for item in items]
         model = await self._model(model_id)
-        outputs = await _predict(model, _concat(items) if len(items) > 1 else items[0])
-        return [(part, sum(sizes)) for part in _split(outputs, sizes)]
+        outputs, model_s = await _predict(model, _concat(items) if len(items) > 1 else items[0])
+        self.meters.model_latency.observe(model_s)
+        return [(part, sum(sizes), model_s) for part in _split(outputs, sizes)]
 
     def loaded_models(self) -> list[str]:
         """Ids of a multiplexed family loaded in this replica right now (a handle method, for operators and tests)."""

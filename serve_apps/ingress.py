@@ -17,6 +17,7 @@ all of the deployment's replicas run on this node (local_hop.py; `ingress.local_
 import asyncio
 import logging
 import os
+import random
 import socket
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -32,6 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
 from groundwork.net import is_loopback_host
+from monitoring.audit import AuditLog, BackgroundAuditWriter, audit_folder
 
 from ._deployment_states import DeploymentStates
 from ._http import (
@@ -56,6 +58,7 @@ from .coalescing import Coalescer, hop, model_hop, once_more_if_the_replica_died
 from .deployment import ModelDeployment
 from .listener import Limits, Listener, Tls
 from .local_hop import ReplicaLost
+from .monitor import ReplicaMetrics
 from .request_error import RequestError
 from .rollout import DESK_NAMESPACE, LOOK_S, SYNC_S, VersionTally, agreement, desk_name
 from .spec import AppSpec, ModelSpec
@@ -67,6 +70,7 @@ __all__ = ["Ingress", "api"]
 logger = logging.getLogger("ray.serve")
 
 STATES_TTL_S = 1.0  # how stale readiness may be: probes must not each cost a controller round trip
+DENIED_AUDIT_FILES = 100  # 10 MiB each: a flood of denied requests keeps the last ~3 million lines
 MAX_SHADOWS_IN_FLIGHT = 64  # copies for shadow versions beyond this are skipped (and counted): never a backlog
 
 
@@ -96,13 +100,23 @@ class Ingress:
         keep_serve_internals_off_the_console()
         self.app_spec = AppSpec.model_validate(app_spec)
         self.keys = KeyRing.from_hashes(keys)
+        # Denied requests go to the audit log of the node this replica runs on (monitoring/audit.py), by a writer
+        # thread: a bounded queue, and a bounded number of files, whatever hostile callers send.
+        self.denials = (
+            BackgroundAuditWriter(AuditLog(audit_folder(), keep_files=DENIED_AUDIT_FILES))
+            if self.keys.enabled
+            else None
+        )
         self.specs: dict[str, ModelSpec] = {m.name: m for m in self.app_spec.models}
         self.handles = models
         # Embedded models answer in this process: no handle hop (see ModelSpec.embedded).
         self.embedded = {m.name: ModelDeployment(m.model_dump(mode="json")) for m in self.app_spec.models if m.embedded}
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
         self.request_timeout_s = self.app_spec.ingress.request_timeout_s
-        self.meters = IngressMetrics()  # not `metrics`: that name is the /metrics route
+        self.meters = IngressMetrics(self.app_spec.slo_bounds_s())  # not `metrics`: that name is the /metrics route
+        # What this replica counts goes to the app's monitor (monitor.py), whose sum over replicas /metrics answers.
+        self.pusher = ReplicaMetrics("ingress", self.meters.registry, app_spec)
+        self.pusher.start_pushing()
         self.listen = listen
         self.listener: Listener | None = None
         self.states = DeploymentStates(STATES_TTL_S)
@@ -153,6 +167,14 @@ class Ingress:
         listener = getattr(self, "listener", None)  # absent when the constructor failed early
         if listener is not None:
             await listener.stop()
+        denials = getattr(self, "denials", None)
+        if denials is not None:
+            await asyncio.to_thread(denials.close)
+        pusher = getattr(self, "pusher", None)
+        if pusher is not None:
+            await pusher.goodbye()
+            for model in self.embedded.values():
+                await model.meters.goodbye()
 
     def _model_hop(
         self, handle: DeploymentHandle, spec: ModelSpec, deployment: str, app: str | None = None
@@ -176,21 +198,39 @@ class Ingress:
     # ---- request plumbing -------------------------------------------------
 
     def _authorize(self, request: Request, model: str | None, any_key: bool = False) -> ApiKey | None:
-        """The caller's key: 401 without a valid one, 403 when it lacks the scope. None when no keys are configured."""
+        """The caller's key: 401 without a valid one, 403 when it lacks the scope (each denial a line in the audit
+        log). None when no keys are configured."""
         if not self.keys.enabled:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            self._denied(request, "key:none", model, "no key")
             raise RequestError(
                 401, "missing API key: send `Authorization: Bearer <key>`", {"WWW-Authenticate": "Bearer"}
             )
         key = self.keys.find(token.strip())
         if key is None:
+            self._denied(request, "key:?", model, "invalid key")  # never the key itself
             raise RequestError(401, "invalid API key", {"WWW-Authenticate": "Bearer"})
         if not (any_key or key.allows(model)):
             need = f"invoke:{model}" if model else "admin"
+            self._denied(request, f"key:{key.name}", model, f"lacks {need}")
             raise RequestError(403, f"key {key.name!r} lacks the scope this needs ({need})")
         return key
+
+    def _denied(self, request: Request, actor: str, model: str | None, why: str) -> None:
+        """A denied request's audit line, queued: never slower for a flood of them (a full queue drops, counted)."""
+        if self.denials is None:
+            return
+        self.denials.submit(
+            "request.denied",
+            f"{self.app_spec.name}{request.url.path}"[:200],
+            "denied",
+            actor=actor,
+            source=request.client.host if request.client else None,
+            request_id=request_id_of(request),
+            details={"why": why, "model": model} if model else {"why": why},
+        )
 
     def _authorized_model(self, request: Request, name: str, version: str | None = None) -> ModelSpec:
         """The model (or family, for 'family:id') a request names, once its key may use it.
@@ -271,9 +311,15 @@ class Ingress:
         started = time.perf_counter()
         status, batch_rows = 200, 0
         version = route.version if route is not None else spec.version
+        in_flight = self.meters.in_flight.labels(spec.name, version)
+        in_flight.inc()
+        if self.states.running_replicas(route.deployment if route else spec.name, max_age_s=5.0) == 0:
+            self.meters.cold_starts.labels(spec.name, version).inc()
         try:
             async with asyncio.timeout(self.request_timeout_s):  # no extra task per request, unlike wait_for
                 outputs, batch_rows = await self._call(spec, inputs, model_id, route)
+            if spec.drift is not None and (spec.drift.sample_rate >= 1 or random.random() < spec.drift.sample_rate):
+                self.pusher.tap(spec.name, version, inputs, rows_of(inputs))  # for the monitor's drift windows
             traffic = self.traffic.get(spec.name)
             if traffic is not None:
                 for shadow in traffic.shadows(route):
@@ -314,6 +360,7 @@ class Ingress:
             logger.exception("model %s failed on request %s", spec.name, request_id)
             raise ModelFailed(spec.name, request_id) from None
         finally:
+            in_flight.dec()
             seconds = time.perf_counter() - started
             self.meters.answered(
                 spec.name, version, protocol, status, seconds, rows_of(inputs) if status == 200 else 0, batch_rows
@@ -607,10 +654,18 @@ class Ingress:
         state = (await self._model_states()).get(spec.name, "UNKNOWN")
         return {"name": spec.name, "ready": state == "HEALTHY"}
 
-    @api.get("/metrics", summary="Prometheus metrics of this ingress replica")
+    @api.get("/metrics", summary="Prometheus metrics of the app: every replica's counts, summed (docs/metrics.md)")
     async def metrics(self, request: Request) -> Response:
         self._authorize(request, None)
-        return Response(generate_latest(self.meters.registry), media_type=CONTENT_TYPE_LATEST)
+        try:
+            await self.pusher.push()  # what this replica counted up to now is in the answer
+            monitor = await self.pusher.monitor()
+            return Response(await monitor.exposition.remote(), media_type=CONTENT_TYPE_LATEST)
+        except Exception as exc:  # the monitor is (re)starting: a scrape that fails is better than one that lies
+            logger.warning("metrics: the app's monitor did not answer: %s", exc)
+            raise RequestError(
+                503, "the app's metrics are being gathered; retry shortly", {"Retry-After": "1"}
+            ) from None
 
     async def _model_states(self) -> dict[str, str]:
         """Each model's state (and each of its spec's candidates', as NAME@VERSION), asked of Serve's controller at

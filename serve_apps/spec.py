@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from groundwork.specs import Strict
+from monitoring.drift import DriftSettings
+from monitoring.slo import SloSpec
 from providers.storage import resolve_uri
 
 from ._spec_sections import (
@@ -149,6 +151,14 @@ class ModelSpec(Strict):
             "x-modelfleet-unit header, else its API key), so a unit always meets the same version (A/B tests)."
         ),
     )
+    slo: SloSpec | None = Field(
+        default=None,
+        description="Service level objectives: availability and latency over a window (`modelfleet slo rules|report`).",
+    )
+    drift: DriftSettings | None = Field(
+        default=None,
+        description="Compare this model's inputs with its version's reference profile, window by window, and alert.",
+    )
     embedded: bool = Field(
         default=False,
         description=(
@@ -165,6 +175,15 @@ class ModelSpec(Strict):
         if why:
             raise ValueError(why)
         return value
+
+    @model_validator(mode="after")
+    def _drift_has_a_reference(self) -> ModelSpec:
+        if self.drift is not None and not self.drift.reference:
+            raise ValueError(
+                "drift needs a reference: add drift.reference, the training data (.csv, .jsonl, .npz) or a profile "
+                "of it (python -m monitoring.drift DATA -o profile.json), as a path or a storage URI"
+            )
+        return self
 
     @model_validator(mode="after")
     def _room_for_a_full_batch(self) -> ModelSpec:
@@ -422,6 +441,10 @@ class AppSpec(Strict):
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 
+    def slo_bounds_s(self) -> list[float]:
+        """The latency bounds of the models' SLOs, in seconds: the ingress's latency histogram has a bucket at each."""
+        return sorted({bound for m in self.models if m.slo for _, bound in m.slo.latency_targets().values()})
+
     def keys_path(self) -> Path | None:
         return (self._base_dir / self.ingress.keys_file).resolve() if self.ingress.keys_file else None
 
@@ -445,6 +468,9 @@ class AppSpec(Strict):
                     "build, deploy and run resolve registry references"
                 )
             artifact.uri = resolve_uri(artifact.uri, self._base_dir)
+        for model in copy.models:
+            if model.drift is not None and model.drift.reference:
+                model.drift.reference = resolve_uri(model.drift.reference, self._base_dir)
         copy._base_dir = self._base_dir
         return copy
 

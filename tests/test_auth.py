@@ -11,8 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from modelfleet.cli import app
+from monitoring.audit import audit_folder, query, verify
 from serve_apps.auth import KeyRing, KeysConfigError, hash_key, new_key
-from tests.helpers import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, run_cli
+from tests.helpers import ADMIN_KEY, DIGITS_KEY, ROOT, Fleet, free_port, run_cli, wait_until
 
 ECHO = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
 DIGITS = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
@@ -81,6 +82,30 @@ def test_keys_never_reach_the_logs(fleet: Fleet) -> None:
     assert log and ADMIN_KEY not in log and DIGITS_KEY not in log
 
 
+def test_each_denied_request_is_an_audit_line_that_never_holds_the_key(fleet: Fleet, modelfleet_home: Path) -> None:
+    """The fleet's ingress writes to the audit log of its node (here the session's MODELFLEET_HOME), as the CLI does."""
+    forged = "mf_forged_" + new_key()[3:]
+    ids = {"401": "audit-401-" + new_key()[3:19], "403": "audit-403-" + new_key()[3:19]}
+    with fleet.client(key=None) as client:
+        headers = {"Authorization": f"Bearer {forged}", "x-request-id": ids["401"]}
+        assert client.post("/v2/models/echo/infer", json=ECHO, headers=headers).status_code == 401
+    with fleet.client(key=DIGITS_KEY) as client:
+        assert client.post("/v2/models/echo/infer", json=ECHO, headers={"x-request-id": ids["403"]}).status_code == 403
+    folder = modelfleet_home / "audit"
+
+    def lines() -> dict[str, dict]:
+        found = query(folder, action="request.denied") if folder.exists() else []
+        return {r["request_id"]: r for r in found if r["request_id"] in ids.values()}
+
+    wait_until(lambda: len(lines()) == 2, 30, "the ingress's audit lines", None, fleet.log_path)
+    invalid, unscoped = lines()[ids["401"]], lines()[ids["403"]]
+    assert (invalid["actor"], invalid["outcome"], invalid["source"]) == ("key:?", "denied", "127.0.0.1")
+    assert unscoped["actor"] == "key:MODELFLEET_API_KEYS[2]" and unscoped["details"]["model"] == "echo"
+    assert query(folder, model="echo", since=None) and verify(folder).ok
+    written = "".join(p.read_text() for p in folder.glob("audit*.jsonl"))
+    assert forged not in written and DIGITS_KEY not in written
+
+
 def test_keys_file_and_environment_merge(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     k1, k2, k3, k4 = (new_key() for _ in range(4))
@@ -117,6 +142,8 @@ def test_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path: Path) -> 
     key = result.stdout.strip()
     assert key.startswith("mf_") and key not in path.read_text()
     assert KeyRing.load(path, env={}).find(key).scopes == ("invoke:digits",)
+    created = query(audit_folder(), action="key.created")[-1]
+    assert created["details"] == {"name": "ci", "scopes": ["invoke:digits"]} and key not in json.dumps(created)
     again = CliRunner().invoke(app, ["keys", "create", "--file", str(path), "--name", "ci", "--scope", "admin"])
     assert again.exit_code == 2 and "exists" in again.stderr
 

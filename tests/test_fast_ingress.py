@@ -172,7 +172,7 @@ def test_an_embedded_model_answers_without_a_deployment(fleet: Fleet, client, ra
     deployments = {(r["app"], r["deployment"]) for r in json.loads(status.stdout)}
     assert ("fleet", "echo") in deployments and ("fleet", "types") not in deployments
     metrics = client.get("/metrics").text
-    assert 'modelfleet_requests_total{model="types",protocol="v2",status="200",version="1"}' in metrics
+    assert 'modelfleet_requests_total{app="fleet",model="types",protocol="v2",status="200",version="1"}' in metrics
 
 
 def test_the_run_prints_both_doors(fleet: Fleet) -> None:

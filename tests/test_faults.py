@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from loadtests.chaos import BackgroundLoad, ReplicaKiller, replica_pids
+from loadtests.server_counts import SETTLE_S, scrape
 from tests.helpers import ADMIN_KEY, ROOT, Fleet, delete_app, deploy_listening, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
@@ -34,7 +35,9 @@ def _retries(fleet: Fleet, model: str) -> float:
     with fleet.client() as client:
         text = client.get("/metrics").text
     lines = [
-        line for line in text.splitlines() if line.startswith(f'modelfleet_replica_retries_total{{model="{model}"}}')
+        line
+        for line in text.splitlines()
+        if line.startswith(f'modelfleet_replica_retries_total{{app="fleet",model="{model}"}}')
     ]
     return float(lines[0].split()[-1]) if lines else 0.0
 
@@ -87,6 +90,13 @@ def rolling_app(fleet: Fleet, ray_address: str, tmp_path_factory) -> Rolling:
     delete_app(ray_address, ROLLING)
 
 
+def _server_count(rolling: Rolling) -> float:
+    """The echo's requests as the rolling app counts them (its monitor sums every ingress replica, live or gone)."""
+    counts = scrape(f"http://127.0.0.1:{rolling.port}/{ROLLING}/metrics", {}, settle_s=SETTLE_S)
+    assert counts is not None, "the rolling app's /metrics had no modelfleet series"
+    return counts.requests.get("echo", 0.0)
+
+
 def _served_version(rolling: Rolling) -> str:
     response = httpx.post(rolling.url, json=ECHO, timeout=30)
     assert response.status_code == 200, response.text
@@ -135,6 +145,7 @@ def test_rolling_updates_under_load_lose_no_request(ray_address: str, rolling_ap
     """Through the app's own port: before new ingress replicas started ahead of old ones (max_surge_percent)
     and idle connections were drained, each update refused connections for seconds."""
     updates = 1  # a deploy takes 15-30 s here (bench.faults runs 20); the load runs until 2 s after the last
+    counted_before = _server_count(rolling_app)
     load = BackgroundLoad(rolling_app.url, ECHO, rolling_app.folder / "load", 120)
     started = time.monotonic()
     time.sleep(2)  # the load is on before the first update
@@ -153,6 +164,10 @@ def test_rolling_updates_under_load_lose_no_request(ray_address: str, rolling_ap
     )
     assert summary["interrupted_at_s"] is not None, "the load ended before the updates did: raise its seconds"
     assert summary["requests"] > 100 and summary["failures"] == 0, summary
+    # Every ingress replica was replaced, and the app's count went on: nothing counted twice, nothing lost (but the
+    # requests in flight when the load stopped, which the server answered and the generator did not count).
+    counted = _server_count(rolling_app) - counted_before - updates  # less _served_version's own requests
+    assert abs(counted - summary["requests"]) <= 0.01 * summary["requests"] + load.users, (counted, summary)
 
 
 def test_a_version_that_crashes_on_its_first_request_is_refused_under_load(

@@ -215,7 +215,7 @@ def test_docs_pages_load_everything_from_this_server(fleet: Fleet, page: str) ->
 def test_metrics_count_requests(client) -> None:
     def served() -> float:
         text = client.get("/metrics").text
-        series = 'modelfleet_requests_total{model="echo",protocol="v1",status="200",version="1"}'
+        series = 'modelfleet_requests_total{app="fleet",model="echo",protocol="v1",status="200",version="1"}'
         found = [line for line in text.splitlines() if line.startswith(series)]
         return float(found[0].split()[-1]) if found else 0.0
 

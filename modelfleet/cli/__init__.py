@@ -2,7 +2,7 @@
 
 One module per command group, over one shared console module (`console`):
 `serve` (validate, schema, build, deploy, status), `run`, `keys`, `cluster`,
-`load` (loadtest, tune), `models` (the registry) and `rollout`. This module only assembles them.
+`load` (loadtest, tune), `models` (the registry), `rollout`, `slo` and `audit`. This module only assembles them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from groundwork.version import VERSION
 
-from . import cluster, keys, load, models, rollout, run, serve
+from . import audit, cluster, keys, load, models, rollout, run, serve, slo
 from .console import err
 
 __all__ = ["app", "main"]
@@ -59,6 +59,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(models.app, name="models")
 app.add_typer(rollout.app, name="rollout")
+app.add_typer(slo.app, name="slo")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from cluster.spec import Provider
 from groundwork import SpecError
 
 from .console import bad_input, err, failed, keys_for_host, load_app, out
+from .events import audit
 
 app = typer.Typer(help="Ray clusters from one YAML: render, launch, inspect.", no_args_is_help=True)
 ClusterPath = Annotated[Path, typer.Argument(help="The cluster spec (YAML).", show_default=False)]
@@ -168,7 +169,11 @@ def cluster_up(
         with err.status(f"starting {spec.name} (local-sim: Ray's fake_multinode provider, loopback only)…"):
             state = up(spec, str(spec_path))
     except LaunchError as exc:
+        audit("cluster.up", f"cluster:{spec.name}", "failed", {"provider": spec.provider.type.value})
         failed(str(exc))
+    audit(
+        "cluster.up", f"cluster:{spec.name}", details={"provider": spec.provider.type.value, "address": state.address}
+    )
     if as_json:
         out.print_json(json.dumps(asdict(state)))
         return
@@ -185,7 +190,9 @@ def _remote_up(spec, spec_path: Path, as_json: bool) -> None:
         with err.status(f"starting {spec.name} ({spec.provider.type.value}): `ray up` over SSH…"):
             cluster = remote.up(spec, str(spec_path))
     except LaunchError as exc:
+        audit("cluster.up", f"cluster:{spec.name}", "failed", {"provider": spec.provider.type.value})
         failed(str(exc))
+    audit("cluster.up", f"cluster:{spec.name}", details={"provider": spec.provider.type.value, "head": cluster.head})
     _print_network_steps(spec, spec.provider.type)
     if as_json:
         out.print_json(json.dumps(asdict(cluster)))
@@ -218,7 +225,10 @@ def cluster_down(
         with err.status(f"stopping {spec.name}…"):
             state = down(spec.name) if local_sim else remote.down(spec.name)
     except LaunchError as exc:
+        audit("cluster.down", f"cluster:{spec.name}", "failed")
         failed(str(exc))
+    if state:
+        audit("cluster.down", f"cluster:{spec.name}")
     out.print(f"cluster {spec.name!r} is down" if state else f"cluster {spec.name!r} was not up")
 
 

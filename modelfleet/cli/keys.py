@@ -11,6 +11,7 @@ import typer
 from serve_apps.auth import KeysConfigError, append_key, read_keys, remove_key
 
 from .console import bad_input, err, out
+from .events import audit
 
 app = typer.Typer(help="API keys: create, list and revoke them; only their hashes are stored.", no_args_is_help=True)
 
@@ -34,6 +35,7 @@ def keys_create(
         key = append_key(file, name, scope)
     except (KeysConfigError, ValueError) as exc:
         bad_input(str(exc).splitlines()[0])
+    audit("key.created", f"keys:{file.resolve()}", details={"name": name, "scopes": scope})  # never the key
     err.print(
         f"stored the hash of key {name!r} ({', '.join(scope)}) in {file}; this is the only time the key is shown:"
     )
@@ -70,6 +72,7 @@ def keys_revoke(
         gone, left = remove_key(file, name)
     except KeysConfigError as exc:
         bad_input(str(exc))
+    audit("key.revoked", f"keys:{file.resolve()}", details={"name": gone.name, "scopes": list(gone.scopes)})
     out.print(
         f"revoked key {gone.name!r} ({', '.join(gone.scopes)}) in {file}, {len(left)} left; {TAKES_EFFECT}",
         markup=False,

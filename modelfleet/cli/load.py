@@ -251,7 +251,6 @@ def loadtest(
                 plan,
                 config,
                 app=app_process,
-                ingress_replicas=spec.ingress.num_replicas if spec else 1,
                 workers=workers,
                 report_dir=report,
                 on_progress=lambda p: line.update(escape(progress_line(p))),

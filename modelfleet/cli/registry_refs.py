@@ -15,7 +15,7 @@ from groundwork import SpecError
 from serve_apps.spec import AppSpec
 
 from .console import bad_input, failed, log
-from .events import REGISTRY_SOURCE
+from .events import REGISTRY_SOURCE, audit
 
 __all__ = ["open_registry", "pin_registry_refs", "record_served", "served_versions"]
 
@@ -114,7 +114,11 @@ def served_versions(spec: AppSpec) -> list[tuple[str, int]]:
 
 def record_served(spec: AppSpec, target: str, outcome: str) -> None:
     """Record in the registry what the app serves at `target` after a deploy with `outcome` (deployed, failed,
-    stopped, built). Best effort: the deploy has happened either way, so a store that fails here is a warning."""
+    stopped, built), and write it in the audit log. Best effort: the deploy has happened either way, so a store that
+    fails here is a warning."""
+    action = {"deployed": "deploy", "failed": "deploy", "built": "build"}.get(outcome, f"app.{outcome}")
+    models = {m.name: m.version for m in spec.models}
+    audit(action, f"app:{spec.name}@{target}", "failed" if outcome == "failed" else "ok", {"models": models})
     served = served_versions(spec)
     if not served:
         return
