@@ -660,7 +660,7 @@ class Ingress:
         try:
             await self.pusher.push()  # what this replica counted up to now is in the answer
             monitor = await self.pusher.monitor()
-            return Response(await monitor.exposition.remote(), media_type=CONTENT_TYPE_LATEST)
+            return Response(await monitor.exposition.remote(self.app_spec.name), media_type=CONTENT_TYPE_LATEST)
         except Exception as exc:  # the monitor is (re)starting: a scrape that fails is better than one that lies
             logger.warning("metrics: the app's monitor did not answer: %s", exc)
             raise RequestError(

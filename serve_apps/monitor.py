@@ -1,4 +1,4 @@
-"""The app's monitor: one named Ray actor per app that gathers what every replica of the app counts.
+"""The monitor: one named Ray actor per Ray cluster that gathers what every replica of every app counts.
 
 Ingress replicas and model replicas push snapshots of their Prometheus registries here (`ReplicaMetrics`, every
 PUSH_S); `/metrics` on any ingress replica answers the monitor's merged view (monitoring/metrics_hub.py), so a
@@ -7,8 +7,9 @@ adds what only Serve's controller knows: each model version's replicas (desired 
 
 An actor of its own, not a deployment of the app: a redeploy restarts every deployment of an app (Serve's
 imperative API gives each a new code version), and the sums must outlive that (a counter that went back would read
-as a reset, and Prometheus would count it twice). It holds no model, asks for no CPU, and ends itself once its app
-has been gone from Serve for GONE_AFTER_S.
+as a reset, and Prometheus would count it twice). One for all apps: a process each would cost every app's start a
+worker's start, and Ray's stop as many processes to end. It holds no model, asks for no CPU, and forgets an app
+gone from Serve for GONE_AFTER_S.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ __all__ = ["Monitor", "ReplicaMetrics", "monitor_of"]
 
 logger = logging.getLogger("ray.serve")
 
-MONITOR_NAMESPACE = "modelfleet"
+MONITOR_NAME, MONITOR_NAMESPACE = "modelfleet-monitor", "modelfleet"
 PUSH_S = 1.0  # how often a replica hands its counts over: a scrape is at most this much behind
 CONTROLLER_EVERY_S = 5.0  # how often replicas are counted (the controller's details are not cheap)
 MAX_TAPPED_ROWS = 5000  # per model version, waiting for the next push
@@ -47,20 +48,19 @@ def base_app(app_name: str) -> str:
     return app_name.split(ROLLOUT_APP_MARK, 1)[0]
 
 
-def monitor_of(app_name: str) -> Any:
-    """A handle to the monitor of `app_name`'s app, started if none runs (blocking: call it from a thread)."""
+def monitor_of() -> Any:
+    """A handle to the cluster's monitor, started if none runs (blocking: call it from a thread)."""
     import ray
 
-    app = base_app(app_name)
     actor = ray.remote(Monitor).options(
-        name=f"modelfleet-monitor:{app}",
+        name=MONITOR_NAME,
         namespace=MONITOR_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
         max_restarts=-1,  # a crashed monitor comes back (its sums then start again: a reset Prometheus expects)
     )
-    return actor.remote(app)
+    return actor.remote()
 
 
 class ReplicaMetrics:
@@ -102,7 +102,7 @@ class ReplicaMetrics:
             return
         try:
             loop = asyncio.get_running_loop()
-            self._app = serve.get_replica_context().app_name
+            self._app = base_app(serve.get_replica_context().app_name)
         except (RuntimeError, RayServeException):  # no event loop, or not in a Serve replica
             return
         self._task = loop.create_task(self._push_forever(), name="metrics-push")
@@ -110,18 +110,18 @@ class ReplicaMetrics:
     async def monitor(self) -> Any:
         """The app's monitor (looked up, or started, once)."""
         if self._monitor is None:
-            monitor = await asyncio.to_thread(monitor_of, self._app)
+            monitor = await asyncio.to_thread(monitor_of)
             if self._app_spec is not None:
-                await monitor.describe.remote(self._app_spec)
+                await monitor.describe.remote(self._app, self._app_spec)
             self._monitor = monitor
         return self._monitor
 
     async def push(self) -> None:
         monitor = await self.monitor()
-        await monitor.push.remote(self.source, snapshot(self.registry))
+        await monitor.push.remote(self._app, self.source, snapshot(self.registry))
         if self._tapped:
             tapped, self._tapped, self._tapped_rows = self._tapped, {}, {}
-            await monitor.observe.remote(tapped)
+            await monitor.observe.remote(self._app, tapped)
 
     async def _push_forever(self) -> None:
         while True:
@@ -150,14 +150,14 @@ class ReplicaMetrics:
             return
         try:
             monitor = await self.monitor()
-            await monitor.push.remote(self.source, snapshot(self.registry))
-            await monitor.retire.remote(self.source)
+            await monitor.push.remote(self._app, self.source, snapshot(self.registry))
+            await monitor.retire.remote(self._app, self.source)
         except Exception as exc:
             logger.debug("metrics goodbye: %s", exc)
 
 
-class Monitor:
-    """One per app (a named actor, `monitor_of`): merges the replicas' metrics and counts the models' replicas."""
+class AppMonitor:
+    """One app's part of the monitor: its replicas' metrics merged, its models' replicas counted, its drift."""
 
     def __init__(self, app: str) -> None:
         self.app = app
@@ -165,10 +165,9 @@ class Monitor:
         # deployment -> (model, version), as the ingress replicas tell (`describe`): each model's own deployment and
         # its spec's candidates. A rollout's candidate is NAME@VERSION in an application of its own.
         self.versions: dict[str, tuple[str, str]] = {}
-        self._last_seen = time.monotonic()
-        self._watching: asyncio.Task[None] | None = None
-        self.drift: DriftWatch | None = None
+        self.last_seen = time.monotonic()
         self.registry = CollectorRegistry()
+        self.drift = DriftWatch(app, self.registry)
         self.replicas = Gauge(
             "modelfleet_replicas",
             "Replicas of a model version, by state: desired (the autoscaler's target) and running.",
@@ -182,77 +181,23 @@ class Monitor:
             registry=self.registry,
         )
         self._seen_replicas: set[str] = set()
-        self._counted_at = -float("inf")
-        self._counting: asyncio.Lock | None = None
 
     def describe(self, app_spec: dict) -> None:
         """The app's models and versions as its (newest) spec says: each ingress replica tells on starting."""
         spec = AppSpec.model_validate(app_spec)
-        if self.drift is None:
-            self.drift = DriftWatch(self.app, self.registry)
         self.drift.describe([*spec.models, *spec.candidate_specs()])
         versions = {m.name: (m.name, m.version) for m in spec.models}
         self.versions = versions | {
             candidate_deployment(c.name, c.version): (c.name, c.version) for c in spec.candidate_specs()
         }
 
-    def push(self, source: str, families: Snapshot) -> None:
-        self.hub.push(source, families)
-        if self._watching is None:
-            self._watching = asyncio.get_running_loop().create_task(self._watch(), name="monitor-watch")
-
-    async def _watch(self) -> None:
-        """Count replicas and retire silent sources even when nobody scrapes; end once the app is gone."""
-        while True:
-            await asyncio.sleep(CONTROLLER_EVERY_S)
-            await self._count_replicas()
-            self.hub.retire_silent()
-
-    def retire(self, source: str) -> None:
-        self.hub.retire(source)
-
-    async def observe(self, tapped: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-        """Inputs the ingress replicas tapped, per (model, version): into the drift windows (drift_watch.py)."""
-        if self.drift is not None:
-            await self.drift.observe(tapped)
-
-    async def exposition(self) -> bytes:
-        await self._count_replicas()
+    def exposition(self) -> bytes:
         self.hub.retire_silent()
         self.hub.set_own(snapshot(self.registry))
         return self.hub.exposition()
 
-    async def value(self, sample: str, labels: dict[str, str]) -> float:
-        """One merged series' value (tests, the status page)."""
-        await self._count_replicas()
-        self.hub.set_own(snapshot(self.registry))
-        return self.hub.value(sample, **labels)
-
-    async def _count_replicas(self) -> None:
-        """Replicas per model version, from the controller at most every CONTROLLER_EVERY_S."""
-        if self._counting is None:
-            self._counting = asyncio.Lock()
-        async with self._counting:
-            if time.monotonic() - self._counted_at < CONTROLLER_EVERY_S:
-                return
-            try:
-                details = await asyncio.to_thread(_serve_details)
-            except Exception as exc:  # the controller is briefly away: keep the last count
-                logger.debug("monitor: counting replicas: %s", exc)
-                return
-            self._counted_at = time.monotonic()
-            applications = details.get("applications", {})
-            self._record_replicas(applications)
-            self.hub.set_own(snapshot(self.registry))
-            if self.app in applications:
-                self._last_seen = self._counted_at
-            elif self._counted_at - self._last_seen > GONE_AFTER_S:
-                logger.info("app %s is gone: its monitor ends", self.app)
-                import ray
-
-                ray.kill(ray.get_runtime_context().current_actor)  # detached: nothing else would end it
-
-    def _record_replicas(self, applications: dict[str, Any]) -> None:
+    def record_replicas(self, applications: dict[str, Any]) -> None:
+        """Replicas per model version of this app and of its rollouts' candidates, from the controller's details."""
         self.replicas.clear()
         for app_name, app in applications.items():
             if base_app(app_name) != self.app:
@@ -271,6 +216,79 @@ class Monitor:
                 desired = deployment.get("target_num_replicas", 0)
                 self.replicas.labels(*model_version, "desired").set(desired)
                 self.replicas.labels(*model_version, "running").set(running)
+
+
+class Monitor:
+    """The Ray cluster's monitor (one named actor, `monitor_of`), with a part per app (`AppMonitor`): one process
+    however many apps run, and one question to the controller every CONTROLLER_EVERY_S for all of them."""
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppMonitor] = {}
+        self._watching: asyncio.Task[None] | None = None
+        self._counted_at = -float("inf")
+        self._counting: asyncio.Lock | None = None
+
+    def _app(self, app: str) -> AppMonitor:
+        found = self.apps.get(app)
+        if found is None:
+            found = self.apps[app] = AppMonitor(app)
+        if self._watching is None:
+            self._watching = asyncio.get_running_loop().create_task(self._watch(), name="monitor-watch")
+        return found
+
+    def describe(self, app: str, app_spec: dict) -> None:
+        self._app(app).describe(app_spec)
+
+    def push(self, app: str, source: str, families: Snapshot) -> None:
+        self._app(app).hub.push(source, families)
+
+    def retire(self, app: str, source: str) -> None:
+        self._app(app).hub.retire(source)
+
+    async def observe(self, app: str, tapped: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+        """Inputs the ingress replicas tapped, per (model, version): into the drift windows (drift_watch.py)."""
+        await self._app(app).drift.observe(tapped)
+
+    async def exposition(self, app: str) -> bytes:
+        await self._count_replicas()
+        return self._app(app).exposition()
+
+    async def value(self, app: str, sample: str, labels: dict[str, str]) -> float:
+        """One merged series' value (tests, the status page)."""
+        await self._count_replicas()
+        monitor = self._app(app)
+        monitor.hub.set_own(snapshot(monitor.registry))
+        return monitor.hub.value(sample, **labels)
+
+    async def _watch(self) -> None:
+        """Count replicas and retire silent sources even when nobody scrapes; forget apps gone for GONE_AFTER_S."""
+        while True:
+            await asyncio.sleep(CONTROLLER_EVERY_S)
+            await self._count_replicas()
+            for monitor in self.apps.values():
+                monitor.hub.retire_silent()
+
+    async def _count_replicas(self) -> None:
+        """Replicas per model version, from the controller at most every CONTROLLER_EVERY_S."""
+        if self._counting is None:
+            self._counting = asyncio.Lock()
+        async with self._counting:
+            if time.monotonic() - self._counted_at < CONTROLLER_EVERY_S:
+                return
+            try:
+                details = await asyncio.to_thread(_serve_details)
+            except Exception as exc:  # the controller is briefly away: keep the last count
+                logger.debug("monitor: counting replicas: %s", exc)
+                return
+            self._counted_at = now = time.monotonic()
+            applications = details.get("applications", {})
+            for app, monitor in list(self.apps.items()):
+                monitor.record_replicas(applications)
+                if app in applications:
+                    monitor.last_seen = now
+                elif now - monitor.last_seen > GONE_AFTER_S:
+                    logger.info("app %s is gone: the monitor forgets it", app)
+                    del self.apps[app]
 
 
 def _serve_details() -> dict[str, Any]:

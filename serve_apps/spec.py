@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from groundwork.specs import Strict
-from monitoring.drift import DriftSettings
+from monitoring.drift_spec import DriftSettings
 from monitoring.slo import SloSpec
 from providers.storage import resolve_uri
 

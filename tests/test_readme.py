@@ -32,6 +32,9 @@ NOT_RUN = {
     "- name: merchant": "a spec excerpt",
     "name: modelfleet-aws": "a cluster spec excerpt; tests/test_cluster_render.py renders every example cluster",
     "ingress:": "a spec excerpt",
+    "models:": "a spec excerpt",
+    "modelfleet slo rules": "needs an app with slo: and a Prometheus with history; tests/test_slo.py runs rules and "
+    "report against a real Prometheus, tests/test_audit.py verify and query",
     "name: digits": "a spec excerpt",
     "modelfleet loadtest": "minutes of load; tests/test_loadtest.py runs both commands with shorter runs",
     "# Train digits twice": "minutes of training and load; tests/test_examples_register.py runs --register and the "
