@@ -85,6 +85,12 @@ class IngressMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.payload_dropped = Counter(
+            "modelfleet_payload_log_dropped",
+            "Payload log events (a request or a response) dropped: the writer's queue was full or an upload failed.",
+            ["model"],
+            registry=self.registry,
+        )
         self.shadow_requests = Counter(
             "modelfleet_shadow_requests",
             "Copies of requests sent to a shadow version (its answer compared, never returned), by outcome: "

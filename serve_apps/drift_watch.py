@@ -34,6 +34,8 @@ class DriftWatch:
         self.settings: dict[tuple[str, str], DriftSettings] = {}
         self.windows: dict[tuple[str, str], DriftWindows | None] = {}  # None: its reference could not be read
         self.drifting: dict[tuple[str, str], bool] = {}
+        self.last: dict[tuple[str, str], WindowResult] = {}
+        self.judged: dict[tuple[str, str], int] = {}
         self._notifier: Any = None
         self.score = Gauge(
             "modelfleet_drift_score",
@@ -80,8 +82,24 @@ class DriftWatch:
             self.windows[key] = DriftWindows(profile, settings)
         return self.windows[key]
 
+    def state(self, model: str, version: str) -> dict[str, Any] | None:
+        """The version's drift as its last window left it (None: not watched); for the status page."""
+        key = (model, version)
+        if key not in self.settings:
+            return None
+        last, windows = self.last.get(key), self.windows.get(key)
+        return {
+            "reference_loaded": key not in self.windows or windows is not None,  # False: it could not be read
+            "windows": self.judged.get(key, 0),
+            "drifted": bool(last and last.drifted),
+            "features": last.drifted_features if last else [],
+            "pending_rows": windows.pending_rows if windows is not None else 0,
+        }
+
     async def _judged(self, key: tuple[str, str], result: WindowResult) -> None:
         model, version = key
+        self.last[key] = result
+        self.judged[key] = self.judged.get(key, 0) + 1
         for feature in result.features:
             self.score.labels(model, version, feature.feature, feature.test).set(feature.statistic)
             self.score.labels(model, version, feature.feature, "psi").set(feature.psi)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
@@ -33,7 +33,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
 from groundwork.net import is_loopback_host
-from monitoring.audit import AuditLog, BackgroundAuditWriter, audit_folder
+from monitoring.audit import AuditLog, BackgroundAuditWriter, audit_folder, query
+from monitoring.payload_log import PayloadLogWriter
 
 from ._deployment_states import DeploymentStates
 from ._http import (
@@ -62,6 +63,7 @@ from .monitor import ReplicaMetrics
 from .request_error import RequestError
 from .rollout import DESK_NAMESPACE, LOOK_S, SYNC_S, VersionTally, agreement, desk_name
 from .spec import AppSpec, ModelSpec
+from .status_page import render_status
 from .tensors import check_inputs, decode_v1, decode_v2, encode_v1, encode_v2, new_request_id, rows_of, tensor_metadata
 from .traffic import UNIT_HEADER, ModelTraffic, Route, candidate_deployment
 
@@ -115,7 +117,14 @@ class Ingress:
         self.request_timeout_s = self.app_spec.ingress.request_timeout_s
         self.meters = IngressMetrics(self.app_spec.slo_bounds_s())  # not `metrics`: that name is the /metrics route
         # What this replica counts goes to the app's monitor (monitor.py), whose sum over replicas /metrics answers.
-        self.pusher = ReplicaMetrics("ingress", self.meters.registry, app_spec)
+        # Payload logs (monitoring/payload_log.py): one writer per model with `logging:`, each with its own thread.
+        self.payload_logs = {
+            m.name: PayloadLogWriter(m.logging, self.app_spec.name)
+            for m in self.app_spec.models
+            if m.logging is not None
+        }
+        self._payload_drops: dict[str, int] = {}
+        self.pusher = ReplicaMetrics("ingress", self.meters.registry, app_spec, refresh=self._count_payload_drops)
         self.pusher.start_pushing()
         self.listen = listen
         self.listener: Listener | None = None
@@ -170,11 +179,22 @@ class Ingress:
         denials = getattr(self, "denials", None)
         if denials is not None:
             await asyncio.to_thread(denials.close)
+        for writer in getattr(self, "payload_logs", {}).values():
+            await asyncio.to_thread(writer.close)
         pusher = getattr(self, "pusher", None)
         if pusher is not None:
             await pusher.goodbye()
             for model in self.embedded.values():
                 await model.meters.goodbye()
+
+    def _count_payload_drops(self) -> None:
+        """What the payload log writers dropped since the last push, into modelfleet_payload_log_dropped_total."""
+        for writer in self.payload_logs.values():
+            for model, dropped in list(writer.dropped_by_model.items()):
+                new = dropped - self._payload_drops.get(model, 0)
+                if new > 0:
+                    self.meters.payload_dropped.labels(model).inc(new)
+                    self._payload_drops[model] = dropped
 
     def _model_hop(
         self, handle: DeploymentHandle, spec: ModelSpec, deployment: str, app: str | None = None
@@ -320,6 +340,9 @@ class Ingress:
                 outputs, batch_rows = await self._call(spec, inputs, model_id, route)
             if spec.drift is not None and (spec.drift.sample_rate >= 1 or random.random() < spec.drift.sample_rate):
                 self.pusher.tap(spec.name, version, inputs, rows_of(inputs))  # for the monitor's drift windows
+            payload_log = self.payload_logs.get(spec.name)
+            if payload_log is not None:
+                payload_log.offer(spec.name, version, request_id, inputs, outputs)  # sampled; never waits
             traffic = self.traffic.get(spec.name)
             if traffic is not None:
                 for shadow in traffic.shadows(route):
@@ -666,6 +689,32 @@ class Ingress:
             raise RequestError(
                 503, "the app's metrics are being gathered; retry shortly", {"Retry-After": "1"}
             ) from None
+
+    @api.get(
+        "/status",
+        summary="The app's status page: per model, versions and traffic, replicas, req/s, latency, errors, SLO, drift",
+        response_class=HTMLResponse,
+    )
+    async def status_page(self, request: Request) -> Response:
+        self._authorize(request, None)  # an admin key where keys are configured (and loopback only where not)
+        try:
+            await self.pusher.push()
+            monitor = await self.pusher.monitor()
+            state = await monitor.status.remote(self.app_spec.name)
+        except Exception as exc:
+            logger.warning("status: the app's monitor did not answer: %s", exc)
+            raise RequestError(503, "the app's status is being gathered; retry shortly", {"Retry-After": "1"}) from None
+        deploys = await asyncio.to_thread(self._last_deploys)
+        return HTMLResponse(render_status(self.app_spec, self.traffic, state, deploys))
+
+    def _last_deploys(self, count: int = 5) -> list[dict]:
+        """The newest deploy records of this app in the audit log of this node (the CLI's, under `run`)."""
+        try:
+            found = query(audit_folder(), action="deploy")
+        except (OSError, ValueError):  # no audit log here (yet)
+            return []
+        mine = [r for r in found if r.get("target", "").startswith(f"app:{self.app_spec.name}@")]
+        return mine[-count:][::-1]
 
     async def _model_states(self) -> dict[str, str]:
         """Each model's state (and each of its spec's candidates', as NAME@VERSION), asked of Serve's controller at

@@ -15,10 +15,12 @@ gone from Serve for GONE_AFTER_S.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -26,6 +28,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from monitoring.metrics_hub import MetricsHub, Snapshot, snapshot
+from monitoring.status_stats import Totals, totals_by_version, window_stats
 
 from .drift_watch import DriftWatch
 from .spec import AppSpec
@@ -36,8 +39,11 @@ __all__ = ["Monitor", "ReplicaMetrics", "monitor_of"]
 logger = logging.getLogger("ray.serve")
 
 MONITOR_NAME, MONITOR_NAMESPACE = "modelfleet-monitor", "modelfleet"
-PUSH_S = 1.0  # how often a replica hands its counts over: a scrape is at most this much behind
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node (ray._common.constants)
+PUSH_S = 1.0  # how often a replica hands its counts over (when they changed): a scrape is at most this much behind
+KEEPALIVE_S = 5.0  # how often an idle replica says it is alive (the hub retires one silent for 15 s)
 CONTROLLER_EVERY_S = 5.0  # how often replicas are counted (the controller's details are not cheap)
+HISTORY = 13  # samples of each app's totals, CONTROLLER_EVERY_S apart: the status page's last minute
 MAX_TAPPED_ROWS = 5000  # per model version, waiting for the next push
 GONE_AFTER_S = 120.0  # an app absent from Serve this long is gone: its monitor ends
 ROLLOUT_APP_MARK = "--rollout--"  # rollout.py names a candidate's application {app}--rollout--{model}--{version}
@@ -58,6 +64,8 @@ def monitor_of() -> Any:
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
+        # On the head, which is always there: anywhere else it would keep an autoscaled node from going idle.
+        resources={HEAD_NODE_RESOURCE: 0.001},
         max_restarts=-1,  # a crashed monitor comes back (its sums then start again: a reset Prometheus expects)
     )
     return actor.remote()
@@ -66,14 +74,24 @@ def monitor_of() -> Any:
 class ReplicaMetrics:
     """A replica's own registry, pushed to its app's monitor every PUSH_S from the replica's event loop."""
 
-    def __init__(self, kind: str, registry: CollectorRegistry | None = None, app_spec: dict | None = None) -> None:
-        """`app_spec`: the app's spec, told to the monitor when first reached (by ingress replicas: they have it)."""
+    def __init__(
+        self,
+        kind: str,
+        registry: CollectorRegistry | None = None,
+        app_spec: dict | None = None,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
+        """`app_spec`: the app's spec, told to the monitor when first reached (by ingress replicas: they have it).
+        `refresh`: brings the registry up to date before each snapshot (counts kept elsewhere, e.g. by a thread)."""
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._refresh = refresh
         self._app_spec = app_spec
         self.source = f"{kind}:{socket.gethostname()}:{os.getpid()}"
         self._task: asyncio.Task[None] | None = None
         self._monitor: Any = None
         self._app = ""
+        self._pushed: Snapshot = ()
+        self._pushed_at = -float("inf")
         # Inputs of models watched for drift (`tap`), handed to the monitor with each push; bounded.
         self._tapped: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._tapped_rows: dict[tuple[str, str], int] = {}
@@ -116,9 +134,20 @@ class ReplicaMetrics:
             self._monitor = monitor
         return self._monitor
 
-    async def push(self) -> None:
+    def snapshot(self) -> Snapshot:
+        if self._refresh is not None:
+            self._refresh()
+        return snapshot(self.registry)
+
+    async def push(self, force: bool = True) -> None:
+        """Hand the monitor this replica's counts; unless `force`, only when they changed since the last push, else
+        a keep-alive every KEEPALIVE_S (most replicas are idle most of the time)."""
         monitor = await self.monitor()
-        await monitor.push.remote(self._app, self.source, snapshot(self.registry))
+        families = self.snapshot()
+        now = time.monotonic()
+        if force or families != self._pushed or now - self._pushed_at >= KEEPALIVE_S:
+            await monitor.push.remote(self._app, self.source, families)
+            self._pushed, self._pushed_at = families, now
         if self._tapped:
             tapped, self._tapped, self._tapped_rows = self._tapped, {}, {}
             await monitor.observe.remote(self._app, tapped)
@@ -127,7 +156,7 @@ class ReplicaMetrics:
         while True:
             await asyncio.sleep(PUSH_S)
             try:
-                await self.push()
+                await self.push(force=False)
             except Exception as exc:  # the monitor is restarting: the next push catches up
                 logger.debug("metrics push: %s", exc)
                 self._monitor = None
@@ -150,7 +179,7 @@ class ReplicaMetrics:
             return
         try:
             monitor = await self.monitor()
-            await monitor.push.remote(self._app, self.source, snapshot(self.registry))
+            await monitor.push.remote(self._app, self.source, self.snapshot())
             await monitor.retire.remote(self._app, self.source)
         except Exception as exc:
             logger.debug("metrics goodbye: %s", exc)
@@ -181,6 +210,38 @@ class AppMonitor:
             registry=self.registry,
         )
         self._seen_replicas: set[str] = set()
+        # (when, totals per version) every CONTROLLER_EVERY_S: the status page's last minute (status_stats.py).
+        self.history: collections.deque[tuple[float, dict[tuple[str, str], Totals]]] = collections.deque(maxlen=HISTORY)
+
+    def sample(self) -> None:
+        self.hub.set_own(snapshot(self.registry))
+        self.history.append((time.monotonic(), totals_by_version(self.hub.merged())))
+
+    def status(self) -> dict[str, Any]:
+        """Per model version: replicas, the last minute's req/s, error rate, p50/p95, all-time totals, drift."""
+        self.sample()
+        (since, before), (now, after) = self.history[0], self.history[-1]
+        versions: dict[str, dict[str, Any]] = {}
+        for model, version in sorted(set(after) | set(self.versions.values())):  # served, or only deployed
+            totals = after.get((model, version), Totals())
+            window = window_stats(before.get((model, version), Totals()), totals, now - since)
+            replicas = {
+                state: self.hub.value("modelfleet_replicas", model=model, version=version, state=state)
+                for state in ("desired", "running")
+            }
+            versions[f"{model}@{version}"] = {
+                "model": model,
+                "version": version,
+                "replicas": replicas,
+                "window_s": round(now - since, 1),
+                "rps": window.rps,
+                "error_rate": window.error_rate,
+                "p50_ms": window.p50_ms,
+                "p95_ms": window.p95_ms,
+                "totals": {"requests": totals.requests, "bad": totals.bad, "buckets": totals.buckets},
+                "drift": self.drift.state(model, version),
+            }
+        return {"app": self.app, "versions": versions}
 
     def describe(self, app_spec: dict) -> None:
         """The app's models and versions as its (newest) spec says: each ingress replica tells on starting."""
@@ -253,6 +314,11 @@ class Monitor:
         await self._count_replicas()
         return self._app(app).exposition()
 
+    async def status(self, app: str) -> dict[str, Any]:
+        """What the app's status page shows (ingress.Ingress.status_page)."""
+        await self._count_replicas()
+        return self._app(app).status()
+
     async def value(self, app: str, sample: str, labels: dict[str, str]) -> float:
         """One merged series' value (tests, the status page)."""
         await self._count_replicas()
@@ -267,6 +333,7 @@ class Monitor:
             await self._count_replicas()
             for monitor in self.apps.values():
                 monitor.hub.retire_silent()
+                monitor.sample()
 
     async def _count_replicas(self) -> None:
         """Replicas per model version, from the controller at most every CONTROLLER_EVERY_S."""

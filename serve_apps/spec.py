@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from groundwork.specs import Strict
 from monitoring.drift_spec import DriftSettings
+from monitoring.payload_log_spec import PayloadLogSettings
 from monitoring.slo import SloSpec
 from providers.storage import resolve_uri
 
@@ -159,6 +160,13 @@ class ModelSpec(Strict):
         default=None,
         description="Compare this model's inputs with its version's reference profile, window by window, and alert.",
     )
+    logging: PayloadLogSettings | None = Field(
+        default=None,
+        description=(
+            "Log a sample of requests and responses (CloudEvents as KServe's logger names them) in batches to a "
+            "storage folder; never slows a request (a full queue drops, counted)."
+        ),
+    )
     embedded: bool = Field(
         default=False,
         description=(
@@ -178,10 +186,12 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _drift_has_a_reference(self) -> ModelSpec:
-        if self.drift is not None and not self.drift.reference:
+        registered = self.artifact is not None and self.artifact.registry_ref is not None  # its own, once pinned
+        if self.drift is not None and not self.drift.reference and not registered:
             raise ValueError(
                 "drift needs a reference: add drift.reference, the training data (.csv, .jsonl, .npz) or a profile "
-                "of it (python -m monitoring.drift DATA -o profile.json), as a path or a storage URI"
+                "of it (python -m monitoring.drift DATA -o profile.json), as a path or a storage URI; or serve a "
+                "models:/ reference registered with --reference-data"
             )
         return self
 
@@ -471,6 +481,8 @@ class AppSpec(Strict):
         for model in copy.models:
             if model.drift is not None and model.drift.reference:
                 model.drift.reference = resolve_uri(model.drift.reference, self._base_dir)
+            if model.logging is not None:
+                model.logging.destination = resolve_uri(model.logging.destination, self._base_dir)
         copy._base_dir = self._base_dir
         return copy
 

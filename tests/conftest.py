@@ -173,6 +173,13 @@ def _test_fleet(tmp: Path) -> Path:
             **TYPES_MODEL,
             "resources": tiny,
             "embedded": True,  # answered inside the ingress: every datatype through the in-process path too
+            # every request and response of every datatype logged (tests/test_payload_logging.py), the text redacted
+            "logging": {
+                "sample_rate": 1.0,
+                "redact": ["in_bytes", "out_bytes"],
+                "destination": str(tmp / "payloads"),
+                "flush_s": 0.5,
+            },
         },
         {
             "name": "faulty",

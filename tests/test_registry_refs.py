@@ -107,3 +107,28 @@ def test_a_reference_the_registry_or_spec_cannot_honour_is_one_line(
     assert refused.exit_code == 2, refused.output
     (line,) = [line for line in refused.stderr.splitlines() if line.strip()]
     assert str(spec) in line and f"models[0:digits].{field}" in line and says in line, line
+
+
+def test_a_version_registered_with_reference_data_gives_drift_its_reference(registry: Registry, tmp_path: Path) -> None:
+    """`models register --reference-data` profiles the data and publishes the profile with the version; a spec's
+    `drift:` without a reference, on a models:/ reference, gets that profile when the spec is read."""
+    data = tmp_path / "train.csv"
+    data.write_text("pixels_sum,kind\n" + "".join(f"{i % 17}.5,{'ab'[i % 2]}\n" for i in range(300)))
+    registered = _cli(
+        "models", "register", "digits", str(DIGITS), "--format", "safetensors",
+        "--module", "examples.digits.model:DigitsNet", "--reference-data", str(data), "--json",
+    )  # fmt: skip
+    assert registered.exit_code == 0, registered.output
+    reference = registry.get("digits/3").lineage["reference"]
+    assert reference["rows"] == 300 and reference["features"] == ["kind", "pixels_sum"], reference
+    registry.set_alias("digits", "champion", 3)
+    built = tmp_path / "built.yaml"
+    result = _cli("build", str(_spec(tmp_path, drift={"window_rows": 100})), "-o", str(built))
+    assert result.exit_code == 0, result.output
+    drift = _built_model(built)["drift"]
+    assert drift["reference"] == reference["uri"] and drift["window_rows"] == 100
+
+    registry.set_alias("digits", "champion", 1)  # registered without reference data
+    refused = _cli("validate", str(_spec(tmp_path, drift={})))
+    assert refused.exit_code == 2 and "drift.reference" in refused.stderr and "--reference-data" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

@@ -10,12 +10,14 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from groundwork import SpecError
 from providers.storage import StorageError, artifact_sha256
 from registry import ModelVersion, RegistryError, parse_ref, publish
 
@@ -72,6 +74,25 @@ def _lineage(dataset: str | None) -> dict[str, Any]:
     return lineage
 
 
+def _reference_profile(path: Path, categorical: list[str]) -> Any:
+    """The drift reference profile of `path` (monitoring/drift.py; numpy and scipy only here, when asked)."""
+    from monitoring.drift import build_profile, load_reference_data
+
+    try:
+        return build_profile(load_reference_data(path), categorical=categorical, created_from=path.name)
+    except SpecError as exc:
+        bad_input(str(exc))
+
+
+def _publish_profile(profile: Any) -> dict[str, Any]:
+    """The profile published as the artifact is (content-addressed), for the lineage: {uri, sha256, rows, features}."""
+    with tempfile.TemporaryDirectory(prefix="modelfleet-reference-") as folder:
+        path = Path(folder) / "reference-profile.json"
+        path.write_text(profile.model_dump_json())
+        uri, sha256 = publish(str(path))
+    return {"uri": uri, "sha256": sha256, "rows": profile.rows, "features": sorted(profile.features)}
+
+
 def _show(version: ModelVersion) -> None:
     out.print(f"{version.uri}  ({', '.join(version.aliases) or 'no alias'})", markup=False)
     for label, value in (
@@ -97,6 +118,17 @@ def models_register(
     param: Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE; repeatable.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE; repeatable.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="The training data's URI or path.")] = None,
+    reference_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference-data",
+            help="Data the version's inputs are compared with for drift (.csv, .jsonl, .npz): profiled and published "
+            "with it; a spec's `drift:` on a models:/ reference uses it.",
+        ),
+    ] = None,
+    categorical: Annotated[
+        list[str] | None, typer.Option("--categorical", help="A numeric feature to profile as categories; repeatable.")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Register a new version of NAME: its artifact published at a content-addressed place, its lineage recorded."""
@@ -107,9 +139,13 @@ def models_register(
         bad_input(str(exc))
     if "://" not in source and not Path(source).exists():
         bad_input(f"{source}: no such file or folder (or give a storage URI: file://, s3://, gs://, az://, https://)")
+    lineage = _lineage(dataset)
+    profile = _reference_profile(reference_data, categorical or []) if reference_data is not None else None
     with registry_events() as send, open_registry() as store:
         try:
             uri, sha256 = publish(source)
+            if profile is not None:
+                lineage["reference"] = _publish_profile(profile)
         except StorageError as exc:
             failed(f"publishing {source}: {exc}")
         version = store.register(
@@ -121,7 +157,7 @@ def models_register(
             metrics=metrics,
             params=params,
             tags=tags,
-            lineage=_lineage(dataset),
+            lineage=lineage,
         )
         send("model_version.created", version.model_dump(mode="json"), f"{version.name}/{version.version}")
     if as_json:

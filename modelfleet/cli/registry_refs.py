@@ -89,6 +89,16 @@ def pin_registry_refs(spec: AppSpec, path: Path | str) -> None:
             artifact.uri, artifact.sha256 = registered.artifact_uri, registered.sha256
             artifact.registered_as = ref
             holder.version = str(registered.version)
+            if candidate is None and model.drift is not None and not model.drift.reference:
+                reference = registered.lineage.get("reference")
+                if not reference:
+                    raise SpecError(
+                        path,
+                        f"{owner}.drift.reference",
+                        f"{registered.uri} was registered without reference data; register it with --reference-data "
+                        "DATA, or set drift.reference",
+                    )
+                model.drift.reference = reference["uri"]  # the profile published with the version
     for i, model in enumerate(spec.models):
         versions = [model.version, *(c.version for c in model.candidates)]
         dupes = sorted({v for v in versions if v is not None and versions.count(v) > 1})
