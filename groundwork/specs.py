@@ -110,8 +110,10 @@ def _unknown_key(model: type[BaseModel], loc: tuple[Any, ...], schema_command: s
     if close:  # a typo of a key of this level
         return f"unknown key; did you mean {close[0]!r}? remove or rename it {listing}"
     elsewhere = list(dict.fromkeys(path or "the top level" for path, k in _keys(model) if k == key))
-    if elsewhere:  # a key of another level
-        return f"unknown key at this level (it is a key of {', '.join(elsewhere[:3])}); move it there or remove it"
+    if elsewhere:  # a key of another level: the shallowest ones (`format` is a model's, before a sub-section's)
+        depth = min(path.count(".") for path in elsewhere)
+        nearest = [path for path in elsewhere if path.count(".") == depth]
+        return f"unknown key at this level (it is a key of {', '.join(nearest[:3])}); move it there or remove it"
     below = {f"{path}.{k}": k for path, k in _keys(section) if path}
     close = difflib.get_close_matches(key, list(below.values()), n=1)
     if close:  # a key of a section within this one, written without the section

@@ -299,6 +299,7 @@ class Monitor:
 
     def describe(self, app: str, app_spec: dict) -> None:
         self._app(app).describe(app_spec)
+        self._counted_at = -float("inf")  # its models' replicas are counted at the next reading
 
     def push(self, app: str, source: str, families: Snapshot) -> None:
         self._app(app).hub.push(source, families)

@@ -42,5 +42,12 @@ def test_two_model_replicas_are_counted_once_each(fleet: Fleet) -> None:
         )
 
     wait_until(counted, 10 * SETTLE_S, "both replicas' counts in the app's /metrics", None, fleet.log_path)
-    assert _series(fleet, "modelfleet_replicas", model="sturdy", state="running") == 2
-    assert _series(fleet, "modelfleet_replicas", model="sturdy", state="desired") == 2
+    wait_until(  # the monitor asks Serve's controller every 5 s
+        lambda: (
+            [_series(fleet, "modelfleet_replicas", model="sturdy", state=s) for s in ("running", "desired")] == [2, 2]
+        ),
+        30,
+        "sturdy's replicas in the app's /metrics",
+        None,
+        fleet.log_path,
+    )
