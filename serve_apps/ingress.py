@@ -116,7 +116,6 @@ class Ingress:
         self.max_body_bytes = int(self.app_spec.ingress.max_body_mb * 1024 * 1024)
         self.request_timeout_s = self.app_spec.ingress.request_timeout_s
         self.meters = IngressMetrics(self.app_spec.slo_bounds_s())  # not `metrics`: that name is the /metrics route
-        # What this replica counts goes to the app's monitor (monitor.py), whose sum over replicas /metrics answers.
         # Payload logs (monitoring/payload_log.py): one writer per model with `logging:`, each with its own thread.
         self.payload_logs = {
             m.name: PayloadLogWriter(m.logging, self.app_spec.name)
@@ -124,6 +123,7 @@ class Ingress:
             if m.logging is not None
         }
         self._payload_drops: dict[str, int] = {}
+        # What this replica counts goes to the app's monitor (monitor.py), whose sum over replicas /metrics answers.
         self.pusher = ReplicaMetrics("ingress", self.meters.registry, app_spec, refresh=self._count_payload_drops)
         self.pusher.start_pushing()
         self.listen = listen
