@@ -636,16 +636,18 @@ def query(
     actor: str | None = None,
     model: str | None = None,
     action: str | None = None,
+    newest_files: int | None = None,
 ) -> list[dict[str, Any]]:
     """Records matching every filter given, in log order. `actor`: exact, or the name after `user:`/`key:`;
     `action`: an fnmatch pattern ('rollout.*'); `model`: targets `models:/NAME/...`, `NAME@alias`, `NAME`, or
-    details.model; `since`: aware, or naive UTC. Lines that are not records are skipped (`verify` names them)."""
+    details.model; `since`: aware, or naive UTC; `newest_files`: read only the newest files (a page that reloads
+    need not read a server's whole log). Lines that are not records are skipped (`verify` names them)."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     with _snapshot(Path(folder)) as (_, files):
         return [
             record
-            for _, fh, size in files
+            for _, fh, size in (files[-newest_files:] if newest_files else files)
             for _, raw in _lines(fh, size)
             if (record := _parse_or_none(raw)) is not None and _matches(record, since, actor, model, action)
         ]

@@ -708,9 +708,10 @@ class Ingress:
         return HTMLResponse(render_status(self.app_spec, self.traffic, state, deploys))
 
     def _last_deploys(self, count: int = 5) -> list[dict]:
-        """The newest deploy records of this app in the audit log of this node (the CLI's, under `run`)."""
+        """The newest deploy records of this app in the audit log of this node (the CLI's, under `run`), from its two
+        newest files: the page reloads every few seconds, and a server's log may hold a gigabyte of denied requests."""
         try:
-            found = query(audit_folder(), action="deploy")
+            found = query(audit_folder(), action="deploy", newest_files=2)
         except (OSError, ValueError):  # no audit log here (yet)
             return []
         mine = [r for r in found if r.get("target", "").startswith(f"app:{self.app_spec.name}@")]

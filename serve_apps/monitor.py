@@ -210,6 +210,7 @@ class AppMonitor:
             registry=self.registry,
         )
         self._seen_replicas: set[str] = set()
+        self.replica_counts: dict[tuple[str, str], dict[str, float]] = {}  # as the gauge says, for the status page
         # (when, totals per version) every CONTROLLER_EVERY_S: the status page's last minute (status_stats.py).
         self.history: collections.deque[tuple[float, dict[tuple[str, str], Totals]]] = collections.deque(maxlen=HISTORY)
 
@@ -225,14 +226,10 @@ class AppMonitor:
         for model, version in sorted(set(after) | set(self.versions.values())):  # served, or only deployed
             totals = after.get((model, version), Totals())
             window = window_stats(before.get((model, version), Totals()), totals, now - since)
-            replicas = {
-                state: self.hub.value("modelfleet_replicas", model=model, version=version, state=state)
-                for state in ("desired", "running")
-            }
             versions[f"{model}@{version}"] = {
                 "model": model,
                 "version": version,
-                "replicas": replicas,
+                "replicas": self.replica_counts.get((model, version), {"desired": 0, "running": 0}),
                 "window_s": round(now - since, 1),
                 "rps": window.rps,
                 "error_rate": window.error_rate,
@@ -260,6 +257,7 @@ class AppMonitor:
     def record_replicas(self, applications: dict[str, Any]) -> None:
         """Replicas per model version of this app and of its rollouts' candidates, from the controller's details."""
         self.replicas.clear()
+        self.replica_counts = {}
         for app_name, app in applications.items():
             if base_app(app_name) != self.app:
                 continue
@@ -274,9 +272,10 @@ class AppMonitor:
                     if replica_id not in self._seen_replicas:
                         self._seen_replicas.add(replica_id)
                         self.replica_starts.labels(*model_version).inc()
-                desired = deployment.get("target_num_replicas", 0)
-                self.replicas.labels(*model_version, "desired").set(desired)
-                self.replicas.labels(*model_version, "running").set(running)
+                counts = {"desired": deployment.get("target_num_replicas", 0), "running": running}
+                self.replica_counts[model_version] = counts
+                for state, count in counts.items():
+                    self.replicas.labels(*model_version, state).set(count)
 
 
 class Monitor:
@@ -319,13 +318,6 @@ class Monitor:
         """What the app's status page shows (ingress.Ingress.status_page)."""
         await self._count_replicas()
         return self._app(app).status()
-
-    async def value(self, app: str, sample: str, labels: dict[str, str]) -> float:
-        """One merged series' value (tests, the status page)."""
-        await self._count_replicas()
-        monitor = self._app(app)
-        monitor.hub.set_own(snapshot(monitor.registry))
-        return monitor.hub.value(sample, **labels)
 
     async def _watch(self) -> None:
         """Count replicas and retire silent sources even when nobody scrapes; forget apps gone for GONE_AFTER_S."""

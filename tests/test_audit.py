@@ -193,6 +193,7 @@ def test_rotation_keeps_one_chain_across_files(tmp_path: Path) -> None:
     assert all(after["prev"] == before["hash"] for before, after in itertools.pairwise(chained))
     result = verify(tmp_path)
     assert (result.ok, result.records, result.first_seq, result.last_seq, result.files) == (True, 11, 1, 11, 4)
+    assert [r["seq"] for r in query(tmp_path, newest_files=2)] == [7, 8, 9, 10, 11]  # the last closed file and the open
 
 
 def test_tampering_in_a_rotated_file_names_that_file(tmp_path: Path) -> None:
