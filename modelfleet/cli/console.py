@@ -43,6 +43,33 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)  # URLs and curl lines must stay pasteable
 
 
+class LiveLine:
+    """One status line on stderr that changes when its owner calls `update`, and only then.
+
+    Rich's `Console.status` redraws from a thread of its own. Under Locust, gevent makes that thread a greenlet, and a
+    Ctrl-C that lands while it draws is raised there and dies with it: the load ran on to its end (`BackgroundLoad`'s
+    SIGINT was lost so once in CI). With no thread, Ctrl-C reaches the load's own loop, which reports what ran.
+    """
+
+    def __init__(self, text: str):
+        from rich.live import Live
+        from rich.spinner import Spinner
+
+        self._spinner = Spinner("dots", text)
+        self._live = Live(self._spinner, console=err, auto_refresh=False, transient=True)
+
+    def __enter__(self) -> LiveLine:
+        self._live.start(refresh=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
+
+    def update(self, text: str) -> None:
+        self._spinner.update(text=text)
+        self._live.refresh()
+
+
 class _ConsoleHandler(logging.Handler):
     """modelfleet's own warnings, one readable line each on stderr."""
 

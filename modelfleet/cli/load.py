@@ -19,7 +19,7 @@ from rich.markup import escape
 from loadtests.records import Protocol
 from loadtests.shapes import Shape
 
-from .console import bad_input, duration_s, err, failed, load_app, out
+from .console import LiveLine, bad_input, duration_s, err, failed, load_app, out
 
 if TYPE_CHECKING:
     from loadtests.measure import Progress  # numpy: not at import time
@@ -245,7 +245,7 @@ def loadtest(
             endpoints={e.name: e.weight for e in scenario.endpoints},
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        with err.status(f"load-testing {base_url}…") as line:
+        with LiveLine(f"load-testing {base_url}…") as line:
             return measure_run(
                 scenario.model_copy(update={"base_url": base_url}),
                 plan,
@@ -381,10 +381,10 @@ def tune(
 
     try:
         if deployed is not None:
-            with err.status(f"tuning on {address}…") as line:
+            with LiveLine(f"tuning on {address}…") as line:
                 outcome = run(deployed, line, fresh_app=False)
         else:
-            with _app_under_test(spec.name, spec_path, directory) as app_process, err.status("tuning…") as line:
+            with _app_under_test(spec.name, spec_path, directory) as app_process, LiveLine("tuning…") as line:
                 outcome = run(app_process, line, fresh_app=True)
     except AppStartFailed as exc:
         failed(str(exc))
