@@ -230,6 +230,7 @@ class RayTarget:
         on_status: StatusCallback | None = None,
         timeout_s: float = 600,
         listen: Listen | None = None,
+        proven: bool = False,
     ) -> None:
         """Deploy (or update) and wait until RUNNING; raise DeployFailed with Serve's reason otherwise.
 
@@ -238,6 +239,8 @@ class RayTarget:
         and if it passes but still does not run, the previous version is redeployed.
         `listen`: the ingress serves HTTP on (host, port) itself; an update
         without one keeps the address the running version listens on.
+        `proven`: every model of `spec` already serves on this cluster as it is (a rollout's promotion: the app as it
+        runs, with the candidate that has answered its share of requests): no preflight, which would load it again.
         """
         import ray
         from ray import serve
@@ -246,7 +249,8 @@ class RayTarget:
         previous = None
         if spec.name in serve.status().applications:  # an update: prove the new version before Serve swaps it in
             try:
-                preflight(spec, timeout_s=timeout_s)
+                if not proven:
+                    preflight(spec, timeout_s=timeout_s)
             except PreflightFailed as exc:
                 raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
             previous = _describe(spec.name)

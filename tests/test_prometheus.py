@@ -36,18 +36,20 @@ def _settled(prometheus: PrometheusServer, at_least: float) -> dict[str, float]:
 
 
 def test_prometheus_counts_each_version_as_the_load_generator_sent_them(fleet: Fleet, tmp_path: Path) -> None:
-    """`twin` serves versions 1 and 2 (sticky by key) and shadows 3: the load goes to version 2 by its URL, then to
-    the model's own URL (the key's unit sticks to one version, which the answer names)."""
+    """`twin` serves versions 1 and 2 (sticky by key) and shadows 3: one load goes to version 2 by its URL, another
+    at the same time to the model's own URL (the key's unit sticks to one version, which a first answer names)."""
     target = fleet.url.removeprefix("http://")
     with PrometheusServer([target], interval_s=1, bearer_token=ADMIN_KEY) as prometheus:
         prometheus.wait_for('up{job="modelfleet"}', lambda r: bool(r) and r[0]["value"][1] == "1")
         before = _per_version(prometheus)
         url = f"{fleet.url}/v2/models/twin"
-        pinned = BackgroundLoad(f"{url}/versions/2/infer", PIXELS, tmp_path / "v2", LOAD_S, api_key=ADMIN_KEY).finish()
         probe = httpx.post(f"{url}/infer", json=PIXELS, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
         assert probe.status_code == 200, probe.text
         sticky = probe.headers["x-modelfleet-model-version"]
-        routed = BackgroundLoad(f"{url}/infer", PIXELS, tmp_path / "routed", LOAD_S, api_key=ADMIN_KEY).finish()
+        # Both at once: each generator's count is its own, whichever version the other's requests reached.
+        pinning = BackgroundLoad(f"{url}/versions/2/infer", PIXELS, tmp_path / "v2", LOAD_S, api_key=ADMIN_KEY)
+        routing = BackgroundLoad(f"{url}/infer", PIXELS, tmp_path / "routed", LOAD_S, api_key=ADMIN_KEY)
+        pinned, routed = pinning.finish(), routing.finish()
         assert pinned["failures"] == 0 and routed["failures"] == 0, (pinned, routed)
         assert pinned["requests"] > 200 and routed["requests"] > 200, (pinned, routed)
 

@@ -244,7 +244,7 @@ class _Rollout:
         listen = (running["listen"]["host"], running["listen"]["port"]) if running.get("listen") else None
         try:
             self.cluster.target.deploy(
-                spec, KeyRing.from_hashes(running["keys"]), timeout_s=CANDIDATE_START_S, listen=listen
+                spec, KeyRing.from_hashes(running["keys"]), timeout_s=CANDIDATE_START_S, listen=listen, proven=True
             )
         except DeployFailed as exc:
             self._take_back("rolled_back", f"promotion failed, the app was left as it was: {exc}")
