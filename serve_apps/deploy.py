@@ -120,7 +120,7 @@ def _reasons(overview) -> str:
 
 
 def _app_status(name: str):
-    """Serve's StatusOverview of one application (None: there is none): what a deploy watches, twice a second.
+    """Serve's StatusOverview of one application (None: there is none): what a deploy watches, four times a second.
 
     `serve.status()` would say the same, but its controller first gathers the details of every application,
     deployment and replica of the cluster (the test fleet's 20 deployments: most of a deploy's polling time)."""
@@ -248,11 +248,11 @@ class RayTarget:
 
         previous = None
         if spec.name in serve.status().applications:  # an update: prove the new version before Serve swaps it in
-            try:
-                if not proven:
+            if not proven:
+                try:
                     preflight(spec, timeout_s=timeout_s)
-            except PreflightFailed as exc:
-                raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
+                except PreflightFailed as exc:
+                    raise DeployFailed(f"the new version failed its preflight, so it was not deployed: {exc}") from None
             previous = _describe(spec.name)
         # The running ingress reports {"host", "port"}: an update keeps listening where it does.
         previous_listen = (

@@ -26,7 +26,7 @@ from monitoring.payload_log import (
     read_payload_log,
 )
 from providers.storage import get_provider
-from tests.storage.conftest import s3_server  # noqa: F401 - the moto_server fixture of the storage suite
+from tests.storage.conftest import s3_environment, s3_server  # noqa: F401 - the storage suite's moto_server fixture
 
 NOW = 1_767_225_600.25  # 2026-01-01T00:00:00.250Z
 INPUTS = {
@@ -218,12 +218,7 @@ def test_a_relative_destination_is_relative_to_base_dir(tmp_path, writers):
 def s3(s3_server, monkeypatch):  # noqa: F811 - the fixture imported above
     import boto3
 
-    for name, value in dict(
-        AWS_ENDPOINT_URL=s3_server,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    ).items():
+    for name, value in s3_environment(s3_server).items():
         monkeypatch.setenv(name, value)
     get_provider.cache_clear()  # the S3 client reads its endpoint once: make it this server's
     client = boto3.client("s3")

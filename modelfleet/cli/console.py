@@ -47,8 +47,9 @@ class LiveLine:
     """One status line on stderr that changes when its owner calls `update`, and only then.
 
     Rich's `Console.status` redraws from a thread of its own. Under Locust, gevent makes that thread a greenlet, and a
-    Ctrl-C that lands while it draws is raised there and dies with it: the load ran on to its end (`BackgroundLoad`'s
-    SIGINT was lost so once in CI). With no thread, Ctrl-C reaches the load's own loop, which reports what ran.
+    Ctrl-C that lands while it draws is raised there and dies with it: the load ran on to its end (a test's
+    `BackgroundLoad.stop` once waited out its whole 240 s). With no thread, Ctrl-C reaches the load's own loop, which
+    reports what ran.
     """
 
     def __init__(self, text: str):

@@ -79,6 +79,16 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def s3_environment(endpoint: str) -> dict[str, str]:
+    """What points boto3 (and the S3 provider) at the moto_server at `endpoint`, with the credentials it takes."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()

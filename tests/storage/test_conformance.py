@@ -25,7 +25,7 @@ from providers.storage import (
     fetch,
     upload,
 )
-from tests.storage.conftest import cache_files
+from tests.storage.conftest import cache_files, s3_environment
 
 
 @dataclass
@@ -58,12 +58,7 @@ def _http_backend(url: str, root: Path) -> Backend:
 def _s3_backend(endpoint: str, env: pytest.MonkeyPatch) -> Backend:
     import boto3
 
-    for name, value in dict(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    ).items():
+    for name, value in s3_environment(endpoint).items():
         env.setenv(name, value)
     client = boto3.client("s3")
     client.create_bucket(Bucket="models")

@@ -22,7 +22,7 @@ from providers.storage import (
 )
 from providers.storage._cache import ATTEMPTS
 from tests.helpers import ROOT, free_port
-from tests.storage.conftest import cache_files
+from tests.storage.conftest import cache_files, s3_environment
 
 
 def test_http_body_cut_short_is_retried_then_unavailable_and_leaves_the_cache_clean(http_server, cache: Path) -> None:
@@ -108,12 +108,7 @@ def test_large_artifact_streams_without_being_held_in_memory(scheme, large_file,
         import boto3
 
         endpoint = request.getfixturevalue("s3_server")
-        env.update(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
+        env.update(s3_environment(endpoint))
         client = boto3.client(
             "s3",
             endpoint_url=endpoint,
