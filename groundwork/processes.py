@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Self
 
 import psutil
@@ -31,11 +33,37 @@ __all__ = [
 ]
 
 
+# Ports Ray hands its workers' gRPC servers (`ray start`'s --min/--max-worker-port defaults).
+RAY_WORKER_PORTS = range(10002, 20000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (for a server about to start)."""
-    with socket.socket() as probe:
+    """A TCP port nobody listens on right now, for a server about to start, that nothing else will take meanwhile:
+    above Ray's worker ports and outside the kernel's ephemeral range. The kernel hands ephemeral ports to every
+    bind to port 0 and every outgoing connection, and Ray's processes bind dozens so: a port picked from that range
+    for a server that starts after Ray did was once taken by Ray itself first (Serve's proxy then failed to bind)."""
+    low, high = _ephemeral_ports()
+    candidates = [p for p in range(RAY_WORKER_PORTS.stop, 65536) if not low <= p <= high]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket(family) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:  # in use
+                continue
+            return port
+    with socket.socket(family) as probe:  # every one we tried is taken: any free port, ephemeral or not
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux's default where it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def alive(pid: int) -> bool:

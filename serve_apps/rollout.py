@@ -5,8 +5,10 @@ A rollout serves its candidate from a Serve application of its own (`candidate_a
 failing it never touches the app: Serve redeploys every deployment of an app on any change, and a rollback must leave
 the baseline as it was. The weights live on the app's desk, a small named Ray actor (`RolloutDesk`): the rollout
 command sets them, and every ingress replica asks for them twice a second (`SYNC_S`) while handing over its tallies, so
-a weight change reaches all of them in place, with nothing redeployed and nothing dropped. Without a desk the ingress
-serves the spec's own `candidates:`.
+a weight change reaches all of them in place, with nothing redeployed and nothing dropped. Each change is numbered,
+and the desk knows which number each replica was last told (`RolloutDesk.unheard`): a rollout removes a candidate only
+once every live ingress replica has stopped sending it requests. Without a desk the ingress serves the spec's own
+`candidates:`.
 
 Tallies are cumulative (a replica's lost report loses nothing: the next one carries it); the rollout command
 subtracts the tally at a window's start from the tally at its end, for the baseline and the candidate alike, and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +34,7 @@ __all__ = [
     "LOOK_S",
     "Limits",
     "RolloutDesk",
+    "SILENT_S",
     "SYNC_S",
     "Verdict",
     "VersionTally",
@@ -46,6 +50,9 @@ __all__ = [
 ]
 
 SYNC_S = 0.5  # how often an ingress replica reports to the desk and reads its traffic, while there is a desk
+# An ingress replica not heard from for this long is taken for gone (stopped by a rolling update, or dead): a change
+# of traffic does not wait for it to hear.
+SILENT_S = 4 * SYNC_S
 LOOK_S = 2.0  # how often it looks for a desk while there is none (a rollout's first step waits this long at most)
 DESK_NAMESPACE = "modelfleet"
 # Latency buckets for a version's p95: 0.5 ms to ~28 s, each 20% wider than the last (a p95 within 10%).
@@ -170,13 +177,18 @@ class RolloutDesk:
     def __init__(self) -> None:
         self._traffic: dict[str, dict[str, Any]] = {}
         self._tallies: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # replica -> model -> version -> tally
+        self._change = 0  # how many times the traffic was set
+        self._told: dict[str, tuple[float, int]] = {}  # replica -> (when it last synced, the change it was told)
 
-    def set_traffic(self, model: str, traffic: dict[str, Any] | None) -> None:
-        """`ModelTraffic.to_dict()` for `model`, or None: the model's own traffic again (its spec's)."""
+    def set_traffic(self, model: str, traffic: dict[str, Any] | None) -> int:
+        """`ModelTraffic.to_dict()` for `model`, or None: the model's own traffic again (its spec's). The change's
+        number, for `unheard`."""
         if traffic is None:
             self._traffic.pop(model, None)
         else:
             self._traffic[model] = traffic
+        self._change += 1
+        return self._change
 
     def traffic(self) -> dict[str, dict[str, Any]]:
         return self._traffic
@@ -184,7 +196,13 @@ class RolloutDesk:
     def sync(self, replica: str, tallies: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
         """An ingress replica's report (its cumulative tallies); answered with the traffic it should route by."""
         self._tallies[replica] = tallies
+        self._told[replica] = (time.monotonic(), self._change)
         return self._traffic
+
+    def unheard(self, change: int) -> list[str]:
+        """The live ingress replicas (heard within SILENT_S) that have not yet been told of `change`."""
+        now = time.monotonic()
+        return [r for r, (at, told) in self._told.items() if told < change and now - at <= SILENT_S]
 
     def tallies(self, model: str) -> dict[str, dict[str, Any]]:
         """`model`'s tallies per version, summed over every ingress replica that ever reported."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 
-from groundwork.processes import session_pids, stop_process_tree
+from groundwork.processes import RAY_WORKER_PORTS, _ephemeral_ports, free_port, session_pids, stop_process_tree
 
 # A leader that ignores Ctrl-C and starts a child which outlives it (as Ray's workers outlive their driver).
 STUBBORN = """
@@ -32,3 +33,14 @@ def test_a_stubborn_leader_and_its_straggler_are_stopped() -> None:
     assert leader.returncode == -signal.SIGTERM
     assert len(leftovers) == 1, leftovers  # the child that ignores SIGTERM outlived its leader: it got SIGKILL
     assert session_pids(leader.pid) == [], "nothing of the session is left"
+
+
+def test_a_free_port_is_one_neither_the_kernel_nor_ray_hands_out() -> None:
+    """Servers start seconds after their port is picked, and Ray binds dozens of ephemeral ports meanwhile."""
+    low, high = _ephemeral_ports()
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) > 1, "picked at random, so parallel test workers seldom pick the same"
+    for port in ports:
+        assert port >= RAY_WORKER_PORTS.stop and not low <= port <= high, port
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))  # and free

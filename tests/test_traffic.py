@@ -12,7 +12,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_apps.rollout import LATENCY_BUCKETS_S, Limits, VersionTally, agreement, judge
+from serve_apps import rollout
+from serve_apps.rollout import LATENCY_BUCKETS_S, SILENT_S, Limits, RolloutDesk, VersionTally, agreement, judge
 from serve_apps.spec import AppSpec
 from serve_apps.traffic import ModelTraffic, Route, unit_bucket
 from tests.helpers import ROOT
@@ -118,6 +119,25 @@ def test_tallies_subtract_into_windows_and_give_quantiles_within_a_bucket() -> N
     assert VersionTally().quantile_s(0.95) is None and _tally([1e6]).quantile_s(0.5) == math.inf
     assert len(window.latency) == len(LATENCY_BUCKETS_S) + 1
     assert VersionTally.from_dict(window.to_dict()) == window
+
+
+def test_the_desk_knows_which_live_ingress_replicas_have_not_heard_a_change(monkeypatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(rollout.time, "monotonic", lambda: now[0])
+    desk = RolloutDesk()
+    split = ModelTraffic("1", (Route("2", "digits-v2", weight=50.0),)).to_dict()
+    desk.sync("a", {})
+    desk.sync("b", {})
+    change = desk.set_traffic("digits", split)
+    assert sorted(desk.unheard(change)) == ["a", "b"], "told before the change"
+    assert desk.sync("a", {}) == {"digits": split}
+    assert desk.unheard(change) == ["b"]
+    now[0] += SILENT_S + 0.1
+    assert desk.unheard(change) == [], "a replica silent for SILENT_S is gone (stopped, or dead): nobody waits for it"
+    desk.sync("a", {})
+    later = desk.set_traffic("digits", None)
+    assert later > change and desk.unheard(later) == ["a"] and desk.sync("a", {}) == {}
+    assert desk.unheard(later) == []
 
 
 def test_shadow_agreement_is_by_label_and_gives_the_largest_gap() -> None:

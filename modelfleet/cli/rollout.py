@@ -163,9 +163,16 @@ class _Rollout:
         return self._opened_desk
 
     def _set_share(self, share: float | None) -> None:
+        """The candidate's share on the desk; returns once every live ingress replica routes by it (each hears within
+        SYNC_S), so a window's requests go by its share, and a candidate taken out after this gets no new request."""
         import ray
 
-        ray.get(self._desk.set_traffic.remote(self.rollout.model, self._traffic(share)), timeout=30)
+        from serve_apps.rollout import SILENT_S
+
+        change = ray.get(self._desk.set_traffic.remote(self.rollout.model, self._traffic(share)), timeout=30)
+        deadline = time.monotonic() + 2 * SILENT_S  # a replica that stops syncing is taken for gone after SILENT_S
+        while ray.get(self._desk.unheard.remote(change), timeout=30) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _tallies(self):
         """(baseline, candidate) tallies, summed over the ingress replicas, as the desk has them now."""
@@ -211,13 +218,18 @@ class _Rollout:
         except Exception as exc:  # the record is for people; the rollout goes on
             err.print(f"warning: the registry did not record the candidate as {outcome}: {exc}")
 
-    def _take_back(self, state: Literal["rolled_back", "aborted"], reason: str) -> None:
-        """Every request back to the baseline at once, then the candidate removed."""
+    def _withdraw_candidate(self) -> None:
+        """The model's own traffic again, heard by every ingress replica before the candidate's app is removed: a
+        request sent to a stopping replica after Serve's drain wait would fail."""
         from serve_apps.rollout import close_desk_if_idle, remove_candidate
 
         self._set_share(None)
         remove_candidate(self.rollout.app, self.rollout.model, self.rollout.candidate_version)
         close_desk_if_idle(self.rollout.app)
+
+    def _take_back(self, state: Literal["rolled_back", "aborted"], reason: str) -> None:
+        """Every request back to the baseline at once, then the candidate removed."""
+        self._withdraw_candidate()
         self._record_candidate(state)
         self._update(state, {"reason": reason}, state=state, reason=reason, weight=0.0, controller=None)
         self._say(f"{state.replace('_', ' ')}: {reason}; version {self.rollout.baseline_version} answers everything")
@@ -227,7 +239,6 @@ class _Rollout:
         the alias it came from moves, and the candidate is removed."""
         from serve_apps.auth import KeyRing
         from serve_apps.deploy import DeployFailed
-        from serve_apps.rollout import close_desk_if_idle, remove_candidate
         from serve_apps.spec import AppSpec
 
         self._update("promoting", {}, expect=("running", "paused", "promoting"), state="promoting")
@@ -249,9 +260,7 @@ class _Rollout:
         except DeployFailed as exc:
             self._take_back("rolled_back", f"promotion failed, the app was left as it was: {exc}")
             return
-        self._set_share(None)
-        remove_candidate(self.rollout.app, self.rollout.model, self.rollout.candidate_version)
-        close_desk_if_idle(self.rollout.app)
+        self._withdraw_candidate()
         self._record_candidate("promoted")
         moved = self._move_alias()
         record_served(spec, self.cluster.address, "deployed")

@@ -85,6 +85,8 @@ def _check_port_free(host: str, port: int, option: str) -> int:
     """Fail in a second, not after a replica gives up on a busy port; port 0 becomes a free one."""
     import socket
 
+    from groundwork.processes import free_port
+
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
@@ -93,7 +95,7 @@ def _check_port_free(host: str, port: int, option: str) -> int:
                 f"--host {host} {option} {port}: cannot listen there ({exc.strerror}); pick another {option} or stop "
                 "what uses it"
             )
-        return probe.getsockname()[1]
+    return port or free_port(host)  # not the kernel's pick: Ray, starting before the proxy, could take that first
 
 
 class _StopSignal:
