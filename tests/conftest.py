@@ -45,6 +45,7 @@ def _uses_ray(item: pytest.Item) -> bool:
 # With `-n 2` (`make test`): where the workers list the tests that use a Ray, for the scheduler below to keep
 # them together. Set by the controller before it starts the workers, which inherit it.
 RAY_TESTS_FILE = "MODELFLEET_TEST_RAY_TESTS_FILE"
+_SCHEDULE_FOLDER = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,13 +63,17 @@ def pytest_configure(config: pytest.Config) -> None:
         and not hasattr(config, "workerinput")
     ):
         folder = Path(tempfile.mkdtemp(prefix="modelfleet-test-schedule-"))
+        config.stash[_SCHEDULE_FOLDER] = folder
         os.environ[RAY_TESTS_FILE] = str(folder / "ray-tests.txt")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """The controller removes the listing's folder it made (the workers only write into it)."""
-    if RAY_TESTS_FILE in os.environ and not hasattr(config, "workerinput"):
-        shutil.rmtree(Path(os.environ.pop(RAY_TESTS_FILE)).parent, ignore_errors=True)
+    """The controller removes the listing's folder it made (the workers only write into it), and only that: the
+    variable may name a file in a folder it did not make."""
+    folder = config.stash.get(_SCHEDULE_FOLDER, None)
+    if folder is not None:
+        os.environ.pop(RAY_TESTS_FILE, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
