@@ -33,6 +33,7 @@ from tests.helpers import (
     ROOT,
     TYPES_MODEL,
     Fleet,
+    deletions_finished,
     free_port,
     wait_until,
 )
@@ -333,8 +334,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, modelfleet_home: Path) -> Fl
         assert fleet.ready()["url"] == fleet.url and fleet.ready()["pid"] == process.pid
         yield fleet
     finally:
-        # SIGTERM, as `timeout`, systemd and `docker stop` send it (Ctrl-C takes the same path in `run`).
-        stop_process_tree(process, signal.SIGTERM, grace_s=90)
+        try:
+            deletions_finished()  # what tests deleted from the fleet's Ray in the background
+        finally:
+            # SIGTERM, as `timeout`, systemd and `docker stop` send it (Ctrl-C takes the same path in `run`).
+            stop_process_tree(process, signal.SIGTERM, grace_s=90)
     # `run` must stop Serve and Ray cleanly, and quietly: a failure here errors the session.
     log = fleet.log()
     assert process.returncode == 143, f"modelfleet run exited {process.returncode} on SIGTERM:\n{log[-4000:]}"

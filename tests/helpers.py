@@ -30,6 +30,7 @@ __all__ = [
     "Fleet",
     "check_docs_page",
     "delete_app",
+    "deletions_finished",
     "fleet_record",
     "deploy_listening",
     "free_port",
@@ -160,13 +161,17 @@ def run_cli(
     )
 
 
-def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh Python connected to the Ray cluster at `address` (as `ray`, with `serve` imported)."""
+def _driver_command(address: str, code: str, *args: str) -> list[str]:
     # serve_apps.connect, as the README tells users: it sets what Ray reads on import, then joins.
     prelude = "import sys; from serve_apps import connect; connect(sys.argv[1]); import ray; from ray import serve\n"
+    return [sys.executable, "-c", prelude + code, address, *args]
+
+
+def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python connected to the Ray cluster at `address` (as `ray`, with `serve` imported)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-c", prelude + code, address, *args], capture_output=True, text=True, env=env, timeout=timeout
+        _driver_command(address, code, *args), capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
@@ -184,8 +189,25 @@ def deploy_listening(address: str, spec_path: Path, port: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def delete_app(address: str, app_name: str) -> None:
-    ray_driver(address, "serve.delete(sys.argv[2])", app_name, timeout=120)
+_deletions: list[subprocess.Popen] = []
+
+
+def delete_app(address: str, app_name: str, wait: bool = False) -> None:
+    """Delete an app from the Ray at `address`; by default in the background (a driver's start and Serve's stop of
+    the replicas take seconds the next test need not wait for), finished by `deletions_finished`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = _driver_command(address, "serve.delete(sys.argv[2])", app_name)
+    _deletions.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+    if wait:
+        deletions_finished()
+
+
+def deletions_finished(timeout_s: float = 120) -> None:
+    """Wait for every app deletion `delete_app` started (before the Ray they delete from stops)."""
+    while _deletions:
+        deletion = _deletions.pop()
+        _, stderr = deletion.communicate(timeout=timeout_s)
+        assert deletion.returncode == 0, f"an app's deletion failed: {stderr[-3000:]}"
 
 
 def listening_addresses(session_leader: int) -> set[tuple[str, str]]:

@@ -130,7 +130,7 @@ def test_a_gpu_model_gets_a_new_gpu_node_which_goes_once_idle(cluster, tmp_path:
     # The head, its simulated nodes and every Ray process they run listen on loopback only.
     assert listening_addresses(state["pid"]) and not_on_loopback(state["pid"]) == set()
 
-    delete_app(state["address"], GPU_APP)
+    delete_app(state["address"], GPU_APP, wait=True)
     wait_until(
         lambda: _status(path, env)["pools"]["gpu"]["nodes"] == 0,
         180,
