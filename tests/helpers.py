@@ -161,18 +161,18 @@ def run_cli(
     )
 
 
-def _driver_command(address: str, code: str, *args: str) -> list[str]:
+def _driver(address: str, code: str, *args: str) -> dict:
+    """How to start `code` in a fresh Python connected to the Ray cluster at `address` (as `ray`, with `serve`
+    imported): `subprocess` arguments."""
     # serve_apps.connect, as the README tells users: it sets what Ray reads on import, then joins.
     prelude = "import sys; from serve_apps import connect; connect(sys.argv[1]); import ray; from ray import serve\n"
-    return [sys.executable, "-c", prelude + code, address, *args]
+    command = [sys.executable, "-c", prelude + code, address, *args]
+    return {"args": command, "env": {**os.environ, "PYTHONPATH": str(ROOT)}, "text": True}
 
 
 def ray_driver(address: str, code: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python connected to the Ray cluster at `address` (as `ray`, with `serve` imported)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        _driver_command(address, code, *args), capture_output=True, text=True, env=env, timeout=timeout
-    )
+    return subprocess.run(**_driver(address, code, *args), capture_output=True, timeout=timeout)
 
 
 _DEPLOY_LISTENING = (
@@ -195,9 +195,8 @@ _deletions: list[subprocess.Popen] = []
 def delete_app(address: str, app_name: str, wait: bool = False) -> None:
     """Delete an app from the Ray at `address`; by default in the background (a driver's start and Serve's stop of
     the replicas take seconds the next test need not wait for), finished by `deletions_finished`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = _driver_command(address, "serve.delete(sys.argv[2])", app_name)
-    _deletions.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+    driver = _driver(address, "serve.delete(sys.argv[2])", app_name)
+    _deletions.append(subprocess.Popen(**driver, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     if wait:
         deletions_finished()
 
